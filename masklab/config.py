@@ -1,0 +1,289 @@
+"""Run configuration: one dataclass, TOML in and out, validation, and a canonical hash.
+
+The hash covers only the fields that decide what the masks are, and only those set away from their
+defaults (open_lth's rule): adding an option later with a default that keeps the old behaviour does not
+change the id of any existing run. Fields that only say where or how fast things run (data root, device,
+stack size, name) and the mask count (a run can be extended) are left out of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from masklab.errors import UserError
+
+METHODS = ("edge-popup", "biprop", "dense")
+RECYCLES = ("none", "iwr", "iterand")
+WEIGHT_INITS = ("signed-constant", "kaiming-normal", "unsigned-constant")
+DONORS = ("top", "next")
+
+# Fields that do not change what a mask is: left out of the hash.
+UNHASHED = ("data_root", "device", "stack", "name", "masks")
+
+# Per-method defaults from REFERENCE.md, used where the user leaves a field at None.
+_METHOD_DEFAULTS = {
+    "edge-popup": {"weight_init": "signed-constant", "scale_fan": False, "lr": 0.1},
+    "biprop": {"weight_init": "kaiming-normal", "scale_fan": True, "lr": 0.1},
+    "dense": {"weight_init": "kaiming-normal", "scale_fan": False, "lr": 0.01},
+}
+_RECYCLE_DEFAULTS = {
+    ("edge-popup", "iwr"): {"recycle_rate": 0.1, "recycle_every": 3},
+    ("biprop", "iwr"): {"recycle_rate": 0.2, "recycle_every": 10},
+    ("edge-popup", "iterand"): {"recycle_rate": 0.1, "recycle_every": 1},
+    ("biprop", "iterand"): {"recycle_rate": 0.1, "recycle_every": 1},
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run of masks depends on. Mask i of a run uses score seed `score_seed + i`
+    (and data seed `data_seed + i` when `vary_data_seed`); all else is shared."""
+
+    # data
+    dataset: str = "digits"
+    data_root: str | None = None
+    input_shape: str | None = None  # synthetic only, e.g. "3x32x32"
+    # model
+    model: str = "mlp"
+    width: float = 1.0
+    weight_init: str | None = None  # None: the method's default
+    scale_fan: bool | None = None  # scale fan_in by keep; None: the method's default
+    # method
+    method: str = "edge-popup"
+    sparsity: float = 0.5
+    recycle: str = "none"
+    recycle_rate: float | None = None
+    recycle_every: int | None = None
+    recycle_warmup: int = 0
+    recycle_donors: str = "top"  # "next": IWR ablation, donors are idx[r:2r]
+    # optimisation
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    # seeds and count
+    weight_seed: int = 0
+    score_seed: int = 0
+    data_seed: int = 0
+    vary_data_seed: bool = False
+    masks: int = 16
+    # what is stored beside the masks
+    keep_scores: bool = False
+    snapshot_every: int = 0
+    # where and how (not hashed)
+    stack: int = 1  # 0 = auto
+    device: str = "auto"
+    name: str | None = None
+    _extra: dict = field(default_factory=dict, repr=False, compare=False)
+
+    # ---- derived values -------------------------------------------------------------------------
+    @property
+    def keep(self) -> float:
+        return 1.0 - self.sparsity
+
+    def resolved(self, key: str) -> Any:
+        """The effective value of a field whose default depends on the method (None in the dataclass)."""
+        value = getattr(self, key)
+        if value is not None:
+            return value
+        if key in ("recycle_rate", "recycle_every"):
+            return _RECYCLE_DEFAULTS.get((self.method, self.recycle), {}).get(key)
+        return _METHOD_DEFAULTS[self.method][key]
+
+    def seeds(self, i: int) -> tuple[int, int, int]:
+        """(weight_seed, score_seed, data_seed) of mask i."""
+        data_seed = self.data_seed + i if self.vary_data_seed else self.data_seed
+        return self.weight_seed, self.score_seed + i, data_seed
+
+    # ---- validation -----------------------------------------------------------------------------
+    def validate(self) -> RunConfig:
+        """Raise UserError naming the field, the value and what is allowed. Returns self."""
+        from masklab.data import DATASETS
+        from masklab.nn.models import MODELS
+
+        def bad(name: str, allowed: str) -> UserError:
+            return UserError(f"config field '{name}' = {getattr(self, name)!r} is invalid: {allowed}")
+
+        def choice(name: str, options) -> None:
+            if getattr(self, name) not in options:
+                raise bad(name, "choose one of " + ", ".join(map(str, options)))
+
+        choice("dataset", tuple(DATASETS))
+        choice("model", tuple(MODELS))
+        choice("method", METHODS)
+        choice("recycle", RECYCLES)
+        choice("recycle_donors", DONORS)
+        if self.weight_init is not None:
+            choice("weight_init", WEIGHT_INITS)
+        if not (isinstance(self.sparsity, (int, float)) and 0.0 <= self.sparsity < 1.0):
+            raise bad("sparsity", "the fraction of weights removed must lie in [0, 1)")
+        if self.method == "dense" and self.recycle != "none":
+            raise bad("recycle", "recycling needs scores: use method edge-popup or biprop")
+        if self.recycle != "none":
+            rate = self.resolved("recycle_rate")
+            if not (isinstance(rate, (int, float)) and 0.0 < rate <= 0.5):
+                raise UserError(f"config field 'recycle_rate' = {rate!r} is invalid: it must lie in (0, 0.5]")
+            if int(self.resolved("recycle_every")) < 1:
+                raise bad("recycle_every", "must be an integer >= 1 (epochs)")
+        if not (isinstance(self.width, (int, float)) and math.isfinite(self.width) and self.width > 0):
+            raise bad("width", "the width multiplier must be > 0 (e.g. 0.25, 0.5, 1)")
+        for name, low in (("epochs", 1), ("batch_size", 1), ("masks", 1), ("recycle_warmup", 0),
+                          ("snapshot_every", 0), ("stack", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise bad(name, f"must be an integer >= {low}")
+        for name in ("weight_seed", "score_seed", "data_seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
+                raise bad(name, "must be an integer in [0, 2^31)")
+        lr = self.resolved("lr")
+        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+            raise UserError(f"config field 'lr' = {lr!r} is invalid: the learning rate must be > 0")
+        if not 0 <= self.momentum < 1:
+            raise bad("momentum", "must lie in [0, 1)")
+        if not self.weight_decay >= 0:
+            raise bad("weight_decay", "must be >= 0")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise bad("device", "use auto, cpu, cuda or cuda:N")
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", self.name):
+            raise bad("name", "use 1-64 letters, digits, '.', '_', '+', '-' (no slashes, not starting with '.')")
+        if self.input_shape is not None:
+            if not re.fullmatch(r"\d+(x\d+)*", self.input_shape) or "x0" in f"x{self.input_shape}":
+                raise bad("input_shape", "write the per-sample shape like 3x32x32 or 64")
+        return self
+
+    # ---- hashing and ids ------------------------------------------------------------------------
+    def hashed_fields(self) -> dict[str, Any]:
+        """The fields set away from their defaults that decide the masks, in canonical form."""
+        out = {}
+        for f in fields(self):
+            if f.name.startswith("_") or f.name in UNHASHED:
+                continue
+            value = getattr(self, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if value != default:
+                out[f.name] = float(value) if isinstance(value, float) else value
+        return out
+
+    @property
+    def hash(self) -> str:
+        blob = json.dumps(self.hashed_fields(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    @property
+    def default_name(self) -> str:
+        method = self.method if self.recycle == "none" else f"{self.method}+{self.recycle}"
+        return f"{self.dataset}-{self.model}-{method}-s{self.sparsity:g}"
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.name or self.default_name}-{self.hash[:8]}"
+
+    # ---- dict / TOML ----------------------------------------------------------------------------
+    def to_dict(self, *, non_default: bool = False) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):
+            if f.name.startswith("_"):
+                continue
+            value = getattr(self, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if non_default and value == default:
+                continue
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> RunConfig:
+        known = {f.name: f for f in fields(cls) if not f.name.startswith("_")}
+        kwargs = {}
+        for key, value in values.items():
+            key = key.replace("-", "_")
+            if key not in known:
+                raise UserError(f"{source}: unknown key '{key}'; known keys: {', '.join(sorted(known))}")
+            kwargs[key] = _coerce(key, value, known[key], source)
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
+    kind = str(f.type)
+    if value is None:
+        return None
+    try:
+        if kind.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            if key == "stack" and value == "auto":
+                return 0
+            return int(value)
+        if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        expected = kind.split(" ")[0]
+        raise UserError(f"{source}: key '{key}' = {value!r} is not a valid {expected}") from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into a flat dict (a [run] table, if present, is flattened)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist; pass the path of a TOML file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"config file {path} is not valid TOML ({e}); fix the syntax") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {path} cannot be read: {e}") from None
+    if "run" in data and isinstance(data["run"], dict):
+        data = {**{k: v for k, v in data.items() if k != "run"}, **data["run"]}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            raise UserError(f"config file {path}: unexpected table [{key}]; write keys at the top level")
+    return data
+
+
+def read_config(path: str | Path) -> RunConfig:
+    return RunConfig.from_dict(load_toml(path), source=f"config file {path}")
+
+
+def to_toml(values: dict[str, Any]) -> str:
+    """A small TOML writer for flat dicts of str / int / float / bool (None values are omitted)."""
+    lines = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            text = repr(value)
+        elif isinstance(value, str):
+            text = json.dumps(value)
+        elif isinstance(value, (list, tuple)):
+            text = json.dumps(list(value))
+        else:
+            raise TypeError(f"cannot write {key}={value!r} as TOML")
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"

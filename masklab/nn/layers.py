@@ -1,0 +1,139 @@
+"""Subnet layers: frozen random weights, trainable scores, a top-k mask with a straight-through gradient.
+
+One class per concept: `MaskedLayer` holds the weight, the scores and the method's effective weight;
+`MaskedLinear` and `MaskedConv2d` only say how to apply it. Methods:
+- "edge-popup": W_eff = W * mask(|s|); d|s| = dL/dW_eff * W (straight through the selection), then
+  autograd passes it through abs to s, as the reference code does.
+- "biprop": W_eff = sign(W) * alpha * mask(|s|), alpha = sum(|W| * mask) / n_keep per layer;
+  d|s| = (dL/dW_eff * sign(W)) * |W|, alpha treated as a constant.
+- "dense": W trained directly (the baseline), no scores.
+
+Outside autograd (evaluation, export) the mask is computed once and cached until the scores or weights
+change (tracked by the tensors' version counters), so evaluation does not redo the selection per batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from masklab.nn.select import n_keep as count_keep
+from masklab.nn.select import topk_mask
+
+METHODS = ("edge-popup", "biprop", "dense")
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the 0/1 top-k mask of `values`. Backward: the gradient unchanged."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, k: int) -> torch.Tensor:
+        return topk_mask(values, k).to(values.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+class _BipropGain(torch.autograd.Function):
+    """Forward: alpha * mask with alpha = sum(|W| * mask) / k. Backward to the scores: grad * |W|."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, abs_weight: torch.Tensor, k: int) -> torch.Tensor:
+        mask = topk_mask(values, k).to(values.dtype)
+        alpha = (abs_weight * mask).sum() / k
+        ctx.save_for_backward(abs_weight)
+        return alpha * mask
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (abs_weight,) = ctx.saved_tensors
+        return grad * abs_weight, None, None
+
+
+class MaskedLayer(nn.Module):
+    """Base class: weight of `shape` (frozen unless dense), scores, and the effective weight."""
+
+    def __init__(self, shape: tuple[int, ...], method: str = "edge-popup", sparsity: float = 0.5):
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method {method!r} is unknown; choose one of {', '.join(METHODS)}")
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity {sparsity!r} must lie in [0, 1)")
+        self.method = method
+        self.sparsity = 0.0 if method == "dense" else float(sparsity)
+        self.weight = nn.Parameter(torch.empty(shape), requires_grad=(method == "dense"))
+        self.scores = None if method == "dense" else nn.Parameter(torch.empty(shape))
+        self.n_keep = count_keep(self.weight.numel(), self.sparsity)
+        self._cache: tuple | None = None
+
+    # ---- mask -----------------------------------------------------------------------------------
+    def _key(self) -> tuple:
+        s = self.scores
+        return (self.weight._version, self.weight.data_ptr(),
+                None if s is None else s._version, None if s is None else s.data_ptr())
+
+    def invalidate(self) -> None:
+        """Forget the cached mask (call after changing weights or scores behind autograd's back)."""
+        self._cache = None
+
+    def mask(self) -> torch.Tensor:
+        """The current bool mask (all True for dense), cached until the scores change."""
+        if self.scores is None:
+            return torch.ones_like(self.weight, dtype=torch.bool)
+        key = self._key()
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                mask = topk_mask(self.scores.abs(), self.n_keep)
+                alpha = (self.weight.abs() * mask).sum() / self.n_keep
+                w_eff = self._effective(mask.to(self.weight.dtype), alpha)
+            self._cache = (key, mask, alpha, w_eff)
+        return self._cache[1]
+
+    def alpha(self) -> torch.Tensor:
+        """Biprop gain of the current mask (mean |W| over kept weights)."""
+        self.mask()
+        return self._cache[2]
+
+    def _effective(self, mask: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        if self.method == "biprop":
+            return torch.sign(self.weight) * alpha * mask
+        return self.weight * mask
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the layer computes with (differentiable w.r.t. the scores when grad is on)."""
+        if self.scores is None:
+            return self.weight
+        if not (torch.is_grad_enabled() and self.scores.requires_grad):
+            self.mask()
+            return self._cache[3]
+        if self.method == "biprop":
+            return torch.sign(self.weight) * _BipropGain.apply(self.scores.abs(), self.weight.abs(), self.n_keep)
+        return self.weight * _StraightThrough.apply(self.scores.abs(), self.n_keep)
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.weight.shape)}, method={self.method}, keep={self.n_keep}/{self.weight.numel()}"
+
+
+class MaskedLinear(MaskedLayer):
+    def __init__(self, in_features: int, out_features: int, method: str = "edge-popup", sparsity: float = 0.5):
+        super().__init__((out_features, in_features), method, sparsity)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.effective_weight())
+
+
+class MaskedConv2d(MaskedLayer):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 padding: int = 1, method: str = "edge-popup", sparsity: float = 0.5):
+        super().__init__((out_channels, in_channels, kernel_size, kernel_size), method, sparsity)
+        self.stride, self.padding = stride, padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.effective_weight(), None, self.stride, self.padding)
+
+
+def masked_layers(model: nn.Module) -> list[tuple[str, MaskedLayer]]:
+    """The prunable layers of a model, in registration order (the order of the mask bits)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, MaskedLayer)]

@@ -1,0 +1,30 @@
+"""Evaluation: mean cross-entropy and accuracy on a dataset's test split (or any batches)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@torch.no_grad()
+def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    """(mean loss, accuracy) over the batches, in eval mode. Masks are computed once and reused."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    for x, y in batches:
+        logits = model(x)
+        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+    model.train(was_training)
+    return total_loss / seen, correct / seen
+
+
+def evaluate(model: nn.Module, dataset, device: str | torch.device = "cpu",
+             batch_size: int = 1000) -> tuple[float, float]:
+    """(mean loss, accuracy) on the dataset's test split."""
+    return evaluate_batches(model, dataset.test_batches(batch_size, device=device))

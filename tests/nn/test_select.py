@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from masklab.nn.select import n_keep, topk_mask
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (10, 3), (64, 3, 3, 3), (300, 784), (5, 5, 1, 1)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.9, 0.95, 0.99])
+def test_exact_count_and_top_values(shape, sparsity):
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(shape, generator=g).abs()
+    n = values.numel()
+    k = n_keep(n, sparsity)
+    assert k == n - int(sparsity * n)
+    mask = topk_mask(values, k)
+    assert mask.shape == values.shape and mask.dtype == torch.bool
+    assert int(mask.sum()) == k
+    if 0 < k < n:  # everything kept is >= everything dropped
+        assert values[mask].min() >= values[~mask].max()
+
+
+def test_ties_broken_by_lower_index_and_exact():
+    values = torch.tensor([1.0, 2.0, 2.0, 2.0, 0.5, 2.0, 3.0])
+    mask = topk_mask(values, 3)  # 3.0 plus the first two of the four 2.0s
+    assert mask.tolist() == [False, True, True, False, False, False, True]
+    assert topk_mask(torch.zeros(10), 4).tolist() == [True] * 4 + [False] * 6
+
+
+def test_edge_counts():
+    v = torch.rand(5, 5)
+    assert topk_mask(v, 25).all() and not topk_mask(v, 0).any()
+
+
+def test_n_keep_matches_reference_rounding():
+    # int() truncates: 0.95 * 1728 = 1641.6 -> 1641 removed, 87 kept
+    assert n_keep(1728, 0.95) == 87
+    assert n_keep(2560, 0.5) == 1280
+    assert n_keep(10, 0.0) == 10
