@@ -25,31 +25,35 @@ METHODS = ("edge-popup", "biprop", "dense")
 
 
 class _StraightThrough(torch.autograd.Function):
-    """Forward: the 0/1 top-k mask of `values`. Backward: the gradient unchanged."""
+    """Forward: the 0/1 mask of the top-k |scores|. Backward: the gradient passes the selection
+    unchanged and then abs, i.e. times sign(s) (the same as autograd through `scores.abs()`)."""
 
     @staticmethod
-    def forward(ctx, values: torch.Tensor, k: int) -> torch.Tensor:
-        return topk_mask(values, k).to(values.dtype)
+    def forward(ctx, scores: torch.Tensor, k: int) -> torch.Tensor:
+        ctx.save_for_backward(scores)
+        return topk_mask(scores, k, absolute=True).to(scores.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return grad, None
+        (scores,) = ctx.saved_tensors
+        return grad * torch.sign(scores), None
 
 
 class _BipropGain(torch.autograd.Function):
-    """Forward: alpha * mask with alpha = sum(|W| * mask) / k. Backward to the scores: grad * |W|."""
+    """Forward: alpha * mask with alpha = sum(|W| * mask) / k. Backward to the scores: grad * |W|
+    (alpha held constant), then through abs, i.e. times sign(s)."""
 
     @staticmethod
-    def forward(ctx, values: torch.Tensor, abs_weight: torch.Tensor, k: int) -> torch.Tensor:
-        mask = topk_mask(values, k).to(values.dtype)
+    def forward(ctx, scores: torch.Tensor, abs_weight: torch.Tensor, k: int) -> torch.Tensor:
+        mask = topk_mask(scores, k, absolute=True).to(scores.dtype)
         alpha = (abs_weight * mask).sum() / k
-        ctx.save_for_backward(abs_weight)
+        ctx.save_for_backward(scores, abs_weight)
         return alpha * mask
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (abs_weight,) = ctx.saved_tensors
-        return grad * abs_weight, None, None
+        scores, abs_weight = ctx.saved_tensors
+        return grad * abs_weight * torch.sign(scores), None, None
 
 
 class MaskedLayer(nn.Module):
@@ -67,27 +71,49 @@ class MaskedLayer(nn.Module):
         self.scores = None if method == "dense" else nn.Parameter(torch.empty(shape))
         self.n_keep = count_keep(self.weight.numel(), self.sparsity)
         self._cache: tuple | None = None
+        self.pinned: torch.Tensor | None = None  # a fixed mask that replaces the top-k (see `pin`)
 
     # ---- mask -----------------------------------------------------------------------------------
     def _key(self) -> tuple:
         s = self.scores
         return (self.weight._version, self.weight.data_ptr(),
-                None if s is None else s._version, None if s is None else s.data_ptr())
+                None if s is None else s._version, None if s is None else s.data_ptr(), id(self.pinned))
 
     def invalidate(self) -> None:
         """Forget the cached mask (call after changing weights or scores behind autograd's back)."""
         self._cache = None
 
+    def pin(self, mask: torch.Tensor | None) -> None:
+        """Compute with a fixed mask instead of the top-k of the scores (None: back to the scores).
+
+        The mask may be bool (a stored mask, rebuilt exactly) or real-valued in [0, 1] (a point on a soft
+        interpolation path). Biprop's gain becomes sum(|W| * m) / sum(m), which for a 0/1 mask of
+        n_keep ones is exactly the training-time gain.
+        """
+        if mask is not None:
+            if tuple(mask.shape) != tuple(self.weight.shape):
+                raise ValueError(f"mask of shape {tuple(mask.shape)} for a weight of shape {tuple(self.weight.shape)}")
+            mask = mask.to(self.weight.device)
+        self.pinned = mask
+        self._cache = None
+
     def mask(self) -> torch.Tensor:
-        """The current bool mask (all True for dense), cached until the scores change."""
-        if self.scores is None:
+        """The current mask (bool; real-valued only when a soft mask is pinned), cached until the
+        scores or weights change."""
+        if self.scores is None and self.pinned is None:
             return torch.ones_like(self.weight, dtype=torch.bool)
         key = self._key()
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
-                mask = topk_mask(self.scores.abs(), self.n_keep)
-                alpha = (self.weight.abs() * mask).sum() / self.n_keep
-                w_eff = self._effective(mask.to(self.weight.dtype), alpha)
+                if self.pinned is not None:
+                    mask = self.pinned
+                    values = mask.to(self.weight.dtype)
+                    alpha = (self.weight.abs() * values).sum() / values.double().sum().clamp_min(1e-12).float()
+                else:
+                    mask = topk_mask(self.scores, self.n_keep, absolute=True)
+                    values = mask.to(self.weight.dtype)
+                    alpha = (self.weight.abs() * mask).sum() / self.n_keep
+                w_eff = self._effective(values, alpha)
             self._cache = (key, mask, alpha, w_eff)
         return self._cache[1]
 
@@ -103,14 +129,14 @@ class MaskedLayer(nn.Module):
 
     def effective_weight(self) -> torch.Tensor:
         """The weight the layer computes with (differentiable w.r.t. the scores when grad is on)."""
-        if self.scores is None:
+        if self.scores is None and self.pinned is None:
             return self.weight
-        if not (torch.is_grad_enabled() and self.scores.requires_grad):
+        if self.pinned is not None or not (torch.is_grad_enabled() and self.scores.requires_grad):
             self.mask()
             return self._cache[3]
         if self.method == "biprop":
-            return torch.sign(self.weight) * _BipropGain.apply(self.scores.abs(), self.weight.abs(), self.n_keep)
-        return self.weight * _StraightThrough.apply(self.scores.abs(), self.n_keep)
+            return torch.sign(self.weight) * _BipropGain.apply(self.scores, self.weight.abs(), self.n_keep)
+        return self.weight * _StraightThrough.apply(self.scores, self.n_keep)
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.weight.shape)}, method={self.method}, keep={self.n_keep}/{self.weight.numel()}"

@@ -143,11 +143,15 @@ MODELS: dict[str, Callable] = {
 
 
 def build_model(name: str, input_shape: tuple[int, ...], n_classes: int, width: float = 1.0,
-                method: str = "edge-popup", sparsity: float = 0.5) -> nn.Module:
-    """An uninitialised model (see `masklab.nn.init_model`); raises UserError if it cannot fit the data."""
+                method: str = "edge-popup", sparsity: float = 0.5, maker=None) -> nn.Module:
+    """An uninitialised model (see `masklab.nn.init_model`); raises UserError if it cannot fit the data.
+
+    `maker` replaces the default `LayerMaker(method, sparsity)`, e.g. with one that makes stacked layers.
+    """
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[name](tuple(input_shape), int(n_classes), float(width), LayerMaker(method, sparsity))
+    maker = LayerMaker(method, sparsity) if maker is None else maker
+    return MODELS[name](tuple(input_shape), int(n_classes), float(width), maker)
 
 
 def has_batchnorm(model: nn.Module) -> bool:

@@ -35,29 +35,44 @@ def recycle_positions(scores: torch.Tensor, rate: float, donors: str = "top") ->
 
 
 @torch.no_grad()
-def iwr_step(layer: MaskedLayer, src: torch.Tensor, rate: float, donors: str = "top") -> int:
-    """Copy the donors' weights into the lowest-scoring positions; scores untouched. Returns r."""
-    low, high = recycle_positions(layer.scores, rate, donors)
-    w = layer.weight.view(-1)
+def iwr_apply(weight: torch.Tensor, scores: torch.Tensor, src: torch.Tensor, rate: float,
+              donors: str = "top") -> int:
+    """IWR on one layer's weight tensor (modified in place) given its scores; returns r."""
+    low, high = recycle_positions(scores, rate, donors)
+    w = weight.view(-1)
     w[low] = w[high]
     src[low] = src[high]
-    layer.invalidate()
     return int(low.numel())
 
 
 @torch.no_grad()
+def iterand_apply(weight: torch.Tensor, mask: torch.Tensor, draw: torch.Tensor, rate: float, index: int,
+                  weight_seed: int, t: int, weight_init: str, scale_fan: bool, keep: float) -> int:
+    """IteRand on one layer's weight tensor (in place): each pruned weight, with probability `rate`,
+    takes fresh draw number t (the same draw for every mask of a run). Returns the count replaced."""
+    shape = tuple(weight.shape)
+    fresh = weight_values(shape, index, weight_seed, weight_init, scale_fan, keep, step=t)
+    coin = torch.rand(shape, generator=_coin_generator(weight_seed, index, t))
+    replace = (~mask.cpu()) & (coin < rate)
+    weight[replace.to(weight.device)] = fresh[replace].to(weight.device, weight.dtype)
+    draw.view(-1)[replace.view(-1).to(draw.device)] = t
+    return int(replace.sum())
+
+
+def iwr_step(layer: MaskedLayer, src: torch.Tensor, rate: float, donors: str = "top") -> int:
+    """Copy the donors' weights into the lowest-scoring positions; scores untouched. Returns r."""
+    r = iwr_apply(layer.weight, layer.scores, src, rate, donors)
+    layer.invalidate()
+    return r
+
+
 def iterand_step(layer: MaskedLayer, draw: torch.Tensor, rate: float, index: int, weight_seed: int, t: int,
                  weight_init: str, scale_fan: bool, keep: float) -> int:
     """Replace each currently pruned weight, with probability `rate`, by fresh draw number t. Returns count."""
-    shape = tuple(layer.weight.shape)
-    fresh = weight_values(shape, index, weight_seed, weight_init, scale_fan, keep, step=t)
-    coin = torch.rand(shape, generator=_coin_generator(weight_seed, index, t))
-    replace = (~layer.mask().cpu()) & (coin < rate)
-    w = layer.weight
-    w[replace.to(w.device)] = fresh[replace].to(w.device, w.dtype)
-    draw.view(-1)[replace.view(-1).to(draw.device)] = t
+    count = iterand_apply(layer.weight, layer.mask(), draw, rate, index, weight_seed, t, weight_init, scale_fan,
+                          keep)
     layer.invalidate()
-    return int(replace.sum())
+    return count
 
 
 def _coin_generator(weight_seed: int, index: int, t: int) -> torch.Generator:

@@ -84,7 +84,7 @@ def test_mask_is_computed_once_for_evaluation(monkeypatch):
     calls = []
     original = select_module.topk_mask
     import masklab.nn.layers as layers_module
-    monkeypatch.setattr(layers_module, "topk_mask", lambda v, k: calls.append(1) or original(v, k))
+    monkeypatch.setattr(layers_module, "topk_mask", lambda *a, **kw: calls.append(1) or original(*a, **kw))
     model.eval()
     with torch.no_grad():
         for _ in range(5):
@@ -110,3 +110,22 @@ def test_bad_layer_arguments():
         MaskedLinear(3, 3, sparsity=1.0)
     with pytest.raises(ValueError, match="method"):
         MaskedLinear(3, 3, method="lottery")
+
+
+@pytest.mark.parametrize("method", ["edge-popup", "biprop"])
+def test_pinned_mask_reproduces_the_scored_layer_exactly(method):
+    layer = make_layer(MaskedLinear, method, sparsity=0.8, in_features=40, out_features=12)
+    x = torch.randn(6, 40)
+    with torch.no_grad():
+        before, mask, alpha = layer(x), layer.mask().clone(), layer.alpha().clone()
+        layer.pin(mask)
+        assert torch.equal(layer(x), before) and torch.equal(layer.alpha(), alpha)
+        soft = mask.float() * 0.5
+        layer.pin(soft)  # a soft mask scales edge-popup weights; biprop's gain renormalises it away
+        w = layer.effective_weight()
+        if method == "edge-popup":
+            assert torch.allclose(w, layer.weight * 0.5 * mask)
+        else:
+            assert torch.allclose(w.abs()[mask], torch.full((int(mask.sum()),), alpha.item() * 0.5), atol=1e-6)
+        layer.pin(None)
+        assert torch.equal(layer(x), before)

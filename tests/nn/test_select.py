@@ -36,3 +36,25 @@ def test_n_keep_matches_reference_rounding():
     assert n_keep(1728, 0.95) == 87
     assert n_keep(2560, 0.5) == 1280
     assert n_keep(10, 0.0) == 10
+
+
+@pytest.mark.parametrize("n", [4096, 5000, 70_001, 300_000])
+@pytest.mark.parametrize("sparsity", [0.01, 0.5, 0.9, 0.999])
+def test_radix_select_equals_torch_kthvalue_path(n, sparsity):
+    from masklab.nn.select import _torch_topk
+
+    g = torch.Generator().manual_seed(n)
+    scores = torch.randn(n, generator=g) * 0.01
+    scores[: n // 10] = scores[n // 5: n // 5 + n // 10]  # plant many exact ties (and sign flips)
+    scores[n // 3: n // 3 + 50] *= -1
+    k = n_keep(n, sparsity)
+    fast = topk_mask(scores, k, absolute=True)
+    assert int(fast.sum()) == k
+    assert torch.equal(fast, _torch_topk(scores.abs(), k))
+    signed = topk_mask(scores, k)  # signed ranking too
+    assert torch.equal(signed, _torch_topk(scores, k))
+
+
+def test_radix_select_all_equal_values_keeps_first_k():
+    values = torch.full((10_000,), 0.25)
+    assert topk_mask(values, 123, absolute=True).nonzero().reshape(-1).tolist() == list(range(123))

@@ -1,0 +1,113 @@
+"""Stacked training throughput: K masks in one pass vs K sequential single-mask runs, same process.
+
+Per-mask throughput = images each mask trains on per second. Prints the ratio stacked / sequential.
+Targets: CPU (2 threads) K=8 lenet-300-100 on Fashion-MNIST >= 2x; GPU K=32 conv4 on CIFAR-shaped data >= 8x.
+
+    python bench/bench_stack.py [--steps 40] [--threads 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from masklab.config import RunConfig
+from masklab.data import load_dataset
+from masklab.train import make_model
+from masklab.train.stacked import make_stacked_model
+
+
+def batches(dataset, batch_size, steps, device):
+    out = []
+    for epoch in range(100):
+        for x, y in dataset.train_batches(batch_size, 0, epoch, device=device):
+            if len(y) == batch_size:
+                out.append((x, y))
+            if len(out) == steps:
+                return out
+    return out
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def sequential_rate(config, dataset, K, data, device) -> float:
+    """Images per second per mask when K masks train one after another."""
+    elapsed = 0.0
+    for i in range(K):
+        model = make_model(config, dataset, config.seeds(i)[1]).to(device)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+        for j, (x, y) in enumerate(data):
+            if j == 2:  # two warm-up steps per run
+                sync(device)
+                t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        sync(device)
+        elapsed += time.perf_counter() - t0
+    images = K * (len(data) - 2) * data[0][1].numel()
+    return images / elapsed
+
+
+def stacked_rate(config, dataset, K, data, device) -> float:
+    model = make_stacked_model(config, dataset, list(range(K))).to(device)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    for j, (x, y) in enumerate(data):
+        if j == 2:
+            sync(device)
+            t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        logits = model(x)
+        F.cross_entropy(logits.transpose(1, 2), y.expand(K, -1), reduction="none").mean(1).sum().backward()
+        opt.step()
+    sync(device)
+    elapsed = time.perf_counter() - t0
+    return K * (len(data) - 2) * data[0][1].numel() / elapsed
+
+
+def compare(label, config, dataset, K, steps, device, target):
+    data = batches(dataset, config.batch_size, steps, device)
+    seq = sequential_rate(config, dataset, K, data, device)
+    st = stacked_rate(config, dataset, K, data, device)
+    verdict = "" if target is None else f" (target >= {target}x: {'PASS' if st / seq >= target else 'MISS'})"
+    print(f"{label}: sequential {seq:9.0f} img/s per mask | stacked K={K} {st:9.0f} img/s per mask | "
+          f"ratio {st / seq:.2f}x{verdict}")
+    return st / seq
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="fewer steps, skip conv4 on CPU")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    steps = 12 if args.quick else args.steps
+    cpu = torch.device("cpu")
+
+    fashion = os.path.isdir("/usr/share/datasets/fashion-mnist")
+    ds = load_dataset("fashion-mnist") if fashion else load_dataset("synthetic", input_shape=(1, 28, 28))
+    lenet = RunConfig(dataset="fashion-mnist" if fashion else "synthetic", model="lenet-300-100")
+    compare(f"CPU {args.threads} threads, lenet-300-100 on {ds.name}", lenet, ds, 8, steps, cpu, 2.0)
+    cifar = load_dataset("synthetic", input_shape=(3, 32, 32))
+    conv4 = RunConfig(dataset="synthetic", model="conv4")
+    if not args.quick:
+        compare(f"CPU {args.threads} threads, conv4 on CIFAR-shaped synthetic", conv4, cifar, 8, max(4, steps // 8),
+                cpu, None)
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        compare(f"GPU {torch.cuda.get_device_name()}, conv4 on CIFAR-shaped synthetic", conv4, cifar, 32, steps,
+                gpu, 8.0)
+    else:
+        print("GPU: no CUDA device here; the K=32 conv4 comparison runs only where one is present")
+
+
+if __name__ == "__main__":
+    main()
