@@ -1,3 +1,40 @@
-"""masklab: the mask landscape of randomly initialised neural networks."""
+"""masklab: the mask landscape of randomly initialised neural networks.
+
+The public names are imported lazily (on first use), so `import masklab` stays fast:
+
+    run = masklab.generate(masks=4, epochs=2)      # train a run of masks (-> Run)
+    run = masklab.open_run("runs/<run_id>")        # open one (path or run id)
+    run.table, run.masks                           # registry DataFrame, MaskSet (N x W uint64)
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "RunConfig": "masklab.config",
+    "MaskSet": "masklab.store.bits",
+    "Run": "masklab.store.run",
+    "open_run": "masklab.store.run",
+    "list_runs": "masklab.store.run",
+    "generate": "masklab.store.generate",
+    "UserError": "masklab.errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'masklab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

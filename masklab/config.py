@@ -28,6 +28,10 @@ DONORS = ("top", "next")
 
 # Fields that do not change what a mask is: left out of the hash.
 UNHASHED = ("data_root", "device", "stack", "name", "masks")
+# Fields whose default (None) means "the method's value": an explicit value equal to it hashes as the default.
+RESOLVED = ("weight_init", "scale_fan", "lr", "recycle_rate", "recycle_every")
+# Fields that only matter when recycling: ignored by the hash when recycle = "none".
+RECYCLE_FIELDS = ("recycle_rate", "recycle_every", "recycle_warmup", "recycle_donors")
 
 # Per-method defaults from REFERENCE.md, used where the user leaves a field at None.
 _METHOD_DEFAULTS = {
@@ -81,7 +85,7 @@ class RunConfig:
     keep_scores: bool = False
     snapshot_every: int = 0
     # where and how (not hashed)
-    stack: int = 1  # 0 = auto
+    stack: int = 0  # masks trained together; 0 = auto
     device: str = "auto"
     name: str | None = None
     _extra: dict = field(default_factory=dict, repr=False, compare=False)
@@ -98,7 +102,7 @@ class RunConfig:
             return value
         if key in ("recycle_rate", "recycle_every"):
             return _RECYCLE_DEFAULTS.get((self.method, self.recycle), {}).get(key)
-        return _METHOD_DEFAULTS[self.method][key]
+        return _METHOD_DEFAULTS.get(self.method, {}).get(key)
 
     def seeds(self, i: int) -> tuple[int, int, int]:
         """(weight_seed, score_seed, data_seed) of mask i."""
@@ -149,14 +153,16 @@ class RunConfig:
         lr = self.resolved("lr")
         if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
             raise UserError(f"config field 'lr' = {lr!r} is invalid: the learning rate must be > 0")
-        if not 0 <= self.momentum < 1:
+        if not (_is_number(self.momentum) and 0 <= self.momentum < 1):
             raise bad("momentum", "must lie in [0, 1)")
-        if not self.weight_decay >= 0:
-            raise bad("weight_decay", "must be >= 0")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+        if not (_is_number(self.weight_decay) and self.weight_decay >= 0):
+            raise bad("weight_decay", "must be a number >= 0")
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise bad("device", "use auto, cpu, cuda or cuda:N")
-        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", self.name):
-            raise bad("name", "use 1-64 letters, digits, '.', '_', '+', '-' (no slashes, not starting with '.')")
+        if self.name is not None and (not isinstance(self.name, str) or ".." in self.name
+                                      or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", self.name)):
+            raise bad("name", "use 1-64 letters, digits, '.', '_', '+', '-' (no slashes, no '..', not starting "
+                              "with '.')")
         if self.input_shape is not None:
             if not re.fullmatch(r"\d+(x\d+)*", self.input_shape) or "x0" in f"x{self.input_shape}":
                 raise bad("input_shape", "write the per-sample shape like 3x32x32 or 64")
@@ -164,15 +170,27 @@ class RunConfig:
 
     # ---- hashing and ids ------------------------------------------------------------------------
     def hashed_fields(self) -> dict[str, Any]:
-        """The fields set away from their defaults that decide the masks, in canonical form."""
+        """The fields set away from their defaults that decide the masks, in canonical form.
+
+        Left out: the UNHASHED fields; fields at their default; a RESOLVED field set explicitly to the
+        method's own default (`lr = 0.1` for edge-popup is the default); the recycling fields when
+        `recycle = "none"`. Numbers are canonical by field type (`sparsity = 1` hashes as 1.0).
+        """
         out = {}
         for f in fields(self):
             if f.name.startswith("_") or f.name in UNHASHED:
                 continue
+            if self.recycle == "none" and f.name in RECYCLE_FIELDS:
+                continue
             value = getattr(self, f.name)
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            if value != default:
-                out[f.name] = float(value) if isinstance(value, float) else value
+            if value == default:
+                continue
+            if f.name in RESOLVED and value == self.replace(**{f.name: None}).resolved(f.name):
+                continue
+            if str(f.type).startswith("float") and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            out[f.name] = value
         return out
 
     @property
@@ -215,6 +233,10 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:

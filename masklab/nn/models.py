@@ -33,6 +33,10 @@ class LayerMaker:
              padding: int = 1) -> nn.Module:
         return MaskedConv2d(in_channels, out_channels, kernel_size, stride, padding, self.method, self.sparsity)
 
+    def batchnorm(self, channels: int) -> nn.Module:
+        """Non-affine BatchNorm: nothing trainable besides the scores."""
+        return nn.BatchNorm2d(channels, affine=False)
+
 
 def scaled(width: float, channels: int, model: str) -> int:
     """A width times the multiplier, rounded; zero channels is an error."""
@@ -93,12 +97,12 @@ class BasicBlock(nn.Module):
     def __init__(self, make: LayerMaker, c_in: int, c_out: int, stride: int):
         super().__init__()
         self.conv1 = make.conv(c_in, c_out, 3, stride, 1)
-        self.bn1 = nn.BatchNorm2d(c_out, affine=False)
+        self.bn1 = make.batchnorm(c_out)
         self.conv2 = make.conv(c_out, c_out, 3, 1, 1)
-        self.bn2 = nn.BatchNorm2d(c_out, affine=False)
+        self.bn2 = make.batchnorm(c_out)
         self.shortcut = nn.Sequential()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(make.conv(c_in, c_out, 1, stride, 0), nn.BatchNorm2d(c_out, affine=False))
+            self.shortcut = nn.Sequential(make.conv(c_in, c_out, 1, stride, 0), make.batchnorm(c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -117,7 +121,7 @@ class ResNet18(nn.Module):
                             "least 8x8 pixels; use mlp")
         widths = [scaled(width, x, "resnet18") for x in (64, 128, 256, 512)]
         self.conv1 = make.conv(c, widths[0], 3, 1, 1)
-        self.bn1 = nn.BatchNorm2d(widths[0], affine=False)
+        self.bn1 = make.batchnorm(widths[0])
         blocks, c_in = [], widths[0]
         for stage, c_out in enumerate(widths):
             for b in range(2):

@@ -181,6 +181,10 @@ class StackedLayerMaker:
         return StackedConv2d(in_channels, out_channels, kernel_size, stride, padding, self.K, self.method,
                              self.sparsity, self.per_mask_weights)
 
+    def batchnorm(self, channels: int) -> nn.Module:
+        """One non-affine BatchNorm over the K*C stacked channels: statistics per mask and channel."""
+        return nn.BatchNorm2d(self.K * channels, affine=False)
+
 
 def stacked_layers(model: nn.Module) -> list[tuple[str, StackedLayer]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, StackedLayer)]

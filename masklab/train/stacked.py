@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from masklab.config import RunConfig
 from masklab.nn.models import build_model
 from masklab.nn.stacked import StackedLayerMaker, init_stacked, stacked_layers
+from masklab.train.evaluate import evaluate
+from masklab.train.rebuild import rebuild_trained
 from masklab.train.recycling import iterand_apply, iwr_apply, recycles_after
-from masklab.train.trainer import TrainedMask, _shape, cosine_lr, resolve_device
+from masklab.train.trainer import TrainedMask, _shape, cosine_lr, resolve_device, step_threads
 
 
 def make_stacked_model(config: RunConfig, dataset, indices: list[int]) -> torch.nn.Module:
@@ -73,6 +75,11 @@ def train_stack(config: RunConfig, indices: list[int], dataset=None, device: str
     dataset = dataset if dataset is not None else load_dataset(
         config.dataset, config.data_root, input_shape=_shape(config.input_shape))
     device = resolve_device(config.device) if device is None else torch.device(device)
+    with step_threads(config, dataset, device, len(indices)):
+        return _train(config, indices, dataset, device, on_epoch, snapshot_every)
+
+
+def _train(config, indices, dataset, device, on_epoch, snapshot_every) -> list[TrainedMask]:
     snapshot_every = config.snapshot_every if snapshot_every is None else snapshot_every
     K = len(indices)
     seeds = [config.seeds(i) for i in indices]
@@ -108,8 +115,17 @@ def train_stack(config: RunConfig, indices: list[int], dataset=None, device: str
             for k in range(K):
                 snapshots[k].append((epoch, [layer.mask(k).cpu().numpy() for _, layer in layers]))
     seconds = (time.perf_counter() - start) / K
-    return [_result(config, indices[k], seeds[k], k, layers, maps, rows[k], snapshots[k], recycle_count, seconds)
-            for k in range(K)]
+    results = [_result(config, indices[k], seeds[k], k, layers, maps, rows[k], snapshots[k], recycle_count, seconds)
+               for k in range(K)]
+    for name, buffer in model.named_buffers():  # BatchNorm statistics: K*C channels, mask-major
+        for k, result in enumerate(results):
+            value = buffer.detach().cpu()
+            result.buffers[name] = (value.view(K, -1)[k] if value.dim() else value).numpy().copy()
+    for result in results:  # final figures from the single-mask subnetwork, as a rebuilt run computes them
+        loss, acc = evaluate(rebuild_trained(config, dataset, result, device), dataset, device)
+        result.metrics.update(test_loss=loss, test_acc=acc,
+                              best_test_acc=max(result.metrics["best_test_acc"], acc))
+    return results
 
 
 def _train_epoch(model, optimizer, dataset, config, data_seeds, epoch, K, device) -> list[tuple[float, float]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,45 @@ class TrainedMask:
     weights: list[np.ndarray] | None = None  # dense: the trained weights
     alphas: list[float] | None = None  # Biprop gain per layer
     snapshots: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)  # (epoch, masks)
+    buffers: dict[str, np.ndarray] = field(default_factory=dict)  # BatchNorm running statistics
+
+
+# Below this many multiply-accumulates per step a CPU step runs faster on one thread: the work is too
+# small to split, and OpenMP workers that spin-wait make a busy 2-core machine up to 40x slower.
+SMALL_STEP_MACS = 2e8
+
+
+def macs_per_sample(config: RunConfig, dataset) -> int:
+    """Multiply-accumulates of one sample's forward pass through the run's prunable layers."""
+    model = build_model(config.model, dataset.input_shape, dataset.n_classes, config.width, "dense")
+    total = 0
+
+    def count(layer, inputs, output):
+        nonlocal total
+        positions = output.shape[-2] * output.shape[-1] if output.dim() == 4 else 1
+        total += layer.weight.numel() * positions
+
+    hooks = [layer.register_forward_hook(count) for _, layer in masked_layers(model)]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *dataset.input_shape))
+    for hook in hooks:
+        hook.remove()
+    return int(total)
+
+
+@contextmanager
+def step_threads(config: RunConfig, dataset, device: torch.device, masks: int = 1):
+    """Run the block with one torch thread when a CPU step is small (see SMALL_STEP_MACS)."""
+    old = torch.get_num_threads()
+    small = device.type == "cpu" and old > 1 and \
+        macs_per_sample(config, dataset) * config.batch_size * masks < SMALL_STEP_MACS
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small:
+            torch.set_num_threads(old)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -85,6 +125,11 @@ def train_mask(config: RunConfig, index: int = 0, dataset=None, device: str | to
     dataset = dataset if dataset is not None else load_dataset(
         config.dataset, config.data_root, input_shape=_shape(config.input_shape))
     device = resolve_device(config.device) if device is None else torch.device(device)
+    with step_threads(config, dataset, device):
+        return _train(config, index, dataset, device, on_epoch, snapshot_every)
+
+
+def _train(config: RunConfig, index: int, dataset, device: torch.device, on_epoch, snapshot_every) -> TrainedMask:
     weight_seed, score_seed, data_seed = config.seeds(index)
     snapshot_every = config.snapshot_every if snapshot_every is None else snapshot_every
     start = time.perf_counter()
@@ -142,6 +187,7 @@ def train_mask(config: RunConfig, index: int = 0, dataset=None, device: str | to
         weights=[layer.weight.detach().cpu().numpy().copy() for _, layer in layers] if dense else None,
         alphas=[float(layer.alpha()) for _, layer in layers] if config.method == "biprop" else None,
         snapshots=snapshots,
+        buffers={name: b.detach().cpu().numpy().copy() for name, b in model.named_buffers()},
     )
 
 

@@ -39,7 +39,7 @@ def test_k1_stack_equals_unstacked(model_name, shape, method):
         assert torch.allclose(a.scores.grad, b.scores.grad[0], rtol=1e-4, atol=1e-5 * float(scale))
 
 
-@pytest.mark.parametrize("model_name,shape", [("mlp", (1, 8, 8)), ("conv4", (3, 16, 16))])
+@pytest.mark.parametrize("model_name,shape", [("mlp", (1, 8, 8)), ("conv4", (3, 16, 16)), ("resnet18", (3, 8, 8))])
 def test_k4_stack_matches_four_separate_models(model_name, shape):
     seeds = (3, 7, 11, 12)
     singles, stacked = pair(model_name, shape, "edge-popup", K=4, score_seeds=seeds)

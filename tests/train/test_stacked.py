@@ -73,3 +73,29 @@ def test_recycling_inside_a_stack_is_per_mask_and_rebuildable(digits, recycle):
             w = rebuild_weights(shape, i, 0, config.resolved("weight_init"), config.resolved("scale_fan"),
                                 config.keep, **{key: torch.as_tensor(getattr(result, key)[i])})
             assert w.shape == shape
+
+
+def test_stacked_final_metrics_are_exactly_the_rebuilt_subnetworks():
+    """BatchNorm statistics are kept per mask and the recorded figures are the rebuilt model's own."""
+    from masklab.train.evaluate import evaluate
+    from masklab.train.rebuild import rebuild_trained
+
+    data = load_dataset("synthetic", input_shape=(3, 8, 8))
+    config = RunConfig(dataset="synthetic", input_shape="3x8x8", model="resnet18", width=0.125, epochs=2,
+                       batch_size=256)
+    results = train_stack(config, [0, 1], dataset=data)
+    assert results[0].buffers and not np.array_equal(results[0].buffers["bn1.running_mean"],
+                                                     results[1].buffers["bn1.running_mean"])
+    for result in results:
+        loss, acc = evaluate(rebuild_trained(config, data, result), data)
+        assert (loss, acc) == (result.metrics["test_loss"], result.metrics["test_acc"])
+
+
+def test_generate_with_a_stack_rebuilds_recorded_figures(tmp_path, digits):
+    import masklab
+
+    run = masklab.generate(runs_dir=tmp_path, data=digits, masks=3, epochs=2, width=0.25, stack=2,
+                           method="biprop", recycle="iwr", recycle_every=1)
+    assert run.table["mask_id"].tolist() == [0, 1, 2]
+    for i in run.ids:
+        assert run.evaluate(i, data=digits) == (run.record(i)["test_loss"], run.record(i)["test_acc"])

@@ -1,0 +1,150 @@
+"""`masklab.generate`: train the masks of a run and store them, resumably.
+
+Everything the user gave is checked first (config values, the dataset, the model fits the data, the
+device), and only then is the run directory created, so bad input leaves nothing behind. Masks are
+trained in index order, K at a time with `--stack K` (one pass over shared weights, see
+`masklab.train.stacked`); each stack's masks are stored whole before the next stack starts, so a killed
+run loses at most the stack in progress, and `resume=True` trains exactly the missing ones.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from masklab.config import RunConfig
+from masklab.errors import UserError
+from masklab.store.bits import make_layout
+from masklab.store.run import Run, RunWriter
+
+
+def as_config(config: RunConfig | dict | str | os.PathLike | None = None, **overrides: Any) -> RunConfig:
+    """A RunConfig from a RunConfig, a dict of fields, a TOML path or None (the defaults), with overrides."""
+    from masklab.config import load_toml
+
+    if config is None:
+        values: dict = {}
+    elif isinstance(config, RunConfig):
+        values = config.to_dict()
+    elif isinstance(config, dict):
+        values = dict(config)
+    elif isinstance(config, (str, os.PathLike)):
+        values = load_toml(config)
+    else:
+        raise UserError(f"config must be a RunConfig, a dict or a TOML path, not {type(config).__name__}")
+    return RunConfig.from_dict({**values, **overrides})
+
+
+def input_shape(config: RunConfig) -> tuple[int, ...] | None:
+    return None if config.input_shape is None else tuple(int(s) for s in config.input_shape.split("x"))
+
+
+def prepare(config: RunConfig, data=None):
+    """Validate everything a run needs before anything is written: returns (dataset, layers, dataset_info).
+    `data`: the loaded dataset, if the caller has it already."""
+    from masklab.data import load_dataset
+    from masklab.nn.layers import masked_layers
+    from masklab.nn.models import build_model
+    from masklab.train.trainer import resolve_device
+
+    config.validate()
+    resolve_device(config.device)
+    dataset = data if data is not None else load_dataset(config.dataset, config.data_root,
+                                                         input_shape=input_shape(config))
+    if dataset.name != config.dataset:
+        raise UserError(f"the data given is {dataset.name!r} but the config's dataset is {config.dataset!r}")
+    model = build_model(config.model, dataset.input_shape, dataset.n_classes, config.width, config.method,
+                        config.sparsity)
+    layers = masked_layers(model)
+    if not layers:
+        raise UserError(f"model {config.model} has no prunable layers")
+    layout = make_layout([n for n, _ in layers], [tuple(m.weight.shape) for _, m in layers],
+                         [m.n_keep for _, m in layers])
+    info = {"name": config.dataset, "input_shape": list(dataset.input_shape), "n_classes": int(dataset.n_classes),
+            "n_train": int(dataset.n_train), "n_test": int(dataset.n_test)}
+    return dataset, layout, info
+
+
+def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs_dir: str | os.PathLike = "runs",
+             resume: bool = False, quiet: bool = True, data=None, log: Callable[[str], None] | None = None,
+             **overrides: Any) -> Run:
+    """Train the masks of the run `config` (a RunConfig, a dict, a TOML path or None for the default, plus
+    keyword overrides such as `masks=4`) into `runs_dir/<run_id>` and return the Run.
+
+    `resume`: continue an incomplete run (training only the missing masks); without it an incomplete
+    existing run is refused and a complete one is returned as it is. `quiet=False` shows a progress bar
+    on stderr. `data`: the loaded dataset (default: load the config's). `log` receives one-line status
+    messages.
+    """
+    config = as_config(config, **overrides)
+    dataset, layout, info = prepare(config, data)
+    say = log or (lambda message: None)
+    with RunWriter.open(runs_dir, config, layout, info, resume=resume) as writer:
+        todo = writer.missing
+        if not todo:
+            say(f"run {writer.path} is complete ({len(writer.done)} masks): nothing to train")
+        else:
+            if writer.done:
+                say(f"resuming: {len(writer.done)} masks stored, training {len(todo)} more")
+            _train_all(config, dataset, writer, todo, quiet)
+    run = Run(writer.path)
+    run.masks  # noqa: B018 -- builds the consolidated bit matrix for the analyses
+    return run
+
+
+def _train_all(config: RunConfig, dataset, writer: RunWriter, todo: list[int], quiet: bool) -> None:
+    from tqdm import tqdm
+
+    from masklab.train.stacked import train_stack
+    from masklab.train.trainer import resolve_device, train_mask
+
+    device = resolve_device(config.device)
+    accs: list[float] = []
+    bar = tqdm(total=len(todo) * config.epochs, disable=quiet, unit="epoch", dynamic_ncols=True, leave=True,
+               desc="masks", mininterval=0.2)
+
+    def on_epoch(row: dict) -> None:
+        bar.set_description(f"mask {row['index']} ({len(accs) + 1}/{len(todo)})", refresh=False)
+        postfix = {"acc": f"{row['test_acc']:.3f}"}
+        if accs:
+            postfix["mean"] = f"{sum(accs) / len(accs):.3f}"
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(1)
+
+    try:
+        for chunk in _stacks(config, dataset, device, todo):
+            start = time.perf_counter()
+            if len(chunk) == 1:
+                results = [train_mask(config, chunk[0], dataset=dataset, device=device, on_epoch=on_epoch)]
+            else:
+                results = train_stack(config, chunk, dataset=dataset, device=device, on_epoch=on_epoch)
+            for trained in results:
+                trained.metrics.setdefault("seconds", (time.perf_counter() - start) / len(chunk))
+                writer.write_mask(trained, device=str(device))
+                accs.append(float(trained.metrics["test_acc"]))
+    finally:
+        bar.close()
+
+
+def _stacks(config: RunConfig, dataset, device, todo: list[int]) -> list[list[int]]:
+    """The masks still to train, in chunks of the stack size (auto: what fits; dense: one at a time).
+    Mask i's result depends on its own seeds only, so any chunking gives the same masks."""
+    from masklab.train.stacked import auto_stack
+
+    if config.method == "dense":
+        size = 1
+    else:
+        size = auto_stack(config, dataset, device, len(todo)) if config.stack == 0 else config.stack
+    return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+
+def banner(config: RunConfig, runs_dir: str | os.PathLike) -> list[str]:
+    """The lines `masklab generate` prints before training: the run id, the non-default config, the path."""
+    changed = config.to_dict(non_default=True)
+    text = ", ".join(f"{k}={v}" for k, v in changed.items()) if changed else "the embedded default"
+    return [f"run {config.run_id}: {config.masks} masks, {config.dataset} {config.model} {config.method}"
+            + (f"+{config.recycle}" if config.recycle != "none" else "") + f" sparsity {config.sparsity:g}",
+            f"config: {text}", f"into {Path(runs_dir) / config.run_id}"]

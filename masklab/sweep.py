@@ -1,0 +1,102 @@
+"""`masklab sweep`: a grid of runs over methods, recycling and sparsities on one model and dataset.
+
+Each cell of the grid is an ordinary run (its id is its config hash), so a sweep resumes where it
+stopped and a second call with the same grid trains nothing. The `seeds` of a cell are the masks of its
+run: they share the weights and differ in score seed (use several weight seeds for weight variation).
+The result is one row per (method, sparsity) with final and best test accuracy, mean and std over seeds,
+and, for CIFAR-10 with conv2/4/6/8, the published number and the difference to it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pandas as pd
+
+from masklab.config import RunConfig
+from masklab.errors import UserError
+from masklab.published import published_for
+
+
+def method_label(method: str, recycle: str = "none") -> str:
+    """'edge-popup', 'biprop+iwr', 'dense', ...: the names the published tables use."""
+    return method if recycle == "none" else f"{method}+{recycle}"
+
+
+def parse_method(label: str) -> tuple[str, str]:
+    """Inverse of `method_label`, validating both halves."""
+    method, _, recycle = label.partition("+")
+    recycle = recycle or "none"
+    if method not in ("edge-popup", "biprop", "dense") or recycle not in ("none", "iwr", "iterand") or \
+            (method == "dense" and recycle != "none"):
+        raise UserError(f"sweep method {label!r} is not one of edge-popup, biprop, dense, optionally with +iwr "
+                        "or +iterand (e.g. biprop+iwr)")
+    return method, recycle
+
+
+def sweep_configs(base: RunConfig, methods: Sequence[str], sparsities: Sequence[float], seeds: int,
+                  weight_seeds: Sequence[int] = (0,)) -> list[RunConfig]:
+    """One validated RunConfig per cell; dense appears once per weight seed (it has no sparsity)."""
+    if seeds < 1:
+        raise UserError(f"sweep seeds = {seeds} is invalid: use at least 1 seed (masks per cell)")
+    if not sparsities:
+        raise UserError("sweep needs at least one sparsity, e.g. --sparsities 0.5,0.9")
+    configs = []
+    for label, weight_seed in itertools.product(methods, weight_seeds):
+        method, recycle = parse_method(label)
+        for sparsity in ([0.0] if method == "dense" else sparsities):
+            config = base.replace(method=method, recycle=recycle, sparsity=float(sparsity), masks=seeds,
+                                  weight_seed=int(weight_seed), name=None)
+            configs.append(config.validate())
+    return configs
+
+
+def sweep(base: RunConfig | dict | None = None, methods: Sequence[str] = ("edge-popup", "biprop"),
+          sparsities: Sequence[float] = (0.5, 0.9), seeds: int = 3, weight_seeds: Sequence[int] = (0,), *,
+          runs_dir: str | os.PathLike = "runs", quiet: bool = True,
+          log: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Train (or reuse) every cell's run and return the accuracy table (see `sweep_table`)."""
+    from masklab.data import load_dataset
+    from masklab.store.generate import generate, input_shape
+
+    base = base if isinstance(base, RunConfig) else RunConfig.from_dict(base or {}, source="sweep")
+    configs = sweep_configs(base, methods, sparsities, seeds, weight_seeds)
+    data = load_dataset(base.dataset, base.data_root, input_shape=input_shape(base))  # shared by every cell
+    runs = []
+    for n, config in enumerate(configs, 1):
+        if log is not None:
+            log(f"[{n}/{len(configs)}] {method_label(config.method, config.recycle)} sparsity {config.sparsity:g} "
+                f"weight seed {config.weight_seed}: {config.run_id}")
+        runs.append(generate(config, runs_dir=runs_dir, resume=True, quiet=quiet, data=data))
+    return sweep_table(runs)
+
+
+def sweep_table(runs: Sequence[Any]) -> pd.DataFrame:
+    """Accuracy per (method, sparsity) over all masks of the given runs, with published numbers.
+
+    Columns: method, sparsity, n (masks), acc_mean / acc_std (final test accuracy), best_mean / best_std
+    (best over epochs), runs (run ids); for CIFAR-10 conv-N also `published` (%, best accuracy) and
+    `best_minus_published` (percentage points).
+    """
+    rows = []
+    for run in runs:
+        table = run.table
+        rows.append(pd.DataFrame({"method": method_label(run.config.method, run.config.recycle),
+                                  "sparsity": run.config.sparsity, "test_acc": table["test_acc"],
+                                  "best_test_acc": table["best_test_acc"], "run": run.id}))
+    if not rows:
+        return pd.DataFrame(columns=["method", "sparsity", "n", "acc_mean", "acc_std", "best_mean", "best_std"])
+    masks = pd.concat(rows, ignore_index=True)
+    grouped = masks.groupby(["method", "sparsity"], sort=False)
+    out = grouped.agg(n=("test_acc", "size"), acc_mean=("test_acc", "mean"), acc_std=("test_acc", "std"),
+                      best_mean=("best_test_acc", "mean"), best_std=("best_test_acc", "std"),
+                      runs=("run", lambda s: ",".join(sorted(set(s))))).reset_index()
+    first = runs[0].config
+    published = published_for(first.dataset, first.model)
+    if published is not None:
+        out = out.merge(published, on=["method", "sparsity"], how="left")
+        out["best_minus_published"] = out["best_mean"] * 100 - out["published"]
+    return out

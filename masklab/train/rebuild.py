@@ -1,0 +1,50 @@
+"""Rebuild a trained subnetwork exactly from its seeds and what the store keeps.
+
+Weights come from the weight seed, with IWR's source map or IteRand's draw map applied (dense runs: the
+trained weights); each masked layer's scores are set to its 0/1 mask, so that the layer's own top-k
+selects exactly that mask and the forward pass is the training code's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from masklab.config import RunConfig
+from masklab.nn.layers import masked_layers
+from masklab.train.recycling import rebuild_weights
+
+
+def rebuild_subnet(config: RunConfig, dataset, weight_seed: int, score_seed: int, masks: Sequence[np.ndarray],
+                   src: Sequence[np.ndarray] | None = None, draw: Sequence[np.ndarray] | None = None,
+                   weights: Sequence[np.ndarray] | None = None, buffers: dict | None = None,
+                   device: str | torch.device = "cpu") -> nn.Module:
+    """The subnetwork in eval mode. `dataset` needs only `input_shape` and `n_classes`."""
+    from masklab.train.trainer import make_model
+
+    model = make_model(config.replace(weight_seed=weight_seed), dataset, score_seed)
+    with torch.no_grad():
+        for k, (_, layer) in enumerate(masked_layers(model)):
+            if weights is not None:
+                layer.weight.copy_(torch.as_tensor(np.asarray(weights[k], dtype=np.float32)).view_as(layer.weight))
+            elif src is not None or draw is not None:
+                layer.weight.copy_(rebuild_weights(
+                    tuple(layer.weight.shape), k, weight_seed, config.resolved("weight_init"),
+                    config.resolved("scale_fan"), config.keep,
+                    src=None if src is None else torch.as_tensor(np.asarray(src[k])),
+                    draw=None if draw is None else torch.as_tensor(np.asarray(draw[k]))))
+            if layer.scores is not None:
+                layer.scores.copy_(torch.as_tensor(np.asarray(masks[k])).view_as(layer.scores).to(layer.scores.dtype))
+            layer.invalidate()
+        for name, value in (buffers or {}).items():
+            model.get_buffer(name).copy_(torch.as_tensor(np.asarray(value)).view_as(model.get_buffer(name)))
+    return model.to(device).eval()
+
+
+def rebuild_trained(config: RunConfig, dataset, trained, device: str | torch.device = "cpu") -> nn.Module:
+    """`rebuild_subnet` for a TrainedMask."""
+    return rebuild_subnet(config, dataset, trained.weight_seed, trained.score_seed, trained.masks, trained.src,
+                          trained.draw, trained.weights, trained.buffers, device)

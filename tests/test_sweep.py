@@ -1,0 +1,50 @@
+import pytest
+
+from masklab.config import RunConfig
+from masklab.errors import UserError
+from masklab.published import published_for
+from masklab.sweep import parse_method, sweep, sweep_configs
+
+
+def test_sweep_on_digits_completes_and_resumes_without_training(tmp_path, monkeypatch):
+    base = RunConfig(epochs=2, width=0.25)
+    kw = dict(methods=("edge-popup", "biprop"), sparsities=(0.5, 0.8), seeds=2, runs_dir=tmp_path)
+    table = sweep(base, **kw)
+    assert len(table) == 4 and set(table["method"]) == {"edge-popup", "biprop"}
+    assert (table["n"] == 2).all() and table["acc_mean"].between(0.3, 1.0).all()
+    assert table["acc_std"].notna().all()
+    assert "published" not in table.columns  # digits: no published overlay
+
+    import masklab.train.trainer as trainer
+
+    def no_training(*a, **k):
+        raise AssertionError("a resumed sweep must not train")
+
+    monkeypatch.setattr(trainer, "train_mask", no_training)
+    again = sweep(base, **kw)
+    assert again[["method", "sparsity", "acc_mean"]].equals(table[["method", "sparsity", "acc_mean"]])
+
+    from masklab.plots import accuracy_vs_sparsity, save_figure
+
+    paths = save_figure(accuracy_vs_sparsity(table), tmp_path / "sweep")
+    assert all(p.exists() and p.stat().st_size > 1000 for p in paths)
+
+
+def test_published_overlay_only_for_cifar10_conv():
+    assert published_for("digits", "mlp") is None
+    assert published_for("cifar10", "resnet18") is None
+    conv4 = published_for("cifar10", "conv4")
+    row = conv4[(conv4["method"] == "biprop+iwr") & (conv4["sparsity"] == 0.9)]
+    assert float(row["published"].iloc[0]) == 84.3
+
+
+def test_sweep_grid_and_bad_methods():
+    configs = sweep_configs(RunConfig(), ["edge-popup+iwr", "dense"], [0.5, 0.9], seeds=3)
+    assert [(c.method, c.recycle, c.sparsity) for c in configs] == [
+        ("edge-popup", "iwr", 0.5), ("edge-popup", "iwr", 0.9), ("dense", "none", 0.0)]
+    assert all(c.masks == 3 for c in configs)
+    assert parse_method("biprop+iterand") == ("biprop", "iterand")
+    with pytest.raises(UserError, match="sweep method"):
+        parse_method("dense+iwr")
+    with pytest.raises(UserError, match="sweep method"):
+        parse_method("lottery")
