@@ -182,13 +182,176 @@ def _differs(value, default) -> bool:
     return not (value == default or (value is None and default is None))
 
 
+# ---- analyze ----------------------------------------------------------------------------------------------
+def add_analyze(sub) -> None:
+    p = sub.add_parser("analyze", help="distances, baselines, consensus, clustering, UMAP, barriers: tables + figures",
+                       description="Run every analysis that fits RUN; write tables under RUN/analysis/ (Parquet and "
+                       "CSV) and figures under FIGURES/<run id>/ (PNG and SVG). The last line printed is the path "
+                       "of the index page.")
+    p.add_argument("run", metavar="RUN", help="a run directory or a run id under --runs-dir")
+    p.add_argument("--figures", metavar="DIR", help="figures folder (default: figures/ beside the runs folder)")
+    p.add_argument("--pairs", type=int, default=3, metavar="M", help="mask pairs to interpolate (default 3; 0: none)")
+    p.add_argument("--points", type=int, default=30, metavar="P", help="points per interpolation path (default 30)")
+    p.add_argument("--no-embedding", action="store_true", help="skip the UMAP embedding")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary: print only the index path")
+    p.set_defaults(func=cmd_analyze)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from masklab.report import analyze
+    from masklab.store.run import open_run
+
+    _positive("--points", args.points, 2)
+    _positive("--pairs", args.pairs, 0)
+    run = open_run(args.run, args.runs_dir)
+    report = analyze(run, args.figures, quiet=args.quiet, pairs=args.pairs, points=args.points,
+                     embedding=not args.no_embedding)
+    if not args.quiet:
+        print(frame_text(report.summary()))
+        print(f"tables: {run.path / 'analysis'}  ({len(report.tables)} tables); figures: {len(report.figures)}")
+    print(report.index, flush=True)
+    return 0
+
+
+# ---- interpolate ------------------------------------------------------------------------------------------
+def add_interpolate(sub) -> None:
+    p = sub.add_parser("interpolate", help="loss and accuracy along a path between two masks; barriers",
+                       description="Evaluate loss and accuracy along a path from mask A to mask B of RUN and print "
+                       "the curve and its barriers; with --pairs M instead, the barriers of M sampled pairs and "
+                       "their correlation with Hamming distance.")
+    p.add_argument("run", metavar="RUN", help="a run directory or a run id under --runs-dir")
+    p.add_argument("a", type=int, nargs="?", metavar="A", help="mask id of one end")
+    p.add_argument("b", type=int, nargs="?", metavar="B", help="mask id of the other end")
+    p.add_argument("--path", default="soft", choices=["soft", "hamming", "score"],
+                   help="soft: W*((1-t)a + t b); hamming: swap bits keeping every layer's count; score: "
+                   "top-k of interpolated scores (needs --keep-scores runs). Default soft")
+    p.add_argument("--points", type=int, default=30, metavar="P", help="points including both ends (default 30)")
+    p.add_argument("--orders", type=int, default=1, metavar="K", help="hamming path: K random bit orders")
+    p.add_argument("--order", default="random", choices=["random", "score"], help="hamming path: bit order")
+    p.add_argument("--pairs", type=int, metavar="M", help="barrier matrix over M sampled pairs instead of A B")
+    p.add_argument("--seed", type=int, default=0, help="seed of bit orders and pair sampling (default 0)")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
+    p.set_defaults(func=cmd_interpolate)
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from masklab.analysis.interpolation import barrier, barrier_correlation, barrier_matrix, interpolate
+    from masklab.store.run import open_run
+
+    _positive("--points", args.points, 2)
+    _positive("--orders", args.orders, 1)
+    run = open_run(args.run, args.runs_dir)
+    if args.pairs is not None:
+        _positive("--pairs", args.pairs, 1)
+        table = barrier_matrix(run, pairs=args.pairs, path=args.path, points=args.points, orders=args.orders,
+                               order=args.order, random_state=args.seed)
+        print(frame_text(table[["mask_a", "mask_b", "hamming_norm", "loss_barrier", "error_barrier"]]))
+        if len(table) >= 3:
+            print(frame_text(barrier_correlation(table)))
+        return 0
+    if args.a is None or args.b is None:
+        raise UserError("give two mask ids A B (e.g. `masklab interpolate RUN 0 1`) or --pairs M")
+    curve = interpolate(run, args.a, args.b, args.path, points=args.points, orders=args.orders, order=args.order,
+                        random_state=args.seed)
+    print(frame_text(curve[["order", "t", "hamming_to_a", "hamming_to_b", "loss", "acc"]]))
+    found = barrier(curve)
+    rows = found if isinstance(found, type(curve)) else found.to_frame().T
+    print(frame_text(rows[["loss_barrier", "error_barrier"]].astype(float)))
+    return 0
+
+
+# ---- compare ----------------------------------------------------------------------------------------------
+def add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="distances between the masks of two runs of the same network; joint UMAP",
+                       description="Cross-run distances per layer against chance (e.g. Edge-Popup vs Biprop masks "
+                       "of the same weights) and a joint UMAP. The last line printed is the index page.")
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("--figures", metavar="DIR", help="figures folder (default: figures/ beside the runs folder)")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from masklab.report import compare
+    from masklab.store.run import open_run
+
+    report = compare(open_run(args.run_a, args.runs_dir), open_run(args.run_b, args.runs_dir), args.figures)
+    print(frame_text(report.tables["comparison"]))
+    print(report.index, flush=True)
+    return 0
+
+
+# ---- sweep ------------------------------------------------------------------------------------------------
+def add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="a grid of runs over methods and sparsities: accuracy table and figure",
+                       description="Train (or reuse: each cell is a run, cached by its config hash) a grid of runs "
+                       "over --methods and --sparsities with --seeds masks each, on the model and dataset the "
+                       "generate options give; print accuracy per method and sparsity and draw accuracy vs "
+                       "sparsity (published CIFAR-10 numbers beside conv-N). The last line is the figure's path.")
+    p.add_argument("--config", metavar="F", help="TOML file of run options shared by every cell")
+    for flag, dest, kind, metavar, text in GENERATE_OPTIONS:
+        if dest in ("method", "recycle", "sparsity", "masks", "name"):
+            continue
+        if kind is None:
+            p.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
+        else:
+            p.add_argument(flag, dest=dest, type=kind, metavar=metavar, default=None, help=text)
+    p.add_argument("--methods", default="edge-popup,biprop", metavar="LIST",
+                   help="comma-separated: edge-popup, biprop, dense, with +iwr or +iterand (default edge-popup,biprop)")
+    p.add_argument("--sparsities", default="0.5,0.9", metavar="LIST", help="comma-separated (default 0.5,0.9)")
+    p.add_argument("--seeds", type=int, default=3, metavar="N", help="masks (score seeds) per cell (default 3)")
+    p.add_argument("--weight-seeds", default="0", metavar="LIST", help="comma-separated weight seeds (default 0)")
+    p.add_argument("--figures", default="figures", metavar="DIR", help="where the figure goes (default figures/)")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress: print only the figure path")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from masklab.plots import accuracy_vs_sparsity, save_figure
+    from masklab.sweep import sweep
+
+    for dest in ("method", "recycle", "sparsity", "masks", "name"):
+        setattr(args, dest, None)
+    config = config_from_args(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    sparsities = _floats("--sparsities", args.sparsities)
+    weight_seeds = [int(x) for x in _floats("--weight-seeds", args.weight_seeds)]
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    table = sweep(config, methods, sparsities, args.seeds, weight_seeds, runs_dir=args.runs_dir, quiet=args.quiet,
+                  log=say)
+    say(frame_text(table.drop(columns=["runs"])))
+    stem = Path(args.figures) / f"sweep-{config.dataset}-{config.model}"
+    paths = save_figure(accuracy_vs_sparsity(table, title=f"{config.model} on {config.dataset}: accuracy vs "
+                                             "sparsity"), stem)
+    table.to_csv(stem.with_suffix(".csv"), index=False)
+    print(next(p for p in paths if p.suffix == ".png"), flush=True)
+    return 0
+
+
+def _floats(flag: str, text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text!r} is not a comma-separated list of numbers (e.g. 0.5,0.9)") from None
+
+
+def _positive(flag: str, value: int, low: int) -> None:
+    if value < low:
+        raise UserError(f"{flag} {value} is invalid: use at least {low}")
+
+
 # ---- helpers ----------------------------------------------------------------------------------------------
 def frame_text(frame) -> str:
     """A DataFrame as plain aligned text (floats with 4 decimals, no index)."""
     return frame.to_string(index=False, float_format=lambda x: f"{x:.4f}")
 
 
-COMMANDS: list[Callable] = [add_generate, add_runs, add_show]
+COMMANDS: list[Callable] = [add_generate, add_runs, add_show, add_analyze, add_interpolate, add_compare, add_sweep]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,34 @@
+"""Analyses of a MaskSet; every public function returns pandas DataFrames (or numpy arrays for reuse).
+
+- distances: `distances`, `intersections` (raw all-pairs counts, whole and per layer);
+- baselines: `random_baseline`, `with_baseline`, `random_masks`, `random_baseline_samples`;
+- consensus: `keep_counts`, `consensus`, `consensus_histogram`, `union_coverage`, `core_weights`.
+
+Numba, scipy and torch are imported only when a function needs them.
+"""
+
+from masklab.analysis.baselines import random_baseline, random_baseline_samples, random_masks, with_baseline
+from masklab.analysis.consensus import (
+    consensus,
+    consensus_histogram,
+    core_weights,
+    keep_counts,
+    union_coverage,
+)
+from masklab.analysis.distances import METRICS, Intersections, distances, intersections
+
+__all__ = [
+    "METRICS",
+    "Intersections",
+    "consensus",
+    "consensus_histogram",
+    "core_weights",
+    "distances",
+    "intersections",
+    "keep_counts",
+    "random_baseline",
+    "random_baseline_samples",
+    "random_masks",
+    "union_coverage",
+    "with_baseline",
+]

@@ -8,6 +8,7 @@ dense training. No biases anywhere (as in the Conv-N reference networks): every 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,12 +57,12 @@ def _image_shape(input_shape: tuple[int, ...], model: str) -> tuple[int, int, in
 
 def mlp(input_shape, n_classes, width, make, hidden=(256, 256), name="mlp") -> nn.Module:
     sizes = [math.prod(input_shape)] + [scaled(width, h, name) for h in hidden] + [n_classes]
-    layers: list[nn.Module] = [nn.Flatten()]
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
     for i in range(len(sizes) - 1):
-        layers.append(make.linear(sizes[i], sizes[i + 1]))
+        layers.append((f"fc{i + 1}", make.linear(sizes[i], sizes[i + 1])))
         if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+            layers.append((f"relu{i + 1}", nn.ReLU()))
+    return nn.Sequential(OrderedDict(layers))
 
 
 def lenet_300_100(input_shape, n_classes, width, make) -> nn.Module:
@@ -73,22 +74,22 @@ def conv_net(channels: tuple[int, ...], name: str) -> Callable:
 
     def build(input_shape, n_classes, width, make) -> nn.Module:
         c, h, w = _image_shape(input_shape, name)
-        layers: list[nn.Module] = []
+        layers: list[tuple[str, nn.Module]] = []
         for i, out in enumerate(channels):
             out = scaled(width, out, name)
-            layers += [make.conv(c, out), nn.ReLU()]
+            layers += [(f"conv{i + 1}", make.conv(c, out)), (f"relu{i + 1}", nn.ReLU())]
             c = out
             if i % 2 == 1:
-                layers.append(nn.MaxPool2d(2))
+                layers.append((f"pool{i // 2 + 1}", nn.MaxPool2d(2)))
                 h, w = h // 2, w // 2
                 if h < 1 or w < 1:
                     raise UserError(f"model {name} does not fit inputs of shape {tuple(input_shape)}: "
                                     f"{len(channels) // 2} poolings need at least {2 ** (len(channels) // 2)} "
                                     "pixels per side; use a smaller conv-N or mlp")
         hidden = scaled(width, 256, name)
-        layers += [nn.Flatten(), make.linear(c * h * w, hidden), nn.ReLU(), make.linear(hidden, hidden), nn.ReLU(),
-                   make.linear(hidden, n_classes)]
-        return nn.Sequential(*layers)
+        layers += [("flatten", nn.Flatten()), ("fc1", make.linear(c * h * w, hidden)), ("relu_fc1", nn.ReLU()),
+                   ("fc2", make.linear(hidden, hidden)), ("relu_fc2", nn.ReLU()), ("fc3", make.linear(hidden, n_classes))]
+        return nn.Sequential(OrderedDict(layers))
 
     return build
 

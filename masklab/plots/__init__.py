@@ -1,0 +1,24 @@
+"""Figures: one function per figure, each taking pandas DataFrames (never a Run) and returning a matplotlib
+Figure drawn on an Agg canvas without pyplot (nothing is shown; Jupyter displays the returned figure).
+`save_figure(fig, "figures/run/name")` writes name.png and name.svg.
+
+Landscape: `distance_heatmap`, `per_layer_similarity` (input built by `layer_summary`), `distance_histogram`,
+`embedding_scatter`, `consensus_histogram`. Paths: `interpolation_curves`, `barrier_vs_distance`,
+`trajectories`. Sweeps: `accuracy_vs_sparsity`.
+"""
+
+from masklab.plots._style import save_figure
+from masklab.plots.landscape import (
+    consensus_histogram,
+    distance_heatmap,
+    distance_histogram,
+    embedding_scatter,
+    layer_summary,
+    per_layer_similarity,
+)
+from masklab.plots.paths import barrier_vs_distance, curve_barriers, interpolation_curves, trajectories
+from masklab.plots.sweep import accuracy_vs_sparsity
+
+__all__ = ["accuracy_vs_sparsity", "barrier_vs_distance", "consensus_histogram",
+           "curve_barriers", "distance_heatmap", "distance_histogram", "embedding_scatter",
+           "interpolation_curves", "layer_summary", "per_layer_similarity", "save_figure", "trajectories"]

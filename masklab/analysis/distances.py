@@ -1,0 +1,236 @@
+"""Distances between masks, whole and per layer, from one all-pairs intersection pass.
+
+For masks a and b over a layer of n bits with kept counts c_a, c_b and intersection I = |a AND b|:
+
+- ``hamming``      = c_a + c_b - 2 I                      (bits that differ)
+- ``hamming_norm`` = hamming / n                           (fraction of bits that differ)
+- ``matching``     = 1 - hamming_norm                      (fraction that agree; the papers'
+  "percent matching" is this x 100, which is how plots label it)
+- ``jaccard``      = I / (c_a + c_b - I)                   (1.0 when both masks are empty)
+
+Layer ``"all"`` is the whole mask (n = all prunable weights). `intersections` returns the raw counts as
+arrays for analyses that want matrices (clustering, embeddings); `distances` returns DataFrames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from masklab.analysis.kernels import intersection_counts, layer_bounds, row_counts
+from masklab.errors import UserError
+from masklab.store.bits import MaskSet
+
+METRICS = ("hamming", "hamming_norm", "matching", "jaccard")
+FORMS = ("long", "square")
+ALL = "all"
+LONG_COLUMNS = ["mask_a", "mask_b", "layer", "metric", "value"]
+
+
+def metric_values(metric: str, intersection, count_a, count_b, n_bits):
+    """One metric from intersections and kept counts (numpy arrays that broadcast together)."""
+    if metric == "hamming":
+        return count_a + count_b - 2 * intersection
+    if metric == "hamming_norm":
+        return (count_a + count_b - 2 * intersection) / n_bits
+    if metric == "matching":
+        return 1.0 - (count_a + count_b - 2 * intersection) / n_bits
+    if metric == "jaccard":
+        union = np.asarray(count_a + count_b - intersection, dtype=np.float64)
+        inter = np.broadcast_to(np.asarray(intersection, dtype=np.float64), union.shape)
+        return np.divide(inter, union, out=np.ones(union.shape), where=union > 0)
+    raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+
+
+@dataclass(frozen=True)
+class Intersections:
+    """All-pairs intersection counts of two mask sets (or one with itself), whole and per layer.
+
+    Attributes
+    ----------
+    counts : int64 array (L + 1, Na, Nb)
+        ``counts[k, i, j] = |a_i AND b_j|`` over layer ``layers[k]``; k = 0 is the whole mask ("all").
+        For one set (`symmetric`) the matrices are symmetric and the diagonal holds the kept counts.
+    layers : tuple of str
+        ``("all", name_1, ..., name_L)``, or ``("all",)`` when computed without per-layer counts.
+    n_bits : int64 array (L + 1,)
+        Bits of each entry of `layers`.
+    kept_a, kept_b : int64 arrays (Na, L + 1), (Nb, L + 1)
+        Kept bits of every mask per entry of `layers`.
+    ids_a, ids_b : int64 arrays
+        Mask ids of the rows and columns.
+    symmetric : bool
+        True when both sides are the same set.
+    """
+
+    counts: np.ndarray
+    layers: tuple[str, ...]
+    n_bits: np.ndarray
+    kept_a: np.ndarray
+    kept_b: np.ndarray
+    ids_a: np.ndarray
+    ids_b: np.ndarray
+    symmetric: bool
+
+    def layer_index(self, layer: str | int) -> int:
+        """Position of `layer` (a name, or an index into `layers`)."""
+        if isinstance(layer, (int, np.integer)):
+            return int(layer)
+        if layer not in self.layers:
+            raise UserError(f"no layer {layer!r} in these distances; layers: {', '.join(self.layers)}")
+        return self.layers.index(layer)
+
+    def metric(self, metric: str, layer: str | int | None = None) -> np.ndarray:
+        """`metric` for every pair: (L + 1, Na, Nb), or (Na, Nb) for one `layer`."""
+        if layer is None:
+            return metric_values(metric, self.counts, self.kept_a.T[:, :, None], self.kept_b.T[:, None, :],
+                                 self.n_bits[:, None, None])
+        k = self.layer_index(layer)
+        return metric_values(metric, self.counts[k], self.kept_a[:, k, None], self.kept_b[None, :, k],
+                             self.n_bits[k])
+
+    def condensed(self, metric: str = "hamming", layer: str | int = ALL) -> np.ndarray:
+        """The upper triangle of one layer's matrix in scipy's condensed order (one set only)."""
+        if not self.symmetric:
+            raise UserError("condensed distances need the pairs of one mask set, not two")
+        upper_i, upper_j = np.triu_indices(self.counts.shape[1], 1)
+        return self.metric(metric, layer)[upper_i, upper_j]
+
+
+def intersections(masks: MaskSet, other: MaskSet | None = None, per_layer: bool = True, *,
+                  backend: str = "auto", threads: int | None = None,
+                  block_bytes: int | None = None) -> Intersections:
+    """Count ``|a AND b|`` for all pairs of masks, whole and (if `per_layer`) per layer, in one pass.
+
+    Parameters
+    ----------
+    masks : MaskSet
+    other : MaskSet, optional
+        A second set over the same layer layout (cross-run distances); default: pairs within `masks`,
+        of which only the upper triangle is computed.
+    per_layer : bool
+        Also count per layer (costs about nothing extra: layers are word ranges of the same pass).
+    backend : {"auto", "numba", "numpy", "torch"}
+        "auto": torch on a CUDA device, else the numba kernel, else numpy.
+    threads : int, optional
+        CPU threads for the numba kernel (default: all).
+    block_bytes : int, optional
+        Largest block of rows resident at once; matrices larger than this (memory maps larger than RAM)
+        are streamed block pair by block pair. Default 1 GiB.
+
+    Returns
+    -------
+    Intersections
+    """
+    if not isinstance(masks, MaskSet) or (other is not None and not isinstance(other, MaskSet)):
+        raise UserError("distances take MaskSet objects (see MaskSet.from_bool to wrap a boolean matrix)")
+    if other is not None and not masks.same_layout(other):
+        raise UserError("the two mask sets have different layer layouts (names, sizes or word ranges); "
+                        "cross-run distances need masks of the same network")
+    bounds = layer_bounds(masks.layers["word_start"], masks.layers["word_stop"])
+    count_bounds = bounds if per_layer else np.array([[0, masks.n_words]], dtype=np.int64)
+    counts = intersection_counts(masks.bits, None if other is None else other.bits, count_bounds,
+                                 backend=backend, threads=threads, block_bytes=block_bytes,
+                                 with_total=per_layer)
+    layer_bits = masks.layers["n_bits"].to_numpy(np.int64)
+    n_bits = np.concatenate([[layer_bits.sum()], layer_bits]) if per_layer else layer_bits.sum(keepdims=True)
+    if other is None:
+        kept_a = np.ascontiguousarray(np.diagonal(counts, axis1=1, axis2=2).T)
+        kept_b = kept_a
+    else:
+        kept_a = _kept_with_total(masks.bits, bounds, per_layer)
+        kept_b = _kept_with_total(other.bits, bounds, per_layer)
+    layers = (ALL, *masks.layers["layer"]) if per_layer else (ALL,)
+    return Intersections(counts, tuple(str(x) for x in layers), n_bits, kept_a, kept_b, masks.ids,
+                         masks.ids if other is None else other.ids, other is None)
+
+
+def _kept_with_total(bits: np.ndarray, bounds: np.ndarray, per_layer: bool) -> np.ndarray:
+    per_layer_counts = row_counts(bits, bounds)
+    total = per_layer_counts.sum(axis=1, keepdims=True)
+    return np.hstack([total, per_layer_counts]) if per_layer else total
+
+
+def distances(masks: MaskSet, other: MaskSet | None = None, metric: str | Sequence[str] = "hamming",
+              per_layer: bool = False, form: str = "long", *, backend: str = "auto",
+              threads: int | None = None, block_bytes: int | None = None) -> pd.DataFrame | dict:
+    """Distances between all pairs of masks (of one set, or across two sets of the same layout).
+
+    Parameters
+    ----------
+    masks, other : MaskSet
+        One set (pairs i < j) or two sets of the same layout (every pair; e.g. the masks of two runs).
+        Two sets with different layouts raise `masklab.errors.UserError`.
+    metric : {"hamming", "hamming_norm", "matching", "jaccard"} or a list of them
+        See the module docstring. A list is only allowed with ``form="long"``.
+    per_layer : bool
+        Add one row (long) or one matrix (square) per layer beside the whole mask ("all").
+    form : {"long", "square"}
+        ``"long"``: a tidy DataFrame with columns mask_a, mask_b, layer, metric, value; for one set only
+        pairs with mask_a before mask_b (in the set's order) are listed, no self-pairs; layer "all"
+        first, then the layers in model order.
+        ``"square"``: an Na x Nb DataFrame indexed by mask ids (index "mask_a", columns "mask_b"); for one
+        set it is symmetric with the self-distance on the diagonal (hamming 0, matching 1, jaccard 1).
+        With ``per_layer=True`` a dict ``{layer: square DataFrame}``, "all" first.
+    backend, threads, block_bytes
+        See `intersections`.
+
+    Returns
+    -------
+    pandas.DataFrame or dict of str to DataFrame
+        Hamming values are int64, the others float64 (a long table of several metrics is float64).
+    """
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    for name in metrics:
+        if name not in METRICS:
+            raise UserError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}")
+    if form not in FORMS:
+        raise UserError(f"unknown form {form!r}; choose 'long' or 'square'")
+    if form == "square" and len(metrics) != 1:
+        raise UserError("the square form takes one metric; use form='long' for several")
+    result = intersections(masks, other, per_layer, backend=backend, threads=threads, block_bytes=block_bytes)
+    if form == "square":
+        return square_tables(result, metrics[0]) if per_layer else square_table(result, metrics[0], ALL)
+    return pd.concat([long_table(result, name) for name in metrics], ignore_index=True) \
+        if len(metrics) > 1 else long_table(result, metrics[0])
+
+
+def square_table(result: Intersections, metric: str, layer: str | int = ALL) -> pd.DataFrame:
+    """One layer's metric as an Na x Nb DataFrame indexed by mask ids."""
+    return pd.DataFrame(result.metric(metric, layer), index=pd.Index(result.ids_a, name="mask_a"),
+                        columns=pd.Index(result.ids_b, name="mask_b"))
+
+
+def square_tables(result: Intersections, metric: str) -> dict[str, pd.DataFrame]:
+    """``{layer: square DataFrame}`` for "all" and every layer."""
+    return {layer: square_table(result, metric, k) for k, layer in enumerate(result.layers)}
+
+
+def pair_indices(result: Intersections) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column positions of the pairs a long table lists (upper triangle for one set)."""
+    n_a, n_b = result.counts.shape[1:]
+    if result.symmetric:
+        return np.triu_indices(n_a, 1)
+    rows, cols = np.indices((n_a, n_b))
+    return rows.ravel(), cols.ravel()
+
+
+def long_table(result: Intersections, metric: str) -> pd.DataFrame:
+    """The tidy table (mask_a, mask_b, layer, metric, value) of one metric."""
+    rows, cols = pair_indices(result)
+    n_layers, n_pairs = len(result.layers), len(rows)
+    values = np.empty((n_layers, n_pairs), dtype=np.int64 if metric == "hamming" else np.float64)
+    for k in range(n_layers):
+        intersection = result.counts[k][rows, cols]
+        values[k] = metric_values(metric, intersection, result.kept_a[rows, k], result.kept_b[cols, k],
+                                  result.n_bits[k])
+    return pd.DataFrame({
+        "mask_a": np.tile(result.ids_a[rows], n_layers),
+        "mask_b": np.tile(result.ids_b[cols], n_layers),
+        "layer": np.repeat(np.array(result.layers, dtype=object), n_pairs),
+        "metric": metric,
+        "value": values.ravel(),
+    }, columns=LONG_COLUMNS)

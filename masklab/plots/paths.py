@@ -1,0 +1,243 @@
+"""Figures of paths between masks and through training: interpolation curves with their barriers, barrier
+against Hamming distance, trajectories of masks during training. Each takes DataFrames, returns a Figure."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from masklab.errors import UserError
+from masklab.plots._style import (
+    EXPECTED_COLOR,
+    MASK_COLOR,
+    RANDOM_COLOR,
+    as_percent,
+    metric_axis,
+    new_figure,
+    require,
+    styled,
+)
+
+CURVE_KEYS = ("mask_a", "mask_b", "path", "order")
+
+
+# ---- interpolation curves -----------------------------------------------------------------------------------
+def _accuracy(frame: pd.DataFrame) -> np.ndarray:
+    if "acc" in frame.columns:
+        return frame["acc"].to_numpy(dtype=float)
+    return 1.0 - frame["error"].to_numpy(dtype=float)
+
+
+def curve_barriers(curve: pd.DataFrame) -> dict:
+    """Barriers of one curve, as `masklab.analysis.interpolation.barrier` defines them: loss barrier
+    ``max_t L(t) - ((1 - t) L(0) + t L(1))`` (t rescaled to [0, 1] between the first and last point) and
+    error barrier ``max_t E(t) - (E(0) + E(1)) / 2``, with where they peak."""
+    c = curve.sort_values(["t", "point"] if "point" in curve.columns else ["t"], kind="stable")
+    t = c["t"].to_numpy(dtype=float)
+    loss = c["loss"].to_numpy(dtype=float)
+    error = 1.0 - _accuracy(c)
+    span = t[-1] - t[0]
+    s = (t - t[0]) / span if span > 0 else np.zeros_like(t)
+    excess = loss - ((1.0 - s) * loss[0] + s * loss[-1])
+    i, e = int(np.argmax(excess)), int(np.argmax(error))
+    return {"loss_barrier": float(excess[i]), "t_loss": float(t[i]),
+            "error_barrier": float(error[e] - 0.5 * (error[0] + error[-1])), "t_error": float(t[e])}
+
+
+@styled
+def interpolation_curves(curve: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Loss and accuracy along interpolation paths between masks, with the linear interpolation of the ends
+    (dashed) and the barriers marked (arrows; values in the legend).
+
+    Parameters
+    ----------
+    curve : DataFrame
+        ``masklab.analysis.interpolation.interpolate`` output (or several concatenated): ``t`` (0 at mask a,
+        1 at mask b), ``loss``, ``acc`` (fraction or %) or ``error`` (fraction), and optionally ``path``,
+        ``order``, ``point``, ``mask_a``, ``mask_b``: one line per (mask_a, mask_b, path, order); orders of
+        one (mask_a, mask_b, path) share a colour and their barriers are averaged in the legend.
+
+    The loss arrow at the peak of ``L(t) - linear(t)`` spans the loss barrier; the accuracy arrow runs from
+    the mean of the two ends' accuracies (dotted tick) down to the lowest accuracy: the error barrier.
+    """
+    require(curve, ["t", "loss"], "interpolation_curves")
+    if "acc" not in curve.columns and "error" not in curve.columns:
+        raise UserError("interpolation_curves needs a column acc or error")
+    keys = [k for k in CURVE_KEYS if k in curve.columns]
+    colour_keys = [k for k in keys if k != "order"]
+    groups = list(curve.groupby(keys, sort=False, dropna=False)) if keys else [((), curve)]
+    _, factor = as_percent(_accuracy(curve))
+    acc_unit = "%" if factor == 100.0 else "fraction"
+    fig = new_figure(10.5, 4.3)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    unit = " pts" if factor == 100.0 else ""
+    colours: dict = {}
+    barrier_sums: dict = {}
+    single = len(groups) == 1
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        named = dict(zip(keys, key))
+        ckey = tuple(named[k] for k in colour_keys)
+        colour = colours.setdefault(ckey, f"C{len(colours) % 10}")
+        g = g.sort_values(["t", "point"] if "point" in g.columns else ["t"], kind="stable")
+        t = g["t"].to_numpy(dtype=float)
+        loss = g["loss"].to_numpy(dtype=float)
+        acc = _accuracy(g) * factor
+        b = curve_barriers(g)
+        sums = barrier_sums.setdefault(ckey, [0.0, 0.0, 0])
+        sums[0] += b["loss_barrier"]
+        sums[1] += b["error_barrier"]
+        sums[2] += 1
+        s = (t - t[0]) / (t[-1] - t[0]) if t[-1] > t[0] else np.zeros_like(t)
+        ax_loss.plot(t, loss, color=colour, marker="o", markersize=2.5, linewidth=1.5)
+        ax_loss.plot(t, (1 - s) * loss[0] + s * loss[-1], color=colour, linestyle="--", linewidth=1.0, alpha=0.8)
+        ax_acc.plot(t, acc, color=colour, marker="o", markersize=2.5, linewidth=1.5)
+        ax_acc.plot(t, (1 - s) * acc[0] + s * acc[-1], color=colour, linestyle="--", linewidth=1.0, alpha=0.8)
+        tl = b["t_loss"]
+        s_l = (tl - t[0]) / (t[-1] - t[0]) if t[-1] > t[0] else 0.0
+        line_at = (1 - s_l) * loss[0] + s_l * loss[-1]
+        _arrow(ax_loss, tl, line_at, line_at + b["loss_barrier"], colour,
+               f"barrier {b['loss_barrier']:.3g}" if single else None)
+        te = b["t_error"]
+        ends = 0.5 * (acc[0] + acc[-1])
+        ax_acc.hlines(ends, te - 0.04, te + 0.04, colors=colour, linestyles=":", linewidth=1.5)
+        _arrow(ax_acc, te, ends, ends - b["error_barrier"] * factor, colour,
+               f"barrier {b['error_barrier'] * factor:.3g}{unit}" if single else None)
+    handles = []
+    for ckey, colour in colours.items():
+        lb, eb, n = barrier_sums[ckey]
+        name = _curve_name(dict(zip(colour_keys, ckey)))
+        mean = f" (mean of {n} orders)" if n > 1 else ""
+        handles.append(Line2D([], [], color=colour, marker="o", markersize=3,
+                              label=f"{name}: loss barrier {lb / n:.3g}, error barrier {eb / n * factor:.3g}{unit}"
+                                    f"{mean}"))
+    handles.append(Line2D([], [], color=EXPECTED_COLOR, linestyle="--", linewidth=1.0,
+                          label="linear interpolation of the ends"))
+    wide = sum(len(h.get_label()) for h in handles) > 100
+    fig.legend(handles=handles, loc="outside lower center", ncol=1 if wide else len(handles))
+    ax_loss.set_xlabel("t (0 = mask a, 1 = mask b)")
+    ax_acc.set_xlabel("t (0 = mask a, 1 = mask b)")
+    ax_loss.set_ylabel("loss (mean cross-entropy, nats)")
+    ax_acc.set_ylabel(f"accuracy ({acc_unit})")
+    ax_loss.set_title("Loss along the path")
+    ax_acc.set_title("Accuracy along the path")
+    paths = sorted({str(p) for p in curve["path"]}) if "path" in curve.columns else []
+    fig.suptitle(title or "Interpolation between masks" + (f" ({', '.join(paths)} path)" if paths else ""))
+    return fig
+
+
+def _curve_name(named: dict) -> str:
+    parts = []
+    if "mask_a" in named and "mask_b" in named:
+        parts.append(f"masks {named['mask_a']}→{named['mask_b']}")
+    if "path" in named:
+        parts.append(str(named["path"]))
+    return " ".join(parts) or "path"
+
+
+def _arrow(ax, x: float, y0: float, y1: float, colour, text: str | None) -> None:
+    ax.annotate("", xy=(x, y1), xytext=(x, y0),
+                arrowprops={"arrowstyle": "<->", "color": colour, "linewidth": 1.2, "shrinkA": 0, "shrinkB": 0})
+    if text:
+        ax.annotate(text, xy=(x, 0.5 * (y0 + y1)), xytext=(6, 0), textcoords="offset points", va="center",
+                    ha="left" if x < 0.75 else "right", color=colour, fontsize=8,
+                    bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+
+
+# ---- barrier vs distance ------------------------------------------------------------------------------------
+@styled
+def barrier_vs_distance(barriers: pd.DataFrame, *, x: str | None = None, title: str | None = None) -> Figure:
+    """Loss and error barriers of mask pairs against their Hamming distance.
+
+    Parameters
+    ----------
+    barriers : DataFrame
+        ``masklab.analysis.interpolation.barrier_matrix`` output: one row per pair (and order), columns
+        ``hamming`` (bits) and/or ``hamming_norm`` (fraction), ``loss_barrier``, ``error_barrier`` (fraction),
+        optionally ``path`` (one colour each), ``mask_a``, ``mask_b``.
+    x : "hamming_norm" (default when present) or "hamming".
+
+    The legend gives each path's Spearman rank correlation; the grey dashed line is "no barrier".
+    """
+    x = x or ("hamming_norm" if "hamming_norm" in barriers.columns else "hamming")
+    require(barriers, [x, "loss_barrier", "error_barrier"], "barrier_vs_distance")
+    groups = list(barriers.groupby("path", sort=False)) if "path" in barriers.columns else [("pairs", barriers)]
+    fig = new_figure(10.5, 4.2)
+    axes = fig.subplots(1, 2)
+    _, xlabel = metric_axis(x)
+    specs = [("loss_barrier", 1.0, "loss barrier (cross-entropy, nats)", "Loss barrier"),
+             ("error_barrier", 100.0, "error barrier (percentage points)", "Error barrier")]
+    for ax, (column, scale, ylabel, heading) in zip(axes, specs):
+        ax.axhline(0.0, color=RANDOM_COLOR, linestyle="--", linewidth=1.0, label="no barrier")
+        for i, (path, g) in enumerate(groups):
+            xs, ys = g[x].to_numpy(dtype=float), g[column].to_numpy(dtype=float) * scale
+            ax.scatter(xs, ys, s=22, color=f"C{i % 10}", edgecolors="0.2", linewidths=0.3,
+                       label=f"{path} (n = {len(g)}{_spearman(xs, ys)})", zorder=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{heading} vs distance")
+        ax.legend(loc="best", fontsize=7)
+    fig.suptitle(title or "Barriers between masks against their Hamming distance")
+    return fig
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> str:
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return ""
+    from scipy import stats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rho = stats.spearmanr(x[ok], y[ok])[0]
+    return f", Spearman ρ = {rho:.2f}"
+
+
+# ---- trajectories -------------------------------------------------------------------------------------------
+@styled
+def trajectories(traj: pd.DataFrame, *, metric: str = "hamming_norm", baseline: float | None = None,
+                 title: str | None = None) -> Figure:
+    """Distance of each mask's training snapshots to its final mask (and to the other masks) against epoch.
+
+    Parameters
+    ----------
+    traj : DataFrame
+        One row per (mask, snapshot): ``mask_id``, ``epoch``, ``distance_to_final``, optionally
+        ``distance_to_others_mean`` (mean distance to the other masks' snapshots of the same epoch).
+    metric : the distance's name, for the axis label (default normalised Hamming).
+    baseline : float, optional
+        Random-mask expectation of the distance, drawn dashed (where two independent masks would be).
+    """
+    require(traj, ["mask_id", "epoch", "distance_to_final"], "trajectories")
+    others = "distance_to_others_mean" in traj.columns and traj["distance_to_others_mean"].notna().any()
+    columns = [("distance_to_final", "Distance to the mask's own final mask")]
+    if others:
+        columns.append(("distance_to_others_mean", "Mean distance to the other masks"))
+    scale, ylabel = metric_axis(metric)
+    fig = new_figure(5.2 * len(columns) + 0.6, 4.2)
+    axes = fig.subplots(1, len(columns), squeeze=False, sharey=True)[0]
+    n_masks = traj["mask_id"].nunique()
+    for ax, (column, heading) in zip(axes, columns):
+        for _, g in traj.groupby("mask_id", sort=True):
+            g = g.sort_values("epoch")
+            ax.plot(g["epoch"], g[column] * scale, color=MASK_COLOR, alpha=0.35, linewidth=0.9)
+        mean = traj.groupby("epoch", sort=True)[column].mean() * scale
+        ax.plot(mean.index, mean.to_numpy(), color="black", linewidth=2.0, marker="o", markersize=3,
+                label=f"mean over {n_masks} masks")
+        if baseline is not None:
+            ax.axhline(baseline * scale, color=EXPECTED_COLOR, linestyle="--", linewidth=1.2,
+                       label="random masks (expected)")
+        ax.plot([], [], color=MASK_COLOR, alpha=0.5, label="one mask")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(heading)
+        ax.legend(loc="best", fontsize=7)
+    fig.suptitle(title or "Mask trajectories during training")
+    return fig
+
+
+__all__ = ["barrier_vs_distance", "curve_barriers", "interpolation_curves", "trajectories"]

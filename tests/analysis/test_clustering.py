@@ -1,0 +1,134 @@
+"""Clustering recovers planted structure, finds none in random masks, and the random-mask test tells the two
+apart."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.cluster import hierarchy
+from sklearn.metrics import adjusted_rand_score
+
+from masklab.analysis import clustering as C
+from masklab.analysis.distances import distances
+from masklab.errors import UserError
+from masklab.store.bits import MaskSet
+
+N_PER, N_CENTRES, N_BITS, FLIP = 10, 3, 2000, 0.05
+SIZES = [300, 1700]
+
+
+def planted(seed: int = 0) -> tuple[MaskSet, np.ndarray]:
+    """30 masks: noisy copies (5% of bits flipped) of 3 random centres, ids shuffled against the truth."""
+    rng = np.random.default_rng(seed)
+    centres = rng.random((N_CENTRES, N_BITS)) < 0.5
+    truth = np.repeat(np.arange(N_CENTRES), N_PER)
+    rng.shuffle(truth)
+    bits = centres[truth] ^ (rng.random((len(truth), N_BITS)) < FLIP)
+    return MaskSet.from_bool(bits, layer_sizes=SIZES, ids=np.arange(100, 100 + len(truth))), truth
+
+
+def random_masks(seed: int = 1, n: int = 30) -> MaskSet:
+    rng = np.random.default_rng(seed)
+    return MaskSet.from_bool(rng.random((n, N_BITS)) < 0.5, layer_sizes=SIZES)
+
+
+@pytest.fixture(scope="module")
+def planted_square():
+    masks, truth = planted()
+    return distances(masks, metric="hamming_norm", form="square"), truth
+
+
+@pytest.fixture(scope="module")
+def random_square():
+    return distances(random_masks(), metric="hamming_norm", form="square")
+
+
+def test_hierarchical_and_hdbscan_recover_planted_clusters(planted_square):
+    square, truth = planted_square
+    labels = C.cluster_masks(square)
+    assert list(labels.columns) == ["mask_id", "cluster_average", "cluster_ward", "cluster_hdbscan"]
+    assert labels["mask_id"].tolist() == square.index.tolist()
+    for column in ("cluster_average", "cluster_ward"):
+        assert labels[column].nunique() == 3, column  # k chosen by silhouette
+        assert adjusted_rand_score(truth, labels[column]) == 1.0, column
+    hdb = labels["cluster_hdbscan"].to_numpy()
+    assert len(set(hdb[hdb >= 0])) == 3 and (hdb >= 0).all()
+    assert adjusted_rand_score(truth, hdb) == 1.0
+    # labels merge into a mask table on mask_id
+    table = pd.DataFrame({"mask_id": square.index[::-1], "test_acc": 0.9})
+    merged = table.merge(labels, on="mask_id")
+    assert len(merged) == len(table) and merged["cluster_ward"].notna().all()
+
+
+def test_given_k_and_summary(planted_square):
+    square, truth = planted_square
+    two = C.hierarchical(square, "average", k=2)
+    assert two["cluster_average"].nunique() == 2
+    assert adjusted_rand_score(truth, two["cluster_average"]) < 1.0
+    summary = C.cluster_summary(square, C.cluster_masks(square))
+    assert summary["method"].tolist() == ["average", "ward", "hdbscan"]
+    assert (summary["n_clusters"] == 3).all() and (summary["n_noise"] == 0).all()
+    assert (summary["silhouette"] > 0.7).all()
+    assert summary.set_index("method").loc["average", "cophenetic"] > 0.95
+    curve = C.silhouette_curve(square, "ward")
+    assert curve["k"].tolist() == list(range(2, 11))
+    assert int(curve.loc[curve["silhouette"].idxmax(), "k"]) == 3
+
+
+def test_ward_runs_on_euclidean_distances(planted_square):
+    square, _ = planted_square
+    z = C.linkage_matrix(square, "ward", optimal=False)
+    expected = hierarchy.linkage(np.sqrt(square.to_numpy()[np.triu_indices(len(square), 1)]), "ward")
+    np.testing.assert_allclose(z, expected)
+    # sqrt of Hamming counts is the Euclidean distance between the 0/1 vectors: the same tree up to scale
+    masks, _ = planted()
+    counts = distances(masks, metric="hamming", form="square").to_numpy().astype(float)
+    z_counts = C.linkage_matrix(counts, "ward", optimal=False)
+    np.testing.assert_allclose(z_counts[:, 2], z[:, 2] * np.sqrt(N_BITS), rtol=1e-9)
+    np.testing.assert_array_equal(z_counts[:, :2], z[:, :2])
+
+
+def test_dendrogram_order_groups_clusters_and_labels_follow_it(planted_square):
+    square, truth = planted_square
+    order = C.dendrogram_order(square)
+    assert sorted(order.tolist()) == sorted(square.index.tolist())
+    by_id = dict(zip(square.index, truth))
+    runs = [by_id[i] for i in order]
+    assert sum(a != b for a, b in zip(runs, runs[1:])) == 2  # each planted cluster is one contiguous block
+    z = C.linkage_matrix(square)
+    assert np.array_equal(square.index.to_numpy()[hierarchy.leaves_list(z)], order)
+    labels = C.cluster_masks(square).set_index("mask_id")["cluster_average"]
+    assert labels.loc[order].drop_duplicates().tolist() == [0, 1, 2]  # numbered along the heatmap
+
+
+def test_random_masks_have_no_structure(random_square):
+    stats = C.structure_statistics(random_square)
+    assert abs(stats["silhouette"]) < 0.1
+    labels = C.cluster_masks(random_square, methods=("hdbscan",))
+    assert (labels["cluster_hdbscan"] == -1).mean() > 0.5  # mostly noise
+
+
+def test_structure_vs_random_separates_planted_from_random():
+    masks, _ = planted()
+    test = C.structure_vs_random(masks, n_random=19, random_state=0)
+    summary = test.summary.set_index("statistic")
+    assert summary.loc["silhouette", "p_value"] == pytest.approx(0.05)
+    assert summary.loc["cophenetic", "p_value"] == pytest.approx(0.05)
+    assert summary.loc["silhouette", "observed"] > summary.loc["silhouette", "random_max"]
+    assert (test.samples["source"] == "random").sum() == 2 * 19
+    null = C.structure_vs_random(random_masks(), n_random=19, random_state=0).summary.set_index("statistic")
+    assert null.loc["silhouette", "p_value"] > 0.1  # uniform under the null; this seed gives 0.2
+    assert null.loc["silhouette", "random_min"] <= null.loc["silhouette", "observed"] \
+        <= null.loc["silhouette", "random_max"]
+
+
+def test_bad_input_is_a_user_error():
+    with pytest.raises(UserError, match="square"):
+        C.cluster_masks(np.zeros((3, 4)))
+    with pytest.raises(UserError, match="diagonal"):
+        C.cluster_masks(np.ones((3, 3)))
+    with pytest.raises(UserError, match="symmetric"):
+        C.cluster_masks(np.array([[0, 1, 2], [1, 0, 1], [3, 1, 0]]))
+    with pytest.raises(UserError, match="linkage method"):
+        C.linkage_matrix(np.zeros((3, 3)), "median")

@@ -1,0 +1,313 @@
+"""Every figure function draws a titled, labelled figure from DataFrames, without overlapping or clipped text,
+and saves PNG + SVG."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.text import Text
+from scipy import stats
+
+from masklab import plots as P
+from masklab.analysis import clustering as C
+from masklab.errors import UserError
+
+RNG = np.random.default_rng(0)
+N = 12
+
+
+def square_distances() -> pd.DataFrame:
+    centres = RNG.random((3, 400)) < 0.5
+    bits = centres[np.arange(N) % 3] ^ (RNG.random((N, 400)) < 0.05)
+    d = (bits[:, None, :] != bits[None, :, :]).mean(axis=2)
+    ids = np.arange(N) + 5
+    return pd.DataFrame(d, index=pd.Index(ids, name="mask_a"), columns=pd.Index(ids, name="mask_b"))
+
+
+def per_layer_table(n_layers: int) -> pd.DataFrame:
+    rows = []
+    for i in range(n_layers):
+        name = "all" if i == 0 else f"features.{i}.conv.weight"
+        for metric, base in (("matching", 0.5), ("jaccard", 1 / 3)):
+            mean = base + 0.05 * (i == 1) + 0.01 * RNG.random()
+            rows.append({"layer": name, "metric": metric, "mean": mean, "min": mean - 0.01, "max": mean + 0.01,
+                         "baseline": base})
+    return pd.DataFrame(rows)
+
+
+def embedding_points() -> pd.DataFrame:
+    n_random = 8
+    points = pd.DataFrame({"mask_id": list(range(N)) + list(range(-1, -n_random - 1, -1)),
+                           "x": RNG.normal(size=N + n_random), "y": RNG.normal(size=N + n_random), "method": "umap",
+                           "source": ["mask"] * N + ["random"] * n_random})
+    table = pd.DataFrame({"mask_id": range(N), "test_acc": RNG.uniform(0.8, 0.9, N)})
+    labels = pd.DataFrame({"mask_id": range(N), "cluster_average": np.arange(N) % 3,
+                           "cluster_hdbscan": np.r_[-1, np.arange(N - 1) % 2]})
+    return points.merge(table, on="mask_id", how="left").merge(labels, on="mask_id", how="left")
+
+
+def consensus_table() -> pd.DataFrame:
+    """The format of masklab.analysis.consensus.consensus_histogram."""
+    rows = []
+    for layer, n_bits, k in (("all", 5300, 0.28), ("conv1", 300, 0.5), ("fc1", 5000, 0.2)):
+        expected = stats.binom.pmf(np.arange(N + 1), N, k) * n_bits
+        observed = RNG.poisson(expected)
+        rows += [{"layer": layer, "n_masks_keeping": m, "n_weights": int(observed[m]), "expected": expected[m]}
+                 for m in range(N + 1)]
+    return pd.DataFrame(rows)
+
+
+def curve_table() -> pd.DataFrame:
+    t = np.linspace(0, 1, 30)
+    parts = []
+    for path, height, orders in (("soft", 0.8, 1), ("hamming", 0.3, 2)):
+        for order in range(orders):
+            acc = 0.9 - 0.01 * t - 0.3 * height * np.sin(np.pi * t) ** 2
+            parts.append(pd.DataFrame({"mask_a": 0, "mask_b": 1, "path": path, "order": order,
+                                       "point": np.arange(30), "t": t, "acc": acc, "error": 1 - acc,
+                                       "loss": 0.3 + 0.1 * t + height * np.sin(np.pi * t) ** 2 + 0.01 * order}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def barrier_table() -> pd.DataFrame:
+    hamming = RNG.integers(900, 1100, 16)
+    return pd.DataFrame({"mask_a": range(16), "mask_b": np.arange(16) + 1, "path": ["soft"] * 8 + ["hamming"] * 8,
+                         "hamming": hamming, "hamming_norm": hamming / 2000,
+                         "loss_barrier": hamming / 1000 + RNG.normal(0, 0.05, 16),
+                         "error_barrier": hamming / 5000 + RNG.normal(0, 0.01, 16)})
+
+
+def trajectory_table() -> pd.DataFrame:
+    return pd.DataFrame([{"mask_id": m, "epoch": e, "distance_to_final": 0.5 * np.exp(-e / 5) + 0.01 * RNG.random(),
+                          "distance_to_others_mean": 0.5 - 0.001 * e} for m in range(5) for e in range(0, 21, 4)])
+
+
+def sweep_table() -> pd.DataFrame:
+    return pd.DataFrame({"method": ["edge-popup"] * 4 + ["biprop"] * 4, "sparsity": [0.5, 0.7, 0.8, 0.9] * 2,
+                         "acc_mean": [0.88, 0.87, 0.85, 0.80, 0.89, 0.88, 0.87, 0.84], "acc_std": 0.005,
+                         "published": [88.5, np.nan, 85.0, 79.0] + [np.nan] * 4})
+
+
+def make(name: str):
+    if name == "heatmap":
+        square = square_distances()
+        return P.distance_heatmap(square, C.linkage_matrix(square), baseline=0.5)
+    if name == "heatmap_order":
+        square = square_distances()
+        return P.distance_heatmap(square, order=C.dendrogram_order(square)[::-1], metric="hamming_norm")
+    if name == "per_layer_20":
+        return P.per_layer_similarity(per_layer_table(20))
+    if name == "per_layer_std":
+        return P.per_layer_similarity(per_layer_table(3).drop(columns=["min", "max"]).assign(std=0.01))
+    if name == "histogram":
+        observed = pd.DataFrame({"layer": "all", "metric": "hamming_norm", "value": RNG.normal(0.49, 0.01, 66)})
+        random = pd.DataFrame({"layer": "all", "metric": "hamming_norm", "value": RNG.normal(0.5, 0.01, 66)})
+        return P.distance_histogram(observed, random, expected=0.5)
+    if name == "embedding":
+        return P.embedding_scatter(embedding_points(), color_by=("test_acc", "cluster_average", "cluster_hdbscan"))
+    if name == "consensus":
+        return P.consensus_histogram(consensus_table(), layers=["conv1", "fc1"])
+    if name == "interpolation":
+        return P.interpolation_curves(curve_table())
+    if name == "interpolation_one":
+        return P.interpolation_curves(curve_table().query("path == 'soft'"))
+    if name == "barrier":
+        return P.barrier_vs_distance(barrier_table())
+    if name == "trajectories":
+        return P.trajectories(trajectory_table(), baseline=0.5)
+    if name == "sweep":
+        return P.accuracy_vs_sparsity(sweep_table())
+    raise KeyError(name)
+
+
+FIGURES = ["heatmap", "heatmap_order", "per_layer_20", "per_layer_std", "histogram", "embedding", "consensus",
+           "interpolation", "interpolation_one", "barrier", "trajectories", "sweep"]
+
+
+def is_aux(ax) -> bool:
+    """Colour bars and the dendrogram carry no title or axis labels of their own."""
+    return ax.get_label() in ("<colorbar>", "dendrogram") or not ax.get_visible()
+
+
+def drawn_texts(fig) -> list[Text]:
+    """Every piece of text the figure shows: titles, axis labels, tick labels in view, legends, annotations."""
+    texts = [fig._suptitle] if fig._suptitle is not None else []
+    for legend in fig.legends:
+        texts += legend.get_texts()
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        texts += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            lo, hi = min(lo, hi), max(lo, hi)
+            pad = 1e-9 * max(abs(lo), abs(hi), 1.0)
+            for label in axis.get_ticklabels():
+                position = label.get_position()[0 if axis is ax.xaxis else 1]
+                if lo - pad <= position <= hi + pad:
+                    texts.append(label)
+        if ax.get_legend() is not None:
+            texts += ax.get_legend().get_texts()
+    return [t for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def text_rectangle(text: Text, renderer) -> np.ndarray:
+    """The 4 corners (pixels) of the rotated box a text occupies: its upright size, rotated about the centre
+    of its axis-aligned extent (a rotated rectangle is centred in its bounding box)."""
+    box = text.get_window_extent(renderer)
+    angle = text.get_rotation()
+    if angle % 180 == 0:
+        return np.array([[box.x0, box.y0], [box.x1, box.y0], [box.x1, box.y1], [box.x0, box.y1]])
+    text.set_rotation(0)
+    upright = text.get_window_extent(renderer)
+    text.set_rotation(angle)
+    half = np.array([upright.width, upright.height]) / 2
+    rad = np.deg2rad(angle)
+    turn = np.array([[np.cos(rad), -np.sin(rad)], [np.sin(rad), np.cos(rad)]])
+    corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half
+    return corners @ turn.T + [(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2]
+
+
+def rectangles_overlap(a: np.ndarray, b: np.ndarray, tolerance: float = 1.0) -> bool:
+    """Separating-axis test for two convex quadrilaterals; touching within `tolerance` pixels is no overlap."""
+    for poly in (a, b):
+        for i in range(4):
+            edge = poly[(i + 1) % 4] - poly[i]
+            normal = np.array([-edge[1], edge[0]]) / (np.hypot(*edge) or 1.0)
+            pa, pb = a @ normal, b @ normal
+            if min(pa.max(), pb.max()) - max(pa.min(), pb.min()) <= tolerance:
+                return False
+    return True
+
+
+def assert_readable(fig) -> None:
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = drawn_texts(fig)
+    frame = fig.bbox
+    for t in texts:
+        box = t.get_window_extent(renderer)
+        assert box.x0 >= frame.x0 - 1 and box.x1 <= frame.x1 + 1 and box.y0 >= frame.y0 - 1 \
+            and box.y1 <= frame.y1 + 1, f"text {t.get_text()!r} is cut off by the figure edge"
+    shapes = [(t.get_text(), text_rectangle(t, renderer)) for t in texts]
+    for i, (text_a, a) in enumerate(shapes):
+        for text_b, b in shapes[i + 1:]:
+            assert not rectangles_overlap(a, b), f"texts overlap: {text_a!r} and {text_b!r}"
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_figure_is_labelled_readable_and_saved(name, tmp_path):
+    fig = make(name)
+    assert isinstance(fig, matplotlib.figure.Figure)
+    axes = [ax for ax in fig.axes if not is_aux(ax)]
+    assert axes, "no axes drawn"
+    for ax in axes:
+        assert ax.get_title() or fig.get_suptitle(), "untitled panel"
+        assert ax.get_ylabel(), f"panel {ax.get_title()!r} has no y label"
+        siblings = ax.get_shared_x_axes().get_siblings(ax)
+        assert any(other.get_xlabel() for other in siblings), f"panel {ax.get_title()!r} has no x label"
+        assert ax.has_data() or ax.images, f"panel {ax.get_title()!r} is empty"
+    assert any(ax.get_xlabel() for ax in axes)
+    assert_readable(fig)
+    written = P.save_figure(fig, tmp_path / "sub" / name)
+    assert [p.name for p in written] == [f"{name}.png", f"{name}.svg"]
+    assert (tmp_path / "sub" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in (tmp_path / "sub" / f"{name}.svg").read_text()[:2000]
+
+
+def test_random_baselines_are_drawn():
+    fig = P.per_layer_similarity(per_layer_table(4))
+    top = fig.axes[0]
+    assert any("random" in t.get_text() for legend in fig.legends for t in legend.get_texts())
+    segments = [c for c in top.collections if c.get_label() == "random masks (expected)"][0].get_segments()
+    assert len(segments) == 4 and np.allclose([s[0][1] for s in segments], 50.0)  # matching shown in %
+    hist = P.distance_histogram(RNG.normal(0.49, 0.01, 40), RNG.normal(0.5, 0.01, 40), expected=0.5,
+                                metric="hamming_norm")
+    labels = hist.axes[0].get_legend_handles_labels()[1]
+    assert any(label.startswith("random-mask pairs") for label in labels)
+    assert any(label.startswith("random expectation") for label in labels)
+    cons = P.consensus_histogram(consensus_table())
+    assert cons.axes[0].get_yscale() == "log"
+    assert any("Binomial(12, k)" in t.get_text() for t in cons.legends[0].get_texts())
+    assert [ax.get_title() for ax in cons.axes if ax.get_visible()] == ["whole network", "conv1", "fc1"]
+
+
+def test_layer_order_is_kept_and_layer_summary_builds_the_input():
+    long = pd.DataFrame({"mask_a": [0, 0, 1] * 4, "mask_b": [1, 2, 2] * 4,
+                         "layer": ["all"] * 3 + ["zeta"] * 3 + ["all"] * 3 + ["zeta"] * 3,
+                         "metric": ["matching"] * 6 + ["jaccard"] * 6, "value": np.linspace(0.3, 0.6, 12)})
+    base = pd.DataFrame({"layer": ["all", "zeta"], "matching": [0.5, 0.5], "jaccard": [1 / 3, 1 / 3]})
+    summary = P.layer_summary(long, base)
+    assert list(summary.columns) == ["layer", "metric", "mean", "std", "min", "max", "n_pairs", "baseline"]
+    assert summary["layer"].tolist() == ["all", "zeta", "all", "zeta"]
+    assert summary["n_pairs"].tolist() == [3] * 4
+    assert summary.query("metric == 'jaccard'")["baseline"].tolist() == pytest.approx([1 / 3, 1 / 3])
+    layers = [f"layer{i}" for i in (3, 1, 2, 10)]
+    table = pd.DataFrame({"layer": layers * 2, "metric": ["matching"] * 4 + ["jaccard"] * 4, "mean": 0.5})
+    fig = P.per_layer_similarity(table)
+    assert [t.get_text() for t in fig.axes[-1].get_xticklabels()] == layers
+
+
+def test_interpolation_barrier_matches_the_analysis_definition():
+    curve = curve_table().query("path == 'soft'")
+    b = P.curve_barriers(curve)
+    t, loss = curve["t"].to_numpy(), curve["loss"].to_numpy()
+    assert b["loss_barrier"] == pytest.approx(np.max(loss - ((1 - t) * loss[0] + t * loss[-1])))
+    error = curve["error"].to_numpy()
+    assert b["error_barrier"] == pytest.approx(error.max() - (error[0] + error[-1]) / 2)
+    fig = P.interpolation_curves(curve)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert f"barrier {b['loss_barrier']:.3g}" in texts
+
+
+def test_accuracy_colourbar_and_units():
+    fig = P.embedding_scatter(embedding_points())
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert bars and bars[0].get_ylabel() == "test accuracy (%)"
+    low, high = bars[0].get_ylim()
+    assert 75 < low < high < 95
+    sweep = P.accuracy_vs_sparsity(sweep_table())
+    ax = sweep.axes[0]
+    assert ax.get_xlabel() == "sparsity (% of weights removed)"
+    published = [line for line in ax.get_lines() if "published" in line.get_label()]
+    assert published and published[0].get_linestyle() == "--" and published[0].get_markerfacecolor() == "none"
+    assert np.nanmax(published[0].get_ydata()) == pytest.approx(88.5)
+
+
+def test_missing_columns_are_named():
+    with pytest.raises(UserError, match="acc_mean"):
+        P.accuracy_vs_sparsity(pd.DataFrame({"method": ["a"], "sparsity": [0.5]}))
+    with pytest.raises(UserError, match="distance_to_final"):
+        P.trajectories(pd.DataFrame({"mask_id": [0], "epoch": [1]}))
+
+
+def test_figures_take_the_analysis_tables_as_they_come():
+    """The plots read the DataFrames of masklab.analysis directly (formats shared with other modules)."""
+    from masklab.analysis import distances, random_baseline
+    from masklab.analysis.baselines import random_baseline_samples
+    from masklab.analysis.consensus import consensus_histogram as keep_count_histogram
+    from masklab.store.bits import MaskSet
+
+    rng = np.random.default_rng(5)
+    masks = MaskSet.from_bool(np.column_stack([rng.random((8, 64)) < 0.5, rng.random((8, 700)) < 0.25]),
+                              layer_sizes=[64, 700], layer_names=["conv1", "fc"])
+    baseline = random_baseline(masks)
+    long = distances(masks, metric=["matching", "jaccard"], per_layer=True)
+    summary = P.layer_summary(long, baseline)
+    assert summary["baseline"].notna().all()
+    fc = summary.query("layer == 'fc' and metric == 'matching'")["baseline"].iloc[0]
+    assert fc == pytest.approx(baseline.set_index("layer").loc["fc", "matching"])
+    k = masks.popcounts(per_layer=True)[:, 1].mean() / 700
+    assert fc == pytest.approx(k ** 2 + (1 - k) ** 2, abs=1e-3)
+    figures = [P.per_layer_similarity(summary)]
+    samples = random_baseline_samples(masks, random_state=0)
+    expected = float(baseline.set_index("layer").loc["all", "hamming_norm"])
+    figures.append(P.distance_histogram(distances(masks, metric="hamming_norm"), samples, expected,
+                                        metric="hamming_norm"))
+    figures.append(P.consensus_histogram(keep_count_histogram(masks)))
+    square = distances(masks, metric="hamming_norm", form="square")
+    figures.append(P.distance_heatmap(square, C.linkage_matrix(square), baseline=expected))
+    for fig in figures:
+        assert_readable(fig)
+    assert len([ax for ax in figures[2].axes if ax.get_visible()]) == 3  # all, conv1, fc
