@@ -88,7 +88,8 @@ def conv_net(channels: tuple[int, ...], name: str) -> Callable:
                                     "pixels per side; use a smaller conv-N or mlp")
         hidden = scaled(width, 256, name)
         layers += [("flatten", nn.Flatten()), ("fc1", make.linear(c * h * w, hidden)), ("relu_fc1", nn.ReLU()),
-                   ("fc2", make.linear(hidden, hidden)), ("relu_fc2", nn.ReLU()), ("fc3", make.linear(hidden, n_classes))]
+                   ("fc2", make.linear(hidden, hidden)), ("relu_fc2", nn.ReLU()),
+                   ("fc3", make.linear(hidden, n_classes))]
         return nn.Sequential(OrderedDict(layers))
 
     return build
