@@ -14,8 +14,8 @@
 - peak memory of the per-layer pass beside the packed matrix and the N x N x (L + 1) result;
 - whether the compiled kernel contains VPOPCNTQ (AVX-512 VPOPCNTDQ) and whether this CPU has it.
 
-Timings are the minimum over `--rounds` interleaved rounds (other processes on a shared machine only ever
-make a round slower).
+Every timing is the minimum over `--rounds` rounds that interleave all four measurements (other processes
+on a shared machine only ever make a round slower, and interleaving spreads that over all of them).
 
     python bench/bench_distances.py [--masks 1000] [--threads 2] [--rounds 3] [--quick]
 """
@@ -100,31 +100,39 @@ def gbit_pairs(pairs: float, n_bits: int, seconds: float) -> float:
     return pairs * n_bits / seconds / 1e9
 
 
-def time_scipy(masks: MaskSet, n_subset: int) -> float:
-    """Seconds of scipy pdist(hamming) on bools for the pairs of the first `n_subset` masks."""
+def scipy_timer(masks: MaskSet, n_subset: int):
+    """A function timing scipy pdist(hamming) on the bools of the first `n_subset` masks."""
     from scipy.spatial.distance import pdist
 
     bools = np.stack([masks.unpack(int(i)) for i in masks.ids[:n_subset]])
     pdist(bools[:3], "hamming")                     # warm-up: first-call set-up is not per-pair cost
-    t0 = time.perf_counter()
-    pdist(bools, "hamming")
-    return time.perf_counter() - t0
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        pdist(bools, "hamming")
+        return time.perf_counter() - t0
+
+    return run
 
 
-def time_faiss(masks: MaskSet, n_subset: int, threads: int) -> float | None:
-    """Seconds of faiss.hammings over the full n_subset x n_subset square of packed codes, or None."""
+def faiss_timer(masks: MaskSet, n_subset: int, threads: int):
+    """A function timing faiss.hammings over the n_subset x n_subset square of packed codes, or None."""
     try:
         import faiss
     except ImportError:
         return None
     faiss.omp_set_num_threads(threads)
-    codes = np.ascontiguousarray(masks.bits[:n_subset]).view(np.uint8)
+    codes = np.ascontiguousarray(masks.bits[:n_subset]).view(np.uint8)   # the same packed bytes
     out = np.empty((n_subset, n_subset), dtype=np.int32)
     pointer = faiss.swig_ptr(codes)
     faiss.hammings(pointer, pointer, 4, 4, codes.shape[1], faiss.swig_ptr(out))   # warm-up (threads)
-    t0 = time.perf_counter()
-    faiss.hammings(pointer, pointer, n_subset, n_subset, codes.shape[1], faiss.swig_ptr(out))
-    return time.perf_counter() - t0
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        faiss.hammings(pointer, pointer, n_subset, n_subset, codes.shape[1], faiss.swig_ptr(out))
+        return time.perf_counter() - t0
+
+    return run
 
 
 def main() -> None:
@@ -164,14 +172,19 @@ def main() -> None:
     packed_mib, result_mib = masks.bits.nbytes / 2**20, result.counts.nbytes / 2**20
     del result
 
-    whole, per_layer = [], []
-    for _ in range(args.rounds):
+    scipy_subset, faiss_subset = min(args.scipy_masks, n), min(args.faiss_masks, n)
+    time_scipy, time_faiss = scipy_timer(masks, scipy_subset), faiss_timer(masks, faiss_subset, args.threads)
+    whole, per_layer, scipy_times, faiss_times = [], [], [], []
+    for _ in range(args.rounds):                   # interleaved, so that load from elsewhere hits all alike
         t0 = time.perf_counter()
         intersections(masks, per_layer=False, threads=args.threads)
         whole.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         intersections(masks, per_layer=True, threads=args.threads)
         per_layer.append(time.perf_counter() - t0)
+        scipy_times.append(time_scipy())
+        if time_faiss is not None:
+            faiss_times.append(time_faiss())
     t_whole, t_layers = min(whole), min(per_layer)
     ours = gbit_pairs(pairs, n_bits, t_whole)
     print(f"masklab whole mask : {t_whole:8.3f} s  {ours:7.1f} Gbit-pairs/s  "
@@ -179,8 +192,7 @@ def main() -> None:
     print(f"masklab per layer  : {t_layers:8.3f} s  {gbit_pairs(pairs, n_bits, t_layers):7.1f} Gbit-pairs/s  "
           f"-> per-layer / whole = {t_layers / t_whole:.3f}x (target < 1.3x)")
 
-    subset = min(args.scipy_masks, n)
-    t_scipy = time_scipy(masks, subset)
+    subset, t_scipy = scipy_subset, min(scipy_times)
     subset_pairs = subset * (subset - 1) / 2
     scipy_all = t_scipy * pairs / subset_pairs
     scipy_rate = gbit_pairs(subset_pairs, n_bits, t_scipy)
@@ -188,11 +200,11 @@ def main() -> None:
           f"by the pair count to {scipy_all:,.0f} s; {scipy_rate:7.2f} Gbit-pairs/s "
           f"-> masklab {scipy_all / t_whole:,.0f}x faster (target >= 150x)")
 
-    subset = min(args.faiss_masks, n)
-    t_faiss = time_faiss(masks, subset, args.threads)
-    if t_faiss is None:
+    subset = faiss_subset
+    if time_faiss is None:
         print("faiss-cpu is not installed (pip install faiss-cpu): faiss comparison skipped")
     else:
+        t_faiss = min(faiss_times)
         faiss_rate = gbit_pairs(subset * subset, n_bits, t_faiss)
         faiss_all = t_faiss * (n / subset) ** 2
         print(f"faiss hammings     : {t_faiss:8.3f} s for the {subset} x {subset} square, {faiss_rate:7.1f} "

@@ -1,0 +1,22 @@
+"""The example notebook runs from top to bottom (on a small run), so it never rots."""
+
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "mask_landscape.ipynb"
+
+
+def test_example_notebook_executes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKLAB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("MASKLAB_NB_MASKS", "4")
+    monkeypatch.setenv("MASKLAB_NB_EPOCHS", "2")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    resources = {"metadata": {"path": str(NOTEBOOK.parent)}}
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources=resources).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 2  # the two figures were drawn
+    assert any("mask_id" in o.get("data", {}).get("text/html", "") for o in outputs)  # the mask table
