@@ -1,0 +1,85 @@
+import re
+
+import pandas as pd
+import pytest
+
+import masklab
+from masklab.cli import main
+from masklab.data import load_dataset
+from masklab.errors import UserError
+from masklab.report import analyze, compare
+
+TINY = dict(masks=5, epochs=3, width=0.25, snapshot_every=1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, digits):
+    root = tmp_path_factory.mktemp("runs")
+    a = masklab.generate(runs_dir=root, data=digits, **TINY)
+    b = masklab.generate(runs_dir=root, data=digits, method="biprop", **TINY)
+    return root, a, b
+
+
+def test_analyze_writes_every_table_figure_and_an_index(runs, tmp_path):
+    _, run, _ = runs
+    report = analyze(run, tmp_path / "figures", pairs=3, points=5)
+    expected_tables = {"distances", "baseline", "layer_summary", "random_distances", "consensus",
+                       "consensus_histogram", "union_coverage", "clusters", "cluster_summary",
+                       "structure_vs_random", "embedding", "barriers", "interpolation", "barrier_correlation",
+                       "trajectories", "settling"}
+    assert expected_tables <= set(report.tables)
+    for name in expected_tables:
+        for suffix in (".csv", ".parquet"):
+            assert (run.path / "analysis" / f"{name}{suffix}").exists(), name
+    parquet = pd.read_parquet(run.path / "analysis" / "layer_summary.parquet")
+    assert list(parquet["layer"].unique()) == ["all", "fc1", "fc2", "fc3"]
+    expected_figures = {"per_layer_similarity", "distance_histogram", "consensus_histogram", "distance_heatmap",
+                        "umap", "interpolation", "barrier_vs_distance", "trajectories"}
+    assert expected_figures <= set(report.figures)
+    page = report.index.read_text()
+    for name, png in report.figures.items():
+        assert png.exists() and png.with_suffix(".svg").exists()
+        assert f'src="{png.name}"' in page, name
+    assert "matching all" in page and "chance" in page
+    summary = report.summary()
+    assert {"quantity", "value"} <= set(summary.columns) and len(summary) >= 8
+
+
+def test_analyze_command_prints_the_index_last(runs, tmp_path, capsys):
+    root, run, _ = runs
+    assert main(["analyze", run.id, "--runs-dir", str(root), "--figures", str(tmp_path), "--pairs", "1",
+                 "--points", "3", "--no-embedding", "--quiet"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].endswith("index.html") and (tmp_path / run.id / "index.html").exists()
+    assert main(["analyze", "no-such-run", "--runs-dir", str(root)]) == 2
+
+
+def test_compare_two_methods_on_the_same_weights(runs, tmp_path):
+    _, a, b = runs
+    report = compare(a, b, tmp_path)
+    comparison = report.tables["comparison"]
+    assert {"across", "within A", "within B", "chance"} <= set(comparison.columns)
+    whole = comparison[(comparison["layer"] == "all") & (comparison["metric"] == "matching")].iloc[0]
+    assert 0.45 < whole["across"] < 0.6 and whole["chance"] == pytest.approx(0.5, abs=1e-3)
+    assert set(report.tables["joint_embedding"]["run"]) == {a.id, b.id}
+    assert report.index.exists() and "joint_umap" in report.figures
+
+
+def test_compare_refuses_different_layouts(runs, tmp_path, digits):
+    root, a, _ = runs
+    other = masklab.generate(runs_dir=root, data=digits, masks=2, epochs=1, width=0.5)
+    with pytest.raises(UserError, match="different layer layouts"):
+        compare(a, other, tmp_path)
+
+
+def test_interpolate_command(runs, capsys):
+    root, run, _ = runs
+    assert main(["interpolate", run.id, "0", "1", "--points", "4", "--runs-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "loss_barrier" in out and len(re.findall(r"^\s*0\s+\d\.\d{4}", out, re.M)) == 4
+    assert main(["interpolate", run.id, "0", "--runs-dir", str(root)]) == 2
