@@ -17,7 +17,7 @@
 Every timing is the minimum over `--rounds` rounds that interleave all four measurements (other processes
 on a shared machine only ever make a round slower, and interleaving spreads that over all of them).
 
-    python bench/bench_distances.py [--masks 1000] [--threads 2] [--rounds 3] [--quick]
+    python bench/bench_distances.py [--masks 1000] [--threads 2] [--rounds 4] [--quick]
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--masks", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--scipy-masks", type=int, default=40)
     parser.add_argument("--faiss-masks", type=int, default=250)
     parser.add_argument("--quick", action="store_true", help="200 masks, 2 rounds, small subsets")

@@ -408,6 +408,12 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 
+def load_config_dataset(config) -> Dataset:
+    """The dataset a RunConfig names, from its data root, with its synthetic input shape."""
+    shape = None if config.input_shape is None else tuple(int(s) for s in config.input_shape.split("x"))
+    return load_dataset(config.dataset, config.data_root, input_shape=shape)
+
+
 def dataset_names() -> list[str]:
     """The dataset names `load_dataset` accepts."""
     return list(DATASETS)

@@ -59,12 +59,12 @@ def sweep(base: RunConfig | dict | None = None, methods: Sequence[str] = ("edge-
           runs_dir: str | os.PathLike = "runs", quiet: bool = True,
           log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Train (or reuse) every cell's run and return the accuracy table (see `sweep_table`)."""
-    from masklab.data import load_dataset
-    from masklab.store.generate import generate, input_shape
+    from masklab.data import load_config_dataset
+    from masklab.store.generate import generate
 
     base = base if isinstance(base, RunConfig) else RunConfig.from_dict(base or {}, source="sweep")
     configs = sweep_configs(base, methods, sparsities, seeds, weight_seeds)
-    data = load_dataset(base.dataset, base.data_root, input_shape=input_shape(base))  # shared by every cell
+    data = load_config_dataset(base)  # shared by every cell
     runs = []
     for n, config in enumerate(configs, 1):
         if log is not None:

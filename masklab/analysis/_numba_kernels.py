@@ -13,8 +13,9 @@ Blocking, from the outside in:
 - *macro tiles* (parallel, ``prange``): `macro_rows` rows of A against `macro_rows` rows of B; the segment
   words of those rows stay in L2 while the tile's micro tiles sweep them;
 - *micro tiles*: 4 rows of A against 4 rows of B over one segment (a word range inside one layer); each
-  loaded word is used four times and the 16 sums live in registers. LLVM vectorises the word loop: on
-  AVX2 with a nibble-lookup popcount (VPSHUFB), on AVX-512 VPOPCNTDQ machines with VPOPCNTQ.
+  loaded word is used four times and the 16 sums stay in registers (or L1). LLVM vectorises the word
+  loop: on AVX2 with a nibble-lookup popcount (VPSHUFB + VPSADBW, checked); on CPUs with AVX-512
+  VPOPCNTDQ `llvm.ctpop` becomes VPOPCNTQ (`bench/bench_distances.py` prints which one it got).
 """
 
 from __future__ import annotations

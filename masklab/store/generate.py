@@ -38,22 +38,17 @@ def as_config(config: RunConfig | dict | str | os.PathLike | None = None, **over
     return RunConfig.from_dict({**values, **overrides})
 
 
-def input_shape(config: RunConfig) -> tuple[int, ...] | None:
-    return None if config.input_shape is None else tuple(int(s) for s in config.input_shape.split("x"))
-
-
 def prepare(config: RunConfig, data=None):
     """Validate everything a run needs before anything is written: returns (dataset, layers, dataset_info).
     `data`: the loaded dataset, if the caller has it already."""
-    from masklab.data import load_dataset
+    from masklab.data import load_config_dataset
     from masklab.nn.layers import masked_layers
     from masklab.nn.models import build_model
     from masklab.train.trainer import resolve_device
 
     config.validate()
     resolve_device(config.device)
-    dataset = data if data is not None else load_dataset(config.dataset, config.data_root,
-                                                         input_shape=input_shape(config))
+    dataset = data if data is not None else load_config_dataset(config)
     if dataset.name != config.dataset:
         raise UserError(f"the data given is {dataset.name!r} but the config's dataset is {config.dataset!r}")
     model = build_model(config.model, dataset.input_shape, dataset.n_classes, config.width, config.method,

@@ -346,11 +346,9 @@ class Run:
     def dataset(self):
         """The run's dataset (loaded once)."""
         if self._dataset is None:
-            from masklab.data import load_dataset
+            from masklab.data import load_config_dataset
 
-            cfg = self.config
-            shape = None if cfg.input_shape is None else tuple(int(s) for s in cfg.input_shape.split("x"))
-            self._dataset = load_dataset(cfg.dataset, cfg.data_root, input_shape=shape)
+            self._dataset = load_config_dataset(self.config)
         return self._dataset
 
     def evaluate(self, i: int, data=None, device: str = "cpu") -> tuple[float, float]:

@@ -22,7 +22,7 @@ from masklab.nn.stacked import StackedLayerMaker, init_stacked, stacked_layers
 from masklab.train.evaluate import evaluate
 from masklab.train.rebuild import rebuild_trained
 from masklab.train.recycling import iterand_apply, iwr_apply, recycles_after
-from masklab.train.trainer import TrainedMask, _shape, cosine_lr, resolve_device, step_threads
+from masklab.train.trainer import TrainedMask, cosine_lr, resolve_device, step_threads
 
 
 def make_stacked_model(config: RunConfig, dataset, indices: list[int]) -> torch.nn.Module:
@@ -67,13 +67,12 @@ def train_stack(config: RunConfig, indices: list[int], dataset=None, device: str
                 on_epoch: Callable[[dict], None] | None = None,
                 snapshot_every: int | None = None) -> list[TrainedMask]:
     """Train masks `indices` of the run together; returns one TrainedMask per index, in order."""
-    from masklab.data import load_dataset
+    from masklab.data import load_config_dataset
 
     config.validate()
     if config.method == "dense":
         raise ValueError("dense training has no masks to stack; train dense runs with stack 1")
-    dataset = dataset if dataset is not None else load_dataset(
-        config.dataset, config.data_root, input_shape=_shape(config.input_shape))
+    dataset = dataset if dataset is not None else load_config_dataset(config)
     device = resolve_device(config.device) if device is None else torch.device(device)
     with step_threads(config, dataset, device, len(indices)):
         return _train(config, indices, dataset, device, on_epoch, snapshot_every)

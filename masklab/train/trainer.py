@@ -119,11 +119,10 @@ def train_mask(config: RunConfig, index: int = 0, dataset=None, device: str | to
     `dataset` defaults to loading `config.dataset`; `on_epoch` receives each epoch's metrics (for progress
     bars); `snapshot_every` (default: the config's) keeps the masks every E epochs.
     """
-    from masklab.data import load_dataset
+    from masklab.data import load_config_dataset
 
     config.validate()
-    dataset = dataset if dataset is not None else load_dataset(
-        config.dataset, config.data_root, input_shape=_shape(config.input_shape))
+    dataset = dataset if dataset is not None else load_config_dataset(config)
     device = resolve_device(config.device) if device is None else torch.device(device)
     with step_threads(config, dataset, device):
         return _train(config, index, dataset, device, on_epoch, snapshot_every)
@@ -213,6 +212,3 @@ def _recycle(config: RunConfig, layers, src, draw, t: int) -> int:
     return sum(iterand_step(layer, draw[i], rate, i, config.weight_seed, t, config.resolved("weight_init"),
                             config.resolved("scale_fan"), config.keep) for i, (_, layer) in enumerate(layers))
 
-
-def _shape(text: str | None) -> tuple[int, ...] | None:
-    return None if text is None else tuple(int(s) for s in text.split("x"))
