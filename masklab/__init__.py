@@ -22,6 +22,13 @@ _LAZY = {
     "list_runs": "masklab.store.run",
     "generate": "masklab.store.generate",
     "UserError": "masklab.errors",
+    "distances": "masklab.analysis.distances",
+    "intersections": "masklab.analysis.distances",
+    "random_baseline": "masklab.analysis.baselines",
+    "analyze": "masklab.report",
+    "compare": "masklab.report",
+    "Report": "masklab.report",
+    "interpolate": "masklab.analysis.interpolation",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -157,3 +157,11 @@ def test_a_run_table_is_flattened(tmp_path):
 def test_to_toml_writes_scalars_and_skips_none():
     text = to_toml({"a": 1, "b": 0.5, "c": True, "d": "x", "e": None, "f": 1e20})
     assert text == 'a = 1\nb = 0.5\nc = true\nd = "x"\nf = 1e+20\n'
+
+
+def test_public_names_resolve():
+    import masklab
+
+    for name in ("open_run", "generate", "MaskSet", "RunConfig", "distances", "random_baseline", "analyze",
+                 "compare", "interpolate", "list_runs"):
+        assert callable(getattr(masklab, name)), name
