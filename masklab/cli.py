@@ -66,15 +66,22 @@ def add_generate(sub) -> None:
                        "file (--config, keys = option names with '_'); flags override the file. The last "
                        "line printed is the run directory.")
     p.add_argument("--config", metavar="F", help="TOML file of run options (e.g. a run's config.toml)")
-    for flag, dest, kind, metavar, text in GENERATE_OPTIONS:
-        if kind is None:
-            p.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
-        else:
-            p.add_argument(flag, dest=dest, type=kind, metavar=metavar, default=None, help=text)
+    add_run_options(p)
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
     p.add_argument("--resume", action="store_true", help="continue an incomplete run: train only missing masks")
     p.add_argument("--quiet", action="store_true", help="no banner, no progress bar: print only the run directory")
     p.set_defaults(func=cmd_generate)
+
+
+def add_run_options(p, skip: tuple[str, ...] = ()) -> None:
+    """The RunConfig options of GENERATE_OPTIONS (all default None, so the --config file shows through)."""
+    for flag, dest, kind, metavar, text in GENERATE_OPTIONS:
+        if dest in skip:
+            continue
+        if kind is None:
+            p.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
+        else:
+            p.add_argument(flag, dest=dest, type=kind, metavar=metavar, default=None, help=text)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -284,6 +291,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 # ---- sweep ------------------------------------------------------------------------------------------------
+SWEEP_VARIES = ("method", "recycle", "sparsity", "masks", "name")  # set per cell by the sweep itself
+
+
 def add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="a grid of runs over methods and sparsities: accuracy table and figure",
                        description="Train (or reuse: each cell is a run, cached by its config hash) a grid of runs "
@@ -291,13 +301,7 @@ def add_sweep(sub) -> None:
                        "generate options give; print accuracy per method and sparsity and draw accuracy vs "
                        "sparsity (published CIFAR-10 numbers beside conv-N). The last line is the figure's path.")
     p.add_argument("--config", metavar="F", help="TOML file of run options shared by every cell")
-    for flag, dest, kind, metavar, text in GENERATE_OPTIONS:
-        if dest in ("method", "recycle", "sparsity", "masks", "name"):
-            continue
-        if kind is None:
-            p.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
-        else:
-            p.add_argument(flag, dest=dest, type=kind, metavar=metavar, default=None, help=text)
+    add_run_options(p, skip=SWEEP_VARIES)
     p.add_argument("--methods", default="edge-popup,biprop", metavar="LIST",
                    help="comma-separated: edge-popup, biprop, dense, with +iwr or +iterand (default edge-popup,biprop)")
     p.add_argument("--sparsities", default="0.5,0.9", metavar="LIST", help="comma-separated (default 0.5,0.9)")
@@ -315,7 +319,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from masklab.plots import accuracy_vs_sparsity, save_figure
     from masklab.sweep import sweep
 
-    for dest in ("method", "recycle", "sparsity", "masks", "name"):
+    for dest in SWEEP_VARIES:
         setattr(args, dest, None)
     config = config_from_args(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
