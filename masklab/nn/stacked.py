@@ -145,8 +145,9 @@ class StackedLinear(StackedLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.effective_weight()  # (K, out, in)
         n_in = self.shape[1]
-        if x.dim() == 2 and x.shape[1] == n_in:  # input shared by all masks
-            return torch.matmul(x, w.transpose(1, 2))
+        if x.dim() == 2 and x.shape[1] == n_in:  # input shared by all masks: one GEMM for all K
+            out = F.linear(x, w.reshape(self.K * self.shape[0], n_in))
+            return out.view(x.shape[0], self.K, self.shape[0]).transpose(0, 1)
         if x.dim() == 2:  # (B, K*in) from a flatten of stacked conv activations
             x = x.view(x.shape[0], self.K, n_in).transpose(0, 1)
         return torch.bmm(x, w.transpose(1, 2))

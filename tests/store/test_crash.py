@@ -132,7 +132,8 @@ def test_sigkill_at_chosen_and_random_moments_then_resume(tmp_path, forkserver):
         assert all(now[i] == kept[i] for i in kept), "a finished mask changed"
         kept = now
         Run(path).verify()  # every registered mask is whole, whatever the moment of the kill
-    assert killed >= 5 and 0 < len(kept) < N
+    # every plan after the first resumed a killed run; a fast machine may finish all masks in the random ones
+    assert killed >= 5 and 0 < len(kept) <= N
 
     # resume to the end with the real command line
     result = subprocess.run([sys.executable, "-m", "masklab", "generate", *ARGS, "--runs-dir", str(runs),
