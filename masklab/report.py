@@ -91,9 +91,6 @@ def _figure(report_ctx, name: str, fig, caption: str) -> None:
     paths = save_figure(fig, context["figures"] / name)
     report.figures[name] = next(p for p in paths if p.suffix == ".png")
     report.captions[name] = caption
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
 
 
 def _distances(run, report_ctx) -> None:

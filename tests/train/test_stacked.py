@@ -65,8 +65,6 @@ def test_recycling_inside_a_stack_is_per_mask_and_rebuildable(digits, recycle):
         mine = result.src if recycle == "iwr" else result.draw
         assert all(np.array_equal(a, b) for a, b in zip(mine, alone_maps))
     # the stack's final weights are exactly what the maps rebuild from the seed
-    model = make_stacked_model(config, digits, [0, 1, 2])
-    del model
     for result in results:
         for i, shape in enumerate(result.layer_shapes):
             key = "src" if recycle == "iwr" else "draw"
