@@ -7,6 +7,10 @@ last pass writes `key > T` plus, if T is tied, the first tied positions in index
 2M-weight layer, against ~40 ms for `torch.kthvalue` and ~270 ms for the sort the reference code uses.
 Elsewhere (CUDA, or without numba) `torch.kthvalue` finds the threshold. Both give the same mask: exact
 count, ties broken in favour of the lower flat index.
+
+`select_rows` is the same selection for K masks at once (one row each, parallel over rows), writing
+`W * mask` (or the 0/1 mask, for Biprop) straight into a preallocated (K, n) tensor: the stacked trainer's
+hot path (see `masklab.train.score_sgd`).
 """
 
 from __future__ import annotations
@@ -16,10 +20,9 @@ import torch
 
 try:
     import numba
-    from numba import njit
+    from numba import njit, prange
 except ImportError:  # pragma: no cover - numba is a dependency, but keep a pure torch path
     numba = None
-
 
 
 def n_keep(n: int, sparsity: float) -> int:
@@ -111,3 +114,153 @@ if numba is not None:
         threshold = np.uint32((high << 16) | low)
         _write_mask(bits, absolute, threshold, out)
         _add_ties(bits, absolute, threshold, k - above_high - above_low, out)
+
+    # ---- K rows at once, writing effective weights (the stacked trainer's hot path) ------------------
+    # A row's state between calls: [threshold key of the last selection (-1: none), bracket half-width].
+    # Scores move little between steps, so the new threshold almost always lies within a narrow bracket
+    # around the old one: one pass then writes every weight above the bracket, collects the few inside
+    # it, and an exact sort of those finishes the selection. When the threshold left the bracket, or the
+    # bracket held too many, the row falls back to the radix select and the bracket adapts. Either way
+    # the result is the exact top-k (ties to the lower index); the state only decides how fast.
+
+    @njit(cache=True, nogil=True)
+    def _radix_write(bits, weight, k, biprop, out):
+        """Exact top-k by radix select; out = weight (or 1 with biprop) where kept, else 0. Returns the
+        threshold key. Loops are branch-free where they touch every weight, so that they vectorise."""
+        zero = np.float32(0.0)
+        one = np.float32(1.0)
+        high_hist = np.zeros(65536, dtype=np.int32)
+        for i in range(bits.size):
+            high_hist[(bits[i] & np.uint32(0x7FFFFFFF)) >> np.uint32(16)] += 1
+        high, above_high = _bin_of_kth(high_hist, k)
+        low_hist = np.zeros(65536, dtype=np.int32)
+        hb = np.uint32(high)
+        for i in range(bits.size):
+            key = bits[i] & np.uint32(0x7FFFFFFF)
+            if (key >> np.uint32(16)) == hb:
+                low_hist[key & np.uint32(0xFFFF)] += 1
+        low, above_low = _bin_of_kth(low_hist, k - above_high)
+        threshold = np.uint32((high << 16) | low)
+        need = k - above_high - above_low  # ties at the threshold to keep, first ones first
+        if biprop:
+            for i in range(bits.size):
+                out[i] = one if (bits[i] & np.uint32(0x7FFFFFFF)) > threshold else zero
+        else:
+            for i in range(bits.size):
+                out[i] = weight[i] if (bits[i] & np.uint32(0x7FFFFFFF)) > threshold else zero
+        for i in range(bits.size):
+            if need == 0:
+                break
+            if (bits[i] & np.uint32(0x7FFFFFFF)) == threshold:
+                out[i] = one if biprop else weight[i]
+                need -= 1
+        return np.int64(threshold)
+
+    @njit(cache=True, nogil=True)
+    def _bracket_write(bits, weight, k, biprop, out, lo, hi, candidates):
+        """Selection when the k-th largest key lies in (lo, hi]: keeps every key > hi, collects the
+        keys in (lo, hi] and keeps the best of them. Returns the threshold key, or -1 (nothing usable
+        written) when the bracket missed the k-th key, -2 when it held more than `candidates` can take."""
+        zero = np.float32(0.0)
+        one = np.float32(1.0)
+        lo = max(lo, np.int64(-1))  # -1: every key is above lo
+        hi = min(hi, np.int64(0x7FFFFFFF))
+        high = np.uint32(hi)
+        above = 0
+        for i in range(bits.size):  # vectorised: write and count everything above the bracket
+            keep = (bits[i] & np.uint32(0x7FFFFFFF)) > high
+            above += np.int64(keep)
+            out[i] = (one if biprop else weight[i]) if keep else zero
+        m = k - above
+        if m <= 0:
+            return np.int64(-1)
+        # collect the keys inside the bracket: a vectorised count per block, a scan only where it is not 0
+        # ((key - lo - 1) < (hi - lo) in uint32 arithmetic is lo < key <= hi, also for lo = -1)
+        low = np.uint32(lo & 0xFFFFFFFF)
+        width = np.uint32(hi - lo)
+        found = 0
+        cap = candidates.size
+        block = 2048
+        for start in range(0, bits.size, block):
+            seg = bits[start:min(start + block, bits.size)]
+            inside = np.uint32(0)
+            for j in range(seg.size):
+                inside += ((seg[j] & np.uint32(0x7FFFFFFF)) - low - np.uint32(1)) < width
+            if inside == 0:
+                continue
+            for j in range(seg.size):
+                if ((seg[j] & np.uint32(0x7FFFFFFF)) - low - np.uint32(1)) < width:
+                    if found < cap:
+                        candidates[found] = start + j
+                    found += 1
+        if found > cap:
+            return np.int64(-2)
+        if m > found:
+            return np.int64(-1)
+        keys = np.empty(found, dtype=np.int64)
+        for j in range(found):
+            keys[j] = -np.int64(bits[candidates[j]] & np.uint32(0x7FFFFFFF))
+        order = np.argsort(keys, kind="mergesort")  # stable: equal keys stay in index order
+        for j in range(m):
+            i = candidates[order[j]]
+            out[i] = one if biprop else weight[i]
+        return -keys[order[m - 1]]
+
+    @njit(cache=True, nogil=True)
+    def _select_row(bits, weight, k, biprop, out, state, candidates):
+        """Top-k of |scores| (float32 bits) of one row into `out`: the weight where kept, or 1 with
+        `biprop` (the caller applies the gain); `state` is the row's [threshold, half-width]."""
+        previous = state[0]
+        threshold = np.int64(-1)
+        if previous >= 0:
+            threshold = _bracket_write(bits, weight, k, biprop, out, previous - state[1], previous + state[1],
+                                       candidates)
+        crowded = threshold == -2
+        if threshold < 0:
+            threshold = _radix_write(bits, weight, k, biprop, out)
+        if previous >= 0:  # next bracket: 4x how far the threshold moved, narrower if it was crowded
+            state[1] = max(np.int64(1), state[1] // 4) if crowded else max(np.int64(16), 4 * abs(threshold - previous))
+        state[0] = threshold
+
+    @njit(cache=True, parallel=True)
+    def _select_rows(scores, weight, k, biprop, out, state, candidates):
+        shared = weight.shape[0] == 1
+        for r in prange(scores.shape[0]):
+            _select_row(scores[r].view(np.uint32), weight[0] if shared else weight[r], k, biprop, out[r], state[r],
+                        candidates[r])
+
+
+class SelectState:
+    """Per-row memory that speeds up repeated `select_rows` calls on slowly moving scores: the last
+    threshold and a bracket width per row, and scratch space for the bracket's candidates."""
+
+    def __init__(self, rows: int, n: int):
+        self.rows = np.zeros((rows, 2), dtype=np.int64)
+        self.rows[:, 0] = -1  # no threshold yet: the first selection is a radix select
+        self.rows[:, 1] = 64  # bracket half-width in float32 ulps; adapts
+        self.candidates = np.empty((rows, max(64, n // 256)), dtype=np.int64)
+
+
+def match_torch_threads() -> None:
+    """Let numba's parallel loops use as many threads as torch does (one, for small steps)."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def rows_view(t: torch.Tensor, rows: int) -> np.ndarray:
+    """A (rows, n) float32 numpy view of a contiguous CPU tensor (no copy)."""
+    return t.detach().view(rows, -1).numpy()
+
+
+def select_rows(scores: torch.Tensor, weight: torch.Tensor, k: int, biprop: bool, out: torch.Tensor,
+                state: SelectState | None = None) -> None:
+    """For each of the K rows of `scores` (K, *shape), write into `out` (K, *shape) the row's weights
+    where its mask keeps them and 0 elsewhere (`W * mask`), or with `biprop` the mask itself (1 / 0), mask =
+    the top-k |scores| of the row (ties to the lower index, as `topk_mask`). `weight` is shared (*shape)
+    or per row (K, *shape). `state` (kept by the caller between calls) makes repeated selections on
+    slowly moving scores cheaper. CPU float32, contiguous; needs numba."""
+    K = scores.shape[0]
+    w_rows = 1 if weight.dim() == scores.dim() - 1 else K
+    state = state if state is not None else SelectState(K, scores[0].numel())
+    match_torch_threads()
+    _select_rows(rows_view(scores, K), rows_view(weight, w_rows), k, biprop, rows_view(out, K), state.rows,
+                 state.candidates)

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from masklab.nn.init import SCORE_STREAM, generator, init_scores, weight_values
+from masklab.nn.select import SelectState, select_rows, topk_mask
 from masklab.nn.select import n_keep as count_keep
-from masklab.nn.select import topk_mask
 
 
 def topk_rows(values: torch.Tensor, k: int, absolute: bool = False) -> torch.Tensor:
@@ -82,11 +82,21 @@ class StackedLayer(nn.Module):
         if method not in ("edge-popup", "biprop"):
             raise ValueError(f"stacked layers train masks; method {method!r} is not edge-popup or biprop")
         self.K, self.shape, self.method = K, tuple(shape), method
-        self.n_keep = count_keep(int(torch.Size(shape).numel()), sparsity)
+        self.n_weights = int(torch.Size(shape).numel())
+        self.n_keep = count_keep(self.n_weights, sparsity)
         wshape = (K, *shape) if per_mask_weights else tuple(shape)
         self.weight = nn.Parameter(torch.empty(wshape), requires_grad=False)
         self.scores = nn.Parameter(torch.empty((K, *shape)))
         self._cache: tuple | None = None
+        # Fused mode (CPU, see masklab.train.score_sgd): the forward computes with `_w_eff`, a leaf tensor
+        # whose .grad autograd fills, and FusedScoreSGD updates scores and `_w_eff` in place. Its writes
+        # do not bump the tensors' version counters, so `generation` counts them for the cache keys.
+        self.fused = False
+        self.generation = 0
+        self._w_eff: torch.Tensor | None = None
+        self._w_eff_key: tuple | None = None
+        self._grad: torch.Tensor | None = None
+        self._grad_filled = False
 
     @property
     def per_mask_weights(self) -> bool:
@@ -96,10 +106,66 @@ class StackedLayer(nn.Module):
         return self.weight[k] if self.per_mask_weights else self.weight
 
     def _key(self) -> tuple:
-        return (self.weight._version, self.weight.data_ptr(), self.scores._version, self.scores.data_ptr())
+        return (self.weight._version, self.weight.data_ptr(), self.scores._version, self.scores.data_ptr(),
+                self.generation)
 
     def invalidate(self) -> None:
         self._cache = None
+        self._w_eff_key = None
+
+    # ---- fused mode -----------------------------------------------------------------------------
+    def set_fused(self, on: bool) -> None:
+        self.fused = on
+        self.invalidate()
+
+    def fused_weight(self) -> torch.Tensor:
+        """(K, *shape) effective weights as one leaf tensor (requires grad), recomputed by `select_rows`
+        when the scores or weights changed since."""
+        if self._w_eff is None:
+            self._w_eff = torch.empty(self.scores.shape, requires_grad=True)
+            self.select_state = SelectState(self.K, self.n_weights)
+        key = self._key()
+        if self._w_eff_key != key:
+            select_rows(self.scores.detach(), self.weight.detach(), self.n_keep, self.method == "biprop",
+                        self._w_eff.detach(), self.select_state)
+            self._apply_gain()
+            self._w_eff_key = key
+        return self._w_eff
+
+    @torch.no_grad()
+    def _apply_gain(self) -> None:
+        """Biprop: turn the 0/1 masks the selection wrote into sign(W) * alpha * mask, with alpha computed
+        by the same torch expression as `masks()` and the autograd path (bit-identical gains: Biprop's
+        pre-activations are sums of +-alpha * x and sit exactly on ReLU's kink often enough that one ulp
+        of alpha changes a gradient)."""
+        if self.method != "biprop":
+            return
+        values = self._w_eff.detach()
+        w = self.weight.expand(self.K, *self.shape)
+        alphas = (w.abs() * values).reshape(self.K, -1).sum(1) / self.n_keep
+        values.mul_(torch.sign(w) * alphas.view((self.K,) + (1,) * len(self.shape)))
+
+    def grad_buffer(self) -> torch.Tensor:
+        """The persistent (K, *shape) buffer a fused backward writes dL/dW_eff into (StackedLinear)."""
+        if self._grad is None:
+            self._grad = torch.empty(self.scores.shape)
+        self._grad_filled = True
+        return self._grad
+
+    def fused_grad(self) -> torch.Tensor | None:
+        """dL/dW_eff of the last backward: the persistent buffer, or autograd's .grad of the leaf."""
+        return self._grad if self._grad_filled else self.fused_weight().grad
+
+    def fused_zero_grad(self) -> None:
+        self._grad_filled = False
+        if self._w_eff is not None:
+            self._w_eff.grad = None
+
+    def fused_updated(self) -> None:
+        """Scores and effective weights (for Biprop: masks) were just updated in place by FusedScoreSGD."""
+        self._apply_gain()
+        self.generation += 1
+        self._w_eff_key = self._key()
 
     def masks(self) -> torch.Tensor:
         """(K, *shape) bool masks, cached until scores or weights change."""
@@ -126,6 +192,8 @@ class StackedLayer(nn.Module):
 
     def effective_weight(self) -> torch.Tensor:
         """(K, *shape): the weights each mask computes with."""
+        if self.fused:
+            return self.fused_weight()
         if not (torch.is_grad_enabled() and self.scores.requires_grad):
             self.masks()
             return self._cache[3]
@@ -138,19 +206,59 @@ class StackedLayer(nn.Module):
         return f"K={self.K}, shape={self.shape}, method={self.method}, keep={self.n_keep}"
 
 
+def _per_mask_input(x: torch.Tensor, K: int, n_in: int) -> torch.Tensor:
+    """(K, B, in) from (K, B, in) or from (B, K*in), the flatten of stacked conv activations."""
+    return x.view(x.shape[0], K, n_in).transpose(0, 1) if x.dim() == 2 else x
+
+
+def _stacked_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    K, n_out, n_in = w.shape
+    if x.dim() == 2 and x.shape[1] == n_in:  # input shared by all masks: one GEMM for all K
+        out = F.linear(x, w.reshape(K * n_out, n_in))
+        # contiguous (K, B, out): the ReLU's backward and the next bmm run several times slower on the
+        # transposed view than this copy costs
+        return out.view(x.shape[0], K, n_out).transpose(0, 1)
+    return torch.bmm(_per_mask_input(x, K, n_in), w.transpose(1, 2))
+
+
+class _FusedLinear(torch.autograd.Function):
+    """A stacked linear in fused mode: the weight gradient goes into the layer's persistent buffer
+    (`out=`), not into a fresh (K, out, in) tensor per step, whose page faults cost as much as a
+    quarter of the GEMM that fills it. Returns no gradient for `w`: FusedScoreSGD reads the buffer."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, layer: StackedLinear) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.layer = layer
+        return _stacked_linear(x, w)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, w = ctx.saved_tensors
+        K, n_out, n_in = w.shape
+        grad_w = ctx.layer.grad_buffer()
+        grad_x = None
+        if x.dim() == 2 and x.shape[1] == n_in:
+            go = grad_out.transpose(0, 1).reshape(x.shape[0], K * n_out)
+            torch.mm(go.t(), x, out=grad_w.view(K * n_out, n_in))
+            if ctx.needs_input_grad[0]:
+                grad_x = go @ w.view(K * n_out, n_in)
+        else:
+            torch.bmm(grad_out.transpose(1, 2), _per_mask_input(x, K, n_in), out=grad_w)
+            if ctx.needs_input_grad[0]:
+                grad_x = torch.bmm(grad_out, w)
+                grad_x = grad_x.transpose(0, 1).reshape(x.shape) if x.dim() == 2 else grad_x
+        return grad_x, None, None
+
+
 class StackedLinear(StackedLayer):
     def __init__(self, in_features, out_features, K, method, sparsity, per_mask_weights=False):
         super().__init__((out_features, in_features), K, method, sparsity, per_mask_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.effective_weight()  # (K, out, in)
-        n_in = self.shape[1]
-        if x.dim() == 2 and x.shape[1] == n_in:  # input shared by all masks: one GEMM for all K
-            out = F.linear(x, w.reshape(self.K * self.shape[0], n_in))
-            return out.view(x.shape[0], self.K, self.shape[0]).transpose(0, 1)
-        if x.dim() == 2:  # (B, K*in) from a flatten of stacked conv activations
-            x = x.view(x.shape[0], self.K, n_in).transpose(0, 1)
-        return torch.bmm(x, w.transpose(1, 2))
+        if self.fused and torch.is_grad_enabled():
+            return _FusedLinear.apply(x, self.fused_weight(), self)
+        return _stacked_linear(x, self.effective_weight())
 
 
 class StackedConv2d(StackedLayer):

@@ -2,7 +2,8 @@
 
 The loss is the sum of the K masks' mean cross-entropies, so each mask's score gradient is exactly its
 own; SGD is elementwise, so one optimiser over the (K, ...) scores holds the same state as K separate
-ones. Mask k's result therefore depends only on its own seeds, up to float rounding of the batched ops.
+ones (on CPU it is `FusedScoreSGD`, SGD fused with the next mask selection). Mask k's result therefore
+depends only on its own seeds, up to float rounding of the batched ops.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from masklab.nn.stacked import StackedLayerMaker, init_stacked, stacked_layers
 from masklab.train.evaluate import evaluate
 from masklab.train.rebuild import rebuild_trained
 from masklab.train.recycling import iterand_apply, iwr_apply, recycles_after
+from masklab.train.score_sgd import FusedScoreSGD, fused_available
 from masklab.train.trainer import TrainedMask, cosine_lr, resolve_device, step_threads
 
 
@@ -63,6 +65,14 @@ def _activation_floats(model, dataset) -> int:
     return int(sum(sizes))
 
 
+def score_optimizer(layers: list, lr: float, momentum: float, weight_decay: float, device: torch.device):
+    """SGD over the stacked layers' scores: fused with the selection on CPU (`FusedScoreSGD`, the same
+    updates without autograd's temporaries), torch.optim.SGD through autograd elsewhere."""
+    if fused_available(device):
+        return FusedScoreSGD(layers, lr, momentum, weight_decay)
+    return torch.optim.SGD([layer.scores for layer in layers], lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
 def train_stack(config: RunConfig, indices: list[int], dataset=None, device: str | torch.device | None = None,
                 on_epoch: Callable[[dict], None] | None = None,
                 snapshot_every: int | None = None) -> list[TrainedMask]:
@@ -87,8 +97,7 @@ def _train(config, indices, dataset, device, on_epoch, snapshot_every) -> list[T
     model = make_stacked_model(config, dataset, indices).to(device)
     layers = stacked_layers(model)
     base_lr = config.resolved("lr")
-    optimizer = torch.optim.SGD([layer.scores for _, layer in layers], lr=base_lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = score_optimizer([layer for _, layer in layers], base_lr, config.momentum, config.weight_decay, device)
     maps = _recycle_maps(config, layers, device)
     recycle_count = 0
     rows: list[list[dict]] = [[] for _ in range(K)]

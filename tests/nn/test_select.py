@@ -58,3 +58,47 @@ def test_radix_select_equals_torch_kthvalue_path(n, sparsity):
 def test_radix_select_all_equal_values_keeps_first_k():
     values = torch.full((10_000,), 0.25)
     assert topk_mask(values, 123, absolute=True).nonzero().reshape(-1).tolist() == list(range(123))
+
+
+def _expected_rows(scores, weight, k, biprop):
+    rows = []
+    for r in range(scores.shape[0]):
+        mask = topk_mask(scores[r], k, absolute=True)
+        w = weight if weight.dim() == scores.dim() - 1 else weight[r]
+        rows.append(mask.float() if biprop else w * mask)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("n,ties", [(1000, False), (50_000, False), (3000, True), (70_000, True)])
+@pytest.mark.parametrize("biprop", [False, True])
+@pytest.mark.parametrize("per_row_weights", [False, True])
+def test_select_rows_is_exact_topk_as_scores_move(n, ties, biprop, per_row_weights):
+    """The bracket kept between calls only changes the speed: every call gives exactly topk_mask's
+    selection, through small steps (bracket hits), jumps (misses) and heavy ties (crowded brackets)."""
+    from masklab.nn.select import SelectState, select_rows
+
+    g = torch.Generator().manual_seed(n)
+    K, k = 3, n // 3
+    scores = torch.randint(-20, 20, (K, n), generator=g).float() if ties else torch.randn(K, n, generator=g)
+    weight = torch.randn((K, n) if per_row_weights else (n,), generator=g)
+    state, out = SelectState(K, n), torch.empty(K, n)
+    for step in range(25):
+        select_rows(scores, weight, k, biprop, out, state)
+        assert torch.equal(out, _expected_rows(scores, weight, k, biprop)), step
+        if ties:
+            scores = scores + (torch.rand(K, n, generator=g) < 0.01).float()
+        else:
+            scores = scores + (0.5 if step % 7 == 6 else 1e-3) * torch.randn(K, n, generator=g)
+    assert (state.rows[:, 0] >= 0).all()
+
+
+def test_select_rows_counts_per_layer_at_every_sparsity():
+    from masklab.nn.select import select_rows
+
+    g = torch.Generator().manual_seed(0)
+    scores, weight = torch.randn(2, 5000, generator=g), torch.randn(5000, generator=g).abs() + 0.1
+    out = torch.empty(2, 5000)
+    for sparsity in (0.0, 0.5, 0.9, 0.99, 0.9998):
+        k = n_keep(5000, sparsity)
+        select_rows(scores, weight, k, False, out)
+        assert (out != 0).sum(1).tolist() == [k, k]

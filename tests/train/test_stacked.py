@@ -7,7 +7,8 @@ from masklab.data import load_dataset
 from masklab.nn.stacked import stacked_layers
 from masklab.train import make_model, train_mask
 from masklab.train.recycling import rebuild_weights
-from masklab.train.stacked import make_stacked_model, train_stack
+from masklab.train.score_sgd import FusedScoreSGD
+from masklab.train.stacked import make_stacked_model, score_optimizer, train_stack
 
 
 @pytest.fixture(scope="module")
@@ -15,12 +16,20 @@ def digits():
     return load_dataset("digits")
 
 
-def test_one_step_scores_match_separate_optimisers(digits):
-    config = RunConfig(method="biprop")
+@pytest.mark.parametrize("method", ["edge-popup", "biprop"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_one_step_scores_match_separate_optimisers(digits, method, fused):
+    """Four stacked masks after two SGD steps equal four separate single-mask models, both through
+    autograd + torch.optim.SGD and through the CPU trainer's FusedScoreSGD."""
+    config = RunConfig(method=method)
     indices = [0, 1, 2, 3]
     stacked = make_stacked_model(config, digits, indices)
     layers = stacked_layers(stacked)
-    opt = torch.optim.SGD([l.scores for _, l in layers], lr=0.1, momentum=0.9, weight_decay=1e-4)
+    if fused:
+        opt = score_optimizer([l for _, l in layers], 0.1, 0.9, 1e-4, torch.device("cpu"))
+        assert isinstance(opt, FusedScoreSGD)
+    else:
+        opt = torch.optim.SGD([l.scores for _, l in layers], lr=0.1, momentum=0.9, weight_decay=1e-4)
     x, y = next(iter(digits.train_batches(64, 0, 0)))
     for _ in range(2):  # two steps so that momentum matters
         opt.zero_grad()
