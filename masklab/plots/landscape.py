@@ -258,6 +258,68 @@ def per_layer_similarity(summary: pd.DataFrame, metrics: Sequence[str] = ("match
     return fig
 
 
+@styled
+def similarity_by_group(summary: pd.DataFrame, *, group: str = "method", panel: str | None = "sparsity",
+                        metrics: Sequence[str] = ("matching", "jaccard"), title: str | None = None) -> Figure:
+    """Per-layer similarity of several runs side by side: one panel per metric (rows) and per value of
+    `panel` (columns, e.g. sparsity, whose random baseline differs), one colour per `group` (e.g. method).
+
+    Parameters
+    ----------
+    summary : DataFrame
+        `layer_summary` rows of several runs stacked, with the extra columns named by `group` and `panel`:
+        layer, metric, mean, min, max (range over mask pairs), baseline (random masks of the same per-layer
+        counts; drawn as a black bar per layer, the mean over the panel's runs), group, panel.
+    """
+    require(summary, ["layer", "metric", "mean", group], "similarity_by_group")
+    present = [m for m in metrics if m in set(summary["metric"])]
+    panels = list(dict.fromkeys(summary[panel])) if panel else [None]
+    groups = list(dict.fromkeys(summary[group]))
+    layers = list(dict.fromkeys(summary["layer"]))
+    x = np.arange(len(layers))
+    names = ["whole network" if str(v) == "all" else str(v) for v in layers]
+    longest = max(len(v) for v in names)
+    rotate = len(layers) > 6 or longest * len(layers) > 36
+    fig = new_figure(min(16.0, 1.2 + len(panels) * (0.55 * len(layers) * max(1, len(groups) / 3) + 1.2)),
+                     2.7 * len(present) + 0.9 + (0.08 * min(longest, 30) if rotate else 0))
+    axes = fig.subplots(len(present), len(panels), squeeze=False, sharex=True)
+    offsets = (np.arange(len(groups)) - (len(groups) - 1) / 2) * min(0.8 / max(len(groups), 1), 0.18)
+    for col, value in enumerate(panels):
+        part = summary if panel is None else summary[summary[panel] == value]
+        for row, metric in enumerate(present):
+            ax = axes[row, col]
+            scale, label = metric_axis(metric)
+            rows = part[part["metric"] == metric]
+            for i, name in enumerate(groups):
+                g = rows[rows[group] == name].set_index("layer").reindex(layers)
+                mean = g["mean"].to_numpy(dtype=float) * scale
+                spread = None
+                if {"min", "max"} <= set(g.columns):
+                    spread = np.vstack([mean - g["min"].to_numpy(dtype=float) * scale,
+                                        g["max"].to_numpy(dtype=float) * scale - mean])
+                ax.errorbar(x + offsets[i], mean, yerr=None if spread is None else np.nan_to_num(spread), fmt="o",
+                            color=f"C{i % 10}", markersize=4.5, capsize=2.5, elinewidth=1.1, label=str(name),
+                            zorder=3)
+            if "baseline" in rows.columns and rows["baseline"].notna().any():
+                base = rows.groupby("layer", sort=False)["baseline"].mean().reindex(layers).to_numpy(dtype=float)
+                ax.hlines(base * scale, x - 0.42, x + 0.42, colors=RANDOM_COLOR, linewidth=2.2,
+                          label="random masks (expected)", zorder=2)
+            if row == 0 and panel is not None:
+                ax.set_title(f"{panel} {value:g}" if isinstance(value, (int, float, np.number)) else f"{value}")
+            ax.set_ylabel(label)
+            ax.grid(axis="x", visible=False)
+        bottom = axes[-1, col]
+        if rotate:
+            bottom.set_xticks(x, names, rotation=40, ha="right", rotation_mode="anchor")
+        else:
+            bottom.set_xticks(x, names)
+        bottom.set_xlabel("layer (model order)")
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 5))
+    fig.suptitle(title or "Similarity of mask pairs per layer (mean, min-max over pairs) vs random masks")
+    return fig
+
+
 # ---- distance histogram ---------------------------------------------------------------------------------------
 def _values(data, layer: str | None, metric: str | None, what: str) -> tuple[np.ndarray, str | None]:
     """Values (and the metric name when the table says) of a long distance table, Series or array."""

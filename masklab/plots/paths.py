@@ -150,7 +150,8 @@ def _arrow(ax, x: float, y0: float, y1: float, colour, text: str | None) -> None
 
 # ---- barrier vs distance ------------------------------------------------------------------------------------
 @styled
-def barrier_vs_distance(barriers: pd.DataFrame, *, x: str | None = None, title: str | None = None) -> Figure:
+def barrier_vs_distance(barriers: pd.DataFrame, *, x: str | None = None, group: str = "path",
+                        title: str | None = None) -> Figure:
     """Loss and error barriers of mask pairs against their Hamming distance.
 
     Parameters
@@ -160,12 +161,14 @@ def barrier_vs_distance(barriers: pd.DataFrame, *, x: str | None = None, title: 
         ``hamming`` (bits) and/or ``hamming_norm`` (fraction), ``loss_barrier``, ``error_barrier`` (fraction),
         optionally ``path`` (one colour each), ``mask_a``, ``mask_b``.
     x : "hamming_norm" (default when present) or "hamming".
+    group : the column whose values get one colour each (default ``path``; e.g. a run label when the
+        barriers of several runs are stacked).
 
-    The legend gives each path's Spearman rank correlation; the grey dashed line is "no barrier".
+    The legend gives each group's Spearman rank correlation; the grey dashed line is "no barrier".
     """
     x = x or ("hamming_norm" if "hamming_norm" in barriers.columns else "hamming")
     require(barriers, [x, "loss_barrier", "error_barrier"], "barrier_vs_distance")
-    groups = list(barriers.groupby("path", sort=False)) if "path" in barriers.columns else [("pairs", barriers)]
+    groups = list(barriers.groupby(group, sort=False)) if group in barriers.columns else [("pairs", barriers)]
     fig = new_figure(10.5, 4.2)
     axes = fig.subplots(1, 2)
     _, xlabel = metric_axis(x)

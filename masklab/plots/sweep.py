@@ -21,6 +21,7 @@ def accuracy_vs_sparsity(sweep: pd.DataFrame, *, title: str | None = None) -> Fi
         of weights removed, or %), ``acc_mean`` (mean test accuracy over masks, fraction or %), optionally
         ``acc_std`` (same unit as acc_mean; drawn as a band of +-1 std) and ``published`` (the paper's
         accuracy, fraction or %, NaN where none). Fractions (all values <= 1) are converted to %.
+        A ``dense`` row (trained weights, no sparsity) is drawn as a horizontal reference line.
     """
     require(sweep, ["method", "sparsity", "acc_mean"], "accuracy_vs_sparsity")
     sparsity, _ = as_percent(sweep["sparsity"])
@@ -32,6 +33,8 @@ def accuracy_vs_sparsity(sweep: pd.DataFrame, *, title: str | None = None) -> Fi
                           "published": np.nan if published is None else published})
     fig = new_figure(6.8, 4.4)
     ax = fig.add_subplot()
+    dense = frame[frame["method"] == "dense"]
+    frame = frame[frame["method"] != "dense"]
     for i, (method, g) in enumerate(frame.groupby("method", sort=False)):
         g = g.sort_values("sparsity")
         colour = f"C{i % 10}"
@@ -44,6 +47,9 @@ def accuracy_vs_sparsity(sweep: pd.DataFrame, *, title: str | None = None) -> Fi
         if len(pub):
             ax.plot(pub["sparsity"], pub["published"], color=colour, linestyle="--", marker="o", markersize=6,
                     markerfacecolor="none", markeredgewidth=1.4, linewidth=1.1, label=f"{method} (published)")
+    if len(dense):  # the trained dense network has no sparsity: a reference line across the plot
+        acc = float(dense["acc"].mean())
+        ax.axhline(acc, color="0.35", linestyle=":", linewidth=1.4, label=f"dense, trained weights ({acc:.1f}%)")
     ax.set_xlabel("sparsity (% of weights removed)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title or "Accuracy vs sparsity" + (" (band: ±1 std over masks)" if std is not None else ""))

@@ -119,11 +119,31 @@ def make(name: str):
         return P.trajectories(trajectory_table(), baseline=0.5)
     if name == "sweep":
         return P.accuracy_vs_sparsity(sweep_table())
+    if name == "sweep_dense":
+        return P.accuracy_vs_sparsity(make_dense_sweep())
+    if name == "similarity_groups":
+        return P.similarity_by_group(grouped_layer_table())
+    if name == "barrier_groups":
+        return P.barrier_vs_distance(barrier_table().assign(method=["edge-popup", "biprop"] * 8), group="method")
     raise KeyError(name)
 
 
 FIGURES = ["heatmap", "heatmap_order", "per_layer_20", "per_layer_std", "histogram", "embedding", "consensus",
-           "interpolation", "interpolation_one", "barrier", "trajectories", "sweep"]
+           "interpolation", "interpolation_one", "barrier", "trajectories", "sweep", "sweep_dense",
+           "similarity_groups", "barrier_groups"]
+
+
+def grouped_layer_table() -> pd.DataFrame:
+    """layer_summary rows of four runs: two methods at two sparsities, with their chance levels."""
+    parts = []
+    for method in ("edge-popup", "biprop+iwr"):
+        for sparsity in (0.5, 0.9):
+            keep = 1 - sparsity
+            table = per_layer_table(4)
+            base = np.where(table["metric"] == "matching", keep ** 2 + (1 - keep) ** 2, keep / (2 - keep))
+            parts.append(table.assign(baseline=base, mean=base + 0.02, min=base, max=base + 0.04, method=method,
+                                      sparsity=sparsity))
+    return pd.concat(parts, ignore_index=True)
 
 
 def is_aux(ax) -> bool:
@@ -214,6 +234,26 @@ def test_figure_is_labelled_readable_and_saved(name, tmp_path):
     assert [p.name for p in written] == [f"{name}.png", f"{name}.svg"]
     assert (tmp_path / "sub" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<svg" in (tmp_path / "sub" / f"{name}.svg").read_text()[:2000]
+
+
+def test_grouped_figures_draw_every_group_and_the_chance_level():
+    fig = P.similarity_by_group(grouped_layer_table())
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 4 and [ax.get_title() for ax in axes[:2]] == ["sparsity 0.5", "sparsity 0.9"]
+    labels = axes[0].get_legend_handles_labels()[1]
+    assert sorted(labels) == ["biprop+iwr", "edge-popup", "random masks (expected)"]
+    chance = [c for c in axes[1].collections if c.get_label() == "random masks (expected)"][0].get_segments()
+    assert np.allclose([s[0][1] for s in chance], 100 * (0.1 ** 2 + 0.9 ** 2))  # matching at 90% sparsity, in %
+    dense = P.accuracy_vs_sparsity(make_dense_sweep())
+    legend = dense.axes[0].get_legend().get_texts()
+    assert any(t.get_text().startswith("dense, trained weights (90.0%)") for t in legend)
+    by_method = P.barrier_vs_distance(barrier_table().assign(method=["a", "b"] * 8), group="method")
+    assert [t.get_text().split(" (")[0] for t in by_method.axes[0].get_legend().get_texts()][1:] == ["a", "b"]
+
+
+def make_dense_sweep() -> pd.DataFrame:
+    dense = pd.DataFrame({"method": ["dense"], "sparsity": [0.0], "acc_mean": [0.9], "acc_std": [0.002]})
+    return pd.concat([sweep_table(), dense], ignore_index=True)
 
 
 def test_random_baselines_are_drawn():
