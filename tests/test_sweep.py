@@ -48,3 +48,30 @@ def test_sweep_grid_and_bad_methods():
         parse_method("dense+iwr")
     with pytest.raises(UserError, match="sweep method"):
         parse_method("lottery")
+
+
+def test_sweep_table_overlays_published_numbers_only_for_cifar10_conv():
+    """The same two runs, labelled CIFAR-10 conv4 and then digits mlp: only the first gets the published
+    column, the difference in points, and the dashed published line in the figure."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from masklab.plots import accuracy_vs_sparsity
+    from masklab.sweep import sweep_table
+
+    def fake(dataset, model, method, sparsity, accs):
+        config = RunConfig(dataset=dataset, model=model, method=method, sparsity=sparsity)
+        table = pd.DataFrame({"test_acc": accs, "best_test_acc": [a + 0.01 for a in accs]})
+        return SimpleNamespace(config=config, table=table, id=f"{method}-{sparsity}")
+
+    cifar = sweep_table([fake("cifar10", "conv4", "edge-popup", 0.5, [0.85, 0.87]),
+                         fake("cifar10", "conv4", "biprop", 0.9, [0.78, 0.80])])
+    row = cifar[cifar["method"] == "edge-popup"].iloc[0]
+    assert row["published"] == 86.67 and abs(row["best_minus_published"] - (87.0 - 86.67)) < 1e-9
+    labels = [t.get_text() for t in accuracy_vs_sparsity(cifar).axes[0].get_legend().get_texts()]
+    assert "edge-popup (published)" in labels and "biprop (published)" in labels
+    digits = sweep_table([fake("digits", "mlp", "edge-popup", 0.5, [0.95, 0.96])])
+    assert "published" not in digits.columns
+    labels = [t.get_text() for t in accuracy_vs_sparsity(digits).axes[0].get_legend().get_texts()]
+    assert not any("published" in label for label in labels)
