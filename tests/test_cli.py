@@ -196,3 +196,29 @@ def test_import_masklab_is_light_and_runs_needs_no_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
                             env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"}, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+# ---- sweep -----------------------------------------------------------------------------------------------------
+def test_sweep_prints_the_table_and_ends_with_the_figure(in_tmp, capsys):
+    argv = ["sweep", "--methods", "edge-popup,biprop", "--sparsities", "0.5", "--seeds", "1", "--epochs", "1",
+            "--width", "0.25"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    figure = in_tmp / "figures" / "sweep-digits-mlp.png"
+    assert lines[-1] == str(figure.relative_to(in_tmp)) and figure.stat().st_size > 1000
+    assert any(line.split()[:2] == ["biprop", "0.5000"] for line in lines)
+    table = __import__("pandas").read_csv(figure.with_suffix(".csv"))
+    assert sorted(table["method"]) == ["biprop", "edge-popup"] and len(list((in_tmp / "runs").iterdir())) == 2
+    assert main([*argv, "--quiet"]) == 0  # the second call reuses both runs and prints only the path
+    assert capsys.readouterr().out.strip() == str(figure.relative_to(in_tmp))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--methods", "lottery"], "sweep method 'lottery'"),
+    (["--sparsities", "half"], "--sparsities 'half' is not a comma-separated list"),
+    (["--seeds", "0"], "sweep seeds = 0 is invalid"),
+])
+def test_bad_sweep_input_is_one_line_exit_2(in_tmp, capsys, argv, message):
+    assert main(["sweep", *argv]) == 2
+    assert message in _error_line(capsys)
+    assert not (in_tmp / "runs").exists()
