@@ -97,6 +97,7 @@ class StackedLayer(nn.Module):
         self._w_eff_key: tuple | None = None
         self._grad: torch.Tensor | None = None
         self._grad_filled = False
+        self._gain: tuple | None = None
 
     @property
     def per_mask_weights(self) -> bool:
@@ -141,9 +142,12 @@ class StackedLayer(nn.Module):
         if self.method != "biprop":
             return
         values = self._w_eff.detach()
-        w = self.weight.expand(self.K, *self.shape)
-        alphas = (w.abs() * values).reshape(self.K, -1).sum(1) / self.n_keep
-        values.mul_(torch.sign(w) * alphas.view((self.K,) + (1,) * len(self.shape)))
+        key = (self.weight._version, self.weight.data_ptr())
+        if self._gain is None or self._gain[0] != key:  # |W|, sign(W) and a scratch buffer, kept between steps
+            self._gain = (key, self.weight.detach().abs(), torch.sign(self.weight.detach()), torch.empty_like(values))
+        _, abs_weight, sign_weight, scratch = self._gain
+        alphas = torch.mul(abs_weight, values, out=scratch).view(self.K, -1).sum(1) / self.n_keep
+        values.mul_(torch.mul(sign_weight, alphas.view((self.K,) + (1,) * len(self.shape)), out=scratch))
 
     def grad_buffer(self) -> torch.Tensor:
         """The persistent (K, *shape) buffer a fused backward writes dL/dW_eff into (StackedLinear)."""
