@@ -98,6 +98,7 @@ class StackedLayer(nn.Module):
         self._grad: torch.Tensor | None = None
         self._grad_filled = False
         self._gain: tuple | None = None
+        self.select_state: SelectState | None = None
 
     @property
     def per_mask_weights(self) -> bool:
@@ -124,6 +125,7 @@ class StackedLayer(nn.Module):
         when the scores or weights changed since."""
         if self._w_eff is None:
             self._w_eff = torch.empty(self.scores.shape, requires_grad=True)
+        if self.select_state is None:
             self.select_state = SelectState(self.K, self.n_weights)
         key = self._key()
         if self._w_eff_key != key:

@@ -4,7 +4,8 @@ torch.optim.SGD over (K, *shape) scores, plus autograd through the straight-thro
 ten passes over every score per step, most of them allocating (K, n) temporaries; on a CPU these cost as
 much as the matrix products and keep K stacked masks from being faster than K separate runs. Here autograd
 computes only dL/dW_eff (the gradient w.r.t. each layer's effective-weight tensor, a leaf), and one numba
-kernel per layer, parallel over masks, does the rest in four streaming passes per mask:
+kernel per layer, parallel over masks, does the rest in three streaming passes per mask (update; write
+the weights above the bracketed threshold; collect the few inside it, see `masklab.nn.select`):
 
     g_s  = dL/dW_eff * W * sign(s)          the straight-through gradient (layers.py); for Biprop
                                             dL/dW_eff * sign(W) * |W| is the same number
