@@ -3,6 +3,7 @@
 Each cell of the grid is an ordinary run (its id is its config hash), so a sweep resumes where it
 stopped and a second call with the same grid trains nothing. The `seeds` of a cell are the masks of its
 run: they share the weights and differ in score seed (use several weight seeds for weight variation).
+(Dense cells vary the data seed instead: without scores, score seeds would repeat one network.)
 The result is one row per (method, sparsity) with final and best test accuracy, mean and std over seeds,
 and, for CIFAR-10 with conv2/4/6/8, the published number and the difference to it.
 """
@@ -39,7 +40,9 @@ def parse_method(label: str) -> tuple[str, str]:
 
 def sweep_configs(base: RunConfig, methods: Sequence[str], sparsities: Sequence[float], seeds: int,
                   weight_seeds: Sequence[int] = (0,)) -> list[RunConfig]:
-    """One validated RunConfig per cell; dense appears once per weight seed (it has no sparsity)."""
+    """One validated RunConfig per cell; dense appears once per weight seed (it has no sparsity). A dense
+    cell's seeds vary the data seed (batch order): dense training has no scores, so score seeds alone
+    would repeat one network `seeds` times."""
     if seeds < 1:
         raise UserError(f"sweep seeds = {seeds} is invalid: use at least 1 seed (masks per cell)")
     if not sparsities:
@@ -49,7 +52,8 @@ def sweep_configs(base: RunConfig, methods: Sequence[str], sparsities: Sequence[
         method, recycle = parse_method(label)
         for sparsity in ([0.0] if method == "dense" else sparsities):
             config = base.replace(method=method, recycle=recycle, sparsity=float(sparsity), masks=seeds,
-                                  weight_seed=int(weight_seed), name=None)
+                                  weight_seed=int(weight_seed), name=None,
+                                  vary_data_seed=base.vary_data_seed or method == "dense")
             configs.append(config.validate())
     return configs
 

@@ -43,6 +43,7 @@ def test_sweep_grid_and_bad_methods():
     assert [(c.method, c.recycle, c.sparsity) for c in configs] == [
         ("edge-popup", "iwr", 0.5), ("edge-popup", "iwr", 0.9), ("dense", "none", 0.0)]
     assert all(c.masks == 3 for c in configs)
+    assert [c.vary_data_seed for c in configs] == [False, False, True]  # dense repeats differ in batch order
     assert parse_method("biprop+iterand") == ("biprop", "iterand")
     with pytest.raises(UserError, match="sweep method"):
         parse_method("dense+iwr")
