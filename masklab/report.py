@@ -43,11 +43,12 @@ class Report:
 
 def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = True, pairs: int = DEFAULT_PAIRS,
             points: int = DEFAULT_POINTS, embedding: bool = True, interpolation: bool = True,
-            random_state: int = 0) -> Report:
+            random_state: int = 0, formats: tuple[str, ...] = ("png", "svg")) -> Report:
     """Analyse `run` (a Run, path or run id) and write its tables, figures and index page.
 
     `figures_dir` defaults to `figures/` beside the run's `runs/` folder; figures land in
-    `<figures_dir>/<run id>/`. `pairs` mask pairs are interpolated (soft path, `points` points each).
+    `<figures_dir>/<run id>/` in each of `formats`. `pairs` mask pairs are interpolated (soft path,
+    `points` points each).
     """
     from tqdm import tqdm
 
@@ -69,7 +70,7 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
         stages.append(("interpolation", lambda r, rep: _interpolation(r, rep, pairs, points, random_state)))
     if any(run.has_extra(i, "snapshots") for i in run.ids):
         stages.append(("trajectories", _trajectories))
-    context = {"figures": out_figures}
+    context = {"figures": out_figures, "formats": tuple(formats)}
     bar = tqdm(stages, disable=quiet, unit="stage", desc="analyze", dynamic_ncols=True)
     for name, stage in bar:
         bar.set_description(f"analyze: {name}")
@@ -88,8 +89,8 @@ def _figure(report_ctx, name: str, fig, caption: str) -> None:
     from masklab.plots import save_figure
 
     report, context = report_ctx
-    paths = save_figure(fig, context["figures"] / name)
-    report.figures[name] = next(p for p in paths if p.suffix == ".png")
+    paths = save_figure(fig, context["figures"] / name, formats=context.get("formats", ("png", "svg")))
+    report.figures[name] = next((p for p in paths if p.suffix == ".png"), paths[0])
     report.captions[name] = caption
 
 
@@ -253,10 +254,14 @@ def _write_index(run, report: Report, out: Path) -> Path:
     config = run.config.to_dict(non_default=True)
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                    for k, v in report.key_numbers.items())
+    def svg_link(path: Path) -> str:
+        svg = path.with_suffix(".svg")
+        return f' (<a href="{html.escape(svg.name)}">SVG</a>)' if svg.exists() else ""
+
     figures = "".join(
         f'<figure><img src="{html.escape(path.name)}" alt="{html.escape(name)}"><figcaption><b>{html.escape(name)}'
-        f"</b>: {html.escape(report.captions[name])} (<a href=\"{html.escape(path.with_suffix('.svg').name)}\">SVG</a>)"
-        "</figcaption></figure>" for name, path in report.figures.items())
+        f"</b>: {html.escape(report.captions[name])}{svg_link(path)}</figcaption></figure>"
+        for name, path in report.figures.items())
     tables = "".join(f"<li>{html.escape(name)}: {len(t):,} rows</li>" for name, t in report.tables.items())
     mean_acc = run.table["test_acc"].mean()
     page = f"""<!doctype html>
@@ -281,7 +286,7 @@ figure{{margin:2em 0}}img{{max-width:100%}}figcaption{{color:#444}}code{{backgro
 
 # ---- compare two runs -----------------------------------------------------------------------------------
 def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embedding: bool = True,
-            quiet: bool = True) -> Report:
+            quiet: bool = True, formats: tuple[str, ...] = ("png", "svg")) -> Report:
     """Cross-run distances (e.g. Edge-Popup vs Biprop masks of the same weights) and a joint UMAP.
 
     Tables: `cross_distances` (every pair across the runs, per layer, with its random baseline),
@@ -306,7 +311,7 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
     out = figures_root / name
     out.mkdir(parents=True, exist_ok=True)
     report = Report(name)
-    context = {"figures": out}
+    context = {"figures": out, "formats": tuple(formats)}
     metrics = ["matching", "jaccard"]
     cross = with_baseline(distances(a, b, metric=metrics, per_layer=True), a, other=b)
     report.tables["cross_distances"] = cross

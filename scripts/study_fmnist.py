@@ -153,7 +153,7 @@ def report(args) -> None:
     summaries, layers, barriers, correlations = [], [], [], []
     for run in runs:
         start = time.perf_counter()
-        rep = analyze(run, out / "landscape", quiet=args.quiet, pairs=args.pairs)
+        rep = analyze(run, out / "landscape", quiet=args.quiet, pairs=args.pairs, formats=("png",))
         timings[f"analyze {run.id}"] = time.perf_counter() - start
         tags = {"method": label(run.config), "sparsity": run.config.sparsity, "run": run.id}
         summaries.append(rep.summary().assign(**tags))
@@ -183,7 +183,7 @@ def report(args) -> None:
         for a, b in ((("edge-popup", "none"), ("biprop", "none")), (("edge-popup", "none"), ("edge-popup", "iwr")),
                      (("biprop", "none"), ("biprop", "iwr"))):
             start = time.perf_counter()
-            rep = compare(by_key[(*a, sparsity)], by_key[(*b, sparsity)], out / "compare")
+            rep = compare(by_key[(*a, sparsity)], by_key[(*b, sparsity)], out / "compare", formats=("png",))
             timings[f"compare {rep.run_id}"] = time.perf_counter() - start
     pd.Series(timings, name="seconds").rename_axis("stage").to_csv(out / "report-seconds.csv")
 

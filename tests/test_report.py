@@ -50,6 +50,14 @@ def test_analyze_writes_every_table_figure_and_an_index(runs, tmp_path):
     assert {"quantity", "value"} <= set(summary.columns) and len(summary) >= 8
 
 
+def test_analyze_png_only_links_no_svg(runs, tmp_path):
+    _, run, _ = runs
+    report = analyze(run, tmp_path, pairs=1, points=3, embedding=False, formats=("png",))
+    assert report.figures and all(p.suffix == ".png" and p.exists() for p in report.figures.values())
+    assert not list((tmp_path / run.id).glob("*.svg")) and ".svg" not in report.index.read_text()
+    assert "SVG</a>" in analyze(run, tmp_path / "both", pairs=1, points=3, embedding=False).index.read_text()
+
+
 def test_analyze_command_prints_the_index_last(runs, tmp_path, capsys):
     root, run, _ = runs
     assert main(["analyze", run.id, "--runs-dir", str(root), "--figures", str(tmp_path), "--pairs", "1",
