@@ -222,12 +222,22 @@ if numba is not None:
             state[1] = max(np.int64(1), state[1] // 4) if crowded else max(np.int64(16), 4 * abs(threshold - previous))
         state[0] = threshold
 
+    @njit(cache=True, nogil=True)
+    def _select_one(scores, weight, k, biprop, out, state, candidates, r):
+        w = weight[0] if weight.shape[0] == 1 else weight[r]
+        _select_row(scores[r].view(np.uint32), w, k, biprop, out[r], state[r], candidates[r])
+
+    # Parallel over rows, or serial (see `match_torch_threads`); two functions, so that numba's on-disk
+    # cache keeps one entry each.
     @njit(cache=True, parallel=True)
-    def _select_rows(scores, weight, k, biprop, out, state, candidates):
-        shared = weight.shape[0] == 1
+    def _select_rows_parallel(scores, weight, k, biprop, out, state, candidates):
         for r in prange(scores.shape[0]):
-            _select_row(scores[r].view(np.uint32), weight[0] if shared else weight[r], k, biprop, out[r], state[r],
-                        candidates[r])
+            _select_one(scores, weight, k, biprop, out, state, candidates, r)
+
+    @njit(cache=True)
+    def _select_rows_serial(scores, weight, k, biprop, out, state, candidates):
+        for r in range(scores.shape[0]):
+            _select_one(scores, weight, k, biprop, out, state, candidates, r)
 
 
 class SelectState:
@@ -241,9 +251,15 @@ class SelectState:
         self.candidates = np.empty((rows, max(64, n // 256)), dtype=np.int64)
 
 
-def match_torch_threads() -> None:
-    """Let numba's parallel loops use as many threads as torch does (one, for small steps)."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+def match_torch_threads() -> bool:
+    """Let numba's parallel loops use as many threads as torch does; False when that is one, and then the
+    caller must run the serial build of its kernel: with one thread the parallel build still goes through
+    numba's thread pool, whose idle workers spin, and on a machine whose cores are all busy that made
+    each call ten times slower (measured: a K = 3 LeNet step took 88 ms instead of 6)."""
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if threads > 1:
+        numba.set_num_threads(threads)
+    return threads > 1
 
 
 def rows_view(t: torch.Tensor, rows: int) -> np.ndarray:
@@ -261,6 +277,6 @@ def select_rows(scores: torch.Tensor, weight: torch.Tensor, k: int, biprop: bool
     K = scores.shape[0]
     w_rows = 1 if weight.dim() == scores.dim() - 1 else K
     state = state if state is not None else SelectState(K, scores[0].numel())
-    match_torch_threads()
-    _select_rows(rows_view(scores, K), rows_view(weight, w_rows), k, biprop, rows_view(out, K), state.rows,
-                 state.candidates)
+    select = _select_rows_parallel if match_torch_threads() else _select_rows_serial
+    select(rows_view(scores, K), rows_view(weight, w_rows), k, biprop, rows_view(out, K), state.rows,
+           state.candidates)

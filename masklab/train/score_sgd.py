@@ -44,13 +44,23 @@ if numba is not None:
             buf[i] = b
             scores[i] = s - lr * b
 
+    @njit(cache=True, nogil=True)
+    def _step_one(grad, weight, scores, buf, lr, momentum, weight_decay, k, biprop, out, state, candidates, r):
+        w = weight[0] if weight.shape[0] == 1 else weight[r]
+        _update_row(grad[r], w, scores[r], buf[r], lr, momentum, weight_decay)
+        _select_row(scores[r].view(np.uint32), w, k, biprop, out[r], state[r], candidates[r])
+
+    # Parallel over masks, or serial (see `match_torch_threads`).
     @njit(cache=True, parallel=True)
-    def _step_rows(grad, weight, scores, buf, lr, momentum, weight_decay, k, biprop, out, state, candidates):
-        shared = weight.shape[0] == 1
+    def _step_rows_parallel(grad, weight, scores, buf, lr, momentum, weight_decay, k, biprop, out, state,
+                            candidates):
         for r in prange(scores.shape[0]):
-            w = weight[0] if shared else weight[r]
-            _update_row(grad[r], w, scores[r], buf[r], lr, momentum, weight_decay)
-            _select_row(scores[r].view(np.uint32), w, k, biprop, out[r], state[r], candidates[r])
+            _step_one(grad, weight, scores, buf, lr, momentum, weight_decay, k, biprop, out, state, candidates, r)
+
+    @njit(cache=True)
+    def _step_rows_serial(grad, weight, scores, buf, lr, momentum, weight_decay, k, biprop, out, state, candidates):
+        for r in range(scores.shape[0]):
+            _step_one(grad, weight, scores, buf, lr, momentum, weight_decay, k, biprop, out, state, candidates, r)
 
 
 def fused_available(device: torch.device | str) -> bool:
@@ -80,7 +90,7 @@ class FusedScoreSGD:
     def step(self) -> None:
         group = self.param_groups[0]
         lr, momentum, decay = (np.float32(group[key]) for key in ("lr", "momentum", "weight_decay"))
-        match_torch_threads()
+        step_rows = _step_rows_parallel if match_torch_threads() else _step_rows_serial
         for layer, buf in zip(self.layers, self.buffers):
             grad = layer.fused_grad()
             if grad is None:
@@ -88,7 +98,7 @@ class FusedScoreSGD:
             K = layer.K
             w_eff = layer.fused_weight()
             weight = layer.weight.detach()
-            _step_rows(rows_view(grad, K), rows_view(weight, K if layer.per_mask_weights else 1),
+            step_rows(rows_view(grad, K), rows_view(weight, K if layer.per_mask_weights else 1),
                        rows_view(layer.scores, K), rows_view(buf, K), lr, momentum, decay, layer.n_keep,
                        layer.method == "biprop", rows_view(w_eff, K), layer.select_state.rows,
                        layer.select_state.candidates)

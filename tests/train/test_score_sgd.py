@@ -77,3 +77,27 @@ def test_step_without_a_backward_changes_nothing():
     optimizer.zero_grad()
     optimizer.step()
     assert all(torch.equal(a, layer.scores) for a, layer in zip(before, layers))
+
+
+def test_one_thread_and_two_threads_give_identical_masks():
+    """With one torch thread the serial build of the kernel runs, with two the parallel one: each mask's
+    row is computed the same way by both, bit for bit."""
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread here")
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            model = stacked("mlp", (1, 8, 8), "biprop", True)
+            layers = [layer for _, layer in stacked_layers(model)]
+            train(model, FusedScoreSGD(layers, lr=0.1, momentum=0.9, weight_decay=1e-3), x, y, 3)
+            results.append([(layer.scores.detach().clone(), layer.masks().clone()) for layer in layers])
+    finally:
+        torch.set_num_threads(old)
+    for (s1, m1), (s2, m2) in zip(*results):
+        assert torch.equal(m1, m2) and torch.allclose(s1, s2, rtol=1e-6, atol=1e-8)
