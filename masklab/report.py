@@ -290,7 +290,8 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
     """Cross-run distances (e.g. Edge-Popup vs Biprop masks of the same weights) and a joint UMAP.
 
     Tables: `cross_distances` (every pair across the runs, per layer, with its random baseline),
-    `comparison` (per layer and metric: mean within A, within B, across, and chance) and `joint_embedding`.
+    `comparison` (per layer and metric: mean within A, within B, across, and chance; when the runs share
+    score seeds also across pairs of the same score seed and of other seeds) and `joint_embedding`.
     Refused with a clear message when the runs' layer layouts differ.
     """
     from masklab.analysis import distances, with_baseline
@@ -316,6 +317,14 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
     cross = with_baseline(distances(a, b, metric=metrics, per_layer=True), a, other=b)
     report.tables["cross_distances"] = cross
     parts = {"across": cross}
+    # Runs that differ only in method or recycling share score seeds: mask i of A and mask i of B start
+    # from the same scores, and those pairs say what the method changed; the others what chance leaves.
+    seed_a = run_a.table.set_index("mask_id")["score_seed"]
+    seed_b = run_b.table.set_index("mask_id")["score_seed"]
+    same_seed = cross["mask_a"].map(seed_a).to_numpy() == cross["mask_b"].map(seed_b).to_numpy()
+    if same_seed.any():
+        parts["across, same score seed"] = cross[same_seed]
+        parts["across, other seeds"] = cross[~same_seed]
     for label, masks in (("within A", a), ("within B", b)):
         if len(masks) >= 2:
             parts[label] = with_baseline(distances(masks, metric=metrics, per_layer=True), masks)
@@ -329,8 +338,11 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
     chance = cross.groupby(["layer", "metric"], sort=False)["baseline"].mean().rename("chance").reset_index()
     comparison = comparison.merge(chance, on=["layer", "metric"])
     report.tables["comparison"] = comparison
-    for row in comparison[comparison["layer"] == "all"].itertuples():
-        report.key_numbers[f"{row.metric} across runs"] = f"{row.across:.4f} (chance {row.chance:.4f})"
+    for row in comparison[comparison["layer"] == "all"].to_dict("records"):
+        report.key_numbers[f"{row['metric']} across runs"] = f"{row['across']:.4f} (chance {row['chance']:.4f})"
+        if "across, same score seed" in row:
+            report.key_numbers[f"{row['metric']} across runs, same score seed"] = (
+                f"{row['across, same score seed']:.4f} (other seeds {row['across, other seeds']:.4f})")
     if embedding and len(a) + len(b) >= 4:
         from masklab.analysis.embedding import embed
         from masklab.plots import embedding_scatter

@@ -138,7 +138,8 @@ def report(args) -> None:
     table = sweep_table(open_runs(args, sweep_configs_all(args)))
     table.drop(columns=["runs"]).to_csv(out / "sweep.csv", index=False)
     save_figure(accuracy_vs_sparsity(table, title=f"lenet-300-100 on Fashion-MNIST, {BASE['epochs']} epochs: final "
-                                     f"test accuracy (mean, band ±1 std over {SEEDS} masks)"),
+                                     f"test accuracy (mean, band ±1 std over the masks of each cell: {SEEDS}, "
+                                     f"{LANDSCAPE_MASKS} where a landscape run extends it)"),
                 out / "sweep", formats=("png",))
     print(table.drop(columns=["runs"]).to_string(index=False, float_format=lambda x: f"{x:.4f}"), flush=True)
     long = sweep_table(open_runs(args, long_configs(args)))
@@ -179,12 +180,17 @@ def report(args) -> None:
                     out / f"landscape-barriers-s{sparsity:g}", formats=("png",))
 
     by_key = {(r.config.method, r.config.recycle, r.config.sparsity): r for r in runs}
+    comparisons = []
     for sparsity in LANDSCAPE_SPARSITIES:
         for a, b in ((("edge-popup", "none"), ("biprop", "none")), (("edge-popup", "none"), ("edge-popup", "iwr")),
                      (("biprop", "none"), ("biprop", "iwr"))):
             start = time.perf_counter()
-            rep = compare(by_key[(*a, sparsity)], by_key[(*b, sparsity)], out / "compare", formats=("png",))
+            run_a, run_b = by_key[(*a, sparsity)], by_key[(*b, sparsity)]
+            rep = compare(run_a, run_b, out / "compare", formats=("png",))
             timings[f"compare {rep.run_id}"] = time.perf_counter() - start
+            comparisons.append(rep.tables["comparison"].assign(a=label(run_a.config), b=label(run_b.config),
+                                                               sparsity=sparsity))
+    pd.concat(comparisons, ignore_index=True).to_csv(out / "compare-summary.csv", index=False)
     pd.Series(timings, name="seconds").rename_axis("stage").to_csv(out / "report-seconds.csv")
 
 

@@ -74,6 +74,11 @@ def test_compare_two_methods_on_the_same_weights(runs, tmp_path):
     assert {"across", "within A", "within B", "chance"} <= set(comparison.columns)
     whole = comparison[(comparison["layer"] == "all") & (comparison["metric"] == "matching")].iloc[0]
     assert 0.45 < whole["across"] < 0.6 and whole["chance"] == pytest.approx(0.5, abs=1e-3)
+    # both runs use score seeds 0..4: pairs of the same seed are split out from the others
+    assert whole["across, other seeds"] < whole["across, same score seed"]
+    n = len(a.ids)
+    assert whole["across"] == pytest.approx((n * whole["across, same score seed"]
+                                             + n * (n - 1) * whole["across, other seeds"]) / n ** 2)
     assert set(report.tables["joint_embedding"]["run"]) == {a.id, b.id}
     assert report.index.exists() and "joint_umap" in report.figures
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from masklab.plots._style import as_percent, new_figure, require, styled
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
 @styled
@@ -37,22 +41,23 @@ def accuracy_vs_sparsity(sweep: pd.DataFrame, *, title: str | None = None) -> Fi
     frame = frame[frame["method"] != "dense"]
     for i, (method, g) in enumerate(frame.groupby("method", sort=False)):
         g = g.sort_values("sparsity")
-        colour = f"C{i % 10}"
-        ax.plot(g["sparsity"], g["acc"], color=colour, marker="o", markersize=5, linewidth=1.6,
+        colour, marker = f"C{i % 10}", MARKERS[i % len(MARKERS)]  # markers keep coinciding lines apart
+        ax.plot(g["sparsity"], g["acc"], color=colour, marker=marker, markersize=5, linewidth=1.6,
                 label=f"{method} (masklab)")
         if g["std"].notna().any():
             ax.fill_between(g["sparsity"], g["acc"] - g["std"].fillna(0), g["acc"] + g["std"].fillna(0),
                             color=colour, alpha=0.18, linewidth=0)
         pub = g.dropna(subset=["published"])
         if len(pub):
-            ax.plot(pub["sparsity"], pub["published"], color=colour, linestyle="--", marker="o", markersize=6,
+            ax.plot(pub["sparsity"], pub["published"], color=colour, linestyle="--", marker=marker, markersize=6,
                     markerfacecolor="none", markeredgewidth=1.4, linewidth=1.1, label=f"{method} (published)")
     if len(dense):  # the trained dense network has no sparsity: a reference line across the plot
         acc = float(dense["acc"].mean())
         ax.axhline(acc, color="0.35", linestyle=":", linewidth=1.4, label=f"dense, trained weights ({acc:.1f}%)")
     ax.set_xlabel("sparsity (% of weights removed)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "Accuracy vs sparsity" + (" (band: ±1 std over masks)" if std is not None else ""))
+    title = title or "Accuracy vs sparsity" + (" (band: ±1 std over masks)" if std is not None else "")
+    ax.set_title(textwrap.fill(title, 62))  # the legend takes the right of the figure: wrap long titles
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
