@@ -129,17 +129,8 @@ if numba is not None:
         threshold key. Loops are branch-free where they touch every weight, so that they vectorise."""
         zero = np.float32(0.0)
         one = np.float32(1.0)
-        high_hist = np.zeros(65536, dtype=np.int32)
-        for i in range(bits.size):
-            high_hist[(bits[i] & np.uint32(0x7FFFFFFF)) >> np.uint32(16)] += 1
-        high, above_high = _bin_of_kth(high_hist, k)
-        low_hist = np.zeros(65536, dtype=np.int32)
-        hb = np.uint32(high)
-        for i in range(bits.size):
-            key = bits[i] & np.uint32(0x7FFFFFFF)
-            if (key >> np.uint32(16)) == hb:
-                low_hist[key & np.uint32(0xFFFF)] += 1
-        low, above_low = _bin_of_kth(low_hist, k - above_high)
+        high, above_high = _bin_of_kth(_histogram(bits, True, -1), k)
+        low, above_low = _bin_of_kth(_histogram(bits, True, high), k - above_high)
         threshold = np.uint32((high << 16) | low)
         need = k - above_high - above_low  # ties at the threshold to keep, first ones first
         if biprop:
