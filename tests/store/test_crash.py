@@ -140,7 +140,10 @@ def test_sigkill_at_chosen_and_random_moments_then_resume(tmp_path, forkserver):
                              "--resume"], env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(path)
-    assert f"resuming: {len(kept)} masks stored, training {N - len(kept)} more" in result.stdout
+    if len(kept) < N:
+        assert f"resuming: {len(kept)} masks stored, training {N - len(kept)} more" in result.stdout
+    else:  # the random kills came too late to stop the last stack (fast machines, fused stacked training)
+        assert f"is complete ({N} masks): nothing to train" in result.stdout
     run = Run(path)
     assert run.ids == list(range(N))
     assert sorted(int(RECORD_RE.fullmatch(p.name).group(1)) for p in (path / "masks").glob("*.json")) == \
