@@ -221,9 +221,7 @@ def _stacked_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     K, n_out, n_in = w.shape
     if x.dim() == 2 and x.shape[1] == n_in:  # input shared by all masks: one GEMM for all K
         out = F.linear(x, w.reshape(K * n_out, n_in))
-        # contiguous (K, B, out): the ReLU's backward and the next bmm run several times slower on the
-        # transposed view than this copy costs
-        return out.view(x.shape[0], K, n_out).transpose(0, 1)
+        return out.view(x.shape[0], K, n_out).transpose(0, 1)  # a (K, B, out) view; bmm reads it as it is
     return torch.bmm(_per_mask_input(x, K, n_in), w.transpose(1, 2))
 
 
