@@ -10,6 +10,12 @@ The public names are imported lazily (on first use), so `import masklab` stays f
 from __future__ import annotations
 
 import importlib
+import os
+
+# Thread-independent matrix products (MKL's strict CNR mode): MKL reads this when it first runs, so it is set
+# before anything can use torch through masklab. A mask's bits must not depend on the thread count; see
+# masklab/nn/exact.py. A value the user set is kept.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.1.0"
 

@@ -8,8 +8,11 @@ One class per concept: `MaskedLayer` holds the weight, the scores and the method
   d|s| = (dL/dW_eff * sign(W)) * |W|, alpha treated as a constant.
 - "dense": W trained directly (the baseline), no scores.
 
-Outside autograd (evaluation, export) the mask is computed once and cached until the scores or weights
-change (tracked by the tensors' version counters), so evaluation does not redo the selection per batch.
+The straight-through estimator is `masklab.nn.stacked.StraightThrough` (one definition, used here with
+K = 1) and Biprop's gain is `masklab.nn.exact.biprop_alpha`, so that a rebuilt subnetwork computes with
+exactly the numbers its training did. Outside autograd (evaluation, export) the mask is computed once and
+cached until the scores or weights change (tracked by the tensors' version counters), so evaluation does
+not redo the selection per batch.
 """
 
 from __future__ import annotations
@@ -18,42 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from masklab.nn.exact import biprop_alpha, conv2d
 from masklab.nn.select import n_keep as count_keep
 from masklab.nn.select import topk_mask
+from masklab.nn.stacked import straight_through
 
 METHODS = ("edge-popup", "biprop", "dense")
-
-
-class _StraightThrough(torch.autograd.Function):
-    """Forward: the 0/1 mask of the top-k |scores|. Backward: the gradient passes the selection
-    unchanged and then abs, i.e. times sign(s) (the same as autograd through `scores.abs()`)."""
-
-    @staticmethod
-    def forward(ctx, scores: torch.Tensor, k: int) -> torch.Tensor:
-        ctx.save_for_backward(scores)
-        return topk_mask(scores, k, absolute=True).to(scores.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (scores,) = ctx.saved_tensors
-        return grad * torch.sign(scores), None
-
-
-class _BipropGain(torch.autograd.Function):
-    """Forward: alpha * mask with alpha = sum(|W| * mask) / k. Backward to the scores: grad * |W|
-    (alpha held constant), then through abs, i.e. times sign(s)."""
-
-    @staticmethod
-    def forward(ctx, scores: torch.Tensor, abs_weight: torch.Tensor, k: int) -> torch.Tensor:
-        mask = topk_mask(scores, k, absolute=True).to(scores.dtype)
-        alpha = (abs_weight * mask).sum() / k
-        ctx.save_for_backward(scores, abs_weight)
-        return alpha * mask
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        scores, abs_weight = ctx.saved_tensors
-        return grad * abs_weight * torch.sign(scores), None, None
 
 
 class MaskedLayer(nn.Module):
@@ -108,11 +81,11 @@ class MaskedLayer(nn.Module):
                 if self.pinned is not None:
                     mask = self.pinned
                     values = mask.to(self.weight.dtype)
-                    alpha = (self.weight.abs() * values).sum() / values.double().sum().clamp_min(1e-12).float()
+                    alpha = biprop_alpha(self.weight, values[None])[0]
                 else:
                     mask = topk_mask(self.scores, self.n_keep, absolute=True)
                     values = mask.to(self.weight.dtype)
-                    alpha = (self.weight.abs() * mask).sum() / self.n_keep
+                    alpha = biprop_alpha(self.weight, values[None], self.n_keep)[0]
                 w_eff = self._effective(values, alpha)
             self._cache = (key, mask, alpha, w_eff)
         return self._cache[1]
@@ -134,9 +107,7 @@ class MaskedLayer(nn.Module):
         if self.pinned is not None or not (torch.is_grad_enabled() and self.scores.requires_grad):
             self.mask()
             return self._cache[3]
-        if self.method == "biprop":
-            return torch.sign(self.weight) * _BipropGain.apply(self.scores, self.weight.abs(), self.n_keep)
-        return self.weight * _StraightThrough.apply(self.scores, self.n_keep)
+        return straight_through(self.scores[None], self.n_keep, self.weight[None], self.method)[0]
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.weight.shape)}, method={self.method}, keep={self.n_keep}/{self.weight.numel()}"
@@ -157,7 +128,7 @@ class MaskedConv2d(MaskedLayer):
         self.stride, self.padding = stride, padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.effective_weight(), None, self.stride, self.padding)
+        return conv2d(x, self.effective_weight(), self.stride, self.padding)
 
 
 def masked_layers(model: nn.Module) -> list[tuple[str, MaskedLayer]]:

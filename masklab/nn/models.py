@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from masklab.errors import UserError
+from masklab.nn.exact import BatchNorm2d
 from masklab.nn.layers import MaskedConv2d, MaskedLinear
 
 
@@ -36,7 +37,7 @@ class LayerMaker:
 
     def batchnorm(self, channels: int) -> nn.Module:
         """Non-affine BatchNorm: nothing trainable besides the scores."""
-        return nn.BatchNorm2d(channels, affine=False)
+        return BatchNorm2d(channels, affine=False)
 
 
 def scaled(width: float, channels: int, model: str) -> int:

@@ -1,16 +1,20 @@
 """Stacked subnet layers: K masks over the same frozen weights, trained in one pass.
 
 Layout of activations (so the model builders in `models.py` work unchanged):
-- conv activations are (B, K*C, H, W), mask-major channels; a conv is one grouped convolution
-  (groups = K), and BatchNorm over K*C channels keeps statistics per mask for free;
-- linear activations are (K, B, F); a linear is one batched matmul;
+- conv activations are (B, K*C, H, W), mask-major channels; BatchNorm over K*C channels keeps statistics
+  per mask for free;
+- linear activations are (K, B, F); a linear is one batched matmul (one product per mask);
 - Flatten of (B, K*C, H, W) gives (B, K*F), which a stacked linear reads as (K, B, F): each mask's
   features stay in the same C-order as in the unstacked model;
 - the model input is shared by all K masks, (B, *input_shape), or per mask, (B, K*C, H, W) resp.
   (B, K*F) when each mask sees its own batch.
 Logits come out as (K, B, classes). Scores are (K, *shape); the weights are shared (shape) or, once
-recycling can change them, per mask (K, *shape). Mask k's scores start from its own score seed, so a
-mask's result depends neither on K nor on which masks share its stack.
+recycling can change them, per mask (K, *shape).
+
+Mask k's numbers depend only on its own seeds, never on K or on its neighbours (see `masklab.nn.exact`):
+every product is one per mask, with the shapes a lone mask has (a batched matmul; on CPU a loop of
+convolutions, on CUDA one grouped convolution, which is fast there but not bit-exact), and every
+per-mask reduction runs in a fixed order. With K = 1 this is the one training path of every mask run.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from masklab.nn.exact import BatchNorm2d, biprop_alpha, one_thread
 from masklab.nn.init import SCORE_STREAM, generator, init_scores, weight_values
 from masklab.nn.select import SelectState, select_rows, topk_mask
 from masklab.nn.select import n_keep as count_keep
@@ -42,36 +47,49 @@ def topk_rows(values: torch.Tensor, k: int, absolute: bool = False) -> torch.Ten
     return mask
 
 
-def _row_masks(scores: torch.Tensor, k: int) -> torch.Tensor:
+def row_masks(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """(K, *shape) bool: per row, the top-k of |scores|."""
     K = scores.shape[0]
     return topk_rows(scores.detach().reshape(K, -1), k, absolute=True).view_as(scores)
 
 
-class _StraightThroughRows(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, scores: torch.Tensor, k: int) -> torch.Tensor:
-        ctx.save_for_backward(scores)
-        return _row_masks(scores, k).to(scores.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (scores,) = ctx.saved_tensors
-        return grad * torch.sign(scores), None
+def _per_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(K,) values shaped to broadcast over the rows of `like` (K, *shape)."""
+    return values.view((values.shape[0],) + (1,) * (like.dim() - 1))
 
 
-class _BipropGainRows(torch.autograd.Function):
+class StraightThrough(torch.autograd.Function):
+    """The mask's straight-through estimator, for K rows of scores (K, *shape).
+
+    Forward: the 0/1 mask of each row's top-k |scores| (Edge-Popup), or for Biprop `alpha * mask` with
+    alpha = sum(|W| * mask) / k per row. Backward: the gradient passes the selection unchanged (Biprop:
+    times |W|, alpha held constant), then through abs, i.e. times sign(s). So for Edge-Popup
+    d s = dL/dW_eff * W * sign(s), and for Biprop, whose effective weight is sign(W) * alpha * mask, the
+    same number. The single definition: `MaskedLayer` uses it with K = 1, and `FusedScoreSGD` computes
+    the same expression in numba."""
+
     @staticmethod
-    def forward(ctx, scores: torch.Tensor, abs_weight: torch.Tensor, k: int) -> torch.Tensor:
-        K = scores.shape[0]
-        mask = _row_masks(scores, k).to(scores.dtype)
-        alpha = (abs_weight * mask).reshape(K, -1).sum(1) / k
+    def forward(ctx, scores: torch.Tensor, k: int, abs_weight: torch.Tensor | None = None) -> torch.Tensor:
+        mask = row_masks(scores, k).to(scores.dtype)
         ctx.save_for_backward(scores, abs_weight)
-        return alpha.view((K,) + (1,) * (scores.dim() - 1)) * mask
+        if abs_weight is None:
+            return mask
+        return _per_row(biprop_alpha(abs_weight, mask, k), mask) * mask
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         scores, abs_weight = ctx.saved_tensors
-        return grad * abs_weight * torch.sign(scores), None, None
+        if abs_weight is not None:
+            grad = grad * abs_weight
+        return grad * torch.sign(scores), None, None
+
+
+def straight_through(scores: torch.Tensor, k: int, weight: torch.Tensor, method: str) -> torch.Tensor:
+    """The differentiable effective weights (K, *shape) of K rows of scores over `weight` (shared or per row)."""
+    if method == "biprop":
+        w = weight.expand(scores.shape) if weight.dim() < scores.dim() else weight
+        return torch.sign(w) * StraightThrough.apply(scores, k, w.abs())
+    return weight * StraightThrough.apply(scores, k)
 
 
 class StackedLayer(nn.Module):
@@ -88,16 +106,16 @@ class StackedLayer(nn.Module):
         self.weight = nn.Parameter(torch.empty(wshape), requires_grad=False)
         self.scores = nn.Parameter(torch.empty((K, *shape)))
         self._cache: tuple | None = None
-        # Fused mode (CPU, see masklab.train.score_sgd): the forward computes with `_w_eff`, a leaf tensor
-        # whose .grad autograd fills, and FusedScoreSGD updates scores and `_w_eff` in place. Its writes
-        # do not bump the tensors' version counters, so `generation` counts them for the cache keys.
+        # Fused mode (CPU, see masklab.train.score_sgd): the forward computes with `_w_eff`, a leaf tensor,
+        # the backward writes dL/dW_eff into `_grad`, and FusedScoreSGD updates scores and `_w_eff` in place.
+        # Its writes do not bump the tensors' version counters, so `generation` counts them for cache keys.
         self.fused = False
         self.generation = 0
         self._w_eff: torch.Tensor | None = None
         self._w_eff_key: tuple | None = None
         self._grad: torch.Tensor | None = None
         self._grad_filled = False
-        self._gain: tuple | None = None
+        self._sign: tuple | None = None
         self.select_state: SelectState | None = None
 
     @property
@@ -137,35 +155,33 @@ class StackedLayer(nn.Module):
 
     @torch.no_grad()
     def _apply_gain(self) -> None:
-        """Biprop: turn the 0/1 masks the selection wrote into sign(W) * alpha * mask, with alpha computed
-        by the same torch expression as `masks()` and the autograd path (bit-identical gains: Biprop's
+        """Biprop: turn the 0/1 masks the selection wrote into sign(W) * alpha * mask, with alpha from
+        `biprop_alpha`, as every other path computes it (bit-identical gains matter: Biprop's
         pre-activations are sums of +-alpha * x and sit exactly on ReLU's kink often enough that one ulp
         of alpha changes a gradient)."""
         if self.method != "biprop":
             return
         values = self._w_eff.detach()
         key = (self.weight._version, self.weight.data_ptr())
-        if self._gain is None or self._gain[0] != key:  # |W|, sign(W) and a scratch buffer, kept between steps
-            self._gain = (key, self.weight.detach().abs(), torch.sign(self.weight.detach()), torch.empty_like(values))
-        _, abs_weight, sign_weight, scratch = self._gain
-        alphas = torch.mul(abs_weight, values, out=scratch).view(self.K, -1).sum(1) / self.n_keep
-        values.mul_(torch.mul(sign_weight, alphas.view((self.K,) + (1,) * len(self.shape)), out=scratch))
+        if self._sign is None or self._sign[0] != key:  # sign(W) and a scratch buffer, kept between steps
+            self._sign = (key, torch.sign(self.weight.detach()), torch.empty_like(values))
+        _, sign_weight, scratch = self._sign
+        alphas = biprop_alpha(self.weight, values, self.n_keep)
+        values.mul_(torch.mul(sign_weight, _per_row(alphas, values), out=scratch))
 
     def grad_buffer(self) -> torch.Tensor:
-        """The persistent (K, *shape) buffer a fused backward writes dL/dW_eff into (StackedLinear)."""
+        """The persistent (K, *shape) buffer a fused backward writes dL/dW_eff into."""
         if self._grad is None:
             self._grad = torch.empty(self.scores.shape)
         self._grad_filled = True
         return self._grad
 
     def fused_grad(self) -> torch.Tensor | None:
-        """dL/dW_eff of the last backward: the persistent buffer, or autograd's .grad of the leaf."""
-        return self._grad if self._grad_filled else self.fused_weight().grad
+        """dL/dW_eff of the last backward (the persistent buffer), None if no backward reached the layer."""
+        return self._grad if self._grad_filled else None
 
     def fused_zero_grad(self) -> None:
         self._grad_filled = False
-        if self._w_eff is not None:
-            self._w_eff.grad = None
 
     def fused_updated(self) -> None:
         """Scores and effective weights (for Biprop: masks) were just updated in place by FusedScoreSGD."""
@@ -173,17 +189,18 @@ class StackedLayer(nn.Module):
         self.generation += 1
         self._w_eff_key = self._key()
 
+    # ---- masks ----------------------------------------------------------------------------------
     def masks(self) -> torch.Tensor:
         """(K, *shape) bool masks, cached until scores or weights change."""
         key = self._key()
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
-                masks = _row_masks(self.scores, self.n_keep)
+                masks = row_masks(self.scores, self.n_keep)
                 w = self.weight.expand(self.K, *self.shape)
-                alphas = (w.abs() * masks).reshape(self.K, -1).sum(1) / self.n_keep
+                alphas = biprop_alpha(self.weight, masks, self.n_keep)
                 values = masks.to(self.weight.dtype)
                 if self.method == "biprop":
-                    w_eff = torch.sign(w) * alphas.view((self.K,) + (1,) * len(self.shape)) * values
+                    w_eff = torch.sign(w) * _per_row(alphas, values) * values
                 else:
                     w_eff = w * values
             self._cache = (key, masks, alphas, w_eff)
@@ -203,56 +220,61 @@ class StackedLayer(nn.Module):
         if not (torch.is_grad_enabled() and self.scores.requires_grad):
             self.masks()
             return self._cache[3]
-        if self.method == "biprop":
-            w = self.weight.expand(self.K, *self.shape)
-            return torch.sign(w) * _BipropGainRows.apply(self.scores, w.abs(), self.n_keep)
-        return self.weight * _StraightThroughRows.apply(self.scores, self.n_keep)
+        return straight_through(self.scores, self.n_keep, self.weight, self.method)
+
+    def _weight_for_forward(self) -> tuple[torch.Tensor, bool]:
+        """(the effective weights, whether the backward writes their gradient into `grad_buffer`)."""
+        fused = self.fused and torch.is_grad_enabled()
+        return (self.fused_weight() if fused else self.effective_weight()), fused
 
     def extra_repr(self) -> str:
         return f"K={self.K}, shape={self.shape}, method={self.method}, keep={self.n_keep}"
 
 
+# ---- linear ---------------------------------------------------------------------------------------------
 def _per_mask_input(x: torch.Tensor, K: int, n_in: int) -> torch.Tensor:
-    """(K, B, in) from (K, B, in) or from (B, K*in), the flatten of stacked conv activations."""
-    return x.view(x.shape[0], K, n_in).transpose(0, 1) if x.dim() == 2 else x
+    """(K, B, in) from (K, B, in), from (B, K*in) (the flatten of stacked conv activations) or from a
+    (B, in) input that every mask shares."""
+    if x.dim() == 2:
+        return x.expand(K, *x.shape) if x.shape[1] == n_in else x.view(x.shape[0], K, n_in).transpose(0, 1)
+    return x
 
 
 def _stacked_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     K, n_out, n_in = w.shape
-    if x.dim() == 2 and x.shape[1] == n_in:  # input shared by all masks: one GEMM for all K
-        out = F.linear(x, w.reshape(K * n_out, n_in))
-        return out.view(x.shape[0], K, n_out).transpose(0, 1)  # a (K, B, out) view; bmm reads it as it is
     return torch.bmm(_per_mask_input(x, K, n_in), w.transpose(1, 2))
 
 
-class _FusedLinear(torch.autograd.Function):
-    """A stacked linear in fused mode: the weight gradient goes into the layer's persistent buffer
-    (`out=`), not into a fresh (K, out, in) tensor per step, whose page faults cost as much as a
-    quarter of the GEMM that fills it. Returns no gradient for `w`: FusedScoreSGD reads the buffer."""
+class _StackedLinear(torch.autograd.Function):
+    """One product per mask (a batched matmul), forward and backward. With `buffer` (fused mode) the
+    weight gradient goes into the layer's persistent buffer (`out=`), not into a fresh (K, out, in) tensor
+    per step, whose page faults cost as much as a quarter of the GEMM that fills it."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, layer: StackedLinear) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, layer: StackedLayer, fused: bool) -> torch.Tensor:
         ctx.save_for_backward(x, w)
-        ctx.layer = layer
+        ctx.layer, ctx.fused = layer, fused
         return _stacked_linear(x, w)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, w = ctx.saved_tensors
         K, n_out, n_in = w.shape
-        grad_w = ctx.layer.grad_buffer()
-        grad_x = None
-        if x.dim() == 2 and x.shape[1] == n_in:
-            go = grad_out.transpose(0, 1).reshape(x.shape[0], K * n_out)
-            torch.mm(go.t(), x, out=grad_w.view(K * n_out, n_in))
-            if ctx.needs_input_grad[0]:
-                grad_x = go @ w.view(K * n_out, n_in)
-        else:
-            torch.bmm(grad_out.transpose(1, 2), _per_mask_input(x, K, n_in), out=grad_w)
-            if ctx.needs_input_grad[0]:
-                grad_x = torch.bmm(grad_out, w)
-                grad_x = grad_x.transpose(0, 1).reshape(x.shape) if x.dim() == 2 else grad_x
-        return grad_x, None, None
+        xs = _per_mask_input(x, K, n_in)
+        grad_w = grad_x = None
+        if ctx.fused:
+            torch.bmm(grad_out.transpose(1, 2), xs, out=ctx.layer.grad_buffer())
+        elif ctx.needs_input_grad[1]:
+            grad_w = torch.bmm(grad_out.transpose(1, 2), xs)
+        if ctx.needs_input_grad[0]:
+            per_mask = torch.bmm(grad_out, w)  # (K, B, in)
+            if x.dim() == 3:
+                grad_x = per_mask
+            elif x.shape[1] == n_in:  # a shared input: the masks' gradients added in mask order
+                grad_x = per_mask[0] if K == 1 else per_mask.sum(0)
+            else:
+                grad_x = per_mask.transpose(0, 1).reshape(x.shape)
+        return grad_x, grad_w, None, None
 
 
 class StackedLinear(StackedLayer):
@@ -260,9 +282,63 @@ class StackedLinear(StackedLayer):
         super().__init__((out_features, in_features), K, method, sparsity, per_mask_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and torch.is_grad_enabled():
-            return _FusedLinear.apply(x, self.fused_weight(), self)
-        return _stacked_linear(x, self.effective_weight())
+        w, fused = self._weight_for_forward()
+        if not torch.is_grad_enabled():
+            return _stacked_linear(x, w)
+        return _StackedLinear.apply(x, w, self, fused)
+
+
+# ---- convolution ----------------------------------------------------------------------------------------
+def _conv_inputs(x: torch.Tensor, K: int, in_c: int) -> list[torch.Tensor]:
+    """Each mask's input: the shared (B, C, H, W) input, or mask k's channels of (B, K*C, H, W)."""
+    if x.shape[1] == in_c:
+        return [x] * K
+    return [part.contiguous() for part in x.split(in_c, 1)]
+
+
+class _PerMaskConv(torch.autograd.Function):
+    """K convolutions of a lone mask's shape (CPU), their weight gradients on one thread (see
+    `masklab.nn.exact`); with `fused`, the weight gradients go into the layer's persistent buffer."""
+
+    @staticmethod
+    def forward(ctx, x, w, layer, fused):
+        K, (out_c, in_c) = w.shape[0], layer.shape[:2]
+        xs = _conv_inputs(x, K, in_c)
+        ctx.shared = x.shape[1] == in_c
+        if ctx.shared:
+            ctx.save_for_backward(x, w)
+        else:
+            ctx.save_for_backward(*xs, w)
+        ctx.layer, ctx.fused = layer, fused
+        return torch.cat([F.conv2d(xs[k], w[k], None, layer.stride, layer.padding) for k in range(K)], 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        *xs, w = ctx.saved_tensors
+        layer, K = ctx.layer, w.shape[0]
+        xs = xs * K if ctx.shared else xs
+        grads = [g.contiguous() for g in grad.split(layer.shape[0], 1)]
+        conv = ([layer.stride] * 2, [layer.padding] * 2, [1, 1], False, [0, 0], 1)
+        backward = torch.ops.aten.convolution_backward
+        need_x, need_w = ctx.needs_input_grad[0], ctx.fused or ctx.needs_input_grad[1]
+        grad_x = [backward(grads[k], xs[k], w[k], None, *conv, [True, False, False])[0] for k in range(K)] \
+            if need_x else None
+        grad_w = None
+        if need_w:
+            out = layer.grad_buffer() if ctx.fused else torch.empty_like(w)
+            with one_thread():  # the batch reduction must not be split across threads
+                for k in range(K):
+                    out[k].copy_(backward(grads[k], xs[k], w[k], None, *conv, [False, True, False])[1])
+            grad_w = None if ctx.fused else out
+        if grad_x is not None:
+            if not ctx.shared:
+                grad_x = torch.cat(grad_x, 1)
+            else:  # a shared input: the masks' gradients added in mask order
+                total = grad_x[0]
+                for g in grad_x[1:]:
+                    total = total + g
+                grad_x = total
+        return grad_x, grad_w, None, None
 
 
 class StackedConv2d(StackedLayer):
@@ -272,10 +348,17 @@ class StackedConv2d(StackedLayer):
         self.stride, self.padding = stride, padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, fused = self._weight_for_forward()
         out_c, in_c = self.shape[0], self.shape[1]
-        w = self.effective_weight().reshape(self.K * out_c, in_c, *self.shape[2:])
+        if x.device.type == "cpu":
+            if torch.is_grad_enabled():
+                return _PerMaskConv.apply(x, w, self, fused)
+            return torch.cat([F.conv2d(xk, w[k], None, self.stride, self.padding)
+                              for k, xk in enumerate(_conv_inputs(x, self.K, in_c))], 1)
+        # CUDA: one grouped convolution (fast; cuDNN's algorithm choice makes it not bit-exact)
         groups = 1 if x.shape[1] == in_c else self.K  # shared input: one conv makes all K outputs
-        return F.conv2d(x, w, None, self.stride, self.padding, 1, groups)
+        return F.conv2d(x, w.reshape(self.K * out_c, in_c, *self.shape[2:]), None, self.stride, self.padding, 1,
+                        groups)
 
 
 @dataclass(frozen=True)
@@ -296,7 +379,7 @@ class StackedLayerMaker:
 
     def batchnorm(self, channels: int) -> nn.Module:
         """One non-affine BatchNorm over the K*C stacked channels: statistics per mask and channel."""
-        return nn.BatchNorm2d(self.K * channels, affine=False)
+        return BatchNorm2d(self.K * channels, affine=False)
 
 
 def stacked_layers(model: nn.Module) -> list[tuple[str, StackedLayer]]:

@@ -10,7 +10,6 @@ run loses at most the stack in progress, and `resume=True` trains exactly the mi
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -93,8 +92,8 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
 def _train_all(config: RunConfig, dataset, writer: RunWriter, todo: list[int], quiet: bool) -> None:
     from tqdm import tqdm
 
-    from masklab.train.stacked import train_stack
-    from masklab.train.trainer import resolve_device, train_mask
+    from masklab.train.device import resolve_device
+    from masklab.train.trainer import train_masks
 
     device = resolve_device(config.device)
     accs: list[float] = []
@@ -111,13 +110,7 @@ def _train_all(config: RunConfig, dataset, writer: RunWriter, todo: list[int], q
 
     try:
         for chunk in _stacks(config, dataset, device, todo):
-            start = time.perf_counter()
-            if len(chunk) == 1:
-                results = [train_mask(config, chunk[0], dataset=dataset, device=device, on_epoch=on_epoch)]
-            else:
-                results = train_stack(config, chunk, dataset=dataset, device=device, on_epoch=on_epoch)
-            for trained in results:
-                trained.metrics.setdefault("seconds", (time.perf_counter() - start) / len(chunk))
+            for trained in train_masks(config, chunk, dataset=dataset, device=device, on_epoch=on_epoch):
                 writer.write_mask(trained, device=str(device))
                 accs.append(float(trained.metrics["test_acc"]))
     finally:
@@ -125,7 +118,7 @@ def _train_all(config: RunConfig, dataset, writer: RunWriter, todo: list[int], q
 
 
 def _stacks(config: RunConfig, dataset, device, todo: list[int]) -> list[list[int]]:
-    """The masks still to train, in chunks of the stack size (auto: what fits; dense: one at a time).
+    """The masks still to train, in chunks of the stack size (auto: `auto_stack`; dense: one at a time).
     Mask i's result depends on its own seeds only, so any chunking gives the same masks."""
     from masklab.train.stacked import auto_stack
 

@@ -605,7 +605,8 @@ class RunWriter:
                   "data_seed": int(trained.data_seed), **metrics, "device": str(device),
                   "checksum": words_checksum, "n_keep": counts,
                   "alphas": None if trained.alphas is None else [float(a) for a in trained.alphas],
-                  "finished": _now(), "extras": extras, "files": files}
+                  "finished": _now(), "trained_with": dict(getattr(trained, "trained_with", {}) or {}),
+                  "extras": extras, "files": files}
         F.atomic_write_json(self.path / "masks" / f"{s}.json", record)
         self.done.add(i)
         return record

@@ -1,6 +1,8 @@
-"""Training: the trainer, weight recycling (IWR, IteRand) and evaluation."""
+"""Training: the one training path (K masks at a time), weight recycling (IWR, IteRand), evaluation."""
 
+from masklab.train.device import resolve_device
 from masklab.train.evaluate import evaluate, evaluate_batches
-from masklab.train.trainer import TrainedMask, make_model, resolve_device, train_mask
+from masklab.train.trainer import TrainedMask, TrainingDiverged, make_model, train_mask, train_masks
 
-__all__ = ["TrainedMask", "evaluate", "evaluate_batches", "make_model", "resolve_device", "train_mask"]
+__all__ = ["TrainedMask", "TrainingDiverged", "evaluate", "evaluate_batches", "make_model", "resolve_device",
+           "train_mask", "train_masks"]

@@ -18,7 +18,8 @@ the weights above the bracketed threshold; collect the few inside it, see `maskl
 
 This is torch.optim.SGD step for step (a zero momentum buffer makes the first step `buf = d`, as torch's
 clone does); results agree to float rounding (torch fuses `s - lr * buf` into one FMA, numba rounds twice).
-Each mask's row only reads its own scores, gradient and buffer, so a mask's result does not depend on K.
+Each mask's row only reads its own scores, gradient and buffer, so a mask's result does not depend on K;
+every CPU mask run trains through this optimiser, K = 1 included (one training path).
 """
 
 from __future__ import annotations

@@ -1,17 +1,20 @@
-"""Train one mask (or dense weights) for one run config: SGD with momentum, cosine schedule per epoch.
+"""The one training path: masks of a run, K at a time (K = 1 included), SGD with momentum, cosine
+schedule per epoch, weight recycling on the schedule.
 
-`train_mask(config, index)` is the Python entry point: it builds the model from the weight seed,
-initialises the scores from mask `index`'s score seed, trains, recycles weights on the schedule, and
-returns a `TrainedMask` with the mask bits per layer, the final scores, the IWR source-index map (or
-IteRand's draw map) and the metrics per epoch.
+`train_masks(config, indices)` trains the masks `indices` together in one pass over the shared frozen
+weights (`masklab.nn.stacked`): the loss is the sum of the K masks' mean cross-entropies, so each mask's
+score gradient is exactly its own, and the optimiser (on CPU `FusedScoreSGD`) updates each mask's row
+from its own numbers only. Every product is one per mask and every reduction runs in a fixed order
+(`masklab.nn.exact`), so on CPU mask i's bits, scores, recycling maps and metrics are the same whatever
+K, its neighbours in the stack, the thread count or the process. `train_mask(config, i)` is K = 1.
+Dense runs (trained weights, the baseline) go through the same epoch loop, one network at a time.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,11 +25,23 @@ from torch import nn
 
 from masklab.config import RunConfig
 from masklab.errors import UserError
+from masklab.nn.exact import reproducible_blas
 from masklab.nn.init import init_model
 from masklab.nn.layers import masked_layers
 from masklab.nn.models import build_model
+from masklab.nn.stacked import stacked_layers
+from masklab.train.device import SMALL_STEP_MACS, macs_per_sample, resolve_device, step_threads
 from masklab.train.evaluate import evaluate
-from masklab.train.recycling import iterand_step, iwr_step, recycles_after
+from masklab.train.rebuild import rebuild_trained
+from masklab.train.recycling import iterand_apply, iwr_apply, recycles_after
+from masklab.train.stacked import make_stacked_model, score_optimizer
+
+__all__ = ["SMALL_STEP_MACS", "TrainedMask", "TrainingDiverged", "cosine_lr", "macs_per_sample", "make_model",
+           "resolve_device", "step_threads", "train_mask", "train_masks"]
+
+
+class TrainingDiverged(UserError):
+    """The loss, scores or weights became infinite or NaN: the learning rate is too large."""
 
 
 @dataclass
@@ -50,57 +65,11 @@ class TrainedMask:
     alphas: list[float] | None = None  # Biprop gain per layer
     snapshots: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)  # (epoch, masks)
     buffers: dict[str, np.ndarray] = field(default_factory=dict)  # BatchNorm running statistics
-
-
-# Below this many multiply-accumulates per step a CPU step runs faster on one thread: the work is too
-# small to split, and OpenMP workers that spin-wait make a busy 2-core machine up to 40x slower.
-SMALL_STEP_MACS = 2e8
-
-
-def macs_per_sample(config: RunConfig, dataset) -> int:
-    """Multiply-accumulates of one sample's forward pass through the run's prunable layers."""
-    model = build_model(config.model, dataset.input_shape, dataset.n_classes, config.width, "dense")
-    total = 0
-
-    def count(layer, inputs, output):
-        nonlocal total
-        positions = output.shape[-2] * output.shape[-1] if output.dim() == 4 else 1
-        total += layer.weight.numel() * positions
-
-    hooks = [layer.register_forward_hook(count) for _, layer in masked_layers(model)]
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, *dataset.input_shape))
-    for hook in hooks:
-        hook.remove()
-    return int(total)
-
-
-@contextmanager
-def step_threads(config: RunConfig, dataset, device: torch.device, masks: int = 1):
-    """Run the block with one torch thread when a CPU step is small (see SMALL_STEP_MACS)."""
-    old = torch.get_num_threads()
-    small = device.type == "cpu" and old > 1 and \
-        macs_per_sample(config, dataset) * config.batch_size * masks < SMALL_STEP_MACS
-    if small:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if small:
-            torch.set_num_threads(old)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' picks CUDA when available; asking for CUDA without one is a user error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} was asked for but no CUDA GPU is available; use --device cpu or auto")
-    return torch.device(device)
+    trained_with: dict = field(default_factory=dict)  # stack size, position, device, threads, BLAS mode
 
 
 def make_model(config: RunConfig, dataset, score_seed: int | None = None) -> nn.Module:
-    """The run's model with weights from the weight seed and scores from `score_seed` (CPU)."""
+    """The run's single-mask model with weights from the weight seed and scores from `score_seed` (CPU)."""
     model = build_model(config.model, dataset.input_shape, dataset.n_classes, config.width, config.method,
                         config.sparsity)
     return init_model(model, config.weight_seed, config.score_seed if score_seed is None else score_seed,
@@ -112,103 +81,236 @@ def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)) * base_lr
 
 
-def train_mask(config: RunConfig, index: int = 0, dataset=None, device: str | torch.device | None = None,
-               on_epoch: Callable[[dict], None] | None = None, snapshot_every: int | None = None) -> TrainedMask:
-    """Train mask `index` of the run `config` and return it with its metrics.
+def train_masks(config: RunConfig, indices: Sequence[int], dataset=None, device: str | torch.device | None = None,
+                on_epoch: Callable[[dict], None] | None = None,
+                snapshot_every: int | None = None) -> list[TrainedMask]:
+    """Train masks `indices` of the run `config` together; one TrainedMask per index, in order.
 
-    `dataset` defaults to loading `config.dataset`; `on_epoch` receives each epoch's metrics (for progress
-    bars); `snapshot_every` (default: the config's) keeps the masks every E epochs.
+    `dataset` defaults to loading `config.dataset`; `on_epoch` receives each mask's row of each epoch
+    (the K rows of an epoch one after another, for progress bars); `snapshot_every` (default: the
+    config's) keeps the masks every E epochs. Dense runs train their networks one after another.
     """
     from masklab.data import load_config_dataset
 
     config.validate()
+    indices = [int(i) for i in indices]
+    if not indices:
+        return []
     dataset = dataset if dataset is not None else load_config_dataset(config)
     device = resolve_device(config.device) if device is None else torch.device(device)
-    with step_threads(config, dataset, device):
-        return _train(config, index, dataset, device, on_epoch, snapshot_every)
+    if config.method == "dense" and len(indices) > 1:
+        return [r for i in indices for r in train_masks(config, [i], dataset, device, on_epoch, snapshot_every)]
+    with step_threads(config, dataset, device, len(indices)):
+        return _train(config, indices, dataset, device, on_epoch,
+                      config.snapshot_every if snapshot_every is None else snapshot_every)
 
 
-def _train(config: RunConfig, index: int, dataset, device: torch.device, on_epoch, snapshot_every) -> TrainedMask:
-    weight_seed, score_seed, data_seed = config.seeds(index)
-    snapshot_every = config.snapshot_every if snapshot_every is None else snapshot_every
-    start = time.perf_counter()
+def train_mask(config: RunConfig, index: int = 0, dataset=None, device: str | torch.device | None = None,
+               on_epoch: Callable[[dict], None] | None = None, snapshot_every: int | None = None) -> TrainedMask:
+    """Train mask `index` of the run `config` alone (`train_masks` with K = 1) and return it."""
+    return train_masks(config, [index], dataset, device, on_epoch, snapshot_every)[0]
 
-    model = make_model(config, dataset, score_seed).to(device)
-    layers = masked_layers(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+
+class _Lone(nn.Module):
+    """A single network seen as a stack of one: logits (1, B, classes)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).unsqueeze(0)
+
+
+def _build(config: RunConfig, dataset, indices: list[int], device: torch.device):
+    """(model giving (K, B, classes) logits, its layers in mask-bit order, the optimiser)."""
     base_lr = config.resolved("lr")
-    optimizer = torch.optim.SGD(trainable, lr=base_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.method == "dense":
+        net = make_model(config, dataset, config.seeds(indices[0])[1]).to(device)
+        layers = masked_layers(net)
+        weights = [layer.weight for _, layer in layers]
+        optimizer = torch.optim.SGD(weights, lr=base_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return _Lone(net), layers, optimizer
+    model = make_stacked_model(config, dataset, indices).to(device)
+    layers = stacked_layers(model)
+    optimizer = score_optimizer([layer for _, layer in layers], base_lr, config.momentum, config.weight_decay, device)
+    return model, layers, optimizer
 
-    recycle = config.recycle
-    src = [torch.arange(layer.weight.numel(), device=device) for _, layer in layers] if recycle == "iwr" else None
-    draw = [torch.zeros(layer.weight.numel(), dtype=torch.int32, device=device) for _, layer in layers] \
-        if recycle == "iterand" else None
+
+def _train(config: RunConfig, indices: list[int], dataset, device: torch.device, on_epoch,
+           snapshot_every: int) -> list[TrainedMask]:
+    K = len(indices)
+    seeds = [config.seeds(i) for i in indices]
+    dense = config.method == "dense"
+    blas = reproducible_blas() if device.type == "cpu" else device.type
+    start = time.perf_counter()
+    model, layers, optimizer = _build(config, dataset, indices, device)
+    base_lr = config.resolved("lr")
+    maps = _recycle_maps(config, layers, device)
     recycle_count = 0
-
-    rows, snapshots = [], []
-    best_acc, best_epoch = -1.0, -1
+    rows: list[list[dict]] = [[] for _ in range(K)]
+    snapshots: list[list] = [[] for _ in range(K)]
     for epoch in range(config.epochs):
         lr = cosine_lr(base_lr, epoch, config.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        train_loss, train_acc = _train_epoch(model, optimizer, dataset, config.batch_size, data_seed, epoch, device)
-        test_loss, test_acc = evaluate(model, dataset, device)
-        recycled = 0
-        if recycle != "none" and recycles_after(epoch, config.epochs, config.resolved("recycle_every"),
-                                                config.recycle_warmup):
+        train = _train_epoch(model, optimizer, dataset, config, [s[2] for s in seeds], epoch, K, device)
+        _check_finite(config, indices, epoch, lr, train, layers, dense)
+        test = _evaluate(model, dataset, K, device)
+        recycled = [0] * K
+        if config.recycle != "none" and recycles_after(epoch, config.epochs, config.resolved("recycle_every"),
+                                                       config.recycle_warmup):
             recycle_count += 1
-            recycled = _recycle(config, layers, src, draw, recycle_count)
-        if test_acc > best_acc:
-            best_acc, best_epoch = test_acc, epoch
-        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-               "test_loss": test_loss, "test_acc": test_acc, "recycled": recycled}
-        rows.append(row)
+            recycled = _recycle(config, layers, maps, recycle_count)
+        for k in range(K):
+            row = {"epoch": epoch, "lr": lr, "train_loss": train[k][0], "train_acc": train[k][1],
+                   "test_loss": test[k][0], "test_acc": test[k][1], "recycled": recycled[k]}
+            rows[k].append(row)
+            if on_epoch is not None:
+                on_epoch({**row, "index": indices[k], "epochs": config.epochs})
         if snapshot_every and (epoch + 1) % snapshot_every == 0 and epoch + 1 < config.epochs:
-            snapshots.append((epoch, [layer.mask().cpu().numpy() for _, layer in layers]))
-        if on_epoch is not None:
-            on_epoch({**row, "index": index, "epochs": config.epochs})
+            for k in range(K):
+                snapshots[k].append((epoch, _masks_of(layers, k, dense)))
+    seconds = (time.perf_counter() - start) / K
+    threads = torch.get_num_threads()
+    results = []
+    for k in range(K):
+        provenance = {"stack": K, "position": k, "device": str(device), "threads": threads, "blas": blas}
+        results.append(_result(config, indices[k], seeds[k], k, layers, maps, snapshots[k], recycle_count,
+                               seconds, dense, provenance))
+    _split_buffers(model, results)
+    for result, history in zip(results, rows):  # final figures: the rebuilt subnetwork's, as `Run.model` gives
+        loss, acc = evaluate(rebuild_trained(config, dataset, result, device), dataset, device)
+        history[-1].update(test_loss=loss, test_acc=acc)
+        _finish(result, history, config, recycle_count, seconds)
+    return results
 
-    history = pd.DataFrame(rows)
-    last = rows[-1]
-    metrics = {"test_acc": last["test_acc"], "best_test_acc": best_acc, "best_epoch": best_epoch,
-               "test_loss": last["test_loss"], "train_acc": last["train_acc"], "train_loss": last["train_loss"],
-               "epochs": config.epochs, "seconds": time.perf_counter() - start, "recycled": recycle_count}
-    dense = config.method == "dense"
+
+def _train_epoch(model, optimizer, dataset, config, data_seeds, epoch, K, device) -> list[tuple[float, float]]:
+    model.train()
+    total = np.zeros(K, dtype=np.float64)
+    correct = np.zeros(K, dtype=np.int64)
+    seen = 0
+    for x, y in _batches(dataset, config, data_seeds, epoch, K, device):
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(x)  # (K, B, classes)
+        per_sample = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (K, B)
+        per_sample.mean(1).sum().backward()  # d/d(mask k's loss) = 1: each mask's own gradient
+        optimizer.step()
+        total += per_sample.detach().cpu().numpy().astype(np.float64).sum(1)
+        correct += (logits.detach().argmax(2) == y).sum(1).cpu().numpy()
+        seen += y.shape[1]
+    return [(float(total[k]) / seen, int(correct[k]) / seen) for k in range(K)]
+
+
+def _batches(dataset, config, data_seeds, epoch, K, device):
+    """(x, y) with y of shape (K, B): one shared batch, or each mask its own when data seeds differ."""
+    if len(set(data_seeds)) == 1:
+        for x, y in dataset.train_batches(config.batch_size, data_seeds[0], epoch, device=device):
+            yield x, y.expand(K, -1)
+        return
+    streams = [dataset.train_batches(config.batch_size, s, epoch, device=device) for s in data_seeds]
+    for parts in zip(*streams):
+        xs = torch.stack([x for x, _ in parts], 1)  # (B, K, *input_shape)
+        yield xs.reshape(xs.shape[0], -1, *xs.shape[3:]) if xs.dim() > 3 else xs.reshape(xs.shape[0], -1), \
+            torch.stack([y for _, y in parts])
+
+
+@torch.no_grad()
+def _evaluate(model, dataset, K, device) -> list[tuple[float, float]]:
+    model.eval()
+    total = np.zeros(K, dtype=np.float64)
+    correct = np.zeros(K, dtype=np.int64)
+    seen = 0
+    for x, y in dataset.test_batches(1000, device=device):
+        logits = model(x)
+        per_sample = F.cross_entropy(logits.transpose(1, 2), y.expand(K, -1), reduction="none")
+        total += per_sample.cpu().numpy().astype(np.float64).sum(1)
+        correct += (logits.argmax(2) == y).sum(1).cpu().numpy()
+        seen += len(y)
+    model.train()
+    return [(float(total[k]) / seen, int(correct[k]) / seen) for k in range(K)]
+
+
+def _check_finite(config, indices, epoch, lr, train, layers, dense) -> None:
+    """Stop with a user error naming the learning rate when training has overflowed."""
+    values = [(layer.weight if dense else layer.scores) for _, layer in layers]
+    finite = [math.isfinite(loss) for loss, _ in train]
+    if all(finite) and all(bool(torch.isfinite(v).all()) for v in values):
+        return
+    k = finite.index(False) if not all(finite) else 0
+    what = "weights" if dense else "scores"
+    raise TrainingDiverged(
+        f"training diverged: mask {indices[k]}'s train loss is {train[k][0]:g} and its {what} overflowed in epoch "
+        f"{epoch} (lr {lr:g}); use a smaller --lr (the {config.method} default is {config.replace(lr=None).resolved('lr')})")
+
+
+def _recycle_maps(config, layers, device):
+    K = 1 if config.method == "dense" else layers[0][1].K
+    if config.recycle == "iwr":
+        return [[torch.arange(math.prod(layer.shape), device=device) for _ in range(K)] for _, layer in layers]
+    if config.recycle == "iterand":
+        return [[torch.zeros(math.prod(layer.shape), dtype=torch.int32, device=device) for _ in range(K)]
+                for _, layer in layers]
+    return None
+
+
+def _recycle(config, layers, maps, t) -> list[int]:
+    rate = config.resolved("recycle_rate")
+    K = layers[0][1].K
+    counts = [0] * K
+    with torch.no_grad():
+        for i, (_, layer) in enumerate(layers):
+            masks = layer.masks().clone() if config.recycle == "iterand" else None
+            for k in range(K):
+                if config.recycle == "iwr":
+                    counts[k] += iwr_apply(layer.weight[k], layer.scores[k], maps[i][k], rate, config.recycle_donors)
+                else:
+                    counts[k] += iterand_apply(layer.weight[k], masks[k], maps[i][k], rate, i, config.weight_seed, t,
+                                               config.resolved("weight_init"), config.resolved("scale_fan"),
+                                               config.keep)
+            layer.invalidate()
+    return counts
+
+
+def _masks_of(layers, k: int, dense: bool) -> list[np.ndarray]:
+    if dense:
+        return [layer.mask().cpu().numpy() for _, layer in layers]
+    return [layer.mask(k).cpu().numpy() for _, layer in layers]
+
+
+def _result(config, index, seeds, k, layers, maps, snapshots, recycle_count, seconds, dense,
+            provenance) -> TrainedMask:
+    shapes = [tuple(layer.weight.shape) if dense else layer.shape for _, layer in layers]
     return TrainedMask(
-        index=index, weight_seed=weight_seed, score_seed=score_seed, data_seed=data_seed,
-        layer_names=[name for name, _ in layers], layer_shapes=[tuple(layer.weight.shape) for _, layer in layers],
-        n_keep=[layer.n_keep for _, layer in layers],
-        masks=[layer.mask().cpu().numpy() for _, layer in layers],
-        history=history, metrics=metrics,
-        scores=None if dense else [layer.scores.detach().cpu().numpy().copy() for _, layer in layers],
-        src=None if src is None else [s.cpu().numpy() for s in src],
-        draw=None if draw is None else [d.cpu().numpy() for d in draw],
+        index=index, weight_seed=seeds[0], score_seed=seeds[1], data_seed=seeds[2],
+        layer_names=[name for name, _ in layers], layer_shapes=shapes, n_keep=[layer.n_keep for _, layer in layers],
+        masks=_masks_of(layers, k, dense), history=pd.DataFrame(), metrics={},
+        scores=None if dense else [layer.scores[k].detach().cpu().numpy().copy() for _, layer in layers],
+        src=[m[k].cpu().numpy() for m in maps] if config.recycle == "iwr" else None,
+        draw=[m[k].cpu().numpy() for m in maps] if config.recycle == "iterand" else None,
         weights=[layer.weight.detach().cpu().numpy().copy() for _, layer in layers] if dense else None,
-        alphas=[float(layer.alpha()) for _, layer in layers] if config.method == "biprop" else None,
-        snapshots=snapshots,
-        buffers={name: b.detach().cpu().numpy().copy() for name, b in model.named_buffers()},
+        alphas=[float(layer.alphas()[k]) for _, layer in layers] if config.method == "biprop" else None,
+        snapshots=snapshots, trained_with=provenance,
     )
 
 
-def _train_epoch(model, optimizer, dataset, batch_size, data_seed, epoch, device) -> tuple[float, float]:
-    model.train()
-    total_loss, correct, seen = 0.0, 0, 0
-    for x, y in dataset.train_batches(batch_size, data_seed, epoch, device=device):
-        optimizer.zero_grad(set_to_none=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        loss.backward()
-        optimizer.step()
-        total_loss += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(y)
-    return total_loss / seen, correct / seen
+def _split_buffers(model, results: list[TrainedMask]) -> None:
+    """BatchNorm statistics: K*C channels, mask-major, into each mask's own C (a lone network: as they are)."""
+    K = len(results)
+    inner = model.net if isinstance(model, _Lone) else model
+    for name, buffer in inner.named_buffers():
+        value = buffer.detach().cpu()
+        for k, result in enumerate(results):
+            result.buffers[name] = (value.view(K, -1)[k].reshape(-1) if value.dim() else value).numpy().copy()
 
 
-def _recycle(config: RunConfig, layers, src, draw, t: int) -> int:
-    rate = config.resolved("recycle_rate")
-    if config.recycle == "iwr":
-        return sum(iwr_step(layer, src[i], rate, config.recycle_donors) for i, (_, layer) in enumerate(layers))
-    return sum(iterand_step(layer, draw[i], rate, i, config.weight_seed, t, config.resolved("weight_init"),
-                            config.resolved("scale_fan"), config.keep) for i, (_, layer) in enumerate(layers))
-
+def _finish(result: TrainedMask, rows: list[dict], config, recycle_count: int, seconds: float) -> None:
+    history = pd.DataFrame(rows)
+    best = int(history["test_acc"].idxmax())
+    last = rows[-1]
+    result.history = history
+    result.metrics = {"test_acc": last["test_acc"], "best_test_acc": float(history["test_acc"].max()),
+                      "best_epoch": int(history["epoch"].iloc[best]), "test_loss": last["test_loss"],
+                      "train_acc": last["train_acc"], "train_loss": last["train_loss"], "epochs": config.epochs,
+                      "seconds": seconds, "recycled": recycle_count}

@@ -72,9 +72,9 @@ def test_final_weights_rebuild_exactly_from_seed(recycle, extra, monkeypatch):
     finals = {}
     original = trainer_module._recycle
 
-    def spy(cfg, layers, src, draw, t):
-        out = original(cfg, layers, src, draw, t)
-        finals["w"] = [layer.weight.detach().clone() for _, layer in layers]
+    def spy(cfg, layers, maps, t):
+        out = original(cfg, layers, maps, t)
+        finals["w"] = [layer.weight_of(0).detach().clone() for _, layer in layers]
         return out
 
     monkeypatch.setattr(trainer_module, "_recycle", spy)

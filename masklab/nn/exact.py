@@ -1,0 +1,310 @@
+"""Operations whose CPU results depend neither on the thread count nor on how many masks are stacked.
+
+A mask must come out the same, bit for bit, whether it trains alone or beside K - 1 others, in one
+process or in one shard of many, on 1 thread or 16. Three kinds of operation break that on a CPU:
+
+- Matrix products. MKL splits some products' reductions across threads (a 128 x 100 x 10 weight
+  gradient differs between 1 and 2 threads). Its Conditional Numerical Reproducibility in strict mode
+  (`MKL_CBWR=AUTO,STRICT`, which `import masklab` sets before MKL starts, see `reproducible_blas`) makes
+  gemm and batched gemm give the same bits at any thread count. The stacked layers give every mask its
+  own product of the same shape as a lone mask's (batched, never one product whose columns span several
+  masks), so a mask's numbers do not depend on its neighbours either.
+- Convolutions. oneDNN splits the weight gradient's reduction over the batch across threads; the
+  forward pass and the input gradient split only their outputs. `conv2d` runs the weight gradient on one
+  thread (the rest stays parallel): about 1.3x the cost of a Conv-4 step on 2 cores.
+- Long sums (Biprop's gain). torch splits a sum across threads; `masked_abs_sum` adds in a fixed order.
+
+This holds within one machine and one torch build: other CPUs take other MKL code paths (AVX2 vs
+AVX-512), and CUDA kernels choose algorithms by shape, so a GPU run is reproducible only as far as
+cuDNN/cuBLAS are.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import warnings
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from masklab.nn.select import match_torch_threads, numba
+
+_STRICT = 0x10000  # MKL_CBWR_STRICT
+_AUTO = 0x2  # MKL_CBWR_AUTO
+_state: dict = {}
+
+
+def _mkl():
+    """MKL's CNR get/set entry points inside torch's CPU library, or None (no MKL in this torch)."""
+    if "mkl" not in _state:
+        _state["mkl"] = None
+        path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+        try:
+            lib = ctypes.CDLL(path)
+            get, put = lib.mkl_serv_cbwr_get, lib.mkl_serv_cbwr_set
+        except (OSError, AttributeError):
+            return None
+        get.restype = put.restype = ctypes.c_int
+        get.argtypes = put.argtypes = [ctypes.c_int]
+        _state["mkl"] = (get, put)
+    return _state["mkl"]
+
+
+def reproducible_blas() -> str:
+    """Make MKL's matrix products independent of the thread count (strict CNR mode) and say how it stands:
+    "mkl-strict", "no-mkl" (torch without MKL: thread independence is not guaranteed), or "mkl-free"
+    (MKL ran before masklab could set the mode, e.g. torch was used before `import masklab` in a
+    notebook with MKL_CBWR unset: results may depend on the thread count; a warning says so once)."""
+    funcs = _mkl()
+    if funcs is None:
+        return "no-mkl"
+    get, put = funcs
+    if get(-1) & _STRICT or put(_AUTO | _STRICT) == 0:
+        return "mkl-strict"
+    if not _state.get("warned"):
+        _state["warned"] = True
+        warnings.warn("MKL ran matrix products before masklab could make them thread-independent, so masks "
+                      "trained in this process may depend on the thread count; import masklab before using "
+                      "torch, or set MKL_CBWR=AUTO,STRICT in the environment", RuntimeWarning, stacklevel=2)
+    return "mkl-free"
+
+
+@contextmanager
+def one_thread():
+    """Run the block on one torch (OpenMP) thread."""
+    old = torch.get_num_threads()
+    if old > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if old > 1:
+            torch.set_num_threads(old)
+
+
+class _Conv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, groups)
+        return F.conv2d(x, weight, None, stride, padding, 1, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding, groups = ctx.conv
+        args = (grad, x, weight, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], groups)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(*args, [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            with one_thread():  # its batch reduction must not be split across threads
+                grad_w = torch.ops.aten.convolution_backward(*args, [False, True, False])[1]
+        return grad_x, grad_w, None, None, None
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, padding: int = 0,
+           groups: int = 1) -> torch.Tensor:
+    """`F.conv2d` without bias whose gradients on CPU do not depend on the thread count (see the module
+    docstring); on other devices, `F.conv2d` itself."""
+    if x.device.type != "cpu" or not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad):
+        return F.conv2d(x, weight, None, stride, padding, 1, groups)
+    return _Conv2d.apply(x, weight, stride, padding, groups)
+
+
+if numba is not None:
+    from numba import njit, prange
+
+    LANES = 8
+
+    @njit(cache=True, nogil=True)
+    def _masked_abs_sum_row(weight, mask):
+        # sum(|w| * m) in float64 with LANES accumulators in a fixed order: the same bits on any machine
+        # thread count or vector width (the lanes are explicit, so vectorising keeps the order).
+        acc = np.zeros(LANES, dtype=np.float64)
+        n = weight.size
+        full = n - n % LANES
+        for i in range(0, full, LANES):
+            for j in range(LANES):
+                acc[j] += abs(np.float64(weight[i + j])) * np.float64(mask[i + j])
+        for i in range(full, n):
+            acc[0] += abs(np.float64(weight[i])) * np.float64(mask[i])
+        total = 0.0
+        for j in range(LANES):
+            total += acc[j]
+        return total
+
+    @njit(cache=True, parallel=True)
+    def _masked_abs_sum_parallel(weight, mask, out):
+        for r in prange(mask.shape[0]):
+            out[r] = _masked_abs_sum_row(weight[0] if weight.shape[0] == 1 else weight[r], mask[r])
+
+    @njit(cache=True)
+    def _masked_abs_sum_serial(weight, mask, out):
+        for r in range(mask.shape[0]):
+            out[r] = _masked_abs_sum_row(weight[0] if weight.shape[0] == 1 else weight[r], mask[r])
+
+
+def masked_abs_sum(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row of `mask` (K, *shape), `sum(|weight| * mask)` as float64 (K,), added in a fixed order on CPU.
+
+    `weight` is shared (*shape) or per row (K, *shape); `mask` is 0/1 or real-valued (soft masks).
+    """
+    K = mask.shape[0]
+    if numba is None or mask.device.type != "cpu":
+        w = weight.expand_as(mask) if weight.dim() < mask.dim() else weight
+        return (w.detach().abs().double() * mask.detach().double()).reshape(K, -1).sum(1)
+    w_rows = 1 if weight.dim() < mask.dim() else K
+    w = weight.detach().reshape(w_rows, -1)
+    m = mask.detach().reshape(K, -1)
+    if m.dtype == torch.bool:
+        m = m.view(torch.uint8)
+    out = np.empty(K, dtype=np.float64)
+    kernel = _masked_abs_sum_parallel if match_torch_threads() else _masked_abs_sum_serial
+    kernel(w.contiguous().numpy(), m.contiguous().numpy(), out)
+    return torch.from_numpy(out)
+
+
+def biprop_alpha(weight: torch.Tensor, mask: torch.Tensor, count: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Biprop's gain per row of `mask` (K, *shape): `sum(|W| * m) / count` as float32 (K,), with `count`
+    the number kept (n_keep) or, when None, `sum(m)` (a soft mask on an interpolation path)."""
+    total = masked_abs_sum(weight, mask)
+    if count is None:  # numpy's pairwise sum: a fixed order
+        count = torch.from_numpy(mask.detach().reshape(mask.shape[0], -1).double().cpu().numpy().sum(1))
+        count = count.clamp_min(1e-12)
+    return (total.cpu() / count).float().to(mask.device)
+
+
+# ---- BatchNorm ------------------------------------------------------------------------------------------
+# torch's CPU BatchNorm reduces differently by channel count (its backward changes with C) and, for 1 x 1
+# feature maps, by thread count. Here each channel's sums run over that channel alone, in a fixed order
+# (8 float64 lanes per contiguous segment of a sample), so a channel's numbers do not depend on how many
+# channels (masks) share the tensor or how many threads there are.
+if numba is not None:
+
+    @njit(cache=True, nogil=True)
+    def _channel_sum(x, c, mean, scale, other, square):
+        # sum over samples n and positions s of  f = (x[n,c,s] - mean) * scale, times other[n,c,s] if given,
+        # squared if `square`; float64 lanes in a fixed order
+        acc = np.zeros(LANES, dtype=np.float64)
+        N, S = x.shape[0], x.shape[2]
+        full = S - S % LANES
+        for n in range(N):
+            for s0 in range(0, full, LANES):
+                for j in range(LANES):
+                    v = (np.float64(x[n, c, s0 + j]) - mean) * scale
+                    if square:
+                        v = v * v
+                    if other.shape[0] > 0:
+                        v = v * np.float64(other[n, c, s0 + j])
+                    acc[j] += v
+            for s in range(full, S):
+                v = (np.float64(x[n, c, s]) - mean) * scale
+                if square:
+                    v = v * v
+                if other.shape[0] > 0:
+                    v = v * np.float64(other[n, c, s])
+                acc[0] += v
+        total = 0.0
+        for j in range(LANES):
+            total += acc[j]
+        return total
+
+    @njit(cache=True, nogil=True)
+    def _bn_forward_channel(x, c, eps, out, stats):
+        N, S = x.shape[0], x.shape[2]
+        m = N * S
+        none = np.empty((0, 0, 0), dtype=np.float32)
+        mean = _channel_sum(x, c, 0.0, 1.0, none, False) / m
+        var = _channel_sum(x, c, mean, 1.0, none, True) / m
+        invstd = 1.0 / np.sqrt(var + eps)
+        for n in range(N):
+            for s in range(S):
+                out[n, c, s] = np.float32((np.float64(x[n, c, s]) - mean) * invstd)
+        stats[c, 0], stats[c, 1], stats[c, 2] = mean, var, invstd
+
+    @njit(cache=True, parallel=True)
+    def _bn_forward_parallel(x, eps, out, stats):
+        for c in prange(x.shape[1]):
+            _bn_forward_channel(x, c, eps, out, stats)
+
+    @njit(cache=True)
+    def _bn_forward_serial(x, eps, out, stats):
+        for c in range(x.shape[1]):
+            _bn_forward_channel(x, c, eps, out, stats)
+
+    @njit(cache=True, nogil=True)
+    def _bn_backward_channel(x, grad, c, stats, out):
+        # d x = invstd * (g - mean(g) - xhat * mean(g * xhat)),  xhat = (x - mean) * invstd
+        N, S = x.shape[0], x.shape[2]
+        m = N * S
+        mean, invstd = stats[c, 0], stats[c, 2]
+        none = np.empty((0, 0, 0), dtype=np.float32)
+        mean_g = _channel_sum(grad, c, 0.0, 1.0, none, False) / m
+        mean_gx = _channel_sum(x, c, mean, invstd, grad, False) / m
+        for n in range(N):
+            for s in range(S):
+                xhat = (np.float64(x[n, c, s]) - mean) * invstd
+                out[n, c, s] = np.float32(invstd * (np.float64(grad[n, c, s]) - mean_g - xhat * mean_gx))
+
+    @njit(cache=True, parallel=True)
+    def _bn_backward_parallel(x, grad, stats, out):
+        for c in prange(x.shape[1]):
+            _bn_backward_channel(x, grad, c, stats, out)
+
+    @njit(cache=True)
+    def _bn_backward_serial(x, grad, stats, out):
+        for c in range(x.shape[1]):
+            _bn_backward_channel(x, grad, c, stats, out)
+
+
+class _BatchNormTrain(torch.autograd.Function):
+    """Non-affine batch normalisation with batch statistics (CPU float32); returns the output and the
+    per-channel (mean, biased var, invstd) as float64."""
+
+    @staticmethod
+    def forward(ctx, x, eps):
+        x3 = x.detach().contiguous().view(x.shape[0], x.shape[1], -1)
+        out = torch.empty_like(x3)
+        stats = np.empty((x.shape[1], 3), dtype=np.float64)
+        kernel = _bn_forward_parallel if match_torch_threads() else _bn_forward_serial
+        kernel(x3.numpy(), float(eps), out.numpy(), stats)
+        stats = torch.from_numpy(stats)
+        ctx.save_for_backward(x3, stats)
+        ctx.mark_non_differentiable(stats)
+        return out.view_as(x), stats
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        x3, stats = ctx.saved_tensors
+        g3 = grad.contiguous().view_as(x3)
+        out = torch.empty_like(x3)
+        kernel = _bn_backward_parallel if match_torch_threads() else _bn_backward_serial
+        kernel(x3.numpy(), g3.numpy(), stats.numpy(), out.numpy())
+        return out.view(grad.shape), None
+
+
+class BatchNorm2d(torch.nn.BatchNorm2d):
+    """`nn.BatchNorm2d` whose training-mode forward and backward on CPU do not depend on the number of
+    channels or threads (non-affine only: the models have no trainable BatchNorm parameters). Running
+    statistics follow torch's rule (unbiased variance; cumulative average when momentum is None); eval
+    mode is torch's own (elementwise)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        usable = (numba is not None and x.device.type == "cpu" and x.dtype == torch.float32 and not self.affine
+                  and (self.training or not self.track_running_stats))
+        if not usable:
+            return super().forward(x)
+        out, stats = _BatchNormTrain.apply(x, self.eps)
+        if self.training and self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                m = x.numel() // x.shape[1]
+                unbiased = stats[:, 1] * (m / max(m - 1, 1))
+                self.running_mean.mul_(1 - factor).add_((factor * stats[:, 0]).float())
+                self.running_var.mul_(1 - factor).add_((factor * unbiased).float())
+        return out
