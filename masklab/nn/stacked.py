@@ -302,7 +302,7 @@ class _PerMaskConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, layer, fused):
-        K, (out_c, in_c) = w.shape[0], layer.shape[:2]
+        K, in_c = w.shape[0], layer.shape[1]
         xs = _conv_inputs(x, K, in_c)
         ctx.shared = x.shape[1] == in_c
         if ctx.shared:

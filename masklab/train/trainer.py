@@ -240,9 +240,10 @@ def _check_finite(config, indices, epoch, lr, train, layers, dense) -> None:
         return
     k = finite.index(False) if not all(finite) else 0
     what = "weights" if dense else "scores"
+    default = config.replace(lr=None).resolved("lr")
     raise TrainingDiverged(
         f"training diverged: mask {indices[k]}'s train loss is {train[k][0]:g} and its {what} overflowed in epoch "
-        f"{epoch} (lr {lr:g}); use a smaller --lr (the {config.method} default is {config.replace(lr=None).resolved('lr')})")
+        f"{epoch} (lr {lr:g}); use a smaller --lr (the {config.method} default is {default})")
 
 
 def _recycle_maps(config, layers, device):
