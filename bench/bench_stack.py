@@ -1,10 +1,11 @@
 """Stacked training throughput: K masks in one pass vs K sequential single-mask runs, same process.
 
-Per-mask throughput = images each mask trains on per second, training steps only, both sides at the
-same thread count (2 by default: the sequential single-mask step is faster with 2 threads than with 1
-on an idle machine, so this is the strict comparison). Prints the ratio stacked / sequential. For lenet
-it also times `masklab.generate` end to end with --stack 1 and --stack 8 (evaluation and storing
-included, each with the thread count the trainer picks).
+Both sides are the trainer's one training path (`build_training` + `train_step`): the sequential side
+trains K stacks of one mask each, the stacked side one stack of K; a mask's bits are the same either way
+(tests/train/test_same_bits.py), so the ratio is pure speed. Per-mask throughput = images each mask trains
+on per second, training steps only, both sides at the same thread count (2 by default). For lenet it also
+times `masklab.generate` end to end with --stack 1 and --stack 8 (evaluation and storing included, each
+with the thread count the trainer picks).
 Targets: CPU (2 threads) K=8 lenet-300-100 on Fashion-MNIST >= 2x; GPU K=32 conv4 on CIFAR-shaped data >= 8x.
 
     python bench/bench_stack.py [--steps 40] [--threads 2] [--quick]
@@ -17,13 +18,10 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 
 from masklab.config import RunConfig
 from masklab.data import load_dataset
-from masklab.nn.stacked import stacked_layers
-from masklab.train import make_model
-from masklab.train.stacked import make_stacked_model, score_optimizer
+from masklab.train.trainer import build_training, train_step
 
 
 def batches(dataset, batch_size, steps, device):
@@ -42,40 +40,27 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def sequential_rate(config, dataset, K, data, device) -> float:
-    """Images per second per mask when K masks train one after another."""
-    elapsed = 0.0
-    for i in range(K):
-        model = make_model(config, dataset, config.seeds(i)[1]).to(device)
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9,
-                              weight_decay=1e-4)
-        for j, (x, y) in enumerate(data):
-            if j == 2:  # two warm-up steps per run
-                sync(device)
-                t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-        sync(device)
-        elapsed += time.perf_counter() - t0
-    images = K * (len(data) - 2) * data[0][1].numel()
-    return images / elapsed
-
-
-def stacked_rate(config, dataset, K, data, device) -> float:
-    model = make_stacked_model(config, dataset, list(range(K))).to(device)
-    opt = score_optimizer([layer for _, layer in stacked_layers(model)], 0.1, 0.9, 1e-4, device)
+def stack_rate(config, dataset, indices, data, device) -> float:
+    """Images per second per mask of one stack of masks `indices` (two warm-up steps)."""
+    model, _, optimizer = build_training(config, dataset, list(indices), device)
+    K = len(indices)
     for j, (x, y) in enumerate(data):
         if j == 2:
             sync(device)
             t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        logits = model(x)
-        F.cross_entropy(logits.transpose(1, 2), y.expand(K, -1), reduction="none").mean(1).sum().backward()
-        opt.step()
+        train_step(model, optimizer, x, y.expand(K, -1))
     sync(device)
-    elapsed = time.perf_counter() - t0
-    return K * (len(data) - 2) * data[0][1].numel() / elapsed
+    return K * (len(data) - 2) * data[0][1].numel() / (time.perf_counter() - t0)
+
+
+def sequential_rate(config, dataset, K, data, device) -> float:
+    """Images per second per mask when K masks train one after another (stacks of one)."""
+    seconds = sum(1.0 / stack_rate(config, dataset, [i], data, device) for i in range(K)) / K
+    return 1.0 / seconds
+
+
+def stacked_rate(config, dataset, K, data, device) -> float:
+    return stack_rate(config, dataset, range(K), data, device)
 
 
 def compare(label, config, dataset, K, steps, device, target, rounds=3):

@@ -51,7 +51,9 @@ GENERATE_OPTIONS: list[tuple[str, str, Callable | None, str | None, str]] = [
     ("--data-seed", "data_seed", int, "S", "seed of batch order and augmentation (default 0)"),
     ("--vary-data-seed", "vary_data_seed", None, None, "mask i also uses data seed S + i"),
     ("--stack", "stack", str, "K", "masks trained together in one pass over the shared weights, or auto "
-                                  "(default auto; mask i's result does not depend on K)"),
+                                  "(default: the K a measured rule finds fastest). On CPU a mask's bits, scores "
+                                  "and figures are the same for any K and thread count; on CUDA they may differ "
+                                  "by rounding (each mask records its K and device)"),
     ("--device", "device", str, "D", "auto (default), cpu, cuda or cuda:N"),
     ("--keep-scores", "keep_scores", None, None, "store each mask's final scores (float16)"),
     ("--snapshot-every", "snapshot_every", int, "E", "store each mask every E epochs (default 0: never)"),

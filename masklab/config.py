@@ -85,7 +85,7 @@ class RunConfig:
     keep_scores: bool = False
     snapshot_every: int = 0
     # where and how (not hashed)
-    stack: int = 0  # masks trained together; 0 = auto
+    stack: int = 0  # masks trained together (speed only: a mask's CPU bits do not depend on it); 0 = auto
     device: str = "auto"
     name: str | None = None
     _extra: dict = field(default_factory=dict, repr=False, compare=False)

@@ -36,8 +36,8 @@ from masklab.train.rebuild import rebuild_trained
 from masklab.train.recycling import iterand_apply, iwr_apply, recycles_after
 from masklab.train.stacked import make_stacked_model, score_optimizer
 
-__all__ = ["SMALL_STEP_MACS", "TrainedMask", "TrainingDiverged", "cosine_lr", "macs_per_sample", "make_model",
-           "resolve_device", "step_threads", "train_mask", "train_masks"]
+__all__ = ["SMALL_STEP_MACS", "TrainedMask", "TrainingDiverged", "build_training", "cosine_lr", "macs_per_sample",
+           "make_model", "resolve_device", "step_threads", "train_mask", "train_masks", "train_step"]
 
 
 class TrainingDiverged(UserError):
@@ -122,8 +122,9 @@ class _Lone(nn.Module):
         return self.net(x).unsqueeze(0)
 
 
-def _build(config: RunConfig, dataset, indices: list[int], device: torch.device):
-    """(model giving (K, B, classes) logits, its layers in mask-bit order, the optimiser)."""
+def build_training(config: RunConfig, dataset, indices: list[int], device: torch.device):
+    """What one training step needs for masks `indices`: (model giving (K, B, classes) logits, its layers
+    in mask-bit order, the optimiser at the base learning rate). Benchmarks time steps through it."""
     base_lr = config.resolved("lr")
     if config.method == "dense":
         net = make_model(config, dataset, config.seeds(indices[0])[1]).to(device)
@@ -144,7 +145,7 @@ def _train(config: RunConfig, indices: list[int], dataset, device: torch.device,
     dense = config.method == "dense"
     blas = reproducible_blas() if device.type == "cpu" else device.type
     start = time.perf_counter()
-    model, layers, optimizer = _build(config, dataset, indices, device)
+    model, layers, optimizer = build_training(config, dataset, indices, device)
     base_lr = config.resolved("lr")
     maps = _recycle_maps(config, layers, device)
     recycle_count = 0
@@ -186,17 +187,24 @@ def _train(config: RunConfig, indices: list[int], dataset, device: torch.device,
     return results
 
 
+def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step of K stacked masks on a batch (y: (K, B)); returns the (K, B) per-sample losses and
+    the logits."""
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(x)  # (K, B, classes)
+    per_sample = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (K, B)
+    per_sample.mean(1).sum().backward()  # d/d(mask k's loss) = 1: each mask gets its own gradient
+    optimizer.step()
+    return per_sample, logits
+
+
 def _train_epoch(model, optimizer, dataset, config, data_seeds, epoch, K, device) -> list[tuple[float, float]]:
     model.train()
     total = np.zeros(K, dtype=np.float64)
     correct = np.zeros(K, dtype=np.int64)
     seen = 0
     for x, y in _batches(dataset, config, data_seeds, epoch, K, device):
-        optimizer.zero_grad(set_to_none=True)
-        logits = model(x)  # (K, B, classes)
-        per_sample = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (K, B)
-        per_sample.mean(1).sum().backward()  # d/d(mask k's loss) = 1: each mask's own gradient
-        optimizer.step()
+        per_sample, logits = train_step(model, optimizer, x, y)
         total += per_sample.detach().cpu().numpy().astype(np.float64).sum(1)
         correct += (logits.detach().argmax(2) == y).sum(1).cpu().numpy()
         seen += y.shape[1]

@@ -1,0 +1,184 @@
+"""Same run, same bits: a mask's bits, scores, recycling maps, gains, BatchNorm statistics and recorded
+figures depend on its own seeds only: not on the stack size, its neighbours in the stack, the thread
+count, or a kill and resume (CPU)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import masklab
+from masklab.config import RunConfig
+from masklab.data import IDX_FILES, load_dataset, read_idx
+from masklab.train import device as device_module
+from masklab.train.stacked import auto_stack
+from masklab.train.trainer import train_masks
+
+REPO = Path(__file__).resolve().parents[2]
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+def differences(a, b) -> list[str]:
+    """Names of everything that differs between two TrainedMasks of the same mask (empty: identical)."""
+    out = []
+    for name in ("masks", "scores", "src", "draw", "weights"):
+        x, y = getattr(a, name), getattr(b, name)
+        if (x is None) != (y is None) or (x is not None and not all(np.array_equal(p, q) for p, q in zip(x, y))):
+            out.append(name)
+    if a.alphas != b.alphas:
+        out.append("alphas")
+    for key in ("test_acc", "test_loss", "train_loss", "train_acc", "best_test_acc", "best_epoch", "recycled"):
+        if a.metrics[key] != b.metrics[key]:
+            out.append(key)
+    if not a.history.equals(b.history):
+        out.append("history")
+    out += [f"buffer {k}" for k in a.buffers if not np.array_equal(a.buffers[k], b.buffers[k])]
+    return out
+
+
+CASES = {
+    "edge-popup": (RunConfig(epochs=3, width=0.5), "digits", {}),
+    "biprop+iwr": (RunConfig(epochs=3, method="biprop", recycle="iwr", recycle_every=1), "digits", {}),
+    "iterand, own data seeds": (RunConfig(epochs=3, recycle="iterand", vary_data_seed=True, width=0.5), "digits", {}),
+    "conv2 biprop": (RunConfig(dataset="synthetic", input_shape="3x8x8", model="conv2", width=0.25, epochs=3,
+                               method="biprop", recycle="iwr", recycle_every=1), "synthetic",
+                     {"input_shape": (3, 8, 8)}),
+    "dense": (RunConfig(epochs=2, method="dense", width=0.5, vary_data_seed=True), "digits", {}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_stack_size_and_neighbours_do_not_change_a_mask(case):
+    config, name, kw = CASES[case]
+    data = load_dataset(name, **kw)
+    alone = {i: train_masks(config, [i], dataset=data)[0] for i in (0, 2)}
+    for stack in ([0, 1, 2], [2, 0], [5, 2, 0, 3]):
+        for result in train_masks(config, stack, dataset=data):
+            if result.index in alone:
+                assert differences(alone[result.index], result) == [], (case, stack, result.index)
+    if config.recycle == "iwr":  # the maps compared above are not trivially the identity
+        assert any((m != np.arange(m.size)).any() for m in alone[0].src)
+    if config.method != "dense":
+        assert alone[0].trained_with["stack"] == 1
+        assert result.trained_with == {**result.trained_with, "stack": 4, "position": 3}
+
+
+@pytest.mark.parametrize("case", ["biprop+iwr", "conv2 biprop", "dense"])
+def test_thread_count_does_not_change_a_mask(case, monkeypatch):
+    config, name, kw = CASES[case]
+    data = load_dataset(name, **kw)
+    monkeypatch.setattr(device_module, "SMALL_STEP_MACS", 0)  # keep the thread count the test sets
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = train_masks(config, [0, 1], dataset=data)
+        torch.set_num_threads(2)
+        two = train_masks(config, [1, 0], dataset=data)
+    finally:
+        torch.set_num_threads(old)
+    assert one[0].trained_with["threads"] == 1 and two[0].trained_with["threads"] == 2
+    assert differences(one[0], two[1]) == [] and differences(one[1], two[0]) == []
+
+
+def test_batchnorm_statistics_do_not_depend_on_the_stack():
+    """ResNet-18's BatchNorm: statistics per mask, equal alone and stacked (torch's own CPU BatchNorm
+    reduces differently by channel count and, for 1 x 1 maps, by thread count)."""
+    data = load_dataset("synthetic", input_shape=(3, 8, 8))
+    config = RunConfig(dataset="synthetic", input_shape="3x8x8", model="resnet18", width=0.125, epochs=1,
+                       batch_size=256)
+    alone = train_masks(config, [1], dataset=data)[0]
+    stacked = train_masks(config, [0, 1], dataset=data)
+    assert alone.buffers and differences(alone, stacked[1]) == []
+    assert not np.array_equal(stacked[0].buffers["bn1.running_mean"], stacked[1].buffers["bn1.running_mean"])
+
+
+def test_auto_stack_follows_the_measured_rule():
+    cpu = torch.device("cpu")
+    digits = load_dataset("digits")
+    assert auto_stack(RunConfig(), digits, cpu, 16) == 8
+    assert auto_stack(RunConfig(), digits, cpu, 3) == 3
+    assert auto_stack(RunConfig(method="dense"), digits, cpu, 16) == 1
+    cifar = load_dataset("synthetic", input_shape=(3, 32, 32))
+    assert auto_stack(RunConfig(dataset="synthetic", model="conv4"), cifar, cpu, 16) == 1
+
+
+# ---- the whole chain on real data: generate with stack 1 / 2 / 3 / auto, and a killed and resumed run ----
+@pytest.fixture(scope="module")
+def small_fashion(tmp_path_factory) -> Path:
+    """The first 6,000 training and 1,000 test images of Fashion-MNIST, as IDX files (the real format)."""
+    if not os.path.isdir(FASHION):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    root = tmp_path_factory.mktemp("fashion")
+    for name, count in zip(IDX_FILES, (6000, 6000, 1000, 1000)):
+        source = Path(FASHION) / f"{name}.gz"
+        array = read_idx(source, 0x803 if "images" in name else 0x801)[:count]
+        header = (0x803 if array.ndim == 3 else 0x801).to_bytes(4, "big") + b"".join(
+            int(d).to_bytes(4, "big") for d in array.shape)
+        (root / f"{name}.gz").write_bytes(gzip.compress(header + array.tobytes()))
+    return root
+
+
+def fingerprint(run) -> dict:
+    """Everything about a run's masks that must not depend on how it was trained."""
+    table = run.table.drop(columns=["seconds", "finished"], errors="ignore").reset_index(drop=True)
+    out = {"table": table, "bits": np.asarray(run.masks.bits).copy()}
+    for i in run.ids:
+        out[f"scores {i}"] = np.concatenate([s.reshape(-1) for s in run.scores(i)])
+        src = run.index_map(i, "src")
+        out[f"src {i}"] = None if src is None else np.concatenate(src)
+        out[f"history {i}"] = run.history(i)
+    return out
+
+
+def assert_same_runs(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], np.ndarray):
+            assert np.array_equal(a[key], b[key]), key
+        elif a[key] is None:
+            assert b[key] is None, key
+        else:
+            assert a[key].equals(b[key]), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [{"method": "edge-popup"}, {"method": "biprop", "recycle": "iwr",
+                                                                 "recycle_every": 1}])
+def test_generate_gives_the_same_run_for_every_stack_and_after_a_kill(small_fashion, tmp_path, method):
+    config = RunConfig(dataset="fashion-mnist", data_root=str(small_fashion), model="lenet-300-100", epochs=3,
+                       masks=3, keep_scores=True, **method)
+    data = load_dataset("fashion-mnist", small_fashion)
+    runs = {}
+    for stack in (1, 2, 3, 0):
+        run = masklab.generate(config.replace(stack=stack), runs_dir=tmp_path / f"stack{stack}", data=data)
+        runs[stack] = fingerprint(run)
+        assert run.id == config.run_id  # the stack is not part of the run's identity
+    for stack in (2, 3, 0):
+        assert_same_runs(runs[1], runs[stack])
+
+    # SIGKILL once the first mask is stored (stack 1), then resume with another stack size
+    killed = tmp_path / "killed"
+    argv = [sys.executable, "-m", "masklab", "generate", "--config", str(tmp_path / "stack1" / config.run_id /
+                                                                         "config.toml"),
+            "--runs-dir", str(killed), "--stack", "1", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = killed / config.run_id / "masks" / "000000.json"
+    deadline = time.monotonic() + 120
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), proc.stderr.read().decode()
+    resumed = masklab.generate(config.replace(stack=2), runs_dir=killed, data=data, resume=True)
+    assert resumed.complete
+    assert_same_runs(runs[1], fingerprint(resumed))
