@@ -299,12 +299,13 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
         if not usable:
             return super().forward(x)
         out, stats = _BatchNormTrain.apply(x, self.eps)
-        if self.training and self.track_running_stats:
+        tracked, mean, var = self.num_batches_tracked, self.running_mean, self.running_var
+        if self.training and tracked is not None and mean is not None and var is not None:
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                tracked.add_(1)
+                factor = 1.0 / float(tracked) if self.momentum is None else self.momentum
                 m = x.numel() // x.shape[1]
                 unbiased = stats[:, 1] * (m / max(m - 1, 1))
-                self.running_mean.mul_(1 - factor).add_((factor * stats[:, 0]).float())
-                self.running_var.mul_(1 - factor).add_((factor * unbiased).float())
+                mean.mul_(1 - factor).add_((factor * stats[:, 0]).float())
+                var.mul_(1 - factor).add_((factor * unbiased).float())
         return out

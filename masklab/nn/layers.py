@@ -75,6 +75,10 @@ class MaskedLayer(nn.Module):
         scores or weights change."""
         if self.scores is None and self.pinned is None:
             return torch.ones_like(self.weight, dtype=torch.bool)
+        return self._cached()[1]
+
+    def _cached(self) -> tuple:
+        """(key, mask, alpha, effective weight), recomputed when the scores, weights or pin changed."""
         key = self._key()
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
@@ -83,17 +87,17 @@ class MaskedLayer(nn.Module):
                     values = mask.to(self.weight.dtype)
                     alpha = biprop_alpha(self.weight, values[None])[0]
                 else:
+                    assert self.scores is not None
                     mask = topk_mask(self.scores, self.n_keep, absolute=True)
                     values = mask.to(self.weight.dtype)
                     alpha = biprop_alpha(self.weight, values[None], self.n_keep)[0]
                 w_eff = self._effective(values, alpha)
             self._cache = (key, mask, alpha, w_eff)
-        return self._cache[1]
+        return self._cache
 
     def alpha(self) -> torch.Tensor:
         """Biprop gain of the current mask (mean |W| over kept weights)."""
-        self.mask()
-        return self._cache[2]
+        return self._cached()[2]
 
     def _effective(self, mask: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         if self.method == "biprop":
@@ -102,11 +106,10 @@ class MaskedLayer(nn.Module):
 
     def effective_weight(self) -> torch.Tensor:
         """The weight the layer computes with (differentiable w.r.t. the scores when grad is on)."""
-        if self.scores is None and self.pinned is None:
-            return self.weight
+        if self.scores is None:
+            return self.weight if self.pinned is None else self._cached()[3]
         if self.pinned is not None or not (torch.is_grad_enabled() and self.scores.requires_grad):
-            self.mask()
-            return self._cache[3]
+            return self._cached()[3]
         return straight_through(self.scores[None], self.n_keep, self.weight[None], self.method)[0]
 
     def extra_repr(self) -> str:

@@ -53,7 +53,8 @@ def _image_shape(input_shape: tuple[int, ...], model: str) -> tuple[int, int, in
     if len(input_shape) != 3:
         raise UserError(f"model {model} needs image inputs (channels x height x width) but the dataset gives "
                         f"samples of shape {tuple(input_shape)}; use model mlp or lenet-300-100")
-    return tuple(int(s) for s in input_shape)
+    c, h, w = (int(s) for s in input_shape)
+    return c, h, w
 
 
 def mlp(input_shape, n_classes, width, make, hidden=(256, 256), name="mlp") -> nn.Module:

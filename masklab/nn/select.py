@@ -22,7 +22,7 @@ try:
     import numba
     from numba import njit, prange
 except ImportError:  # pragma: no cover - numba is a dependency, but keep a pure torch path
-    numba = None
+    numba = None  # type: ignore[assignment]
 
 
 def n_keep(n: int, sparsity: float) -> int:
@@ -247,7 +247,7 @@ def match_torch_threads() -> bool:
     caller must run the serial build of its kernel: with one thread the parallel build still goes through
     numba's thread pool, whose idle workers spin, and on a machine whose cores are all busy that made
     each call ten times slower (measured: a K = 3 LeNet step took 88 ms instead of 6)."""
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     if threads > 1:
         numba.set_num_threads(threads)
     return threads > 1

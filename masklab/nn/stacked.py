@@ -161,6 +161,7 @@ class StackedLayer(nn.Module):
         of alpha changes a gradient)."""
         if self.method != "biprop":
             return
+        assert self._w_eff is not None
         values = self._w_eff.detach()
         key = (self.weight._version, self.weight.data_ptr())
         if self._sign is None or self._sign[0] != key:  # sign(W) and a scratch buffer, kept between steps
@@ -192,6 +193,10 @@ class StackedLayer(nn.Module):
     # ---- masks ----------------------------------------------------------------------------------
     def masks(self) -> torch.Tensor:
         """(K, *shape) bool masks, cached until scores or weights change."""
+        return self._cached()[1]
+
+    def _cached(self) -> tuple:
+        """(key, masks, alphas, effective weights), recomputed when the scores or weights changed."""
         key = self._key()
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
@@ -204,22 +209,20 @@ class StackedLayer(nn.Module):
                 else:
                     w_eff = w * values
             self._cache = (key, masks, alphas, w_eff)
-        return self._cache[1]
+        return self._cache
 
     def mask(self, k: int) -> torch.Tensor:
         return self.masks()[k]
 
     def alphas(self) -> torch.Tensor:
-        self.masks()
-        return self._cache[2]
+        return self._cached()[2]
 
     def effective_weight(self) -> torch.Tensor:
         """(K, *shape): the weights each mask computes with."""
         if self.fused:
             return self.fused_weight()
         if not (torch.is_grad_enabled() and self.scores.requires_grad):
-            self.masks()
-            return self._cache[3]
+            return self._cached()[3]
         return straight_through(self.scores, self.n_keep, self.weight, self.method)
 
     def _weight_for_forward(self) -> tuple[torch.Tensor, bool]:

@@ -61,6 +61,7 @@ def iterand_apply(weight: torch.Tensor, mask: torch.Tensor, draw: torch.Tensor, 
 
 def iwr_step(layer: MaskedLayer, src: torch.Tensor, rate: float, donors: str = "top") -> int:
     """Copy the donors' weights into the lowest-scoring positions; scores untouched. Returns r."""
+    assert layer.scores is not None, "IWR needs scores (not a dense layer)"
     r = iwr_apply(layer.weight, layer.scores, src, rate, donors)
     layer.invalidate()
     return r

@@ -128,10 +128,10 @@ def build_training(config: RunConfig, dataset, indices: list[int], device: torch
     base_lr = config.resolved("lr")
     if config.method == "dense":
         net = make_model(config, dataset, config.seeds(indices[0])[1]).to(device)
-        layers = masked_layers(net)
-        weights = [layer.weight for _, layer in layers]
+        dense_layers = masked_layers(net)
+        weights = [layer.weight for _, layer in dense_layers]
         optimizer = torch.optim.SGD(weights, lr=base_lr, momentum=config.momentum, weight_decay=config.weight_decay)
-        return _Lone(net), layers, optimizer
+        return _Lone(net), dense_layers, optimizer
     model = make_stacked_model(config, dataset, indices).to(device)
     layers = stacked_layers(model)
     optimizer = score_optimizer([layer for _, layer in layers], base_lr, config.momentum, config.weight_decay, device)
@@ -270,7 +270,7 @@ def _recycle(config, layers, maps, t) -> list[int]:
     counts = [0] * K
     with torch.no_grad():
         for i, (_, layer) in enumerate(layers):
-            masks = layer.masks().clone() if config.recycle == "iterand" else None
+            masks = layer.masks().clone()
             for k in range(K):
                 if config.recycle == "iwr":
                     counts[k] += iwr_apply(layer.weight[k], layer.scores[k], maps[i][k], rate, config.recycle_donors)
