@@ -292,6 +292,70 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- distances --------------------------------------------------------------------------------------------
+def add_distances(sub) -> None:
+    p = sub.add_parser("distances", help="all-pairs distances of a run's masks into a file, in process or on Dask",
+                       description="Compute the distance between every pair of RUN's masks (whole mask, and per "
+                       "layer with --per-layer) and write them to --out: .parquet/.csv as the long table "
+                       "(mask_a, mask_b, layer, metric, value) or .npy as the square matrix (layers first with "
+                       "--per-layer). With --scheduler the pairs are computed as tiles on a Dask cluster: "
+                       "'local' starts one on this machine, an address (tcp://host:8786) uses a running "
+                       "scheduler (e.g. dask-jobqueue's SLURMCluster); its workers read the run's bit matrix "
+                       "from the shared filesystem. Prints a per-layer summary; the last line is the file.")
+    p.add_argument("run", metavar="RUN", help="a run directory or a run id under --runs-dir")
+    p.add_argument("--metric", default="hamming_norm", choices=["hamming", "hamming_norm", "matching", "jaccard"],
+                   help="default hamming_norm")
+    p.add_argument("--per-layer", action="store_true", help="also every layer, beside the whole mask")
+    p.add_argument("--scheduler", metavar="S", help="local, or the address of a Dask scheduler (default: no Dask, "
+                   "the numba kernel in this process)")
+    p.add_argument("--workers", type=int, metavar="N", help="--scheduler local: worker processes (default: one "
+                   "per core)")
+    p.add_argument("--out", metavar="FILE", help="output file (default RUN/analysis/distances-<metric>.parquet)")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress and no summary: print only the file")
+    p.set_defaults(func=cmd_distances)
+
+
+def cmd_distances(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from masklab.scale.tiles import connect, distances_to_file
+    from masklab.store.run import open_run
+
+    if args.workers is not None:
+        _positive("--workers", args.workers, 1)
+    run = open_run(args.run, args.runs_dir)
+    if len(run) < 2:
+        raise UserError(f"run {run.id} has {len(run)} finished mask(s); distances need at least 2")
+    out = Path(args.out) if args.out else run.path / "analysis" / f"distances-{args.metric}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    client = connect(args.scheduler, args.workers) if args.scheduler else None
+    try:
+        if client is not None and not args.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(desc="tiles", unit="tile", dynamic_ncols=True)
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+        else:
+            bar, progress = None, None
+        summary = distances_to_file(run.masks, out, args.metric, args.per_layer, client, progress)
+        if bar is not None:
+            bar.close()
+    finally:
+        if client is not None:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None and args.scheduler == "local":
+                cluster.close()
+    if not args.quiet:
+        print(frame_text(summary))
+    print(out, flush=True)
+    return 0
+
+
 # ---- sweep ------------------------------------------------------------------------------------------------
 SWEEP_VARIES = ("method", "recycle", "sparsity", "masks", "name")  # set per cell by the sweep itself
 
@@ -357,7 +421,8 @@ def frame_text(frame) -> str:
     return frame.to_string(index=False, float_format=lambda x: f"{x:.4f}")
 
 
-COMMANDS: list[Callable] = [add_generate, add_runs, add_show, add_analyze, add_interpolate, add_compare, add_sweep]
+COMMANDS: list[Callable] = [add_generate, add_runs, add_show, add_analyze, add_interpolate, add_compare, add_distances,
+                            add_sweep]
 
 
 def build_parser() -> argparse.ArgumentParser:

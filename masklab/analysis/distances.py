@@ -102,7 +102,7 @@ class Intersections:
 
 def intersections(masks: MaskSet, other: MaskSet | None = None, per_layer: bool = True, *,
                   backend: str = "auto", threads: int | None = None,
-                  block_bytes: int | None = None) -> Intersections:
+                  block_bytes: int | None = None, client=None, out=None) -> Intersections:
     """Count ``|a AND b|`` for all pairs of masks, whole and (if `per_layer`) per layer, in one pass.
 
     Parameters
@@ -120,6 +120,11 @@ def intersections(masks: MaskSet, other: MaskSet | None = None, per_layer: bool 
     block_bytes : int, optional
         Largest block of rows resident at once; matrices larger than this (memory maps larger than RAM)
         are streamed block pair by block pair. Default 1 GiB.
+    client : dask.distributed.Client, optional
+        Compute the pairs of one set as tiles on this cluster's workers (`masklab.scale.tiles`); the
+        workers read the rows of a run's memory-mapped matrix from its file. Same result, exactly.
+    out : path, optional
+        With `client`: write the (L + 1, N, N) counts into this .npy file (memory-mapped) as tiles finish.
 
     Returns
     -------
@@ -132,9 +137,17 @@ def intersections(masks: MaskSet, other: MaskSet | None = None, per_layer: bool 
                         "cross-run distances need masks of the same network")
     bounds = layer_bounds(masks.layers["word_start"], masks.layers["word_stop"])
     count_bounds = bounds if per_layer else np.array([[0, masks.n_words]], dtype=np.int64)
-    counts = intersection_counts(masks.bits, None if other is None else other.bits, count_bounds,
-                                 backend=backend, threads=threads, block_bytes=block_bytes,
-                                 with_total=per_layer)
+    if client is not None:
+        if other is not None:
+            raise UserError("distances on a Dask cluster take the pairs of one mask set; compute cross-run "
+                            "distances in process (client=None)")
+        from masklab.scale.tiles import dask_intersection_counts
+
+        counts = dask_intersection_counts(masks.bits, count_bounds, client, with_total=per_layer, out=out)
+    else:
+        counts = intersection_counts(masks.bits, None if other is None else other.bits, count_bounds,
+                                     backend=backend, threads=threads, block_bytes=block_bytes,
+                                     with_total=per_layer)
     layer_bits = masks.layers["n_bits"].to_numpy(np.int64)
     n_bits = np.concatenate([[layer_bits.sum()], layer_bits]) if per_layer else layer_bits.sum(keepdims=True)
     if other is None:
@@ -156,7 +169,7 @@ def _kept_with_total(bits: np.ndarray, bounds: np.ndarray, per_layer: bool) -> n
 
 def distances(masks: MaskSet, other: MaskSet | None = None, metric: str | Sequence[str] = "hamming",
               per_layer: bool = False, form: str = "long", *, backend: str = "auto",
-              threads: int | None = None, block_bytes: int | None = None) -> pd.DataFrame | dict:
+              threads: int | None = None, block_bytes: int | None = None, client=None) -> pd.DataFrame | dict:
     """Distances between all pairs of masks (of one set, or across two sets of the same layout).
 
     Parameters
@@ -175,8 +188,8 @@ def distances(masks: MaskSet, other: MaskSet | None = None, metric: str | Sequen
         ``"square"``: an Na x Nb DataFrame indexed by mask ids (index "mask_a", columns "mask_b"); for one
         set it is symmetric with the self-distance on the diagonal (hamming 0, matching 1, jaccard 1).
         With ``per_layer=True`` a dict ``{layer: square DataFrame}``, "all" first.
-    backend, threads, block_bytes
-        See `intersections`.
+    backend, threads, block_bytes, client
+        See `intersections` (`client`: a dask.distributed.Client computes the pairs as tiles on its workers).
 
     Returns
     -------
@@ -191,7 +204,8 @@ def distances(masks: MaskSet, other: MaskSet | None = None, metric: str | Sequen
         raise UserError(f"unknown form {form!r}; choose 'long' or 'square'")
     if form == "square" and len(metrics) != 1:
         raise UserError("the square form takes one metric; use form='long' for several")
-    result = intersections(masks, other, per_layer, backend=backend, threads=threads, block_bytes=block_bytes)
+    result = intersections(masks, other, per_layer, backend=backend, threads=threads, block_bytes=block_bytes,
+                           client=client)
     if form == "square":
         return square_tables(result, metrics[0]) if per_layer else square_table(result, metrics[0], ALL)
     return pd.concat([long_table(result, name) for name in metrics], ignore_index=True) \
