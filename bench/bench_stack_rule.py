@@ -16,13 +16,12 @@ import argparse
 import os
 
 import torch
+from bench_stack import batches, stack_rate  # noqa: E402  (bench/ is the working directory of run_all)
 
 from masklab.config import RunConfig
 from masklab.data import load_dataset
 from masklab.train.device import step_threads
 from masklab.train.stacked import auto_stack
-
-from bench_stack import batches, stack_rate  # noqa: E402  (bench/ is the working directory of run_all)
 
 
 def measure(label, config, dataset, ks, steps, device, rounds=2) -> None:
