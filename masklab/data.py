@@ -48,6 +48,7 @@ CIFAR_PAD = 4  # random crop 32 with zero padding 4 (REFERENCE.md)
 
 SYNTHETIC_SEED = 20_240_601
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 1024, 256
+SYNTHETIC_SHAPE = (3, 32, 32)
 
 
 # ---- the in-memory dataset ----------------------------------------------------------------------------
@@ -426,7 +427,7 @@ def _load_synthetic(root: str | None = None, *, input_shape: tuple[int, ...] | N
     (argmax of x @ W), so a linear model can learn it. Default shape (3, 32, 32), 10 classes."""
     from masklab.config import MAX_INPUT_ELEMENTS, memory_bytes
 
-    shape = tuple(int(s) for s in (input_shape or (3, 32, 32)))
+    shape = tuple(int(s) for s in (input_shape or SYNTHETIC_SHAPE))
     k = int(n_classes or 10)
     if not shape or min(shape) < 1 or k < 2 or k > 1_000_000:
         raise UserError(f"synthetic: input_shape {shape} and n_classes {k} are invalid: use positive sizes "
@@ -471,9 +472,16 @@ def _check_dataset(ds: Dataset) -> None:
         raise DataError(f"{ds.name}: samples of shape {ds.input_shape} hold no values")
 
 
+def synthetic_shape(config) -> tuple[int, ...]:
+    """The per-sample shape of a RunConfig's synthetic data: its input_shape, else (3, 32, 32)."""
+    if config.input_shape is None:
+        return SYNTHETIC_SHAPE
+    return tuple(int(s) for s in config.input_shape.split("x"))
+
+
 def load_config_dataset(config) -> Dataset:
     """The dataset a RunConfig names, from its data root, with its synthetic input shape."""
-    shape = None if config.input_shape is None else tuple(int(s) for s in config.input_shape.split("x"))
+    shape = None if config.input_shape is None else synthetic_shape(config)
     return load_dataset(config.dataset, config.data_root, input_shape=shape)
 
 
