@@ -34,7 +34,8 @@ class _Parser(argparse.ArgumentParser):
 GENERATE_OPTIONS: list[tuple[str, str, Callable | None, str | None, str]] = [
     ("--dataset", "dataset", str, "D", "digits (embedded, default), fashion-mnist, mnist, cifar10, synthetic"),
     ("--data-root", "data_root", str, "DIR", "directory holding the dataset files"),
-    ("--input-shape", "input_shape", str, "SHAPE", "synthetic dataset only: per-sample shape, e.g. 3x32x32"),
+    ("--input-shape", "input_shape", str, "SHAPE", "synthetic dataset only: per-sample shape, e.g. 3x32x32 "
+                                                   "(at most 1,048,576 values)"),
     ("--model", "model", str, "M", "mlp (default), lenet-300-100, conv2, conv4, conv6, conv8, resnet18"),
     ("--width", "width", float, "W", "width multiplier (default 1)"),
     ("--method", "method", str, "M", "edge-popup (default), biprop or dense"),
@@ -43,8 +44,8 @@ GENERATE_OPTIONS: list[tuple[str, str, Callable | None, str | None, str]] = [
     ("--recycle-every", "recycle_every", int, "E", "recycle every E epochs (default: the method's)"),
     ("--recycle-warmup", "recycle_warmup", int, "E", "epochs before the first recycling (default 0)"),
     ("--sparsity", "sparsity", float, "S", "fraction of each layer's weights removed, in [0, 1) (default 0.5)"),
-    ("--masks", "masks", int, "N", "number of masks (default 16)"),
-    ("--epochs", "epochs", int, "E", "epochs per mask (default 20)"),
+    ("--masks", "masks", int, "N", "number of masks (default 16, at most 1,000,000)"),
+    ("--epochs", "epochs", int, "E", "epochs per mask (default 20, at most 100,000)"),
     ("--batch-size", "batch_size", int, "B", "batch size (default 128)"),
     ("--lr", "lr", float, "LR", "learning rate (default: 0.1, dense 0.01)"),
     ("--weight-seed", "weight_seed", int, "S", "seed of the random weights, shared by all masks (default 0)"),
