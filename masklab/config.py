@@ -15,11 +15,10 @@ import math
 import os
 import re
 import stat
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from masklab.errors import UserError
 
