@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SETUP := .venv/.masklab-stamp
 
-.PHONY: demo test lint bench env clean
+.PHONY: demo test lint bench env notebook clean
 
 $(SETUP): pyproject.toml scripts/setup-env.sh
 	bash scripts/setup-env.sh
@@ -22,5 +22,19 @@ lint: $(SETUP)
 bench: $(SETUP)
 	$(PY) bench/run_all.py
 
+# JupyterLab on examples/, from .venv: installs the `notebook` extra first (once; CI never pays for it).
+notebook: $(SETUP)
+	bash scripts/setup-env.sh --notebook
+	.venv/bin/jupyter lab examples/
+
+# Removes .venv and what runs/ and figures/ hold that git does not track: the committed study
+# (figures/README.md, figures/fashion-mnist/) stays. Outside a git checkout, everything but those goes.
 clean:
-	rm -rf .venv runs/* figures/*
+	rm -rf .venv
+	@if [ "$$(git rev-parse --show-toplevel 2>/dev/null)" = "$$(pwd -P)" ]; then \
+	  echo "git clean -fdx -- runs figures"; git clean -fdx -- runs figures; \
+	else \
+	  echo "find runs figures -mindepth 1 -maxdepth 1 (all but .gitkeep, README.md, fashion-mnist) -exec rm -rf"; \
+	  find runs figures -mindepth 1 -maxdepth 1 ! -name .gitkeep ! -name README.md ! -name fashion-mnist \
+	    -exec rm -rf {} +; \
+	fi

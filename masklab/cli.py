@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -33,7 +34,8 @@ class _Parser(argparse.ArgumentParser):
 GENERATE_OPTIONS: list[tuple[str, str, Callable | None, str | None, str]] = [
     ("--dataset", "dataset", str, "D", "digits (embedded, default), fashion-mnist, mnist, cifar10, synthetic"),
     ("--data-root", "data_root", str, "DIR", "directory holding the dataset files"),
-    ("--input-shape", "input_shape", str, "SHAPE", "synthetic dataset only: per-sample shape, e.g. 3x32x32"),
+    ("--input-shape", "input_shape", str, "SHAPE", "synthetic dataset only: per-sample shape, e.g. 3x32x32 "
+                                                   "(at most 1,048,576 values)"),
     ("--model", "model", str, "M", "mlp (default), lenet-300-100, conv2, conv4, conv6, conv8, resnet18"),
     ("--width", "width", float, "W", "width multiplier (default 1)"),
     ("--method", "method", str, "M", "edge-popup (default), biprop or dense"),
@@ -42,8 +44,8 @@ GENERATE_OPTIONS: list[tuple[str, str, Callable | None, str | None, str]] = [
     ("--recycle-every", "recycle_every", int, "E", "recycle every E epochs (default: the method's)"),
     ("--recycle-warmup", "recycle_warmup", int, "E", "epochs before the first recycling (default 0)"),
     ("--sparsity", "sparsity", float, "S", "fraction of each layer's weights removed, in [0, 1) (default 0.5)"),
-    ("--masks", "masks", int, "N", "number of masks (default 16)"),
-    ("--epochs", "epochs", int, "E", "epochs per mask (default 20)"),
+    ("--masks", "masks", int, "N", "number of masks (default 16, at most 1,000,000)"),
+    ("--epochs", "epochs", int, "E", "epochs per mask (default 20, at most 100,000)"),
     ("--batch-size", "batch_size", int, "B", "batch size (default 128)"),
     ("--lr", "lr", float, "LR", "learning rate (default: 0.1, dense 0.01)"),
     ("--weight-seed", "weight_seed", int, "S", "seed of the random weights, shared by all masks (default 0)"),
@@ -382,15 +384,18 @@ def add_sweep(sub) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from masklab.config import MAX_MASKS
     from masklab.plots import accuracy_vs_sparsity, save_figure
     from masklab.sweep import sweep
 
     for dest in SWEEP_VARIES:
         setattr(args, dest, None)
     config = config_from_args(args)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    sparsities = _floats("--sparsities", args.sparsities)
-    weight_seeds = [int(x) for x in _floats("--weight-seeds", args.weight_seeds)]
+    if args.seeds > MAX_MASKS:
+        raise UserError(f"--seeds {args.seeds} is invalid: a cell is one run of at most {MAX_MASKS:,} masks")
+    methods = _distinct("--methods", args.methods, [m.strip() for m in args.methods.split(",") if m.strip()])
+    sparsities = _distinct("--sparsities", args.sparsities, _sparsities(args.sparsities))
+    weight_seeds = _distinct("--weight-seeds", args.weight_seeds, _seeds("--weight-seeds", args.weight_seeds))
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     table = sweep(config, methods, sparsities, args.seeds, weight_seeds, runs_dir=args.runs_dir, quiet=args.quiet,
                   log=say)
@@ -408,6 +413,37 @@ def _floats(flag: str, text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"{flag} {text!r} is not a comma-separated list of numbers (e.g. 0.5,0.9)") from None
+
+
+def _sparsities(text: str) -> list[float]:
+    """--sparsities: each a fraction removed in [0, 1), as for --sparsity (-0 is 0)."""
+    values = [v + 0.0 for v in _floats("--sparsities", text)]
+    for v in values:
+        if not 0.0 <= v < 1.0:  # also refuses nan and inf
+            raise UserError(f"--sparsities {text!r} holds {v:g}: a sparsity (the fraction of weights removed) must "
+                            "lie in [0, 1)")
+    return values
+
+
+def _seeds(flag: str, text: str) -> list[int]:
+    """A comma-separated list of seeds: integers in [0, 2^31) written as such (1.5 is refused, not truncated)."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    for item in items:
+        if not re.fullmatch(r"[+-]?\d+", item):
+            raise UserError(f"{flag} {text!r} is not a comma-separated list of integers (e.g. 0,1,2): {item!r}")
+        if len(item.lstrip("+-")) > 10 or not 0 <= int(item) < 2**31:
+            raise UserError(f"{flag} {text!r} holds {item}: a seed must be an integer in [0, 2^31)")
+    return [int(item) for item in items]
+
+
+def _distinct(flag: str, text: str, values: list) -> list:
+    """values, refusing an empty list and any value given twice (it would train or count a cell twice)."""
+    if not values:
+        raise UserError(f"{flag} {text!r} names nothing; give a comma-separated list")
+    twice = sorted({f"{v:g}" if isinstance(v, float) else str(v) for v in values if values.count(v) > 1})
+    if twice:
+        raise UserError(f"{flag} {text!r} names {', '.join(twice)} more than once; give each value once")
+    return values
 
 
 def _positive(flag: str, value: int, low: int) -> None:

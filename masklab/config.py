@@ -12,12 +12,13 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
+import stat
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from masklab.errors import UserError
 
@@ -32,6 +33,15 @@ UNHASHED = ("data_root", "device", "stack", "name", "masks")
 RESOLVED = ("weight_init", "scale_fan", "lr", "recycle_rate", "recycle_every")
 # Fields that only matter when recycling: ignored by the hash when recycle = "none".
 RECYCLE_FIELDS = ("recycle_rate", "recycle_every", "recycle_warmup", "recycle_donors")
+
+# Upper limits of the sizes a config may ask for. Past them a value is a typo or cannot run on any machine we
+# target; refusing it up front beats a MemoryError (or a run that never ends) after the run directory exists.
+MAX_MASKS = 1_000_000  # mask files are named by six-digit ids (000000.mask ... 999999.mask)
+MAX_EPOCHS = 100_000  # the papers train 100-250 epochs; more is a typo (and a run that never ends)
+MAX_INT = 2**31 - 1  # every other count (batch size, stack, warm-up, snapshot period): a 32-bit integer
+MAX_INPUT_ELEMENTS = 2**20  # synthetic samples up to 1,048,576 values (3x512x512 fits): 1,280 of them are 5 GiB
+MAX_WEIGHTS = 2**30  # prunable weights of one network: 4 GiB of float32 weights, 128 MiB per packed mask
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; past 1 MiB it is not one
 
 # Per-method defaults from REFERENCE.md, used where the user leaves a field at None.
 _METHOD_DEFAULTS = {
@@ -90,6 +100,13 @@ class RunConfig:
     name: str | None = None
     _extra: dict = field(default_factory=dict, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        # -0.0 is 0.0: the same run (hash, id and name), whichever way the zero was written.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and value == 0.0:
+                object.__setattr__(self, f.name, 0.0)
+
     # ---- derived values -------------------------------------------------------------------------
     @property
     def keep(self) -> float:
@@ -137,19 +154,33 @@ class RunConfig:
             rate = self.resolved("recycle_rate")
             if not (isinstance(rate, (int, float)) and 0.0 < rate <= 0.5):
                 raise UserError(f"config field 'recycle_rate' = {rate!r} is invalid: it must lie in (0, 0.5]")
-            if int(self.resolved("recycle_every")) < 1:
-                raise bad("recycle_every", "must be an integer >= 1 (epochs)")
+            every = self.resolved("recycle_every")
+            if not isinstance(every, int) or isinstance(every, bool) or not 1 <= every <= MAX_INT:
+                raise UserError(f"config field 'recycle_every' = {every!r} is invalid: must be an integer >= 1 "
+                                "(epochs)")
         if not (isinstance(self.width, (int, float)) and math.isfinite(self.width) and self.width > 0):
             raise bad("width", "the width multiplier must be > 0 (e.g. 0.25, 0.5, 1)")
-        for name, low in (("epochs", 1), ("batch_size", 1), ("masks", 1), ("recycle_warmup", 0),
-                          ("snapshot_every", 0), ("stack", 0)):
+        for name, low, high, why in (
+                ("epochs", 1, MAX_EPOCHS, f"at most {MAX_EPOCHS:,} (the papers train 100-250)"),
+                ("batch_size", 1, MAX_INT, "at most 2^31 - 1"),
+                ("masks", 1, MAX_MASKS, f"at most {MAX_MASKS:,} per run (mask files have six-digit ids); "
+                                        "split larger studies into runs with different score seeds"),
+                ("recycle_warmup", 0, MAX_INT, "at most 2^31 - 1"), ("snapshot_every", 0, MAX_INT, "at most 2^31 - 1"),
+                ("stack", 0, MAX_INT, "at most 2^31 - 1")):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise bad(name, f"must be an integer >= {low}")
+            if value > high:
+                raise bad(name, f"must be an integer >= {low} and {why}")
         for name in ("weight_seed", "score_seed", "data_seed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
                 raise bad(name, "must be an integer in [0, 2^31)")
+        # mask i uses score seed S + i (and data seed D + i with vary_data_seed): the last one must be a seed too
+        for name in ("score_seed",) + (("data_seed",) if self.vary_data_seed else ()):
+            if getattr(self, name) + self.masks - 1 >= 2**31:
+                raise bad(name, f"mask i uses seed {name.split('_')[0]}_seed + i, so {name} + masks - 1 "
+                                f"({getattr(self, name) + self.masks - 1}) must stay below 2^31")
         lr = self.resolved("lr")
         if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
             raise UserError(f"config field 'lr' = {lr!r} is invalid: the learning rate must be > 0")
@@ -164,8 +195,13 @@ class RunConfig:
             raise bad("name", "use 1-64 letters, digits, '.', '_', '+', '-' (no slashes, no '..', not starting "
                               "with '.')")
         if self.input_shape is not None:
-            if not re.fullmatch(r"\d+(x\d+)*", self.input_shape) or "x0" in f"x{self.input_shape}":
+            if not isinstance(self.input_shape, str) or not re.fullmatch(r"[1-9]\d{0,9}(x[1-9]\d{0,9})*",
+                                                                           self.input_shape):
                 raise bad("input_shape", "write the per-sample shape like 3x32x32 or 64")
+            elements = math.prod(int(d) for d in self.input_shape.split("x"))
+            if elements > MAX_INPUT_ELEMENTS:
+                raise bad("input_shape", f"a sample of {elements:,} values is more than the limit of "
+                                         f"{MAX_INPUT_ELEMENTS:,} (e.g. 3x512x512 fits)")
         return self
 
     # ---- hashing and ids ------------------------------------------------------------------------
@@ -235,6 +271,54 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
+def memory_bytes() -> int | None:
+    """The memory this process may use: physical memory, or the cgroup's limit where that is lower; None if
+    unknown."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        total = None
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and (total is None or int(text) < total):
+            total = int(text)
+        break
+    return total
+
+
+def check_fits(config: RunConfig, input_shape: tuple[int, ...], n_classes: int) -> int:
+    """Refuse a model too large to train, before any of it is allocated; returns its prunable weights.
+
+    The model is built on torch's meta device (shapes only, no memory), so the count is exact and cheap.
+    Refused: more than MAX_WEIGHTS prunable weights, or more memory than this machine has for the least a
+    training step needs: the shared float32 weights once plus, per mask trained together (`stack`, at most
+    `masks`; 1 for auto and dense), its scores, their gradients and momentum.
+    """
+    import torch
+
+    from masklab.nn.layers import masked_layers
+    from masklab.nn.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(config.model, tuple(input_shape), n_classes, config.width, config.method,
+                            config.sparsity)
+    weights = sum(m.weight.numel() for _, m in masked_layers(model))
+    what = (f"model {config.model} (width {config.width:g}) on samples of shape "
+            f"{'x'.join(map(str, input_shape))} has {weights:,} prunable weights")
+    if weights > MAX_WEIGHTS:
+        raise UserError(f"{what}, more than the limit of {MAX_WEIGHTS:,}; use a smaller --width or smaller inputs")
+    together = 1 if config.method == "dense" or config.stack == 0 else min(config.stack, config.masks)
+    need = 4 * weights * (1 + 3 * together)
+    have = memory_bytes()
+    if have is not None and need > have:
+        raise UserError(f"{what}: training {together} mask(s) at once needs at least {need / 2**30:,.1f} GiB "
+                        f"but this machine has {have / 2**30:,.1f} GiB; use a smaller --stack, --width or inputs")
+    return weights
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -272,19 +356,50 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file into a flat dict (a [run] table, if present, is flattened)."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(_read_config_text(path))
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist; pass the path of a TOML file") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"config file {path} is not valid TOML ({e}); fix the syntax") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"config file {path} cannot be read: {e}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text; pass the path of a TOML file") from None
+    except OSError as e:
+        raise UserError(f"config file {path} cannot be read: {e.strerror or e}") from None
     if "run" in data and isinstance(data["run"], dict):
         data = {**{k: v for k, v in data.items() if k != "run"}, **data["run"]}
     for key, value in data.items():
         if isinstance(value, dict):
             raise UserError(f"config file {path}: unexpected table [{key}]; write keys at the top level")
     return data
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def _read_config_text(path: Path) -> str:
+    """The text of a config file, refusing anything but a regular file of at most MAX_CONFIG_BYTES.
+
+    Opened non-blocking (a FIFO would otherwise wait for a writer forever) and checked with fstat on the
+    open descriptor, so a device such as /dev/zero is refused instead of read without end.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+            raise UserError(f"config file {path} is {kind}, not a regular file; pass the path of a TOML file")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            fd = -1
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UserError(f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes: not a run config; pass the "
+                        "path of a TOML file")
+    return data.decode("utf-8")
 
 
 def read_config(path: str | Path) -> RunConfig:

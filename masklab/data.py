@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import math
 import os
 import pickle
 import zlib
@@ -38,6 +39,7 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
              "t10k-labels-idx1-ubyte")
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
+MAX_IDX_BYTES = 1 << 34  # 16 GiB of uint8 pixels in one file: 200x the 47 MB of (Fashion-)MNIST's train images
 
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_FILE = "test_batch"
@@ -46,6 +48,7 @@ CIFAR_PAD = 4  # random crop 32 with zero padding 4 (REFERENCE.md)
 
 SYNTHETIC_SEED = 20_240_601
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 1024, 256
+SYNTHETIC_SHAPE = (3, 32, 32)
 
 
 # ---- the in-memory dataset ----------------------------------------------------------------------------
@@ -192,28 +195,57 @@ def _find_idx_file(directory: Path, base: str) -> Path | None:
 
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
-    """Read one IDX file (raw or gzip) of unsigned bytes; check the magic number and the size.
+    """Read one IDX file (raw or gzip) of unsigned bytes; check the magic number, the dimensions and the size.
 
-    Returns a uint8 array with the header's dimensions. Raises DataError naming the file.
+    Returns a uint8 array with the header's dimensions. The header is read first and its size (computed
+    exactly, so dimensions whose product overflows 64 bits cannot pass) is checked against the file before
+    the payload is read. Raises DataError naming the file.
     """
+    ndim = magic & 0xFF
+    header_size = 4 + 4 * ndim
     try:
-        data = path.read_bytes()
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            f = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+            header = f.read(header_size)
+            found = int.from_bytes(header[:4], "big") if len(header) >= 4 else None
+            if len(header) < header_size or found != magic:
+                what = f"0x{found:08x}" if found is not None else "a truncated header"
+                raise DataError(f"{path} is not an IDX file of unsigned bytes with {ndim} dimension(s): expected "
+                                f"magic number 0x{magic:08x}, found {what}")
+            dims = tuple(int.from_bytes(header[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+            payload = math.prod(dims)  # Python ints: exact, no overflow
+            shape = "x".join(map(str, dims))
+            if not gz:
+                size = os.fstat(raw.fileno()).st_size
+                if size != header_size + payload:
+                    raise DataError(f"{path} is truncated or corrupt: its header says {shape} "
+                                    f"({header_size + payload} bytes) but it holds {size} bytes")
+            elif payload > MAX_IDX_BYTES:
+                raise DataError(f"{path} is corrupt: its header says {shape} ({payload:,} bytes of pixels), more "
+                                f"than the {MAX_IDX_BYTES:,} an IDX dataset may hold")
+            data = _read_at_most(f, payload + 1)  # one byte more than the header promises: trailing data
+    except DataError:
+        raise
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"cannot read IDX file {path}: {exc}") from None
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(data) < header or int.from_bytes(data[:4], "big") != magic:
-        found = f"0x{int.from_bytes(data[:4], 'big'):08x}" if len(data) >= 4 else "a truncated header"
-        raise DataError(f"{path} is not an IDX file of unsigned bytes with {ndim} dimension(s): expected "
-                        f"magic number 0x{magic:08x}, found {found}")
-    dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims, dtype=np.int64))
-    if len(data) != expected:
-        raise DataError(f"{path} is truncated or corrupt: its header says {'x'.join(map(str, dims))} "
-                        f"({expected} bytes) but it holds {len(data)} bytes")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    if len(data) != payload:
+        raise DataError(f"{path} is truncated or corrupt: its header says {shape} "
+                        f"({header_size + payload} bytes) but it holds {header_size + len(data)}"
+                        f"{' or more' if len(data) > payload else ''} bytes (uncompressed)")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+
+
+def _read_at_most(f, n: int, chunk: int = 1 << 24) -> bytearray:
+    """Up to n bytes of f, read in chunks (a read(n) of a large n would allocate all n bytes first)."""
+    out = bytearray()
+    while len(out) < n:
+        block = f.read(min(chunk, n - len(out)))
+        if not block:
+            break
+        out += block
+    return out
 
 
 def _load_idx(name: str, root: str | None, subdir: str, system: tuple[str, ...], mean: float,
@@ -241,6 +273,12 @@ def _idx_dataset(name: str, paths: list[Path], mean: float, std: float) -> Datas
     splits = []
     for img_path, lab_path in ((paths[0], paths[1]), (paths[2], paths[3])):
         images = read_idx(img_path, IDX_IMAGES_MAGIC)
+        if images.shape[0] == 0:
+            raise DataError(f"{name}: {img_path} holds no images (its header says {images.shape[0]} samples); "
+                            f"expected the {name} IDX files")
+        if images.shape[1] == 0 or images.shape[2] == 0:
+            raise DataError(f"{name}: {img_path} holds images of {images.shape[1]}x{images.shape[2]} pixels; "
+                            f"expected the {name} IDX files (28x28)")
         labels = read_idx(lab_path, IDX_LABELS_MAGIC)
         if images.shape[0] != labels.shape[0]:
             raise DataError(f"{name}: {img_path} holds {images.shape[0]} images but {lab_path} holds "
@@ -328,17 +366,20 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"cannot read CIFAR-10 batch {path}: {type(exc).__name__}: {exc}") from None
     data = batch.get(b"data") if isinstance(batch, dict) else None
     labels = batch.get(b"labels") if isinstance(batch, dict) else None
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-            and data.shape[1] == 3072 and isinstance(labels, list) and len(labels) == data.shape[0]):
-        raise DataError(f"{path} is not a CIFAR-10 batch: expected a dict with b'data' (uint8 N x 3072) "
-                        f"and b'labels' (list of N ints)")
-    try:
-        y = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError, OverflowError):
-        raise DataError(f"{path}: b'labels' must be a list of ints 0-9") from None
-    if y.ndim != 1 or (y.size and (y.min() < 0 or y.max() > 9)):
-        raise DataError(f"{path}: b'labels' must be a list of ints 0-9")
-    return data.reshape(-1, 3, 32, 32), y
+    expected = "expected a dict with b'data' (uint8 N x 3072) and b'labels' (list of N ints 0-9)"
+    if not (isinstance(data, np.ndarray) and isinstance(labels, list)):
+        raise DataError(f"{path} is not a CIFAR-10 batch: {expected}")
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != data.shape[0]:
+        shape = "x".join(map(str, data.shape)) or "a scalar"
+        raise DataError(f"{path} is not a CIFAR-10 batch: its b'data' is {data.dtype} {shape} with {len(labels)} "
+                        f"labels; {expected}")
+    if data.shape[0] == 0:
+        raise DataError(f"{path} holds no images; {expected}")
+    # exact ints only: np.asarray would truncate 1.5 to 1 and take True for 1
+    if not all(type(v) is int and 0 <= v <= 9 for v in labels):
+        bad = next(v for v in labels if not (type(v) is int and 0 <= v <= 9))
+        raise DataError(f"{path}: b'labels' holds {bad!r}; expected ints 0-9")
+    return np.ascontiguousarray(data).reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
 
 
 def _load_cifar10(root: str | None = None, **_: object) -> Dataset:
@@ -384,13 +425,23 @@ def _load_synthetic(root: str | None = None, *, input_shape: tuple[int, ...] | N
                     n_classes: int | None = None, **_: object) -> Dataset:
     """Fixed-seed standard normal inputs (1024 train, 256 test) labelled by a random linear teacher
     (argmax of x @ W), so a linear model can learn it. Default shape (3, 32, 32), 10 classes."""
-    shape = tuple(int(s) for s in (input_shape or (3, 32, 32)))
+    from masklab.config import MAX_INPUT_ELEMENTS, memory_bytes
+
+    shape = tuple(int(s) for s in (input_shape or SYNTHETIC_SHAPE))
     k = int(n_classes or 10)
-    if not shape or min(shape) < 1 or k < 2:
+    if not shape or min(shape) < 1 or k < 2 or k > 1_000_000:
         raise UserError(f"synthetic: input_shape {shape} and n_classes {k} are invalid: use positive sizes "
-                        f"and at least 2 classes")
-    gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
+                        f"and 2 to 1,000,000 classes")
     n = SYNTHETIC_TRAIN + SYNTHETIC_TEST
+    elements = math.prod(shape)
+    if elements > MAX_INPUT_ELEMENTS:
+        raise UserError(f"synthetic: input_shape {'x'.join(map(str, shape))} has {elements:,} values per sample, "
+                        f"more than the limit of {MAX_INPUT_ELEMENTS:,} (e.g. 3x512x512 fits)")
+    need, have = 4 * elements * (2 * n + k), memory_bytes()  # samples (and their copies into the splits), teacher
+    if have is not None and need > have:
+        raise UserError(f"synthetic: {n:,} samples of shape {'x'.join(map(str, shape))} need {need / 2**30:,.1f} GiB "
+                        f"but this machine has {have / 2**30:,.1f} GiB; use a smaller --input-shape")
+    gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
     x = torch.randn((n, *shape), generator=gen)
     teacher = torch.randn(x[0].numel(), k, generator=gen)
     y = (x.view(n, -1) @ teacher).argmax(1)
@@ -408,9 +459,29 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 
+def _check_dataset(ds: Dataset) -> None:
+    """What every loader must give: samples in both splits, one label per sample, non-empty samples."""
+    for split, x, y in (("training", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
+        if x.shape[0] == 0:
+            raise DataError(f"{ds.name}: the {split} split holds no samples; a run needs both splits")
+        if y.shape != (x.shape[0],):
+            raise DataError(f"{ds.name}: the {split} split holds {x.shape[0]} samples but {tuple(y.shape)} labels")
+        if tuple(x.shape[1:]) != tuple(ds.input_shape):
+            raise DataError(f"{ds.name}: {split} samples are {tuple(x.shape[1:])}, not {tuple(ds.input_shape)}")
+    if math.prod(ds.input_shape) == 0:
+        raise DataError(f"{ds.name}: samples of shape {ds.input_shape} hold no values")
+
+
+def synthetic_shape(config) -> tuple[int, ...]:
+    """The per-sample shape of a RunConfig's synthetic data: its input_shape, else (3, 32, 32)."""
+    if config.input_shape is None:
+        return SYNTHETIC_SHAPE
+    return tuple(int(s) for s in config.input_shape.split("x"))
+
+
 def load_config_dataset(config) -> Dataset:
     """The dataset a RunConfig names, from its data root, with its synthetic input shape."""
-    shape = None if config.input_shape is None else tuple(int(s) for s in config.input_shape.split("x"))
+    shape = None if config.input_shape is None else synthetic_shape(config)
     return load_dataset(config.dataset, config.data_root, input_shape=shape)
 
 
@@ -431,6 +502,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *,
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     ds = DATASETS[name](root, input_shape=input_shape, n_classes=n_classes)
+    _check_dataset(ds)
     if input_shape is not None and tuple(input_shape) != ds.input_shape:
         raise UserError(f"{name} has input shape {ds.input_shape}, not {tuple(input_shape)}; "
                         f"input_shape applies to synthetic only")

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import os
+import pickle
 import shutil
+import struct
 
+import numpy as np
 import pytest
 
 import masklab
 from masklab import cli
+from masklab import config as config_module
 from masklab.cli import main
 from masklab.config import RunConfig
 
@@ -137,6 +143,80 @@ def test_bad_generate_input_is_one_line_exit_2_and_leaves_nothing(in_tmp, capsys
     assert capsys.readouterr().out == ""
 
 
+def _idx(shape: tuple[int, ...], payload: bytes | None = None) -> bytes:
+    """An IDX file of unsigned bytes in the real format: magic, big-endian dimensions, the bytes."""
+    header = struct.pack(">I", 0x0800 | len(shape)) + b"".join(struct.pack(">I", d) for d in shape)
+    return header + (bytes(math.prod(shape)) if payload is None else payload)
+
+
+def _idx_set(directory, train=(12, 28, 28), train_labels=12, train_payload=None) -> None:
+    directory.mkdir()
+    (directory / "train-images-idx3-ubyte").write_bytes(_idx(train, train_payload))
+    (directory / "train-labels-idx1-ubyte").write_bytes(_idx((train_labels,)))
+    (directory / "t10k-images-idx3-ubyte").write_bytes(_idx((5, 28, 28)))
+    (directory / "t10k-labels-idx1-ubyte").write_bytes(_idx((5,)))
+
+
+@pytest.fixture
+def bad_inputs(in_tmp, monkeypatch):
+    """Degenerate data sets in the real formats, and config paths that are not files."""
+    _idx_set(in_tmp / "ZERO", train=(0, 28, 28), train_labels=0)
+    _idx_set(in_tmp / "PIXELS", train=(12, 0, 0))
+    _idx_set(in_tmp / "OVERFLOW", train=(2**16, 2**24, 2**24), train_payload=b"")  # 2^64 bytes: 0 in int64
+    _idx_set(in_tmp / "LABELS", train_labels=11)
+    (in_tmp / "CIFAR").mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = np.zeros((2, 3, 32, 32) if name == "data_batch_2" else (2, 3072), np.uint8)
+        (in_tmp / "CIFAR" / name).write_bytes(pickle.dumps({b"data": data, b"labels": [0, 1]}))
+    os.mkfifo(in_tmp / "FIFO")
+    (in_tmp / "NAN").write_text("width = nan\n")
+    monkeypatch.setattr(config_module, "memory_bytes", lambda: 2**30)  # 1 GiB, whatever the machine has
+    return in_tmp
+
+
+@pytest.mark.timeout(120)  # a config path read without end would hang here
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "mnist", "--data-root", "ZERO"], "train-images-idx3-ubyte holds no images"),
+    (["--dataset", "mnist", "--data-root", "PIXELS"], "holds images of 0x0 pixels"),
+    (["--dataset", "fashion-mnist", "--data-root", "OVERFLOW"], "its header says 65536x16777216x16777216"),
+    (["--dataset", "mnist", "--data-root", "LABELS"], "holds 12 images but LABELS/train-labels-idx1-ubyte holds 11"),
+    (["--dataset", "cifar10", "--model", "conv2", "--data-root", "CIFAR"],
+     "CIFAR/data_batch_2 is not a CIFAR-10 batch: its b'data' is uint8 2x3x32x32"),
+    (["--masks", "1000000000"], "'masks' = 1000000000 is invalid: must be an integer >= 1 and at most 1,000,000"),
+    (["--dataset", "synthetic", "--input-shape", "1000x1000x1000x1000x1000"],
+     "'input_shape' = '1000x1000x1000x1000x1000' is invalid: a sample of 1,000,000,000,000,000 values"),
+    (["--dataset", "synthetic", "--input-shape", "1x1000x1000", "--model", "conv4"],
+     "has 2,048,326,720 prunable weights, more than the limit of 1,073,741,824"),
+    (["--width", "100000"], "more than the limit of 1,073,741,824; use a smaller --width"),
+    (["--stack", "100000", "--masks", "100000", "--model", "lenet-300-100"],
+     "training 100000 mask(s) at once needs at least 56.1 GiB but this machine has 1.0 GiB; use a smaller --stack"),
+    (["--epochs", "1000000000"], "'epochs' = 1000000000 is invalid"),
+    (["--batch-size", "100000000000000000000"], "'batch_size' = 100000000000000000000 is invalid"),
+    (["--score-seed", "2147483640"], "'score_seed' = 2147483640 is invalid"),
+    (["--sparsity", "nan"], "'sparsity' = nan is invalid"),
+    (["--lr", "inf"], "'lr' = inf is invalid"),
+    (["--config", "NAN"], "'width' = nan is invalid"),
+    (["--config", "/dev/zero"], "config file /dev/zero is a character device, not a regular file"),
+    (["--config", "FIFO"], "config file FIFO is a FIFO, not a regular file"),
+    (["--config", "."], "config file . is a directory, not a regular file"),
+])
+def test_bad_values_fail_early_name_themselves_and_leave_no_run(bad_inputs, capsys, argv, message):
+    assert main(["generate", *argv, "--runs-dir", "runs"]) == 2
+    assert message in _error_line(capsys)
+    assert not (bad_inputs / "runs").exists()
+
+
+def test_negative_zero_sparsity_is_the_same_run_as_zero(in_tmp, capsys):
+    argv = ["generate", "--masks", "1", "--epochs", "1", "--width", "0.25", "--quiet"]
+    assert main([*argv, "--sparsity", "-0"]) == 0
+    first = capsys.readouterr().out.strip()
+    assert main([*argv, "--sparsity", "0"]) == 0
+    assert capsys.readouterr().out.strip() == first
+    assert [p.name for p in (in_tmp / "runs").iterdir()] == [RunConfig(sparsity=0, masks=1, epochs=1,
+                                                                       width=0.25).run_id]
+    assert "-s0-" in first
+
+
 def test_resume_into_a_directory_of_another_config_is_refused(made, in_tmp, capsys):
     runs, _ = made
     source = runs / RunConfig(masks=2, epochs=1, width=0.25).run_id
@@ -217,8 +297,26 @@ def test_sweep_prints_the_table_and_ends_with_the_figure(in_tmp, capsys):
     (["--methods", "lottery"], "sweep method 'lottery'"),
     (["--sparsities", "half"], "--sparsities 'half' is not a comma-separated list"),
     (["--seeds", "0"], "sweep seeds = 0 is invalid"),
+    (["--seeds", "2000000"], "--seeds 2000000 is invalid: a cell is one run of at most 1,000,000 masks"),
+    (["--weight-seeds", "1.5"], "--weight-seeds '1.5' is not a comma-separated list of integers"),
+    (["--weight-seeds", "0,1e3"], "--weight-seeds '0,1e3' is not a comma-separated list of integers"),
+    (["--weight-seeds=-1"], "--weight-seeds '-1' holds -1: a seed must be an integer in [0, 2^31)"),
+    (["--weight-seeds", "2147483648"], "holds 2147483648: a seed must be an integer in [0, 2^31)"),
+    (["--weight-seeds", "1" * 5000], "a seed must be an integer in [0, 2^31)"),
+    (["--weight-seeds", "0,1,0"], "--weight-seeds '0,1,0' names 0 more than once"),
+    (["--weight-seeds", ","], "--weight-seeds ',' names nothing"),
+    (["--sparsities", "0.5,1.5"], "--sparsities '0.5,1.5' holds 1.5: a sparsity (the fraction of weights removed) "
+                                  "must lie in [0, 1)"),
+    (["--sparsities=-0.1"], "--sparsities '-0.1' holds -0.1"),
+    (["--sparsities", "nan"], "--sparsities 'nan' holds nan"),
+    (["--sparsities", "0.5,inf"], "holds inf"),
+    (["--sparsities=-0,0"], "--sparsities '-0,0' names 0 more than once"),
+    (["--sparsities", "0.5,0.50"], "names 0.5 more than once"),
+    (["--methods", "biprop,biprop"], "--methods 'biprop,biprop' names biprop more than once"),
+    (["--methods", ""], "--methods '' names nothing"),
+    (["--epochs", "1000000000"], "'epochs' = 1000000000 is invalid"),
 ])
 def test_bad_sweep_input_is_one_line_exit_2(in_tmp, capsys, argv, message):
     assert main(["sweep", *argv]) == 2
     assert message in _error_line(capsys)
-    assert not (in_tmp / "runs").exists()
+    assert not (in_tmp / "runs").exists() and not (in_tmp / "figures").exists()

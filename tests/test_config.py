@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
+import os
 import re
 
 import pytest
 
-from masklab.config import RunConfig, load_toml, read_config, to_toml
+from masklab import config as config_module
+from masklab.config import (
+    MAX_CONFIG_BYTES,
+    MAX_INPUT_ELEMENTS,
+    MAX_MASKS,
+    MAX_WEIGHTS,
+    RunConfig,
+    check_fits,
+    load_toml,
+    read_config,
+    to_toml,
+)
 from masklab.errors import UserError
 
 
@@ -99,6 +113,25 @@ def test_biprop_defaults_resolve():
     ({"input_shape": "3x0x2"}, r"'input_shape'"),
     ({"weight_init": "zeros"}, r"'weight_init' .*signed-constant"),
     ({"snapshot_every": -1}, r"'snapshot_every'"),
+    # sizes past the documented limits: refused with the limit instead of a MemoryError or a run without end
+    ({"masks": MAX_MASKS + 1}, r"'masks' = 1000001 .*at most 1,000,000 per run \(mask files have six-digit ids\)"),
+    ({"masks": 10**9}, r"'masks' = 1000000000 .*at most 1,000,000"),
+    ({"epochs": 10**9}, r"'epochs' = 1000000000 .*at most 100,000"),
+    ({"batch_size": 2**31}, r"'batch_size' .*at most 2\^31 - 1"),
+    ({"stack": 10**20}, r"'stack' .*at most 2\^31 - 1"),
+    ({"snapshot_every": 2**40}, r"'snapshot_every'"),
+    ({"recycle": "iwr", "recycle_every": 2**40}, r"'recycle_every'"),
+    ({"recycle": "iwr", "recycle_every": 1.5}, r"'recycle_every' = 1\.5"),
+    ({"input_shape": "1000x1000x1000x1000x1000"}, r"'input_shape' .*1,000,000,000,000,000 values .*limit of 1,048,576"),
+    ({"input_shape": "1025x1024"}, r"'input_shape' .*1,049,600 values"),
+    ({"input_shape": "9" * 5000}, r"'input_shape'"),
+    ({"input_shape": "03x32x32"}, r"'input_shape'"),
+    ({"score_seed": 2**31 - 10}, r"'score_seed' .*score_seed \+ masks - 1 \(2147483653\) must stay below 2\^31"),
+    ({"data_seed": 2**31 - 1, "vary_data_seed": True}, r"'data_seed' .*data_seed \+ masks - 1"),
+    # not a number: nan and inf from TOML (`sparsity = nan`) or the command line (`--lr inf`)
+    *[({name: value}, rf"'{name}' = {value!r}") for name in ("sparsity", "width", "lr", "momentum", "weight_decay")
+      for value in (math.nan, math.inf, -math.inf)],
+    ({"recycle": "iwr", "recycle_rate": math.nan}, r"'recycle_rate' = nan"),
 ])
 def test_validation_names_the_field_and_the_allowed_values(changes, message):
     with pytest.raises(UserError, match=message):
@@ -165,3 +198,102 @@ def test_public_names_resolve():
     for name in ("open_run", "generate", "MaskSet", "RunConfig", "distances", "random_baseline", "analyze",
                  "compare", "interpolate", "list_runs"):
         assert callable(getattr(masklab, name)), name
+
+
+def test_limits_leave_the_largest_allowed_values_valid():
+    RunConfig(masks=MAX_MASKS, epochs=100_000, batch_size=2**31 - 1).validate()
+    RunConfig(dataset="synthetic", input_shape="1024x1024", score_seed=2**31 - 16).validate()
+    assert MAX_INPUT_ELEMENTS == 1024 * 1024
+    RunConfig(data_seed=2**31 - 1).validate()  # data seeds vary only with vary_data_seed
+
+
+# ---- -0 is 0 ----------------------------------------------------------------------------------------------
+FLOAT_FIELDS = [f.name for f in dataclasses.fields(RunConfig) if str(f.type).startswith("float")]
+
+
+def test_every_float_field_is_known():
+    assert set(FLOAT_FIELDS) == {"width", "sparsity", "recycle_rate", "lr", "momentum", "weight_decay"}
+
+
+@pytest.mark.parametrize("name", FLOAT_FIELDS)
+def test_negative_zero_is_the_same_run_as_zero(name, tmp_path):
+    zero, negative = RunConfig(**{name: 0.0}), RunConfig(**{name: -0.0})
+    assert math.copysign(1.0, getattr(negative, name)) == 1.0
+    assert negative.hash == zero.hash and negative.run_id == zero.run_id and negative == zero
+    assert negative.replace(masks=3).run_id == zero.run_id
+    assert math.copysign(1.0, getattr(RunConfig.from_dict({name: "-0"}), name)) == 1.0
+    path = tmp_path / "c.toml"
+    path.write_text(f"{name} = -0.0\n")
+    assert read_config(path).hash == zero.hash
+    assert "-0" not in to_toml(negative.to_dict())
+
+
+def test_negative_zero_sparsity_names_the_run_s0():
+    assert RunConfig(sparsity=-0.0).run_id == RunConfig(sparsity=0).run_id
+    assert RunConfig(sparsity=-0.0).run_id.startswith("digits-mlp-edge-popup-s0-")
+
+
+def test_nan_from_toml_is_refused(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("sparsity = nan\nwidth = inf\n")
+    with pytest.raises(UserError, match=r"'sparsity' = nan is invalid"):
+        read_config(path).validate()
+
+
+# ---- config files that are not files ----------------------------------------------------------------------
+@pytest.mark.timeout(60)  # reading /dev/zero or a FIFO without a writer would never end
+def test_a_config_path_that_is_not_a_regular_file_is_refused(tmp_path):
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    for path, kind in [("/dev/zero", "a character device"), (fifo, "a FIFO"), (tmp_path, "a directory")]:
+        with pytest.raises(UserError, match=f"config file {re.escape(str(path))} is {kind}, not a regular file"):
+            load_toml(path)
+    link = tmp_path / "link.toml"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(UserError, match="is a character device"):
+        read_config(link)
+
+
+def test_a_huge_or_binary_config_file_is_refused(tmp_path):
+    big = tmp_path / "big.toml"
+    big.write_text("# padding\n" * (MAX_CONFIG_BYTES // 10 + 1))
+    with pytest.raises(UserError, match=r"larger than 1,048,576 bytes"):
+        load_toml(big)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"masks = 3\n\xff\xfe\n")
+    with pytest.raises(UserError, match="is not UTF-8 text"):
+        load_toml(binary)
+    unreadable = tmp_path / "unreadable.toml"
+    unreadable.write_text("masks = 3\n")
+    unreadable.chmod(0)
+    if not os.access(unreadable, os.R_OK):  # root reads anything
+        with pytest.raises(UserError, match="cannot be read: Permission denied"):
+            load_toml(unreadable)
+
+
+# ---- models too large to train ----------------------------------------------------------------------------
+def test_check_fits_counts_prunable_weights_without_allocating():
+    assert check_fits(RunConfig(model="lenet-300-100"), (1, 28, 28), 10) == 784 * 300 + 300 * 100 + 100 * 10
+    with pytest.raises(UserError, match=r"model conv4 \(width 1\) on samples of shape 1x1000x1000 has "
+                                        r"2,048,326,720 prunable weights, more than the limit of 1,073,741,824"):
+        check_fits(RunConfig(model="conv4"), (1, 1000, 1000), 10)
+    assert MAX_WEIGHTS == 2**30
+    with pytest.raises(UserError, match=r"model mlp \(width 100000\)"):
+        check_fits(RunConfig(width=100_000), (1, 8, 8), 10)
+
+
+def test_check_fits_refuses_what_memory_cannot_hold(monkeypatch):
+    weights = 784 * 300 + 300 * 100 + 100 * 10
+    monkeypatch.setattr(config_module, "memory_bytes", lambda: 4 * weights * 10)
+    check_fits(RunConfig(model="lenet-300-100", stack=3, masks=16), (1, 28, 28), 10)  # 1 + 3 * 3 floats per weight
+    with pytest.raises(UserError, match=r"training 4 mask\(s\) at once needs at least 0\.0 GiB but this machine has "
+                                        r"0\.0 GiB; use a smaller --stack"):
+        check_fits(RunConfig(model="lenet-300-100", stack=4, masks=16), (1, 28, 28), 10)
+    check_fits(RunConfig(model="lenet-300-100", stack=100, masks=3), (1, 28, 28), 10)  # only 3 masks to stack
+    monkeypatch.setattr(config_module, "memory_bytes", lambda: None)  # unknown: only the fixed limit applies
+    check_fits(RunConfig(model="lenet-300-100", stack=10**6, masks=10**6), (1, 28, 28), 10)
+
+
+def test_memory_bytes_is_positive_or_unknown():
+    have = config_module.memory_bytes()
+    assert have is None or have > 2**20

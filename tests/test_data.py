@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import pickle
@@ -13,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from masklab import config as config_module
 from masklab.data import (
     DATASETS,
     DEBIAN_FASHION_MNIST,
@@ -200,6 +202,64 @@ def test_image_label_count_mismatch(tmp_path):
         load_dataset("mnist", root=tmp_path)
 
 
+def _idx_header(magic: int, dims: tuple[int, ...]) -> bytes:
+    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims)
+
+
+@pytest.mark.parametrize("images, labels, message", [
+    (np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8), r"train-images-idx3-ubyte(\.gz)? holds no images"),
+    (np.zeros((12, 0, 0), np.uint8), np.zeros(12, np.uint8),
+     r"train-images-idx3-ubyte(\.gz)? holds images of 0x0 pixels"),
+    (np.zeros((12, 28, 0), np.uint8), np.zeros(12, np.uint8), r"holds images of 28x0 pixels"),
+    (np.zeros((12, 28, 28), np.uint8), np.zeros(13, np.uint8), r"holds 12 images but .* 13 labels"),
+])
+@pytest.mark.parametrize("gz", [False, True])
+def test_degenerate_idx_files_are_named(tmp_path, images, labels, message, gz):
+    _write_idx_set(tmp_path, gz=gz)
+    for name, array in (("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", labels)):
+        data = _idx_bytes(array)
+        (tmp_path / f"{name}.gz" if gz else tmp_path / name).write_bytes(gzip.compress(data) if gz else data)
+    with pytest.raises(DataError, match=message) as err:
+        load_dataset("mnist", root=tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_empty_test_split_is_named(tmp_path):
+    _write_idx_set(tmp_path, n_test=0)
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte holds no images \(its header says 0 samples\)"):
+        load_dataset("fashion-mnist", root=tmp_path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_header_whose_product_overflows_64_bits_is_refused(tmp_path, gz):
+    """2^16 * 2^24 * 2^24 = 2^64 wraps to 0 in int64: a header-only file used to pass the size check."""
+    _write_idx_set(tmp_path, gz=gz)
+    data = _idx_header(0x803, (2**16, 2**24, 2**24))
+    name = "train-images-idx3-ubyte"
+    (tmp_path / f"{name}.gz" if gz else tmp_path / name).write_bytes(gzip.compress(data) if gz else data)
+    message = (r"65536x16777216x16777216 \(18446744073709551632 bytes\) but it holds 16 bytes" if not gz
+               else r"65536x16777216x16777216 \(18,446,744,073,709,551,616 bytes of pixels\), more than")
+    with pytest.raises(DataError, match=message):
+        load_dataset("mnist", root=tmp_path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_payload_longer_than_the_header_says_is_refused(tmp_path, gz):
+    _write_idx_set(tmp_path, gz=gz)
+    name = "t10k-labels-idx1-ubyte"
+    data = _idx_bytes(np.zeros(5, np.uint8)) + b"\x00"
+    (tmp_path / f"{name}.gz" if gz else tmp_path / name).write_bytes(gzip.compress(data) if gz else data)
+    with pytest.raises(DataError, match=rf"{name}.* is truncated or corrupt: its header says 5 \(13 bytes\)"):
+        load_dataset("mnist", root=tmp_path)
+
+
+def test_read_idx_reads_large_gzip_files_in_chunks(tmp_path):
+    array = np.random.default_rng(0).integers(0, 256, (40, 1000, 1000), dtype=np.uint8)  # 40 MB > one chunk
+    path = tmp_path / "big.gz"
+    path.write_bytes(gzip.compress(_idx_bytes(array), compresslevel=1))
+    assert np.array_equal(read_idx(path, 0x803), array)
+
+
 def test_missing_directory_names_the_paths(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(DataError) as err:
@@ -293,6 +353,63 @@ def test_corrupt_cifar_batch(tmp_path):
         pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
     with pytest.raises(DataError, match="not a CIFAR-10 batch"):
         load_dataset("cifar10", root=tmp_path)
+
+
+def _dump(path: Path, batch) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=pickle.DEFAULT_PROTOCOL)
+
+
+@pytest.mark.parametrize("batch, message", [
+    ({b"data": np.zeros((4, 3, 32, 32), np.uint8), b"labels": [0] * 4},
+     r"its b'data' is uint8 4x3x32x32 with 4 labels"),
+    ({b"data": np.zeros((4, 32, 32, 3), np.uint8).reshape(4, -1)[:, :3000], b"labels": [0] * 4},
+     r"its b'data' is uint8 4x3000"),
+    ({b"data": np.zeros((4, 3072), np.float32), b"labels": [0] * 4}, r"its b'data' is float32 4x3072"),
+    ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0] * 3}, r"uint8 4x3072 with 3 labels"),
+    ({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, r"holds no images"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1.5, 2]}, r"b'labels' holds 1\.5; expected ints 0-9"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [True, 2]}, r"b'labels' holds True"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, r"b'labels' holds 10"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [[0], [1]]}, r"b'labels' holds \[0\]"),
+    ({b"data": np.zeros(3072, np.uint8), b"labels": [0]}, r"its b'data' is uint8 3072 with 1 labels"),
+    ({b"labels": [0]}, r"not a CIFAR-10 batch: expected a dict"),
+    ([1, 2], r"not a CIFAR-10 batch: expected a dict"),
+])
+def test_cifar_batches_of_the_wrong_shape_are_named(tmp_path, batch, message):
+    _write_cifar(tmp_path)
+    _dump(tmp_path / "data_batch_4", batch)
+    with pytest.raises(DataError, match=rf"data_batch_4.*{message}") as err:
+        load_dataset("cifar10", root=tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_cifar_with_an_empty_test_batch_is_named(tmp_path):
+    _write_cifar(tmp_path)
+    _dump(tmp_path / "test_batch", {b"data": np.zeros((0, 3072), np.uint8), b"labels": []})
+    with pytest.raises(DataError, match=r"test_batch holds no images"):
+        load_dataset("cifar10", root=tmp_path)
+
+
+def test_every_loader_must_give_samples_in_both_splits(monkeypatch):
+    empty = Dataset("digits", torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.int64), torch.zeros(3, 1, 8, 8),
+                    torch.zeros(3, dtype=torch.int64), (1, 8, 8), 10, (0.0,), (1.0,))
+    monkeypatch.setitem(DATASETS, "digits", lambda root, **_: empty)
+    with pytest.raises(DataError, match="digits: the training split holds no samples"):
+        load_dataset("digits")
+    unlabelled = dataclasses.replace(empty, x_train=torch.zeros(4, 1, 8, 8), y_train=torch.zeros(3, dtype=torch.int64))
+    monkeypatch.setitem(DATASETS, "digits", lambda root, **_: unlabelled)
+    with pytest.raises(DataError, match=r"training split holds 4 samples but \(3,\) labels"):
+        load_dataset("digits")
+
+
+def test_synthetic_input_past_the_limit_or_memory_is_refused(monkeypatch):
+    with pytest.raises(UserError, match=r"synthetic: input_shape 1000000x1000000x1000 has 1,000,000,000,000,000 values "
+                                        r"per sample, more than the limit of 1,048,576"):
+        load_dataset("synthetic", input_shape=(10**6, 10**6, 1000))
+    monkeypatch.setattr(config_module, "memory_bytes", lambda: 2**20)
+    with pytest.raises(UserError, match=r"synthetic: 1,280 samples of shape 3x32x32 need 0\.0 GiB but this machine"):
+        load_dataset("synthetic")
 
 
 # ---- CIFAR augmentation -------------------------------------------------------------------------------

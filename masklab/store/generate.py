@@ -40,16 +40,20 @@ def as_config(config: RunConfig | dict | str | os.PathLike | None = None, **over
 def prepare(config: RunConfig, data=None):
     """Validate everything a run needs before anything is written: returns (dataset, layers, dataset_info).
     `data`: the loaded dataset, if the caller has it already."""
-    from masklab.data import load_config_dataset
+    from masklab.config import check_fits
+    from masklab.data import load_config_dataset, synthetic_shape
     from masklab.nn.layers import masked_layers
     from masklab.nn.models import build_model
     from masklab.train.trainer import resolve_device
 
     config.validate()
     resolve_device(config.device)
+    if data is None and config.dataset == "synthetic":  # its shape is the config's: check before making the data
+        check_fits(config, synthetic_shape(config), 10)
     dataset = data if data is not None else load_config_dataset(config)
     if dataset.name != config.dataset:
         raise UserError(f"the data given is {dataset.name!r} but the config's dataset is {config.dataset!r}")
+    check_fits(config, dataset.input_shape, dataset.n_classes)  # before a model too large is allocated
     model = build_model(config.model, dataset.input_shape, dataset.n_classes, config.width, config.method,
                         config.sparsity)
     layers = masked_layers(model)

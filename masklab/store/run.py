@@ -58,7 +58,7 @@ TABLE_COLUMNS = ["mask_id", "weight_seed", "score_seed", "data_seed", "test_acc"
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _read_json(path: Path) -> Any:
