@@ -16,7 +16,7 @@ import argparse
 import os
 
 import torch
-from bench_stack import batches, stack_rate  # noqa: E402  (bench/ is the working directory of run_all)
+from bench_stack import batches, stack_rate  # bench/ is on sys.path when a bench script runs
 
 from masklab.config import RunConfig
 from masklab.data import load_dataset
