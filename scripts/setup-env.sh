@@ -63,7 +63,7 @@ if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
 else
   say "keeping the installed PyTorch $("$VPY" -c 'import torch; print(torch.__version__)')"
 fi
-what="numpy, scipy, scikit-learn, umap-learn, numba, pandas, pyarrow, matplotlib, pytest, ruff"
+what="numpy, scipy, scikit-learn, umap-learn, numba, pandas, pyarrow, matplotlib, pytest, ruff, mypy, submitit, dask"
 [ "$extras" = dev ] || what="$what, jupyterlab"
 say "installing masklab (editable, .[$extras]) and its dependencies: $what"
 pip_install -e ".[$extras]"
