@@ -6,11 +6,13 @@ On every open (`Run(path)`; `show`, `analyze`, `generate --resume` all open the 
   - config.toml: its canonical hash equals run.json's (an edited hashed field is named; `masks` is not
     hashed and may be raised to extend a run);
   - every record (`masks/000003.json`): the required fields, each of the right type, and `n_keep` = the layout;
-  - every mask file: size and header, and its words (compared with the verified row of masks.bits where
-    the cache is current, otherwise hashed against the record's checksum);
-  - masks.bits, when current: its header, ids and row checksums, then every row hashed (cache.py).
-  The hashing is linear in the run's size: about 0.4 s for 1,000 masks of Conv-4 size (303 MB) on 2 cores
-  (bench/bench_open_check.py); `Run(path, check="structure")` (used by `masklab runs`) skips it.
+  - masks.bits, when current: its header, ids and row checksums (cache.py), and then
+  - every mask file: its size and header (its digest = the record's checksum), and its words compared
+    byte for byte with its row of masks.bits (where they differ, the file is hashed to tell which copy is
+    corrupt); without a current masks.bits every mask file is hashed against its record.
+  Linear in the run's size but at memory speed: about 0.1 s for 1,000 masks of Conv-4 size (303 MB; 0.9 s
+  when masks.bits must be rebuilt and every file is hashed), see bench/bench_open_check.py.
+  `Run(path, check="structure")` (used by `masklab runs`) skips the words until `masks` is first read.
 `verify(run, repair=False)` checks all of it plus every extra file (size and checksum), the lock and the
 run's folders (no links), and never raises on a finding: one row per file. `repair=True` (holding the
 writer lock) moves each mask with a failing file into `quarantine/<id>-<k>/` (record first: that
@@ -126,6 +128,11 @@ def check_record(path: Path, record: Any, mask_id: int, layers: pd.DataFrame) ->
     if record["n_keep"] != [int(k) for k in layers["n_keep"]]:
         raise StoreError(f"record {path} keeps {record['n_keep']} weights per layer, the run's layout "
                          f"{list(layers['n_keep'])}; {_record_fix(path)}")
+    for rel in [*record.get("extras", {}).values(), *record.get("files", {})]:
+        parts = Path(rel).parts
+        if not parts or Path(rel).is_absolute() or ".." in parts:
+            raise StoreError(f"record {path}: refusing path {rel!r}: paths in a run must stay inside it; "
+                             f"{_record_fix(path)}")
     unlisted = sorted(set(record.get("extras", {}).values()) - set(record.get("files", {})))
     if unlisted:
         raise StoreError(f"record {path} names extras without their checksums ({', '.join(unlisted)}); "
@@ -238,8 +245,14 @@ def checked_masks(root: Path, records: dict[int, dict], n_words: int) -> Iterato
 
 
 def check_contents(root: Path, records: dict[int, dict], n_words: int) -> bool:
-    """The words of every mask file and of masks.bits (when current) against the records' checksums; a
-    mismatch is a StoreError naming the file (and rows). Returns whether masks.bits was current and checked."""
+    """The words of every mask file, and of masks.bits when it is current, against the records; a mismatch
+    is a StoreError naming the file (and the rows of masks.bits). Returns whether masks.bits was current.
+
+    With a current masks.bits (its header, ids and row checksums already match the records: `open_cache`)
+    each mask file's header digest is compared with its record's checksum and its words with its row of
+    masks.bits: two copies that must agree byte for byte, at memory speed, and only where they differ is
+    the mask file hashed, to tell which copy is corrupt. Without one, every mask file is hashed. (`verify`
+    hashes both in full.)"""
     if not records:
         return False
     ids, sums = list(records), [r["checksum"] for r in records.values()]
@@ -249,10 +262,17 @@ def check_contents(root: Path, records: dict[int, dict], n_words: int) -> bool:
         for _ in checked_masks(root, records, n_words):
             pass
         return False
-    C.check_rows(cache_path, bits, ids, sums)
-    for row, i in enumerate(ids):  # each file against its verified row: a compare, not a second hash
+    bad_rows = []
+    for row, i in enumerate(ids):
         path = _mask_path(root, i)
-        F.check_mask_data(path, _read(path), n_words, sums[row], i, same_as=bits[row])
+        data = _read(path)
+        try:
+            F.check_mask_data(path, data, n_words, sums[row], i, same_as=bits[row])
+        except StoreError:
+            F.check_mask_data(path, data, n_words, sums[row], i)  # raises if the mask file is the bad copy
+            bad_rows.append(row)  # the file is right: the row is not
+    if bad_rows:
+        C.check_rows(cache_path, bits, ids, sums)  # names every bad row
     return True
 
 
@@ -476,6 +496,10 @@ def quarantine(path: Path, mask_id: int, record: dict | None) -> str:
     for rel in rels:
         source = path / rel
         if Path(rel).is_absolute() or ".." in Path(rel).parts or not os.path.lexists(source):
+            continue
+        try:
+            F.check_no_links(source.parent, path)  # never move a file out of a linked folder (outside the run)
+        except StoreError:
             continue
         target = path / dest / rel
         F.make_dirs(target.parent, root=path)

@@ -169,9 +169,10 @@ class Run:
         self.records: dict[int, dict] = dict(sorted(records.items()))
         self._table = None
         self._masks = None
-        self._rows_checked = False  # masks.bits rows hashed against the records since the last refresh
+        self._contents_checked = False  # the words of the mask files and masks.bits, since the last refresh
         if self._check == "contents":
-            self._rows_checked = I.check_contents(self.path, self.records, self.n_words)
+            I.check_contents(self.path, self.records, self.n_words)
+            self._contents_checked = True
         return self
 
     @property
@@ -245,19 +246,19 @@ class Run:
         return self._masks
 
     def _bits(self) -> np.ndarray:
-        """The N x W words from masks.bits when it is current (its rows hashed against the records once),
-        else rebuilt from the checked mask files and written atomically (kept in memory where the run
-        cannot be written)."""
+        """The N x W words from masks.bits when it is current (checked against the mask files once, see
+        integrity.check_contents), else rebuilt from the checked mask files and written atomically (kept in
+        memory where the run cannot be written)."""
         n, w = len(self.records), self.n_words
         if n == 0:
             return np.zeros((0, w), dtype=np.uint64)
         path = self.path / "masks.bits"
         sums = [r["checksum"] for r in self.records.values()]
+        if not self._contents_checked:  # opened with check="structure": every reader of the bits comes here
+            I.check_contents(self.path, self.records, w)
+            self._contents_checked = True
         bits = C.open_cache(path, self.ids, sums, w)
         if bits is not None:
-            if not self._rows_checked:
-                C.check_rows(path, bits, self.ids, sums)
-                self._rows_checked = True
             return bits
         words = np.empty((n, w), dtype=np.uint64)
         for row, (_, mask) in enumerate(I.checked_masks(self.path, self.records, w)):
@@ -266,7 +267,6 @@ class Run:
             C.write_cache(path, self.path, self.ids, sums, words)
         except WriteError:  # a read-only run or a full disk: keep the matrix in memory
             return words
-        self._rows_checked = True
         return np.memmap(path, dtype="<u8", mode="r", offset=C.words_offset(n), shape=(n, w))
 
     # ---- extras ---------------------------------------------------------------------------------------
