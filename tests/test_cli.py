@@ -345,16 +345,26 @@ def test_a_read_only_run_can_be_shown_but_not_written(run_copy, in_tmp, capsys, 
         run_copy.chmod(0o755)
 
 
-def test_resume_with_a_name_whose_runs_have_other_configs_is_refused(made, capsys):
+def test_resume_with_a_name_whose_runs_have_other_configs_is_refused(made, in_tmp, capsys):
+    import json
+
     runs, _ = made
-    before = sorted(p.name for p in runs.iterdir())
-    assert main(["generate", "--masks", "2", "--epochs", "2", "--width", "0.25", "--resume", "--quiet",
-                 "--runs-dir", str(runs)]) == 2
+    hash8 = RUN_ID.rsplit("-", 1)[1]
+    study = in_tmp / "runs" / f"study-{hash8}"  # the tiny run, made with --name study
+    shutil.copytree(runs / RUN_ID, study)
+    meta = json.loads((study / "run.json").read_text())
+    (study / "run.json").write_text(json.dumps({**meta, "run_id": f"study-{hash8}"}))
+    (study / "config.toml").write_text((study / "config.toml").read_text() + 'name = "study"\n')
+    assert main(["generate", "--name", "study", *TINY, "--epochs", "2", "--resume", "--quiet"]) == 2
     err = _error_line(capsys)
-    assert f"there is no run {RunConfig(masks=2, epochs=2, width=0.25).run_id} under {runs}" in err
-    assert f"named digits-mlp-edge-popup-s0.5 with other configs: {RUN_ID} (epochs: 1 there, 2 here)" in err
-    assert "`masklab generate --resume RUN_DIR`" in err
-    assert sorted(p.name for p in runs.iterdir()) == before  # no new run started
+    other = RunConfig(masks=2, epochs=2, width=0.25, name="study").run_id
+    assert f"there is no run {other} under runs, but 1 run(s) named study with other configs: study-{hash8} " \
+           "(epochs: 1 there, 2 here); continue one with `masklab generate --resume RUN_DIR`" in err
+    assert sorted(p.name for p in (in_tmp / "runs").iterdir()) == [f"study-{hash8}"]  # no new run started
+    assert main(["generate", "--name", "study", *TINY, "--resume", "--quiet"]) == 0  # the same config: that run
+    assert capsys.readouterr().out.strip() == f"runs/study-{hash8}"
+    # default names are shared by every run of that kind: --resume stays create-or-continue (make demo)
+    assert main(["generate", *TINY, "--epochs", "2", "--resume", "--quiet", "--masks", "1"]) == 0
 
 
 def test_resume_a_run_directory_continues_it_with_its_own_config(made, run_copy, capsys):

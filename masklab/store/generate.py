@@ -70,8 +70,9 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
     keyword overrides such as `masks=4`) into `runs_dir/<run_id>` and return the Run.
 
     `resume=True`: continue an incomplete run (training only the missing masks); without it an incomplete
-    existing run is refused and a complete one is returned as it is. A run that does not exist yet is
-    refused under `resume=True` when runs of the same name with other configs exist (they are named).
+    existing run is refused and a complete one is returned as it is. A named run (`name=NAME`) that does
+    not exist yet is refused under `resume=True` when runs of that name with other configs exist (they
+    are listed with the fields that differ).
     `resume=RUN` (a run directory or a run id under `runs_dir`): continue that run with its own config;
     `config` and `overrides` may only repeat it, or raise `masks` to extend it (see `resume_config`).
     `quiet=False` shows a progress bar on stderr. `data`: the loaded dataset (default: load the config's).

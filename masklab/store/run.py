@@ -2,13 +2,17 @@
 
 Layout of `runs/<run_id>/` (all names are fixed; nothing in it is ever unpickled):
 
-    config.toml             the full RunConfig (every field, defaults included); a valid `--config` file
+    config.toml             the full RunConfig (every field, defaults included); a valid `--config` file.
+                            Its canonical hash must be run.json's (checked on every open: an edited
+                            hashed field is refused; `masks` is not hashed and is raised to extend a run)
     run.json                run id, config hash and hashed fields, layer layout, bit order, dataset
                             shape, software versions, git commit, mask-file format
-    lock                    flock'ed by the one process writing the run (holds its pid)
+    lock                    flock'ed by the one process writing the run (holds its pid); a plain file,
+                            never a link
     masks/000003.mask       mask 3: 64-byte header + packed words (see store/files.py)
-    masks/000003.json       mask 3's registry record: seeds, metrics, seconds, checksums of its files.
-                            Written last: a mask exists once its record does.
+    masks/000003.json       mask 3's registry record: seeds, metrics, seconds, checksums of its files
+                            (fields and types: integrity.RECORD_FIELDS). Written last: a mask exists
+                            once its record does.
     extras/000003.history.csv         per-epoch metrics
     extras/000003.scores.npy          final scores, float16, all layers concatenated (--keep-scores)
     extras/000003.src.npz             IWR: per layer k, `pos_k` / `val_k` where src[pos] = val != pos
@@ -16,8 +20,19 @@ Layout of `runs/<run_id>/` (all names are fixed; nothing in it is ever unpickled
     extras/000003.weights.npy         dense runs: final weights, float32, all layers concatenated
     extras/000003.buffers.npz         models with BatchNorm: the buffers (running statistics)
     snapshots/000003.npz              `epochs` (S,) and packed `bits` (S x W) every E epochs
-    masks.bits              cache: all masks as one N x W matrix (header, ids, words), memory-mapped;
-                            rebuilt atomically whenever the registry changed. Safe to delete.
+    masks.bits              cache: all masks as one N x W matrix, memory-mapped (format: store/cache.py:
+                            a 64-byte header with a key = digest of every mask's id and checksum, the
+                            ids, one BLAKE2b-256 per row, then the words); rebuilt atomically whenever
+                            the registry changed. Safe to delete.
+    analysis/               `masklab analyze`'s tables (Parquet and CSV)
+    quarantine/000003-1/    mask 3's files moved aside by `masklab verify --repair` (their relative paths
+                            kept: masks/000003.json, masks/000003.mask, extras/...); `generate --resume`
+                            trains mask 3 again. Never read by masklab.
+
+Every open (`Run(path)`) checks the metadata, the records and the words of every mask file and of
+masks.bits (store/integrity.py); `Run.verify()` / `masklab verify RUN [--repair]` checks everything in
+full. Every write goes through store/files.py: whole or not at all, and never through a symbolic link
+(a link where masklab writes is refused, naming it, before anything is written).
 """
 
 from __future__ import annotations
@@ -654,10 +669,14 @@ def refuse_links(path: Path) -> None:
 
 
 def refuse_other_configs(runs: Path, config: RunConfig) -> None:
-    """`--resume` of a run that does not exist: refused when runs of the same name (`<name>-<other hash>`)
-    exist under `runs`, naming them and the fields in which their configs differ, since the user meant
-    to continue one of them and would otherwise silently start a new run."""
-    name = config.name or config.default_name
+    """`--resume` of a named run (`--name NAME`) that does not exist: refused when runs of that name with
+    other configs (`NAME-<other hash>`) exist under `runs`, naming them and the fields in which their
+    configs differ: the user meant to continue one of them, not to start a new run silently. Default
+    names (dataset-model-method-sparsity) are shared by every run of that kind and `--resume` on them
+    stays create-or-continue (what `make demo` and sweeps rely on)."""
+    if config.name is None:
+        return
+    name = config.name
     pattern = re.compile(re.escape(name) + r"-[0-9a-f]{8}")
     others = []
     for path in sorted(runs.iterdir()) if runs.is_dir() else []:
