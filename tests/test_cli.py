@@ -218,7 +218,7 @@ def test_verify_then_repair_then_resume_retrains_exactly_the_quarantined_mask(ma
     assert main(["verify", str(run_copy)]) == 0
 
 
-@pytest.mark.parametrize("where", ["lock", "extras", "analysis", "figures"])
+@pytest.mark.parametrize("where", ["lock", "extras", "analysis", "figures", "figure"])
 def test_a_link_where_masklab_writes_is_refused_and_its_target_untouched(run_copy, in_tmp, capsys, where):
     outside = in_tmp / "outside"
     outside.mkdir()
@@ -235,12 +235,17 @@ def test_a_link_where_masklab_writes_is_refused_and_its_target_untouched(run_cop
     elif where == "analysis":
         (run_copy / "analysis").symlink_to(outside)
         argvs = [["analyze", str(run_copy), *QUIET_ANALYZE]]
-    else:
+    elif where == "figures":
         (in_tmp / "figures").mkdir()
         (in_tmp / "figures" / RUN_ID).symlink_to(outside)
         argvs = [["analyze", str(run_copy), *QUIET_ANALYZE]]
+    else:  # one figure file
+        (in_tmp / "figures" / RUN_ID).mkdir(parents=True)
+        (in_tmp / "figures" / RUN_ID / "per_layer_similarity.png").symlink_to(outside / "precious")
+        argvs = [["analyze", str(run_copy), *QUIET_ANALYZE]]
     before = _tree(outside)
-    link = in_tmp / "figures" / RUN_ID if where == "figures" else run_copy / where
+    link = {"figures": in_tmp / "figures" / RUN_ID,
+            "figure": in_tmp / "figures" / RUN_ID / "per_layer_similarity.png"}.get(where, run_copy / where)
     for argv in argvs:
         assert main(argv) == 2, argv
         err = _error_line(capsys)
