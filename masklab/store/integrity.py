@@ -284,7 +284,8 @@ LINKABLE = {"lock": "remove", "masks.bits": "remove", "analysis": "remove", "mas
 def verify(run, repair: bool = False, runs_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """Check every file of a run (a Run, a path or a run id): run.json, config.toml, each record, mask file
     and extra (size and checksum), masks.bits (every row), and that the lock and the run's folders are
-    not links. Never raises on what it finds. Returns one row per file checked: `path` (relative to the
+    not links. Never raises on what it finds (only on a path that is no run, or a write that repair cannot
+    make, e.g. a read-only run: a WriteError). Returns one row per file checked: `path` (relative to the
     run), `kind`, `mask_id`, `status` (ok, stale: a cache to rebuild, problem, repaired), `detail` (what is
     wrong) and `action` (what repair did).
 
@@ -307,12 +308,12 @@ def verify(run, repair: bool = False, runs_dir: str | os.PathLike | None = None)
     try:
         if repair:
             if "lock" in links:
-                os.unlink(path / "lock")  # the link only: its target is never touched
+                _unlink(path / "lock")  # the link only: its target is never touched
                 _done(links.pop("lock"), "removed it")
             lock = RunLock(path / "lock").acquire()
             for name, row in links.items():
                 if LINKABLE[name] == "remove":
-                    os.unlink(path / name)
+                    _unlink(path / name)
                     _done(row, "removed the link")
         meta = _verify_meta(path, add, repair)
         if meta is not None:
@@ -323,6 +324,13 @@ def verify(run, repair: bool = False, runs_dir: str | os.PathLike | None = None)
     table = pd.DataFrame(rows, columns=["path", "kind", "mask_id", "status", "detail", "action"])
     table["mask_id"] = table["mask_id"].astype("Int64")
     return table
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError as e:
+        raise write_error(path, e) from None
 
 
 def _done(row: dict, action: str) -> None:

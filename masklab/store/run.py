@@ -134,8 +134,8 @@ class Run:
     def __init__(self, path: str | os.PathLike, *, check: str = "contents"):
         """Open the run directory `path`, checking it (see store/integrity.py): its metadata, config and
         records always; with `check="contents"` (the default) also the words of every mask file and of
-        masks.bits against the records' checksums. `check="structure"` skips the hashing (masks.bits rows
-        are then hashed the first time `masks` is read). Any problem is a StoreError naming the file."""
+        masks.bits against the records' checksums. `check="structure"` leaves the words until `masks` is
+        first read (they are checked then). Any problem is a StoreError naming the file."""
         if check not in ("contents", "structure"):
             raise ValueError(f"check must be 'contents' or 'structure', not {check!r}")
         self.path = Path(path)
@@ -510,7 +510,7 @@ class RunWriter:
         """Create the run directory (atomically: a temporary directory renamed into place) or open an
         existing one with the same config hash; take the writer lock. Without `resume`, an existing
         incomplete run is refused (a complete one is opened with nothing left to do). With `resume`, a
-        run that does not exist yet is refused when runs of the same name with other configs do (see
+        named run that does not exist yet is refused when runs of that name with other configs do (see
         `refuse_other_configs`). Links where the run is written are refused before anything is written."""
         runs = Path(runs_dir)
         path = runs / F.check_run_id(config.run_id)
