@@ -219,3 +219,29 @@ def test_verify_of_a_clean_run(run):
     assert table["kind"].value_counts().to_dict() == {"extra": 6, "record": 3, "mask": 3, "metadata": 1,
                                                        "config": 1, "cache": 1}
     assert struct.calcsize(C.HEADER.format) == 64
+
+
+def test_verify_names_links_and_repair_removes_only_the_links(copy, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_bytes(b"keep\n")
+    (copy / "lock").unlink()
+    (copy / "lock").symlink_to(outside / "precious")
+    (copy / "analysis").symlink_to(outside)
+    table = masklab.store.verify(copy)
+    links = table[table["kind"] == "link"]
+    assert links[["path", "status"]].values.tolist() == [["lock", "problem"], ["analysis", "problem"]]
+    assert "is a symbolic link" in links["detail"].iloc[0]
+    table = masklab.store.verify(copy, repair=True)
+    assert table.loc[table["kind"] == "link", "status"].tolist() == ["repaired", "repaired"]
+    assert not (copy / "lock").is_symlink() and not (copy / "analysis").exists()
+    assert [p.name for p in outside.iterdir()] == ["precious"] and (outside / "precious").read_bytes() == b"keep\n"
+
+
+def test_list_runs_shows_a_damaged_record_without_hashing(copy):
+    path = copy / "masks" / "000000.json"
+    record = json.loads(path.read_text())
+    del record["checksum"]
+    path.write_text(json.dumps(record))
+    table = masklab.list_runs(copy.parent)
+    assert "lacks the field 'checksum'" in table["error"].iloc[0]
