@@ -17,7 +17,7 @@ import re
 import sys
 from collections.abc import Callable
 
-from masklab.errors import UserError
+from masklab.errors import ENVIRONMENT_ERRNOS, UserError, environment_message
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -72,7 +72,10 @@ def add_generate(sub) -> None:
     p.add_argument("--config", metavar="F", help="TOML file of run options (e.g. a run's config.toml)")
     add_run_options(p)
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
-    p.add_argument("--resume", action="store_true", help="continue an incomplete run: train only missing masks")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                   help="continue an incomplete run: train only the missing masks. With RUN (a run directory or "
+                   "id): continue that run with its own config.toml (options may only repeat it, or raise "
+                   "--masks to extend it)")
     p.add_argument("--quiet", action="store_true", help="no banner, no progress bar: print only the run directory")
     p.set_defaults(func=cmd_generate)
 
@@ -93,20 +96,31 @@ def config_from_args(args: argparse.Namespace):
     from masklab.config import RunConfig, read_config
 
     base = read_config(args.config) if args.config else RunConfig()
-    given = {dest: getattr(args, dest) for _, dest, *_ in GENERATE_OPTIONS if getattr(args, dest) is not None}
-    return RunConfig.from_dict({**base.to_dict(), **given}, source="command line")
+    return RunConfig.from_dict({**base.to_dict(), **_given(args)}, source="command line")
+
+
+def _given(args: argparse.Namespace) -> dict:
+    return {dest: getattr(args, dest) for _, dest, *_ in GENERATE_OPTIONS if getattr(args, dest) is not None}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from masklab.store.generate import banner, generate, prepare
+    from masklab.store.generate import banner, generate, prepare, resume_config
 
-    config = config_from_args(args)
+    if isinstance(args.resume, str):  # --resume RUN: that run's own config, with what the flags repeat or raise
+        from masklab.config import load_toml
+
+        from_file = {k.replace("-", "_"): v for k, v in (load_toml(args.config) if args.config else {}).items()}
+        changes = {**from_file, **_given(args)}
+        config, runs_dir = resume_config(args.resume, args.runs_dir, changes)
+        args.runs_dir, args.resume = str(runs_dir), True
+    else:
+        config = config_from_args(args)
     dataset, _, _ = prepare(config)  # all checks before any output or any file
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     for line in banner(config, args.runs_dir):
         say(line)
     try:
-        run = generate(config, runs_dir=args.runs_dir, resume=args.resume, quiet=args.quiet, data=dataset,
+        run = generate(config, runs_dir=args.runs_dir, resume=bool(args.resume), quiet=args.quiet, data=dataset,
                        log=say)
     except KeyboardInterrupt:
         print(f"masklab: interrupted; the finished masks are kept: rerun with --resume to continue "
@@ -222,6 +236,50 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(frame_text(report.summary()))
         print(f"tables: {run.path / 'analysis'}  ({len(report.tables)} tables); figures: {len(report.figures)}")
     print(report.index, flush=True)
+    return 0
+
+
+# ---- verify -----------------------------------------------------------------------------------------------
+def add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="check every file of a run in full; --repair fixes what it can",
+                       description="Check run.json, config.toml, every record, mask file and extra (size and "
+                       "checksum), masks.bits (every row) and that nothing the run writes is a link. With "
+                       "--repair: masks with failing files move to RUN/quarantine/ (then `masklab generate "
+                       "--resume RUN` retrains them), an edited config.toml is restored from run.json and "
+                       "masks.bits is rebuilt. Exit 0 when clean or repaired, 2 when problems remain.")
+    p.add_argument("run", metavar="RUN", help="a run directory or a run id under --runs-dir")
+    p.add_argument("--repair", action="store_true", help="quarantine failing masks, restore config.toml, rebuild "
+                   "masks.bits")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
+    p.set_defaults(func=cmd_verify)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from masklab.store.integrity import verify
+    from masklab.store.run import resolve_run
+
+    path = resolve_run(args.run, args.runs_dir)
+    table = verify(path, repair=args.repair)
+    print(f"verified {path}:")
+    counts = table.groupby("kind", sort=False)["status"].value_counts().unstack(fill_value=0)
+    counts = counts.reindex(columns=["ok", "stale", "problem", "repaired"], fill_value=0)
+    print(frame_text(counts.reset_index().rename(columns={"kind": "checked"})))
+    found = table[table["status"].isin(["problem", "repaired", "stale"])]
+    for row in found.itertuples():
+        print(f"{row.status:>9}  {row.path}: {row.detail}" + (f" -> {row.action}" if row.action else ""))
+    problems = table[table["status"] == "problem"]
+    quarantined = sorted({int(i) for i in table.loc[table["action"].str.contains("quarantine"), "mask_id"].dropna()})
+    if len(problems):
+        first = problems.iloc[0]
+        hint = "" if args.repair or "--repair" in first["detail"] else \
+            f"; `masklab verify {path} --repair` fixes what it can"
+        raise UserError(f"run {path}: {len(problems)} problem(s) remain, the first: {first['path']}: "
+                        f"{first['detail']}{hint}")
+    if quarantined:
+        many = len(quarantined) > 1
+        print(f"mask{'s' if many else ''} {', '.join(map(str, quarantined))} moved to {path / 'quarantine'}; "
+              f"`masklab generate --resume {path}` retrains {'them' if many else 'it'}")
+    print("all files verified" if not len(found) else "repaired" if args.repair else "no problems")
     return 0
 
 
@@ -403,7 +461,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     stem = Path(args.figures) / f"sweep-{config.dataset}-{config.model}"
     paths = save_figure(accuracy_vs_sparsity(table, title=f"{config.model} on {config.dataset}: accuracy vs "
                                              "sparsity"), stem)
-    table.to_csv(stem.with_suffix(".csv"), index=False)
+    from masklab.store.files import atomic_write
+
+    atomic_write(stem.with_suffix(".csv"), table.to_csv(index=False).encode(), durable=False)
     print(next(p for p in paths if p.suffix == ".png"), flush=True)
     return 0
 
@@ -457,8 +517,8 @@ def frame_text(frame) -> str:
     return frame.to_string(index=False, float_format=lambda x: f"{x:.4f}")
 
 
-COMMANDS: list[Callable] = [add_generate, add_runs, add_show, add_analyze, add_interpolate, add_compare, add_distances,
-                            add_sweep]
+COMMANDS: list[Callable] = [add_generate, add_runs, add_show, add_analyze, add_verify, add_interpolate, add_compare,
+                            add_distances, add_sweep]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -486,12 +546,21 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `masklab runs | head -1`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # a fault of the environment met where no write site named it (disk full, read-only)
+        if e.errno not in ENVIRONMENT_ERRNOS or os.environ.get("MASKLAB_DEBUG"):
+            return _internal(e)
+        print(f"masklab: error: {' '.join(environment_message(e).split())}", file=sys.stderr)
+        return 2
     except Exception as e:
-        if os.environ.get("MASKLAB_DEBUG"):
-            raise
-        print(f"masklab: internal error: {type(e).__name__}: {' '.join(str(e).split())} "
-              "(rerun with MASKLAB_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 1
+        return _internal(e)
+
+
+def _internal(e: Exception) -> int:
+    if os.environ.get("MASKLAB_DEBUG"):
+        raise e
+    print(f"masklab: internal error: {type(e).__name__}: {' '.join(str(e).split())} "
+          "(rerun with MASKLAB_DEBUG=1 for the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ is a short function from the run (or earlier tables) to DataFrames; `analyze(run
 from __future__ import annotations
 
 import html
+import io
 import json
 import os
 import time
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from masklab.errors import UserError
+from masklab.store import files as F
 
 DEFAULT_PAIRS = 3  # interpolation pairs sampled by default
 DEFAULT_POINTS = 30
@@ -58,10 +60,8 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
     if len(run.ids) == 0:
         raise UserError(f"run {run.id} has no finished masks yet; generate some first (masklab generate --resume)")
     figures_root = Path(figures_dir) if figures_dir is not None else run.path.parent.parent / "figures"
-    out_figures = figures_root / run.id
-    out_tables = run.path / "analysis"
-    out_figures.mkdir(parents=True, exist_ok=True)
-    out_tables.mkdir(parents=True, exist_ok=True)
+    out_tables = F.make_dirs(run.path / "analysis", root=run.path)  # links refused: nothing written outside
+    out_figures = F.make_dirs(figures_root / run.id, root=figures_root)
     report = Report(run.id)
     stages = [("distances", _distances), ("consensus", _consensus), ("clustering", _clustering)]
     if embedding and len(run.ids) >= 4:
@@ -239,15 +239,13 @@ def _write_table(table: pd.DataFrame, stem: Path) -> None:
     for column in table.columns:  # tuples and mixed objects do not go into Parquet as they are
         if table[column].dtype == object and table[column].map(lambda v: isinstance(v, (tuple, list))).any():
             table[column] = table[column].map(lambda v: "x".join(map(str, v)) if isinstance(v, (tuple, list)) else v)
-    tmp = stem.with_name(stem.name + ".tmp.csv")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, stem.with_suffix(".csv"))
+    F.atomic_write(stem.with_suffix(".csv"), table.to_csv(index=False).encode(), durable=False)
     try:
-        tmp = stem.with_name(stem.name + ".tmp.parquet")
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, stem.with_suffix(".parquet"))
+        buffer = io.BytesIO()
+        table.to_parquet(buffer, index=False)
     except (ImportError, ValueError, TypeError):  # an odd column type: the CSV still has it
-        tmp.unlink(missing_ok=True)
+        return
+    F.atomic_write(stem.with_suffix(".parquet"), buffer.getvalue(), durable=False)
 
 
 def _write_index(run, report: Report, out: Path) -> Path:
@@ -278,9 +276,7 @@ figure{{margin:2em 0}}img{{max-width:100%}}figcaption{{color:#444}}code{{backgro
 </body></html>
 """
     path = out / "index.html"
-    tmp = out / "index.html.tmp"
-    tmp.write_text(page)
-    os.replace(tmp, path)
+    F.atomic_write(path, page.encode(), durable=False)
     return path
 
 
@@ -309,8 +305,7 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
               f"{run_b.config.weight_seed}): their masks sit on different random weights", flush=True)
     name = f"compare-{run_a.id}-vs-{run_b.id}"
     figures_root = Path(figures_dir) if figures_dir is not None else run_a.path.parent.parent / "figures"
-    out = figures_root / name
-    out.mkdir(parents=True, exist_ok=True)
+    out = F.make_dirs(figures_root / name, root=figures_root)
     report = Report(name)
     context = {"figures": out, "formats": tuple(formats)}
     metrics = ["matching", "jaccard"]
@@ -371,5 +366,5 @@ def _write_compare_index(run_a, run_b, report: Report, out: Path) -> Path:
             f"<body style=\"font-family:sans-serif;max-width:1100px;margin:2em auto\"><h1>{html.escape(run_a.id)} vs "
             f"{html.escape(run_b.id)}</h1><table>{rows}</table><h2>Per layer</h2>{table}{figures}</body></html>\n")
     path = out / "index.html"
-    path.write_text(page)
+    F.atomic_write(path, page.encode(), durable=False)
     return path

@@ -236,6 +236,237 @@ def test_truncated_mask_file_is_named_by_show(made, in_tmp, capsys):
     assert f"mask file {mask} is truncated or corrupt" in _error_line(capsys)
 
 
+# ---- integrity, links and faults of the environment (the store) ----------------------------------------------
+RUN_ID = RunConfig(masks=2, epochs=1, width=0.25).run_id
+QUIET_ANALYZE = ["--quiet", "--pairs", "0", "--no-embedding"]
+
+
+@pytest.fixture
+def run_copy(made, in_tmp):
+    """A copy of the tiny run under ./runs (the default --runs-dir), to damage."""
+    runs, _ = made
+    path = in_tmp / "runs" / RUN_ID
+    shutil.copytree(runs / RUN_ID, path)
+    return path
+
+
+def _tree(path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _flip(path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("target", ["masks.bits", "masks/000001.mask"])
+def test_a_flipped_byte_is_refused_by_show_analyze_and_resume(run_copy, capsys, target):
+    from masklab.store.cache import words_offset
+
+    _flip(run_copy / target, words_offset(2) + 8 * 140 + 3 if target == "masks.bits" else 64 + 3)
+    before = _tree(run_copy)
+    for argv in (["show", str(run_copy)], ["analyze", str(run_copy), *QUIET_ANALYZE],
+                 ["generate", *TINY, "--resume", "--quiet"], ["generate", "--resume", str(run_copy), "--quiet"]):
+        assert main(argv) == 2, argv
+        err = _error_line(capsys)
+        assert f"{RUN_ID}/{target} " in err and ("is corrupt" in err or "fails its checksum" in err), argv
+        assert f"masklab verify {run_copy if argv[1] != '--masks' else 'runs/' + RUN_ID} --repair" in err
+    assert _tree(run_copy) == before and not (run_copy / "analysis").exists()
+
+
+def test_verify_then_repair_then_resume_retrains_exactly_the_quarantined_mask(made, run_copy, capsys):
+    runs, _ = made
+    assert main(["verify", str(run_copy)]) == 0
+    assert capsys.readouterr().out.strip().endswith("all files verified")
+    _flip(run_copy / "masks" / "000001.mask", 64 + 100)
+    assert main(["verify", RUN_ID]) == 2  # (a run id under ./runs)
+    captured = capsys.readouterr()
+    assert "problem  masks/000001.mask: mask file" in captured.out
+    assert captured.err.count("\n") == 1 and "1 problem(s) remain" in captured.err and "000001.mask" in captured.err
+    mask0 = (run_copy / "masks" / "000000.mask").read_bytes()
+    assert main(["verify", str(run_copy), "--repair"]) == 0
+    out = capsys.readouterr().out
+    assert f"mask 1 moved to {run_copy / 'quarantine'}; `masklab generate --resume {run_copy}` retrains it" in out
+    assert sorted(p.name for p in (run_copy / "masks").iterdir()) == ["000000.json", "000000.mask"]
+    assert main(["generate", "--resume", str(run_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "resuming: 1 masks stored, training 1 more" in out and out.strip().splitlines()[-1] == str(run_copy)
+    assert (run_copy / "masks" / "000000.mask").read_bytes() == mask0
+    assert (run_copy / "masks" / "000001.mask").read_bytes() == (runs / RUN_ID / "masks" / "000001.mask").read_bytes()
+    assert main(["verify", str(run_copy)]) == 0
+
+
+@pytest.mark.parametrize("where", ["lock", "extras", "analysis", "figures", "figure"])
+def test_a_link_where_masklab_writes_is_refused_and_its_target_untouched(run_copy, in_tmp, capsys, where):
+    outside = in_tmp / "outside"
+    outside.mkdir()
+    (outside / "precious").write_bytes(b"keep me\n")
+    if where == "lock":
+        (run_copy / "lock").unlink()
+        (run_copy / "lock").symlink_to(outside / "precious")
+        argvs = [["generate", *TINY, "--quiet"], ["generate", *TINY, "--quiet", "--resume"]]  # a complete run
+    elif where == "extras":
+        shutil.move(run_copy / "extras", outside / "extras")
+        (run_copy / "extras").symlink_to(outside / "extras")
+        (run_copy / "masks" / "000001.json").unlink()  # mask 1 to train again: its history would go there
+        argvs = [["generate", *TINY, "--quiet", "--resume"]]
+    elif where == "analysis":
+        (run_copy / "analysis").symlink_to(outside)
+        argvs = [["analyze", str(run_copy), *QUIET_ANALYZE]]
+    elif where == "figures":
+        (in_tmp / "figures").mkdir()
+        (in_tmp / "figures" / RUN_ID).symlink_to(outside)
+        argvs = [["analyze", str(run_copy), *QUIET_ANALYZE]]
+    else:  # one figure file
+        (in_tmp / "figures" / RUN_ID).mkdir(parents=True)
+        (in_tmp / "figures" / RUN_ID / "per_layer_similarity.png").symlink_to(outside / "precious")
+        argvs = [["analyze", str(run_copy), *QUIET_ANALYZE]]
+    before = _tree(outside)
+    link = {"figures": in_tmp / "figures" / RUN_ID,
+            "figure": in_tmp / "figures" / RUN_ID / "per_layer_similarity.png"}.get(where, run_copy / where)
+    for argv in argvs:
+        assert main(argv) == 2, argv
+        err = _error_line(capsys)
+        assert f"refusing to write {link.relative_to(in_tmp)}" in err.replace(f"{in_tmp}/", ""), argv
+        assert "is a symbolic link, and masklab never writes through links" in err
+    assert _tree(outside) == before  # today: the lock's target truncated, the history and the tables written there
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("config", "config.toml was edited after the run was made (sparsity: 0.9 in config.toml, 'default' in run.json)"),
+    ("record", "masks/000001.json lacks the field 'checksum'"),
+])
+def test_an_edited_config_or_an_incomplete_record_is_named_exit_2(run_copy, capsys, damage, message):
+    import json
+
+    if damage == "config":
+        config = run_copy / "config.toml"
+        config.write_text(config.read_text().replace("sparsity = 0.5", "sparsity = 0.9"))
+    else:
+        record = run_copy / "masks" / "000001.json"
+        value = json.loads(record.read_text())
+        del value["checksum"]
+        record.write_text(json.dumps(value))
+    for argv in (["show", str(run_copy)], ["analyze", str(run_copy), *QUIET_ANALYZE],
+                 ["generate", "--resume", str(run_copy), "--quiet"], ["verify", str(run_copy)]):
+        assert main(argv) == 2, argv
+        err = _error_line(capsys)
+        assert f"{run_copy}/{message}" in err, argv  # today: analyze exits 1 with KeyError: 'checksum'
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to tell which file is written")
+def test_a_full_disk_while_writing_a_mask_exits_2_and_leaves_no_partial_mask(made, in_tmp, capsys, monkeypatch):
+    import errno
+
+    runs, _ = made
+    real = os.write
+
+    def write(fd, data):
+        if "000001.mask" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    assert main(["generate", *TINY, "--quiet"]) == 2
+    path = in_tmp / "runs" / RUN_ID
+    err = _error_line(capsys)
+    assert f"cannot write runs/{RUN_ID}/masks/000001.mask: No space left on device; free space" in err
+    assert "--resume" in err
+    monkeypatch.setattr(os, "write", real)  # space freed
+    assert masklab.open_run(path).ids == [0]
+    assert not [p for p in path.rglob("*000001*")]  # no record, no mask file, no extras, no temporary file
+    assert main(["generate", *TINY, "--quiet", "--resume"]) == 0  # and resume finishes the run
+    assert [p.read_bytes() for p in sorted(path.glob("masks/*.mask"))] == \
+        [p.read_bytes() for p in sorted((runs / RUN_ID).glob("masks/*.mask"))]
+
+
+def test_a_runs_dir_that_is_a_file_or_an_unwritable_figures_dir_exits_2(run_copy, in_tmp, capsys, monkeypatch):
+    (in_tmp / "plain").write_text("a file")
+    assert main(["generate", *TINY, "--quiet", "--runs-dir", "plain"]) == 2
+    assert "cannot write plain: File exists; it exists and is not a directory" in _error_line(capsys)
+    assert main(["analyze", str(run_copy), *QUIET_ANALYZE, "--figures", "plain"]) == 2
+    assert "cannot write plain: File exists" in _error_line(capsys)
+    real = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if "figs" in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    assert main(["analyze", str(run_copy), *QUIET_ANALYZE, "--figures", "figs"]) == 2
+    assert "cannot write figs: Permission denied; you may not write there" in _error_line(capsys)
+
+
+def test_a_read_only_run_can_be_shown_but_not_written(run_copy, in_tmp, capsys, monkeypatch):
+    import errno
+
+    real = os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if os.path.abspath(path).startswith(str(run_copy)) and flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    assert main(["show", str(run_copy)]) == 0
+    capsys.readouterr()
+    assert main(["generate", *TINY, "--quiet", "--resume"]) == 2
+    assert f"cannot write runs/{RUN_ID}/lock: Read-only file system; the file system is read-only" in \
+        _error_line(capsys)
+    monkeypatch.setattr(os, "open", real)
+    from tests.store.test_files import read_only_is_enforced
+
+    if not read_only_is_enforced(run_copy):  # root: chmod does not stop the writes (simulated above)
+        return
+    try:
+        assert main(["show", str(run_copy)]) == 0
+        capsys.readouterr()
+        assert main(["analyze", str(run_copy), *QUIET_ANALYZE]) == 2
+        assert f"cannot write {run_copy / 'analysis'}: Permission denied" in _error_line(capsys)
+    finally:
+        run_copy.chmod(0o755)
+
+
+def test_resume_with_a_name_whose_runs_have_other_configs_is_refused(made, in_tmp, capsys):
+    import json
+
+    runs, _ = made
+    hash8 = RUN_ID.rsplit("-", 1)[1]
+    study = in_tmp / "runs" / f"study-{hash8}"  # the tiny run, made with --name study
+    shutil.copytree(runs / RUN_ID, study)
+    meta = json.loads((study / "run.json").read_text())
+    (study / "run.json").write_text(json.dumps({**meta, "run_id": f"study-{hash8}"}))
+    (study / "config.toml").write_text((study / "config.toml").read_text() + 'name = "study"\n')
+    assert main(["generate", "--name", "study", *TINY, "--epochs", "2", "--resume", "--quiet"]) == 2
+    err = _error_line(capsys)
+    other = RunConfig(masks=2, epochs=2, width=0.25, name="study").run_id
+    assert f"there is no run {other} under runs, but 1 run(s) named study with other configs: study-{hash8} " \
+           "(epochs: 1 there, 2 here); continue one with `masklab generate --resume RUN_DIR`" in err
+    assert sorted(p.name for p in (in_tmp / "runs").iterdir()) == [f"study-{hash8}"]  # no new run started
+    assert main(["generate", "--name", "study", *TINY, "--resume", "--quiet"]) == 0  # the same config: that run
+    assert capsys.readouterr().out.strip() == f"runs/study-{hash8}"
+    # default names are shared by every run of that kind: --resume stays create-or-continue (make demo)
+    assert main(["generate", *TINY, "--epochs", "2", "--resume", "--quiet", "--masks", "1"]) == 0
+
+
+def test_resume_a_run_directory_continues_it_with_its_own_config(made, run_copy, capsys):
+    runs, _ = made
+    for name in ("000001.json", "000001.mask"):
+        (run_copy / "masks" / name).unlink()
+    assert main(["generate", "--resume", str(run_copy), "--sparsity", "0.9"]) == 2
+    assert "--sparsity 0.9 (the run has 0.5) would make another run" in _error_line(capsys)
+    assert main(["generate", "--resume", str(run_copy), "--masks", "1"]) == 2
+    assert "--masks 1 is fewer than the 2 masks the run plans" in _error_line(capsys)
+    assert main(["generate", "--resume", str(run_copy), "--quiet", "--stack", "1"]) == 0  # (not hashed: allowed)
+    assert capsys.readouterr().out.strip() == str(run_copy)
+    assert [p.read_bytes() for p in sorted(run_copy.glob("masks/*.mask"))] == \
+        [p.read_bytes() for p in sorted((runs / RUN_ID).glob("masks/*.mask"))]
+    assert main(["generate", "--resume", RUN_ID, "--masks", "3", "--quiet"]) == 0  # by id, extended
+    assert masklab.open_run(run_copy).ids == [0, 1, 2] and masklab.open_run(run_copy).config.masks == 3
+
+
 def test_no_command_and_help(capsys):
     assert main([]) == 2
     assert "required: COMMAND" in _error_line(capsys)

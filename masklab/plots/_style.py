@@ -4,6 +4,7 @@ axis labels of the distance metrics, and `save_figure`."""
 from __future__ import annotations
 
 import functools
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,17 +82,22 @@ def require(df, columns: Sequence[str], what: str) -> None:
 
 def save_figure(fig: Figure, path, *, dpi: int = DPI, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
     """Write `fig` as ``<path>.png`` (at `dpi`) and ``<path>.svg``; parent folders are created. A ``.png`` or
-    ``.svg`` suffix on `path` is dropped. Output is reproducible (no timestamps, fixed SVG ids). Returns the
+    ``.svg`` suffix on `path` is dropped. Output is reproducible (no timestamps, fixed SVG ids). Each file is
+    written whole (rendered in memory, then renamed into place) and never through a symbolic link. Returns the
     paths written."""
+    from masklab.store.files import atomic_write, make_dirs
+
     base = Path(path)
     if base.suffix.lower() in {".png", ".svg", ".pdf"}:
         base = base.with_suffix("")
-    base.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(base.parent)  # (the folder itself is not followed if it is a link; its parents are the caller's)
     written = []
     with mpl.rc_context({"svg.hashsalt": STYLE["svg.hashsalt"], "svg.fonttype": STYLE["svg.fonttype"]}):
         for fmt in formats:
             target = base.with_name(f"{base.name}.{fmt}")
             metadata = {"Date": None} if fmt in ("svg", "pdf") else {"Software": None} if fmt == "png" else None
-            fig.savefig(target, format=fmt, dpi=dpi, metadata=metadata)
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format=fmt, dpi=dpi, metadata=metadata)
+            atomic_write(target, buffer.getvalue(), durable=False)
             written.append(target)
     return written

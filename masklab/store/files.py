@@ -19,12 +19,13 @@ import json
 import os
 import re
 import secrets
+import stat
 import struct
 from pathlib import Path
 
 import numpy as np
 
-from masklab.errors import StoreError
+from masklab.errors import StoreError, WriteError, write_error
 
 MASK_MAGIC = b"MLABMASK"
 MASK_VERSION = 1
@@ -53,7 +54,62 @@ def file_checksum(path: Path) -> str:
     return h.hexdigest()
 
 
-# ---- atomic writes --------------------------------------------------------------------------------------
+# ---- writing without leaving the run --------------------------------------------------------------------
+def check_no_links(path: Path, root: Path | None = None) -> None:
+    """Refuse to write `path` if it, or any directory between `root` and it, is a symbolic link (or a
+    directory on the way is not a directory). Nothing is followed: each component is lstat'ed. `root`
+    itself (a run directory, the figures folder: the user's choice) may be a link; it defaults to the
+    parent of `path`, so that only `path` itself is checked. Missing components are fine (to be created)."""
+    path = Path(path)
+    root = path.parent if root is None else Path(root)
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        raise StoreError(f"refusing to write {path}: it is not inside {root}") from None
+    current = root
+    for k, part in enumerate(rel.parts):
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise write_error(current, e) from None
+        if stat.S_ISLNK(mode):
+            what = "it is" if current == path else f"{current} is"
+            real = "directory" if os.path.isdir(current) else "file"
+            raise StoreError(f"refusing to write {path}: {what} a symbolic link, and masklab never writes through "
+                             f"links; replace the link with a real {real}")
+        if k < len(rel.parts) - 1 and not stat.S_ISDIR(mode):
+            raise StoreError(f"cannot write {path}: {current} is not a directory; remove or rename it")
+
+
+def make_dirs(path: Path, root: Path | None = None) -> Path:
+    """Create directory `path` and its parents below `root` without following links (`root` itself is
+    created as usual when missing, links allowed); a link or a file on the way is refused, naming it.
+    `root` defaults to the parent of `path`. Returns `path`."""
+    path = Path(path)
+    root = path.parent if root is None else Path(root)
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as e:
+        raise write_error(root, e) from None
+    check_no_links(path, root)
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        try:
+            os.mkdir(current)  # never follows a link: an existing link is EEXIST, checked below
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise write_error(current, e) from None
+    check_no_links(path, root)  # a link put there meanwhile, or a file in the way
+    if not path.is_dir():
+        raise WriteError(f"cannot write {path}: it exists and is not a directory; remove or rename it", path)
+    return path
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename inside `path` durable (best effort where directories cannot be opened)."""
     try:
@@ -72,25 +128,44 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def atomic_write(path: Path, data: bytes | memoryview, sync_dir: bool = True) -> None:
-    """Write `data` to `path` whole or not at all (temporary file, fsync, rename, fsync the directory)."""
+def _write_all(fd: int, data: bytes | memoryview | list) -> None:
+    for part in data if isinstance(data, list) else [data]:
+        view = memoryview(part).cast("B")
+        while view:
+            view = view[os.write(fd, view):]
+
+
+def atomic_write(path: Path, data: bytes | memoryview | list, sync_dir: bool = True, *, root: Path | None = None,
+                 durable: bool = True) -> None:
+    """Write `data` (bytes, or a list of buffers written one after the other) to `path` whole or not at
+    all: a new temporary file beside it (O_EXCL, O_NOFOLLOW), fsync, rename over `path`, fsync the
+    directory. Links are refused, never followed: `path` and every directory between `root` (default:
+    its parent) and it (see `check_no_links`). `durable=False` skips the fsyncs (for outputs that can be
+    made again). An OSError (disk full, read-only, ...) becomes a WriteError naming `path`; the
+    temporary file is removed."""
     path = Path(path)
+    check_no_links(path, root)
     tmp = tmp_path(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        try:
+            _write_all(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from None
         raise
-    if sync_dir:
+    if sync_dir and durable:
         fsync_dir(path.parent)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, *, root: Path | None = None) -> None:
+    atomic_write(path, text.encode("utf-8"), root=root)
 
 
 def json_text(value: dict) -> str:
@@ -108,8 +183,8 @@ def json_text(value: dict) -> str:
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
-def atomic_write_json(path: Path, value: dict) -> None:
-    atomic_write_text(path, json_text(value))
+def atomic_write_json(path: Path, value: dict, *, root: Path | None = None) -> None:
+    atomic_write_text(path, json_text(value), root=root)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -124,17 +199,19 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def load_npy(path: Path) -> np.ndarray:
-    """A raw .npy file, never unpickled; a damaged file is a StoreError naming it."""
+def load_npy(path: Path, data: bytes | None = None) -> np.ndarray:
+    """A raw .npy file (or its bytes `data`, read and checked already), never unpickled; a damaged file is
+    a StoreError naming it."""
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path if data is None else io.BytesIO(data), allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise StoreError(f"{path} is unreadable ({e}); the run's extras for this mask are damaged") from None
 
 
-def load_npz(path: Path) -> dict[str, np.ndarray]:
+def load_npz(path: Path, data: bytes | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a .npz file (or of its bytes `data`), never unpickled; a damaged file is a StoreError."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(path if data is None else io.BytesIO(data), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, KeyError) as e:
         raise StoreError(f"{path} is unreadable ({e}); the run's extras for this mask are damaged") from None
@@ -169,29 +246,83 @@ def read_mask(path: Path, n_words: int, expect_checksum: str | None = None,
 
     Returns the words as a uint64 array. Any problem is a StoreError that names the file.
     """
-    fix = "delete it (and its .json record) and rerun `masklab generate ... --resume` to retrain that mask"
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise StoreError(f"mask file {path} is missing; rerun `masklab generate ... --resume` to retrain it") \
             from None
+    except OSError as e:
+        raise StoreError(f"mask file {path} cannot be read ({e.strerror or e})") from None
+    return check_mask_data(path, data, n_words, expect_checksum, mask_id)
+
+
+def repair_hint(path: Path) -> str:
+    """How to fix a damaged file of one mask: `path` is `RUN/<folder>/<file>`."""
+    run = Path(path).parent.parent
+    return f"`masklab verify {run} --repair` moves that mask aside, then `masklab generate --resume {run}` retrains it"
+
+
+def check_mask_data(path: Path, data: bytes, n_words: int, expect_checksum: str | None = None,
+                    mask_id: int | None = None, same_as: np.ndarray | None = None,
+                    words_digest: bytes | None = None) -> np.ndarray:
+    """Check the bytes of mask file `path` (see `read_mask`) and return its words. With `same_as` (words
+    already checked against `expect_checksum`) the words are compared with them instead of hashed: the
+    same verdict at memory speed. `words_digest`: the BLAKE2b-256 of the words, if computed already."""
     expected = mask_file_size(n_words)
     if len(data) != expected:
-        raise StoreError(f"mask file {path} is truncated or padded: {len(data)} bytes, expected {expected}; {fix}")
+        raise StoreError(f"mask file {path} is truncated or padded: {len(data)} bytes, expected {expected}; "
+                         f"{repair_hint(path)}")
     magic, version, header_size, stored_id, words, stored = HEADER.unpack_from(data)
     if magic != MASK_MAGIC or header_size != HEADER_SIZE:
-        raise StoreError(f"{path} is not a masklab mask file (bad magic number); {fix}")
+        raise StoreError(f"{path} is not a masklab mask file (bad magic number); {repair_hint(path)}")
     if version != MASK_VERSION:
         raise StoreError(f"mask file {path} has format version {version}; this masklab reads version "
                          f"{MASK_VERSION}: upgrade masklab")
     if words != n_words or (mask_id is not None and stored_id != mask_id):
         raise StoreError(f"mask file {path} holds mask {stored_id} of {words} words, expected mask {mask_id} "
-                         f"of {n_words}; {fix}")
-    payload = memoryview(data)[HEADER_SIZE:]
-    actual = digest(payload)
-    if actual != stored or (expect_checksum is not None and actual.hex() != expect_checksum):
-        raise StoreError(f"mask file {path} fails its checksum (corrupt); {fix}")
-    return np.frombuffer(data, dtype="<u8", offset=HEADER_SIZE).astype(np.uint64, copy=False)
+                         f"of {n_words}; {repair_hint(path)}")
+    out = np.frombuffer(data, dtype="<u8", offset=HEADER_SIZE).astype(np.uint64, copy=False)
+    if expect_checksum is not None and stored.hex() != expect_checksum:
+        ok = False
+    elif same_as is not None and expect_checksum is not None:
+        ok = np.array_equal(out, same_as)
+    else:
+        ok = (words_digest if words_digest is not None else digest(memoryview(data)[HEADER_SIZE:])) == stored
+    if not ok:
+        raise StoreError(f"mask file {path} fails its checksum (corrupt); {repair_hint(path)}")
+    return out
+
+
+def digests(buffers, threads: int | None = None) -> list[bytes]:
+    """BLAKE2b-256 of each buffer (bytes or arrays), on up to `threads` threads (default: the usable
+    cores, at most 4) when there is enough to hash: hashlib releases the GIL on large buffers."""
+    views = [np.ascontiguousarray(b).view(np.uint8).data if isinstance(b, np.ndarray) else b for b in buffers]
+    total = sum(len(v) for v in views)
+    if threads is None:
+        threads = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if threads <= 1 or total < (8 << 20) or len(views) < 2:
+        return [digest(v) for v in views]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(digest, views, chunksize=max(1, len(views) // (4 * threads))))
+
+
+def read_checked(path: Path, size: int, checksum_hex: str, what: str) -> bytes:
+    """The bytes of `path`, checked against the size and BLAKE2b-256 its mask's record gives; a problem
+    is a StoreError naming the file and the fix."""
+    fix = f"{what}; {repair_hint(path)}"
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"{path} is missing ({fix})") from None
+    except OSError as e:
+        raise StoreError(f"{path} cannot be read ({e.strerror or e})") from None
+    if len(data) != size:
+        raise StoreError(f"{path} is truncated or padded: {len(data)} bytes, its record says {size} ({fix})")
+    if checksum(data) != checksum_hex:
+        raise StoreError(f"{path} fails its checksum (corrupt) ({fix})")
+    return data
 
 
 # ---- names and paths ------------------------------------------------------------------------------------

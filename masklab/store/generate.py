@@ -67,17 +67,26 @@ def prepare(config: RunConfig, data=None):
 
 
 def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs_dir: str | os.PathLike = "runs",
-             resume: bool = False, quiet: bool = True, data=None, log: Callable[[str], None] | None = None,
-             **overrides: Any) -> Run:
+             resume: bool | str | os.PathLike = False, quiet: bool = True, data=None,
+             log: Callable[[str], None] | None = None, **overrides: Any) -> Run:
     """Train the masks of the run `config` (a RunConfig, a dict, a TOML path or None for the default, plus
     keyword overrides such as `masks=4`) into `runs_dir/<run_id>` and return the Run.
 
-    `resume`: continue an incomplete run (training only the missing masks); without it an incomplete
-    existing run is refused and a complete one is returned as it is. `quiet=False` shows a progress bar
-    on stderr. `data`: the loaded dataset (default: load the config's). `log` receives one-line status
-    messages.
+    `resume=True`: continue an incomplete run (training only the missing masks); without it an incomplete
+    existing run is refused and a complete one is returned as it is. A named run (`name=NAME`) that does
+    not exist yet is refused under `resume=True` when runs of that name with other configs exist (they
+    are listed with the fields that differ).
+    `resume=RUN` (a run directory or a run id under `runs_dir`): continue that run with its own config;
+    `config` and `overrides` may only repeat it, or raise `masks` to extend it (see `resume_config`).
+    `quiet=False` shows a progress bar on stderr. `data`: the loaded dataset (default: load the config's).
+    `log` receives one-line status messages.
     """
-    config = as_config(config, **overrides)
+    if resume is not True and resume is not False:
+        changes = {} if config is None else as_config(config).to_dict(non_default=True)
+        config, runs_dir = resume_config(resume, runs_dir, {**changes, **overrides})
+        resume = True
+    else:
+        config = as_config(config, **overrides)
     dataset, layout, info = prepare(config, data)
     say = log or (lambda message: None)
     with RunWriter.open(runs_dir, config, layout, info, resume=resume) as writer:
@@ -91,6 +100,35 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
     run = Run(writer.path)
     run.masks  # noqa: B018 -- builds the consolidated bit matrix for the analyses
     return run
+
+
+def resume_config(run: str | os.PathLike, runs_dir: str | os.PathLike | None, changes: dict[str, Any]
+                  ) -> tuple[RunConfig, Path]:
+    """The config and the runs directory to continue run `run` (a run directory or a run id under
+    `runs_dir`): the run's own config.toml with `changes` applied. A change that would make another run
+    (a hashed field, or `name`) is refused naming the fields; `masks` may only be raised (extending
+    the run); fields that do not change the masks (device, stack, data_root) are taken as given."""
+    from masklab.store.run import Run, resolve_run
+
+    path = resolve_run(run, runs_dir)
+    stored = Run(path, check="structure").config  # (the writer checks the run in full when it opens it)
+    config = RunConfig.from_dict({**stored.to_dict(), **changes}, source="command line")
+    flag = {dest: f"--{dest.replace('_', '-')}" for dest in config.to_dict()}
+    if config.hash != stored.hash:
+        mine, theirs = config.hashed_fields(), stored.hashed_fields()
+        fields = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+        fields = [k for k in fields if k in changes] or fields
+        given = ", ".join(f"{flag[k]} {getattr(config, k)!r} (the run has {getattr(stored, k)!r})" for k in fields)
+        raise UserError(f"--resume {path}: {given or 'the options given'} would make another run; drop them to "
+                        f"continue {path.name} with its own config, or leave out --resume {run} to start a new run")
+    if config.run_id != path.name:
+        raise UserError(f"--resume {path}: the directory is not named by its run id ({config.run_id}"
+                        + (f", or --name {config.name!r} is not its name" if "name" in changes else "")
+                        + "); rename it to its run id, or drop --name")
+    if config.masks < stored.masks:
+        raise UserError(f"--resume {path}: --masks {config.masks} is fewer than the {stored.masks} masks the run "
+                        "plans; --masks can only raise it (to extend the run)")
+    return config, path.parent
 
 
 def _train_all(config: RunConfig, dataset, writer: RunWriter, todo: list[int], quiet: bool) -> None:

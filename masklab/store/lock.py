@@ -7,11 +7,13 @@ a refused writer prints. (flock is advisory and unreliable on some network file 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
-from masklab.errors import StoreError
+from masklab.errors import StoreError, write_error
 
 
 class RunLock:
@@ -22,8 +24,19 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> RunLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fix = f"`masklab verify {self.path.parent} --repair` removes it"
         try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise StoreError(f"refusing to write {self.path}: it is a symbolic link, and masklab never writes "
+                                 f"through links; {fix}") from None
+            raise write_error(self.path, e) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                raise StoreError(f"refusing to write {self.path}: it is not a plain file of its own "
+                                 f"({'a hard link' if stat.S_ISREG(st.st_mode) else 'a special file'}); {fix}")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
@@ -33,8 +46,13 @@ class RunLock:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise write_error(self.path, e) from None
         self.fd = fd
         return self
 

@@ -2,13 +2,17 @@
 
 Layout of `runs/<run_id>/` (all names are fixed; nothing in it is ever unpickled):
 
-    config.toml             the full RunConfig (every field, defaults included); a valid `--config` file
+    config.toml             the full RunConfig (every field, defaults included); a valid `--config` file.
+                            Its canonical hash must be run.json's (checked on every open: an edited
+                            hashed field is refused; `masks` is not hashed and is raised to extend a run)
     run.json                run id, config hash and hashed fields, layer layout, bit order, dataset
                             shape, software versions, git commit, mask-file format
-    lock                    flock'ed by the one process writing the run (holds its pid)
+    lock                    flock'ed by the one process writing the run (holds its pid); a plain file,
+                            never a link
     masks/000003.mask       mask 3: 64-byte header + packed words (see store/files.py)
-    masks/000003.json       mask 3's registry record: seeds, metrics, seconds, checksums of its files.
-                            Written last: a mask exists once its record does.
+    masks/000003.json       mask 3's registry record: seeds, metrics, seconds, checksums of its files
+                            (fields and types: integrity.RECORD_FIELDS). Written last: a mask exists
+                            once its record does.
     extras/000003.history.csv         per-epoch metrics
     extras/000003.scores.npy          final scores, float16, all layers concatenated (--keep-scores)
     extras/000003.src.npz             IWR: per layer k, `pos_k` / `val_k` where src[pos] = val != pos
@@ -16,13 +20,25 @@ Layout of `runs/<run_id>/` (all names are fixed; nothing in it is ever unpickled
     extras/000003.weights.npy         dense runs: final weights, float32, all layers concatenated
     extras/000003.buffers.npz         models with BatchNorm: the buffers (running statistics)
     snapshots/000003.npz              `epochs` (S,) and packed `bits` (S x W) every E epochs
-    masks.bits              cache: all masks as one N x W matrix (header, ids, words), memory-mapped;
-                            rebuilt atomically whenever the registry changed. Safe to delete.
+    masks.bits              cache: all masks as one N x W matrix, memory-mapped (format: store/cache.py:
+                            a 64-byte header with a key = digest of every mask's id and checksum, the
+                            ids, one BLAKE2b-256 per row, then the words); rebuilt atomically whenever
+                            the registry changed. Safe to delete.
+    analysis/               `masklab analyze`'s tables (Parquet and CSV)
+    quarantine/000003-1/    mask 3's files moved aside by `masklab verify --repair` (their relative paths
+                            kept: masks/000003.json, masks/000003.mask, extras/...); `generate --resume`
+                            trains mask 3 again. Never read by masklab.
+
+Every open (`Run(path)`) checks the metadata, the records and the words of every mask file and of
+masks.bits (store/integrity.py); `Run.verify()` / `masklab verify RUN [--repair]` checks everything in
+full. Every write goes through store/files.py: whole or not at all, and never through a symbolic link
+(a link where masklab writes is refused, naming it, before anything is written).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import operator
 import os
@@ -30,7 +46,6 @@ import platform
 import re
 import secrets
 import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -42,15 +57,15 @@ import pandas as pd
 
 import masklab
 from masklab.config import RunConfig, read_config, to_toml
-from masklab.errors import StoreError, UserError
+from masklab.errors import StoreError, UserError, WriteError, write_error
+from masklab.store import cache as C
 from masklab.store import files as F
+from masklab.store import integrity as I
 from masklab.store.bits import BIT_ORDER, MaskSet, make_layout, pack_layers, unpack_words
 from masklab.store.lock import RunLock
 
 RUN_FORMAT = 1
 RECORD_RE = re.compile(r"(\d{6,})\.json")
-BITS_MAGIC = b"MLABBITS"
-BITS_HEADER = struct.Struct("<8sIIQQ32s")  # magic, version, offset of the words, n masks, n words, key
 
 # Registry columns shown first, in this order; other scalar fields of a record follow.
 TABLE_COLUMNS = ["mask_id", "weight_seed", "score_seed", "data_seed", "test_acc", "best_test_acc", "best_epoch",
@@ -98,12 +113,13 @@ def layout_records(layers: pd.DataFrame) -> list[dict]:
              "word_start": int(r.word_start), "word_stop": int(r.word_stop)} for r in layers.itertuples()]
 
 
-def layout_frame(records: list[dict]) -> pd.DataFrame:
+def layout_frame(records: list[dict], where: str | os.PathLike = "run.json") -> pd.DataFrame:
     layers = make_layout([r["layer"] for r in records], [tuple(r["shape"]) for r in records],
                          [r["n_keep"] for r in records])
     for r, row in zip(records, layers.itertuples()):
         if (r["word_start"], r["word_stop"], r["n_bits"]) != (row.word_start, row.word_stop, row.n_bits):
-            raise StoreError(f"layer {r['layer']!r} in run.json has an inconsistent word range")
+            raise StoreError(f"layer {r['layer']!r} in {where} has an inconsistent word range or size; the "
+                             "run's metadata is damaged: restore run.json from a copy of the run")
     return layers
 
 
@@ -115,30 +131,41 @@ class Run:
     `model(i)` rebuilds mask i's subnetwork exactly and `evaluate(i)` measures it.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, check: str = "contents"):
+        """Open the run directory `path`, checking it (see store/integrity.py): its metadata, config and
+        records always; with `check="contents"` (the default) also the words of every mask file and of
+        masks.bits against the records' checksums. `check="structure"` leaves the words until `masks` is
+        first read (they are checked then). Any problem is a StoreError naming the file."""
+        if check not in ("contents", "structure"):
+            raise ValueError(f"check must be 'contents' or 'structure', not {check!r}")
         self.path = Path(path)
         if not (self.path / "run.json").is_file():
             raise StoreError(f"{self.path} is not a masklab run directory (no run.json); "
                              "`masklab runs` lists the runs")
         self.meta: dict = _read_json(self.path / "run.json")
-        if self.meta.get("format") != RUN_FORMAT:
+        if isinstance(self.meta, dict) and self.meta.get("format") != RUN_FORMAT:
             raise StoreError(f"{self.path}/run.json has format {self.meta.get('format')!r}; this masklab "
                              f"reads format {RUN_FORMAT}")
+        I.check_meta(self.path, self.meta)
         try:
             self.config: RunConfig = read_config(self.path / "config.toml")
         except UserError as e:
-            raise StoreError(f"run {self.path}: {e}") from None
+            raise StoreError(f"run {self.path}: {e}; `masklab verify {self.path} --repair` restores it from "
+                             "run.json") from None
+        I.check_config(self.path, self.config, self.meta)
         self.id: str = self.meta["run_id"]
         self.hash: str = self.meta["hash"]
-        self.layers: pd.DataFrame = layout_frame(self.meta["layers"])
+        self.layers: pd.DataFrame = layout_frame(self.meta["layers"], self.path / "run.json")
+        I.check_layout(self.path, self.layers, self.config)
         self.n_words: int = int(self.meta["n_words"])
+        self._check = check
         self._masks: MaskSet | None = None
         self._dataset = None
         self.refresh()
 
     # ---- registry -------------------------------------------------------------------------------------
     def refresh(self) -> Run:
-        """Re-read the registry (masks finished since the run was opened appear)."""
+        """Re-read (and check) the registry: masks finished since the run was opened appear."""
         records = {}
         mask_dir = self.path / "masks"
         names = sorted(os.listdir(mask_dir)) if mask_dir.is_dir() else []
@@ -146,21 +173,21 @@ class Run:
             m = RECORD_RE.fullmatch(name)
             if not m:
                 continue
-            record = _read_json(mask_dir / name)
-            if not isinstance(record, dict) or record.get("mask_id") != int(m.group(1)):
-                raise StoreError(f"{mask_dir / name} is not the record of mask {int(m.group(1))}; delete it "
-                                 "and rerun `masklab generate ... --resume`")
+            record = I.check_record(mask_dir / name, _read_json(mask_dir / name), int(m.group(1)), self.layers)
             mask_file = mask_dir / f"{m.group(1)}.mask"
             size = mask_file.stat().st_size if mask_file.is_file() else None
             if size != F.mask_file_size(self.n_words):
                 what = "missing" if size is None else f"truncated or corrupt ({size} bytes, expected " \
                     f"{F.mask_file_size(self.n_words)})"
-                raise StoreError(f"mask file {mask_file} is {what}; delete it and {mask_dir / name}, then "
-                                 "rerun `masklab generate ... --resume` to retrain that mask")
+                raise StoreError(f"mask file {mask_file} is {what}; {F.repair_hint(mask_file)}")
             records[record["mask_id"]] = record
         self.records: dict[int, dict] = dict(sorted(records.items()))
         self._table = None
         self._masks = None
+        self._contents_checked = False  # the words of the mask files and masks.bits, since the last refresh
+        if self._check == "contents":
+            I.check_contents(self.path, self.records, self.n_words)
+            self._contents_checked = True
         return self
 
     @property
@@ -207,8 +234,8 @@ class Run:
             return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         path = self._extra_path(i, "history")
         try:
-            return pd.read_csv(path)
-        except (OSError, ValueError) as e:
+            return pd.read_csv(io.BytesIO(self._extra_bytes(i, "history")))
+        except ValueError as e:
             raise StoreError(f"{path} is unreadable ({e})") from None
 
     # ---- masks -----------------------------------------------------------------------------------------
@@ -233,38 +260,29 @@ class Run:
             self._masks = MaskSet(self._bits(), self.layers.copy(), self.ids)
         return self._masks
 
-    def _bits_key(self) -> bytes:
-        text = f"{self.n_words}\n" + "".join(f"{i}:{r['checksum']}\n" for i, r in self.records.items())
-        return F.digest(text.encode())
-
     def _bits(self) -> np.ndarray:
+        """The N x W words from masks.bits when it is current (checked against the mask files once, see
+        integrity.check_contents), else rebuilt from the checked mask files and written atomically (kept in
+        memory where the run cannot be written)."""
         n, w = len(self.records), self.n_words
         if n == 0:
             return np.zeros((0, w), dtype=np.uint64)
-        key = self._bits_key()
         path = self.path / "masks.bits"
-        offset = _bits_offset(n)
-        try:
-            with open(path, "rb") as f:
-                head = f.read(BITS_HEADER.size)
-            magic, version, off, n0, w0, key0 = BITS_HEADER.unpack(head)
-            if (magic, version, off, n0, w0, key0) == (BITS_MAGIC, 1, offset, n, w, key) and \
-                    path.stat().st_size == offset + 8 * n * w:
-                return np.memmap(path, dtype="<u8", mode="r", offset=offset, shape=(n, w))
-        except (OSError, struct.error):
-            pass
-        # stale or missing: rebuild from the mask files (each checked against its checksum)
+        sums = [r["checksum"] for r in self.records.values()]
+        if not self._contents_checked:  # opened with check="structure": every reader of the bits comes here
+            I.check_contents(self.path, self.records, w)
+            self._contents_checked = True
+        bits = C.open_cache(path, self.ids, sums, w)
+        if bits is not None:
+            return bits
         words = np.empty((n, w), dtype=np.uint64)
-        for row, i in enumerate(self.records):
-            words[row] = self.mask_words(i)
-        header = BITS_HEADER.pack(BITS_MAGIC, 1, offset, n, w, key)
-        ids = np.asarray(self.ids, dtype="<i8").tobytes()
-        blob = header + ids + bytes(offset - len(header) - len(ids)) + words.astype("<u8").tobytes()
+        for row, (_, mask) in enumerate(I.checked_masks(self.path, self.records, w)):
+            words[row] = mask
         try:
-            F.atomic_write(path, blob)
-        except OSError:  # a read-only run: keep the matrix in memory
+            C.write_cache(path, self.path, self.ids, sums, words)
+        except WriteError:  # a read-only run or a full disk: keep the matrix in memory
             return words
-        return np.memmap(path, dtype="<u8", mode="r", offset=offset, shape=(n, w))
+        return np.memmap(path, dtype="<u8", mode="r", offset=C.words_offset(n), shape=(n, w))
 
     # ---- extras ---------------------------------------------------------------------------------------
     def _extra_path(self, i: int, kind: str) -> Path:
@@ -275,6 +293,15 @@ class Run:
                     "snapshots": "generate the run with --snapshot-every E"}.get(kind, "")
             raise StoreError(f"run {self.id} keeps no {kind} for mask {i}" + (f"; {hint}" if hint else ""))
         return F.inside(self.path, rel)
+
+    def _extra_bytes(self, i: int, kind: str) -> bytes:
+        """The bytes of mask `i`'s extra `kind`, checked against the size and checksum of its record."""
+        path = self._extra_path(i, kind)
+        rel = self.record(i)["extras"][kind]
+        info = self.record(i).get("files", {}).get(rel)
+        if info is None:  # check_record makes sure every extra has its checksum
+            raise StoreError(f"record of mask {i} in run {self.id} has no checksum for {rel}")
+        return F.read_checked(path, info["bytes"], info["blake2b"], f"an extra of mask {i}")
 
     def has_extra(self, i: int, kind: str) -> bool:
         return kind in self.record(i).get("extras", {})
@@ -288,14 +315,14 @@ class Run:
 
     def scores(self, i: int) -> list[np.ndarray]:
         """Mask `i`'s final scores per layer (float16; needs --keep-scores)."""
-        return self._split(F.load_npy(self._extra_path(i, "scores")))
+        return self._split(F.load_npy(self._extra_path(i, "scores"), self._extra_bytes(i, "scores")))
 
     def index_map(self, i: int, kind: str) -> list[np.ndarray] | None:
         """IWR's `src` map (kind "src") or IteRand's `draw` map ("draw") of mask `i`, one flat int64 array
         per layer; None when the run has no such map."""
         if not self.has_extra(i, kind):
             return None
-        stored = F.load_npz(self._extra_path(i, kind))
+        stored = F.load_npz(self._extra_path(i, kind), self._extra_bytes(i, kind))
         out = []
         for k, r in enumerate(self.layers.itertuples()):
             full = np.arange(r.n_bits, dtype=np.int64) if kind == "src" else np.zeros(r.n_bits, np.int64)
@@ -309,11 +336,11 @@ class Run:
 
     def dense_weights(self, i: int) -> list[np.ndarray]:
         """A dense run's trained weights per layer (float32)."""
-        return self._split(F.load_npy(self._extra_path(i, "weights")))
+        return self._split(F.load_npy(self._extra_path(i, "weights"), self._extra_bytes(i, "weights")))
 
     def snapshots(self, i: int) -> MaskSet:
         """Mask `i` every E epochs (--snapshot-every) as a MaskSet whose ids are the epochs (from 0)."""
-        z = F.load_npz(self._extra_path(i, "snapshots"))
+        z = F.load_npz(self._extra_path(i, "snapshots"), self._extra_bytes(i, "snapshots"))
         return MaskSet(z["bits"].astype(np.uint64), self.layers.copy(), z["epochs"])
 
     # ---- subnetworks ------------------------------------------------------------------------------------
@@ -328,7 +355,8 @@ class Run:
         shape = SimpleNamespace(input_shape=tuple(self.meta["dataset"]["input_shape"]),
                                 n_classes=int(self.meta["dataset"]["n_classes"]))
         masks = self.mask_layers(i)
-        buffers = F.load_npz(self._extra_path(i, "buffers")) if self.has_extra(i, "buffers") else None
+        buffers = F.load_npz(self._extra_path(i, "buffers"), self._extra_bytes(i, "buffers")) \
+            if self.has_extra(i, "buffers") else None
         model = rebuild_subnet(cfg, shape, int(record["weight_seed"]), int(record["score_seed"]), masks,
                                self.index_map(i, "src"), self.index_map(i, "draw"),
                                self.dense_weights(i) if cfg.method == "dense" else None, buffers)
@@ -359,23 +387,15 @@ class Run:
         return evaluate(self.model(i, device), data if data is not None else self.dataset(), device)
 
     # ---- integrity and summaries --------------------------------------------------------------------------
-    def verify(self) -> int:
-        """Check every mask file and extra against its checksum; raise StoreError naming the first bad
-        file. Returns the number of files checked."""
-        checked = 0
-        for i, record in self.records.items():
-            self.mask_words(i)
-            checked += 1
-            for rel, info in record.get("files", {}).items():
-                path = F.inside(self.path, rel)
-                if path.suffix == ".mask":
-                    continue
-                if not path.is_file() or path.stat().st_size != info["bytes"] or \
-                        F.file_checksum(path) != info["blake2b"]:
-                    raise StoreError(f"{path} is missing, truncated or corrupt (checksum mismatch); delete "
-                                     f"mask {i}'s files and rerun `masklab generate ... --resume`")
-                checked += 1
-        return checked
+    def verify(self, repair: bool = False) -> pd.DataFrame:
+        """Check every file of the run in full (see `masklab.store.integrity.verify`): one row per file with
+        its `status` (ok, stale, problem, repaired). `repair=True` moves masks with failing files into
+        `quarantine/` (so `generate --resume` retrains them), restores an edited config.toml and rebuilds
+        masks.bits; the registry is then re-read."""
+        table = I.verify(self, repair=repair)
+        if repair and not (table["status"] == "problem").any():
+            self.__init__(self.path, check=self._check)
+        return table
 
     def disk_bytes(self) -> pd.DataFrame:
         """Bytes on disk per mask: the mask file, its record, its extras and snapshots."""
@@ -391,26 +411,21 @@ class Run:
     def summary(self) -> dict[str, pd.DataFrame]:
         """What `masklab show` prints: `run` (id, path, hash, counts, accuracy, versions), `config` (every
         field with its default), `masks` (the registry) and `layers` (the layout)."""
-        cfg = self.config
+        cfg, software = self.config, self.meta.get("software", {})
         acc = self.table["test_acc"] if len(self.table) else pd.Series(dtype=float)
-        run = {"run_id": self.id, "path": str(self.path), "hash": self.hash[:16], "created": self.meta["created"],
+        run = {"run_id": self.id, "path": str(self.path), "hash": self.hash[:16], "created": self.meta.get("created"),
                "masks": f"{len(self)} of {cfg.masks}", "bits_per_mask": int(self.layers["n_bits"].sum()),
                "bytes_per_mask_file": F.mask_file_size(self.n_words),
                "test_acc_mean": float(acc.mean()) if len(acc) else None,
                "test_acc_std": float(acc.std(ddof=0)) if len(acc) else None,
-               "masklab": self.meta["software"]["masklab"], "torch": self.meta["software"]["torch"],
-               "git_commit": self.meta["git"]["commit"]}
+               "masklab": software.get("masklab"), "torch": software.get("torch"),
+               "git_commit": self.meta.get("git", {}).get("commit")}
         defaults = RunConfig()
         config = pd.DataFrame([{"field": k, "value": v, "default": getattr(defaults, k),
                                 "hashed": k in self.meta["hashed_fields"]} for k, v in cfg.to_dict().items()])
         layers = self.layers.assign(keep=self.layers["n_keep"] / self.layers["n_bits"],
                                     words=self.layers["word_stop"] - self.layers["word_start"])
         return {"run": pd.DataFrame([run]), "config": config, "masks": self.table, "layers": layers}
-
-
-def _bits_offset(n: int) -> int:
-    """Offset of the words in masks.bits: header + n ids, rounded up to 64 bytes."""
-    return -(-(BITS_HEADER.size + 8 * n) // 64) * 64
 
 
 def _ranges(ids: list[int]) -> str:
@@ -465,7 +480,7 @@ def list_runs(runs_dir: str | os.PathLike = "runs") -> pd.DataFrame:
         if path.name.startswith(".") or not (path / "run.json").is_file():
             continue
         try:
-            run = Run(path)
+            run = Run(path, check="structure")  # listing: no hashing of every run
         except UserError as e:
             rows.append({"run_id": path.name, "path": str(path), "error": str(e)})
             continue
@@ -494,26 +509,37 @@ class RunWriter:
              resume: bool = False) -> RunWriter:
         """Create the run directory (atomically: a temporary directory renamed into place) or open an
         existing one with the same config hash; take the writer lock. Without `resume`, an existing
-        incomplete run is refused (a complete one is opened with nothing left to do)."""
+        incomplete run is refused (a complete one is opened with nothing left to do). With `resume`, a
+        named run that does not exist yet is refused when runs of that name with other configs do (see
+        `refuse_other_configs`). Links where the run is written are refused before anything is written."""
         runs = Path(runs_dir)
         path = runs / F.check_run_id(config.run_id)
         created, lock = False, None
-        if not path.exists():
-            runs.mkdir(parents=True, exist_ok=True)
+        if not os.path.lexists(path):
+            if resume:
+                refuse_other_configs(runs, config)
+            _make_runs_dir(runs)
             _remove_stale_tmp_dirs(runs, config.run_id)
             tmp = runs / f".tmp-{config.run_id}-{os.getpid()}-{secrets.token_hex(4)}"
-            tmp.mkdir()  # (not mkdtemp: the run directory gets the usual permissions)
+            try:
+                tmp.mkdir()  # (not mkdtemp: the run directory gets the usual permissions)
+            except OSError as e:
+                raise write_error(runs, e) from None
             try:
                 _write_new_run(tmp, config, layers, dataset_info)
                 lock = RunLock(tmp / "lock").acquire()  # the lock moves with the directory (same inode)
                 os.rename(tmp, path)
                 F.fsync_dir(runs)
                 created = True
-            except OSError:
+            except OSError as e:  # the rename: another process made the run first, or the system refused
                 if lock is not None:
                     lock.release()
                 if not path.exists():
-                    raise
+                    raise write_error(path, e) from None
+            except BaseException:
+                if lock is not None:
+                    lock.release()
+                raise
             finally:
                 if not created:
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -521,6 +547,7 @@ class RunWriter:
             if not (path / "run.json").is_file():
                 raise StoreError(f"{path} exists but is not a masklab run (no run.json); remove it or choose "
                                  "another --name or --runs-dir")
+            refuse_links(path)
             lock = RunLock(path / "lock").acquire()
         try:
             done = _check_existing(path, config, layers) if not created else set()
@@ -532,7 +559,8 @@ class RunWriter:
                 F.remove_tmp_files(path)
                 stored = read_config(path / "config.toml")
                 if config.masks > stored.masks:  # extending a run: the only config change allowed
-                    F.atomic_write_text(path / "config.toml", _config_toml(stored.replace(masks=config.masks)))
+                    F.atomic_write_text(path / "config.toml", _config_toml(stored.replace(masks=config.masks)),
+                                        root=path)
             return cls(path, config, lock, done, created)
         except BaseException:
             lock.release()
@@ -565,12 +593,34 @@ class RunWriter:
         extras: dict[str, str] = {}
 
         def put(rel: str, data: bytes, kind: str | None = None) -> None:
-            (self.path / rel).parent.mkdir(exist_ok=True)
-            F.atomic_write(self.path / rel, data, sync_dir=False)
-            files[rel] = {"bytes": len(data), "blake2b": F.checksum(data)}
+            F.make_dirs((self.path / rel).parent, root=self.path)
+            F.atomic_write(self.path / rel, data, sync_dir=False, root=self.path)
+            files[rel] = {"bytes": len(data), "blake2b": F.checksum(data)}  # (only what was written)
             if kind is not None:
                 extras[kind] = rel
 
+        try:
+            words_checksum, counts = self._write_files(i, trained, put, files)
+        except BaseException:
+            # mask i is not registered: remove what was written of it (a retry writes it again)
+            for rel in files:
+                (self.path / rel).unlink(missing_ok=True)
+            raise
+        metrics = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in trained.metrics.items()}
+        record = {"mask_id": i, "weight_seed": int(trained.weight_seed), "score_seed": int(trained.score_seed),
+                  "data_seed": int(trained.data_seed), **metrics, "device": str(device),
+                  "checksum": words_checksum, "n_keep": counts,
+                  "alphas": None if trained.alphas is None else [float(a) for a in trained.alphas],
+                  "finished": _now(), "trained_with": dict(getattr(trained, "trained_with", {}) or {}),
+                  "extras": extras, "files": files}
+        F.atomic_write_json(self.path / "masks" / f"{s}.json", record, root=self.path)
+        self.done.add(i)
+        return record
+
+    def _write_files(self, i: int, trained, put, files: dict) -> tuple[str, list[int]]:
+        """write_mask's files before the record: extras, then the mask file. Returns the words' checksum and
+        the kept count per layer."""
+        s = F.stem(i)
         put(f"extras/{s}.history.csv", trained.history.to_csv(index=False).encode(), "history")
         if self.config.keep_scores and trained.scores is not None:
             flat = np.concatenate([np.asarray(a, dtype=np.float32).reshape(-1) for a in trained.scores])
@@ -599,17 +649,50 @@ class RunWriter:
         put(f"masks/{s}.mask", data)
         for sub in {Path(rel).parent for rel in files}:
             F.fsync_dir(self.path / sub)
+        return words_checksum, counts
 
-        metrics = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in trained.metrics.items()}
-        record = {"mask_id": i, "weight_seed": int(trained.weight_seed), "score_seed": int(trained.score_seed),
-                  "data_seed": int(trained.data_seed), **metrics, "device": str(device),
-                  "checksum": words_checksum, "n_keep": counts,
-                  "alphas": None if trained.alphas is None else [float(a) for a in trained.alphas],
-                  "finished": _now(), "trained_with": dict(getattr(trained, "trained_with", {}) or {}),
-                  "extras": extras, "files": files}
-        F.atomic_write_json(self.path / "masks" / f"{s}.json", record)
-        self.done.add(i)
-        return record
+
+def _make_runs_dir(runs: Path) -> None:
+    try:
+        os.makedirs(runs, exist_ok=True)
+    except OSError as e:
+        raise write_error(runs, e) from None
+
+
+# What a writer writes into, below the run directory: none of these may be a link.
+WRITTEN = ("lock", "config.toml", "masks", "extras", "snapshots")
+
+
+def refuse_links(path: Path) -> None:
+    """Refuse to write run `path` when something it writes into is a symbolic link (named)."""
+    for name in WRITTEN:
+        F.check_no_links(path / name, path)
+
+
+def refuse_other_configs(runs: Path, config: RunConfig) -> None:
+    """`--resume` of a named run (`--name NAME`) that does not exist: refused when runs of that name with
+    other configs (`NAME-<other hash>`) exist under `runs`, naming them and the fields in which their
+    configs differ: the user meant to continue one of them, not to start a new run silently. Default
+    names (dataset-model-method-sparsity) are shared by every run of that kind and `--resume` on them
+    stays create-or-continue (what `make demo` and sweeps rely on)."""
+    if config.name is None:
+        return
+    name = config.name
+    pattern = re.compile(re.escape(name) + r"-[0-9a-f]{8}")
+    others = []
+    for path in sorted(runs.iterdir()) if runs.is_dir() else []:
+        if not pattern.fullmatch(path.name) or not (path / "run.json").is_file():
+            continue
+        try:
+            stored = read_config(path / "config.toml").hashed_fields()
+        except UserError:
+            stored = {}
+        diff = I.field_diff(stored, config.hashed_fields(), "there", "here")
+        others.append(f"{path.name} ({'; '.join(diff) or 'another hash'})")
+    if others:
+        raise StoreError(f"--resume: there is no run {config.run_id} under {runs}, but {len(others)} run(s) named "
+                         f"{name} with other configs: {', '.join(others[:5])}; continue one with `masklab generate "
+                         "--resume RUN_DIR`, or drop --resume to start a new run with this config")
 
 
 def _remove_stale_tmp_dirs(runs: Path, run_id: str) -> None:
@@ -653,24 +736,20 @@ def _write_new_run(path: Path, config: RunConfig, layers: pd.DataFrame, dataset_
                           "checksum": "blake2b-256 of the words"},
             "software": software_versions(), "git": git_commit(), "argv": sys.argv}
     for sub in ("masks", "extras", "snapshots"):
-        (path / sub).mkdir()
-    F.atomic_write_text(path / "config.toml", _config_toml(config))
-    F.atomic_write_json(path / "run.json", meta)
+        F.make_dirs(path / sub, root=path)
+    F.atomic_write_text(path / "config.toml", _config_toml(config), root=path)
+    F.atomic_write_json(path / "run.json", meta, root=path)
 
 
 def _check_existing(path: Path, config: RunConfig, layers: pd.DataFrame) -> set[int]:
     """Refuse a run directory made by another config or another layout; return its finished mask ids."""
     meta = _read_json(path / "run.json")
-    if meta.get("hash") != config.hash:
-        try:
-            stored = read_config(path / "config.toml").hashed_fields()
-        except UserError:
-            stored = meta.get("hashed_fields", {})
-        mine = config.hashed_fields()
-        diff = [f"{k}: {stored.get(k, 'default')!r} there, {mine.get(k, 'default')!r} here"
-                for k in sorted(set(stored) | set(mine)) if stored.get(k) != mine.get(k)]
+    if not isinstance(meta, dict) or meta.get("hash") != config.hash:
+        stored = meta.get("hashed_fields", {}) if isinstance(meta, dict) else {}
+        diff = I.field_diff(stored if isinstance(stored, dict) else {}, config.hashed_fields(), "there", "here")
         raise StoreError(f"run directory {path} was made by a different config ({'; '.join(diff) or 'hash differs'}); "
-                         "use another --name or --runs-dir, or the run's own config.toml")
+                         "use another --name or --runs-dir, or continue that run with its own config: "
+                         f"`masklab generate --resume {path}`")
     if meta.get("layers") != layout_records(layers):
         raise StoreError(f"run directory {path} has a different layer layout than this config builds; "
                          "it was made by another masklab version")

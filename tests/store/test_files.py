@@ -144,3 +144,96 @@ def test_lock_of_a_killed_process_is_released(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+# ---- nothing outside the run is written: links are refused, never followed ---------------------------------
+@pytest.fixture
+def outside(tmp_path):
+    """A directory outside the "run" with a file in it, and a function giving its files' bytes."""
+    out = tmp_path / "outside"
+    out.mkdir()
+    (out / "precious").write_bytes(b"do not touch\n")
+    return out, lambda: {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_atomic_write_refuses_a_link_and_leaves_its_target_untouched(tmp_path, outside):
+    out, contents = outside
+    run = tmp_path / "run"
+    run.mkdir()
+    before = contents()
+    (run / "run.json").symlink_to(out / "precious")
+    with pytest.raises(StoreError, match=rf"refusing to write {run / 'run.json'}: it is a symbolic link"):
+        F.atomic_write(run / "run.json", b"{}", root=run)
+    (run / "extras").symlink_to(out)
+    with pytest.raises(StoreError, match=rf"{run / 'extras'} is a symbolic link, .*with a real directory"):
+        F.atomic_write(run / "extras" / "000000.history.csv", b"x", root=run)
+    with pytest.raises(StoreError, match="is a symbolic link"):
+        F.make_dirs(run / "extras" / "deeper", root=run)
+    assert contents() == before  # nothing written there, not even a temporary file
+    assert sorted(p.name for p in run.iterdir()) == ["extras", "run.json"]
+
+
+def test_make_dirs_refuses_a_file_on_the_way(tmp_path):
+    (tmp_path / "analysis").write_text("a file")
+    with pytest.raises(StoreError, match=r"analysis is not a directory|exists and is not a directory"):
+        F.make_dirs(tmp_path / "analysis" / "x", root=tmp_path)
+    assert F.make_dirs(tmp_path / "a" / "b", root=tmp_path).is_dir()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_the_lock_is_never_a_link(tmp_path, outside, kind):
+    out, contents = outside
+    before = contents()
+    getattr(tmp_path / "lock", "symlink_to" if kind == "symlink" else "hardlink_to")(out / "precious")
+    with pytest.raises(StoreError, match=rf"refusing to write {tmp_path / 'lock'}: it is "
+                       + ("a symbolic link" if kind == "symlink" else r"not a plain file of its own \(a hard link\)")):
+        RunLock(tmp_path / "lock").acquire()
+    assert contents() == before  # today the pid write truncated it
+
+
+# ---- faults of the environment ------------------------------------------------------------------------------
+def test_a_full_disk_is_a_write_error_naming_the_path_and_the_remedy(tmp_path, monkeypatch):
+    import errno
+
+    from masklab.errors import WriteError
+
+    path = tmp_path / "000001.mask"
+    path.write_bytes(b"old")
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(WriteError, match=rf"cannot write {path}: No space left on device; free space on that file "
+                       "system, then rerun") as err:
+        F.atomic_write(path, b"new")
+    assert err.value.errno == errno.ENOSPC and err.value.path == path
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["000001.mask"]
+
+
+def read_only_is_enforced(directory: Path) -> bool:
+    """Whether this process is refused writes into a 0o555 directory (root, with CAP_DAC_OVERRIDE, is not)."""
+    directory.chmod(0o555)
+    try:
+        (directory / ".probe").touch()
+    except PermissionError:
+        return True
+    (directory / ".probe").unlink()
+    directory.chmod(0o755)
+    return False
+
+
+def test_a_read_only_directory_is_a_write_error(tmp_path):
+    from masklab.errors import WriteError
+
+    (tmp_path / "ro").mkdir()
+    if not read_only_is_enforced(tmp_path / "ro"):
+        pytest.skip("this user writes into read-only directories (root)")
+    try:
+        with pytest.raises(WriteError, match=r"cannot write .*ro/x: Permission denied; you may not write there"):
+            F.atomic_write(tmp_path / "ro" / "x", b"x")
+        with pytest.raises(WriteError, match="Permission denied"):
+            RunLock(tmp_path / "ro" / "lock").acquire()
+    finally:
+        (tmp_path / "ro").chmod(0o755)

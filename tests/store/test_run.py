@@ -83,7 +83,9 @@ def test_storage_per_mask_is_the_packed_size_plus_a_header(run):
         assert (run.path / "masks" / f"{i:06d}.mask").stat().st_size == 64 + 8 * run.n_words
     assert set(run.disk_bytes().columns) >= {"mask", "record", "history", "total"}
     assert not list(run.path.rglob(f"*{F.TMP_MARK}*"))
-    assert run.verify() == 6  # 3 mask files + 3 histories
+    table = run.verify()
+    assert (table["status"] == "ok").all()
+    assert table["kind"].value_counts()[["mask", "extra", "record"]].tolist() == [3, 3, 3]  # + 3 histories
 
 
 def test_history(run):
@@ -162,7 +164,8 @@ def test_scores_and_snapshots(tmp_path, digits):
         assert np.abs(s[m]).astype(np.float32).min() >= np.abs(s[~m]).astype(np.float32).max()
     snaps = run.snapshots(0)
     assert list(snaps.ids) == [0, 1] and (snaps.popcounts(per_layer=True) == run.layers["n_keep"].to_numpy()).all()
-    assert run.verify() == 4
+    table = run.verify()
+    assert (table["status"] == "ok").all() and (table["kind"] == "extra").sum() == 3  # history, scores, snapshots
 
 
 # ---- determinism and resume -------------------------------------------------------------------------------
@@ -219,34 +222,50 @@ def test_truncated_mask_file_is_named_by_open_run(run, tmp_path):
         open_run(path)
 
 
-def test_corrupt_files_are_named_by_verify(run, tmp_path):
+def test_corrupt_files_are_named_by_open_and_by_verify(run, tmp_path):
     path = tmp_path / run.id
     shutil.copytree(run.path, path)
     mask = path / "masks" / "000002.mask"
     data = bytearray(mask.read_bytes())
     data[-1] ^= 0xFF
     mask.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"000002\.mask fails its checksum"):  # sizes are right: the words tell
+        open_run(path)
     (path / "masks.bits").unlink()
-    damaged = open_run(path)  # sizes are right: only the checksum can tell
     with pytest.raises(StoreError, match=r"000002\.mask fails its checksum"):
-        damaged.verify()
-    with pytest.raises(StoreError, match=r"000002\.mask fails its checksum"):
-        damaged.masks  # noqa: B018
+        open_run(path)
+    table = masklab.store.verify(path)
+    bad = table[table["status"] == "problem"]
+    assert list(bad["path"]) == ["masks/000002.mask"] and list(bad["mask_id"]) == [2]
+    assert "fails its checksum" in bad["detail"].iloc[0]
     shutil.rmtree(path)
     shutil.copytree(run.path, path)
     history = path / "extras" / "000000.history.csv"
     history.write_text(history.read_text().replace("0.", "1.", 1))
-    with pytest.raises(StoreError, match=r"000000\.history\.csv is missing, truncated or corrupt"):
-        open_run(path).verify()
+    damaged = open_run(path)  # extras are checked when read, and by verify
+    with pytest.raises(StoreError, match=r"000000\.history\.csv fails its checksum"):
+        damaged.history(0)
+    table = damaged.verify()
+    assert list(table.loc[table["status"] == "problem", "path"]) == ["extras/000000.history.csv"]
 
 
-def test_stale_or_damaged_bit_matrix_is_rebuilt(run, tmp_path):
+def test_damaged_bit_matrix_is_named_and_a_stale_one_rebuilt(run, tmp_path):
     path = tmp_path / run.id
     shutil.copytree(run.path, path)
     cache = path / "masks.bits"
     cache.write_bytes(cache.read_bytes()[:-8])
+    with pytest.raises(StoreError, match=r"masks\.bits is damaged .*--repair` rebuilds it"):
+        open_run(path)
+    table = masklab.store.verify(path, repair=True)
+    assert list(table.loc[table["kind"] == "cache", "status"]) == ["repaired"]
     assert np.array_equal(np.asarray(open_run(path).masks.bits), np.asarray(run.masks.bits))
-    assert cache.stat().st_size == (run.path / "masks.bits").stat().st_size
+    assert cache.read_bytes() == (run.path / "masks.bits").read_bytes()
+    # an older format (or a matrix built before masks were added) is a stale cache: rebuilt silently
+    data = bytearray(cache.read_bytes())
+    data[8:12] = (1).to_bytes(4, "little")
+    cache.write_bytes(bytes(data))
+    assert np.array_equal(np.asarray(open_run(path).masks.bits), np.asarray(run.masks.bits))
+    assert cache.read_bytes() == (run.path / "masks.bits").read_bytes()
 
 
 def test_registry_paths_cannot_leave_the_run(run, tmp_path):
