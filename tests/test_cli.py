@@ -206,6 +206,15 @@ def test_bad_values_fail_early_name_themselves_and_leave_no_run(bad_inputs, caps
     assert not (bad_inputs / "runs").exists()
 
 
+@pytest.mark.parametrize("argv", [["--lr", "1e10"], ["--method", "dense", "--lr", "1e30"],
+                                  ["--method", "biprop", "--lr", "1e12"]])
+def test_a_diverging_learning_rate_stops_naming_lr_and_leaves_no_run(in_tmp, capsys, argv):
+    assert main(["generate", "--masks", "2", "--epochs", "2", "--width", "0.25", *argv, "--quiet"]) == 2
+    line = _error_line(capsys)
+    assert "training diverged" in line and "use a smaller --lr" in line and argv[-1].replace("1e", "1e+") in line
+    assert list((in_tmp / "runs").iterdir()) == []
+
+
 def test_negative_zero_sparsity_is_the_same_run_as_zero(in_tmp, capsys):
     argv = ["generate", "--masks", "1", "--epochs", "1", "--width", "0.25", "--quiet"]
     assert main([*argv, "--sparsity", "-0"]) == 0

@@ -96,7 +96,14 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
         else:
             if writer.done:
                 say(f"resuming: {len(writer.done)} masks stored, training {len(todo)} more")
-            _train_all(config, dataset, writer, todo, quiet)
+            try:
+                _train_all(config, dataset, writer, todo, quiet)
+            except UserError:
+                # bad input found only by training (an lr that diverges): leave no run behind that this
+                # call created and that holds nothing
+                if writer.created and not writer.done:
+                    writer.discard()
+                raise
     run = Run(writer.path)
     run.masks  # noqa: B018 -- builds the consolidated bit matrix for the analyses
     return run

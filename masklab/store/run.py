@@ -573,6 +573,17 @@ class RunWriter:
     def close(self) -> None:
         self.lock.release()
 
+    def discard(self) -> None:
+        """Remove the run directory this writer created, while it holds no mask (bad input that only
+        training finds: the run must not be left behind half made). Moved aside first, so that a reader
+        never sees a run without its files."""
+        if not self.created or self.done:
+            raise StoreError(f"refusing to discard run {self.path}: it was not created empty by this writer")
+        gone = self.path.with_name(f".tmp-{self.path.name}-{os.getpid()}-discarded")
+        os.rename(self.path, gone)
+        self.close()
+        shutil.rmtree(gone, ignore_errors=True)
+
     def __enter__(self) -> RunWriter:
         return self
 

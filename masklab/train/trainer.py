@@ -246,12 +246,14 @@ def _check_finite(config, indices, epoch, lr, train, layers, dense) -> None:
     finite = [math.isfinite(loss) for loss, _ in train]
     if all(finite) and all(bool(torch.isfinite(v).all()) for v in values):
         return
-    k = finite.index(False) if not all(finite) else 0
-    what = "weights" if dense else "scores"
     default = config.replace(lr=None).resolved("lr")
-    raise TrainingDiverged(
-        f"training diverged: mask {indices[k]}'s train loss is {train[k][0]:g} and its {what} overflowed in epoch "
-        f"{epoch} (lr {lr:g}); use a smaller --lr (the {config.method} default is {default})")
+    if not all(finite):
+        k = finite.index(False)
+        what = f"mask {indices[k]}'s train loss is {train[k][0]:g}"
+    else:
+        what = f"the {'weights' if dense else 'scores'} are no longer finite"
+    raise TrainingDiverged(f"training diverged in epoch {epoch} at lr {lr:g}: {what}; use a smaller --lr (the "
+                           f"{config.method} default is {default})")
 
 
 def _recycle_maps(config, layers, device):
