@@ -27,7 +27,8 @@ from masklab.config import RunConfig
 from masklab.store import files as F
 from masklab.store.bits import make_layout
 from masklab.store.integrity import expected_keep
-from masklab.store.run import Run, _write_new_run
+from masklab.store.run import Run
+from masklab.store.writer import _write_new_run
 
 CONV4 = [("conv1", (64, 3, 3, 3)), ("conv2", (64, 64, 3, 3)), ("conv3", (128, 64, 3, 3)), ("conv4", (128, 128, 3, 3)),
          ("fc1", (256, 8192)), ("fc2", (256, 256)), ("fc3", (10, 256))]

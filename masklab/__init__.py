@@ -26,7 +26,7 @@ _LAZY = {
     "Run": "masklab.store.run",
     "open_run": "masklab.store.run",
     "list_runs": "masklab.store.run",
-    "generate": "masklab.store.generate",
+    "generate": "masklab.generation",
     "UserError": "masklab.errors",
     "distances": "masklab.analysis.distances",
     "intersections": "masklab.analysis.distances",

@@ -104,7 +104,7 @@ def _given(args: argparse.Namespace) -> dict:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from masklab.store.generate import banner, generate, prepare, resume_config
+    from masklab.generation import banner, generate, prepare, resume_config
 
     if isinstance(args.resume, str):  # --resume RUN: that run's own config, with what the flags repeat or raise
         from masklab.config import load_toml

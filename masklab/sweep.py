@@ -64,7 +64,7 @@ def sweep(base: RunConfig | dict | None = None, methods: Sequence[str] = ("edge-
           log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Train (or reuse) every cell's run and return the accuracy table (see `sweep_table`)."""
     from masklab.data import load_config_dataset
-    from masklab.store.generate import generate
+    from masklab.generation import generate
 
     base = base if isinstance(base, RunConfig) else RunConfig.from_dict(base or {}, source="sweep")
     configs = sweep_configs(base, methods, sparsities, seeds, weight_seeds)

@@ -96,7 +96,7 @@ def train(args) -> None:
     """Train worker `args.worker` of `args.workers`' share of the plan (longest runs first, balanced by
     mask-epochs), so that workers never write the same run."""
     from masklab.data import load_config_dataset
-    from masklab.store.generate import generate
+    from masklab.generation import generate
 
     configs = sorted(plan(args), key=lambda c: -c.masks)
     loads = [0] * args.workers
@@ -114,7 +114,7 @@ def train(args) -> None:
 
 
 def open_runs(args, configs) -> list:
-    from masklab.store.generate import generate
+    from masklab.generation import generate
 
     return [generate(c, runs_dir=args.runs_dir, resume=True, quiet=True) for c in configs]
 

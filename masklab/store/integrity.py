@@ -37,6 +37,7 @@ from masklab.errors import StoreError, UserError, write_error
 from masklab.store import cache as C
 from masklab.store import files as F
 from masklab.store.bits import BIT_ORDER
+from masklab.store.meta import layout_frame, read_json
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 CHUNK_BYTES = 64 << 20  # mask files read and hashed this much at a time
@@ -357,10 +358,9 @@ def _check_links(path: Path, add) -> dict[str, dict]:
 
 
 def _verify_meta(path: Path, add, repair: bool) -> dict | None:
-    from masklab.store.run import _read_json, layout_frame
 
     try:
-        meta = _read_json(path / "run.json")
+        meta = read_json(path / "run.json")
         check_meta(path, meta)
         layers = layout_frame(meta["layers"])
     except UserError as e:
@@ -392,7 +392,7 @@ def _verify_meta(path: Path, add, repair: bool) -> dict | None:
 
 
 def _config_text(config: RunConfig) -> str:
-    from masklab.store.run import _config_toml
+    from masklab.store.writer import _config_toml
 
     return _config_toml(config)
 
@@ -415,7 +415,7 @@ def restored_config(path: Path, meta: dict, old: RunConfig | None) -> RunConfig 
 
 
 def _verify_masks(path: Path, meta: dict, add, repair: bool) -> None:
-    from masklab.store.run import RECORD_RE, _read_json, layout_frame
+    from masklab.store.run import RECORD_RE
 
     layers = layout_frame(meta["layers"])
     n_words = int(meta["n_words"])
@@ -430,7 +430,7 @@ def _verify_masks(path: Path, meta: dict, add, repair: bool) -> None:
         bad: list[dict] = []
         record = None
         try:
-            record = check_record(path / rel, _read_json(path / rel), i, layers)
+            record = check_record(path / rel, read_json(path / rel), i, layers)
             add(rel, "record", "ok", mask_id=i)
         except UserError as e:
             bad.append(add(rel, "record", "problem", str(e), i))

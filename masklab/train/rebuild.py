@@ -48,3 +48,39 @@ def rebuild_trained(config: RunConfig, dataset, trained, device: str | torch.dev
     """`rebuild_subnet` for a TrainedMask."""
     return rebuild_subnet(config, dataset, trained.weight_seed, trained.score_seed, trained.masks, trained.src,
                           trained.draw, trained.weights, trained.buffers, device)
+
+
+def run_model(run, i: int, device: str | torch.device = "cpu") -> nn.Module:
+    """Mask `i` of a stored `Run` as its subnetwork, rebuilt exactly: weights from the weight seed with the
+    IWR / IteRand map applied (dense runs: the stored weights), BatchNorm buffers as stored, and every
+    masked layer's scores set to its stored mask, so that the layer's own top-k selects exactly that mask.
+    In eval mode. A model whose layers or kept counts disagree with the run is a StoreError."""
+    from types import SimpleNamespace
+
+    from masklab.errors import StoreError
+
+    record, config = run.record(i), run.config
+    shape = SimpleNamespace(input_shape=tuple(run.meta["dataset"]["input_shape"]),
+                            n_classes=int(run.meta["dataset"]["n_classes"]))
+    masks = run.mask_layers(i)
+    model = rebuild_subnet(config, shape, int(record["weight_seed"]), int(record["score_seed"]), masks,
+                           run.index_map(i, "src"), run.index_map(i, "draw"),
+                           run.dense_weights(i) if config.method == "dense" else None, run.buffers(i))
+    layers = masked_layers(model)
+    if [name for name, _ in layers] != list(run.layers["layer"]):
+        raise StoreError(f"run {run.id}: the model this masklab builds has layers {[n for n, _ in layers]}, the "
+                         f"run has {list(run.layers['layer'])}; open it with the masklab version that made it "
+                         f"({run.meta['software']['masklab']})")
+    for k, (name, layer) in enumerate(layers):
+        if not np.array_equal(layer.mask().numpy(), masks[k]):
+            raise StoreError(f"run {run.id}: mask {i} cannot be pinned in layer {name} (its kept count differs "
+                             "from the layer's n_keep); the mask file is inconsistent")
+    return model.to(device).eval()
+
+
+def evaluate_mask(run, i: int, data=None, device: str | torch.device = "cpu") -> tuple[float, float]:
+    """(test loss, test accuracy) of mask `i`'s rebuilt subnetwork on the test split of `data` (default: the
+    run's dataset); equals the figures recorded when it was trained."""
+    from masklab.train.evaluate import evaluate
+
+    return evaluate(run_model(run, i, device), data if data is not None else run.dataset(), device)

@@ -65,7 +65,7 @@ def forkserver():
     try:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["torch", "torch._dynamo", "sklearn.datasets", "masklab.cli",
-                                    "masklab.store.generate", "masklab.train.trainer", "masklab.data"])
+                                    "masklab.generation", "masklab.train.trainer", "masklab.data"])
         warm = ctx.Process(target=exec, args=("pass", {}))
         warm.start()
         warm.join(120)

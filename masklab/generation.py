@@ -1,4 +1,6 @@
-"""`masklab.generate`: train the masks of a run and store them, resumably.
+"""`masklab.generate`: train the masks of a run and store them, resumably (config -> train -> store).
+
+(The module is `generation`, not `generate`, so that `masklab.generate` stays the function.)
 
 Everything the user gave is checked first (config values, the dataset, the model fits the data, the
 device), and only then is the run directory created, so bad input leaves nothing behind. Masks are
@@ -17,7 +19,8 @@ from typing import Any
 from masklab.config import RunConfig
 from masklab.errors import UserError
 from masklab.store.bits import make_layout
-from masklab.store.run import Run, RunWriter
+from masklab.store.run import Run
+from masklab.store.writer import RunWriter
 
 
 def as_config(config: RunConfig | dict | str | os.PathLike | None = None, **overrides: Any) -> RunConfig:

@@ -1,0 +1,71 @@
+"""Run metadata: the contents of run.json (format, layout records, software versions, git commit)
+and the helpers that read it. Shared by the reader (store/run.py) and the writer (store/writer.py)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import masklab
+from masklab.errors import StoreError
+from masklab.store.bits import make_layout
+
+RUN_FORMAT = 1
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{path} is missing: is this a masklab run directory?") from None
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise StoreError(f"{path} is unreadable or corrupt ({e})") from None
+
+
+def software_versions() -> dict[str, str]:
+    import torch
+
+    return {"masklab": masklab.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "pandas": pd.__version__, "platform": platform.platform()}
+
+
+def git_commit() -> dict[str, Any]:
+    """The git commit of the masklab source tree (null outside a git checkout) and whether it is dirty."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5)
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "."],
+                                capture_output=True, text=True, timeout=5)
+        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def layout_records(layers: pd.DataFrame) -> list[dict]:
+    return [{"layer": r.layer, "shape": list(r.shape), "n_bits": int(r.n_bits), "n_keep": int(r.n_keep),
+             "word_start": int(r.word_start), "word_stop": int(r.word_stop)} for r in layers.itertuples()]
+
+
+def layout_frame(records: list[dict], where: str | os.PathLike = "run.json") -> pd.DataFrame:
+    layers = make_layout([r["layer"] for r in records], [tuple(r["shape"]) for r in records],
+                         [r["n_keep"] for r in records])
+    for r, row in zip(records, layers.itertuples()):
+        if (r["word_start"], r["word_stop"], r["n_bits"]) != (row.word_start, row.word_stop, row.n_bits):
+            raise StoreError(f"layer {r['layer']!r} in {where} has an inconsistent word range or size; the "
+                             "run's metadata is damaged: restore run.json from a copy of the run")
+    return layers
