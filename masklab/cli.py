@@ -77,7 +77,53 @@ def add_generate(sub) -> None:
                    "id): continue that run with its own config.toml (options may only repeat it, or raise "
                    "--masks to extend it)")
     p.add_argument("--quiet", action="store_true", help="no banner, no progress bar: print only the run directory")
+    add_scale_options(p)
     p.set_defaults(func=cmd_generate)
+
+
+def add_scale_options(p) -> None:
+    """--shard, --jobs, --executor and the job array's --slurm-* options (also a [slurm] table in --config)."""
+    g = p.add_argument_group("beyond one machine (see README: Beyond one machine)")
+    if p.prog.endswith("generate"):
+        g.add_argument("--shard", metavar="I/N", help="train only shard I of N (the masks i with i %% N == I) into "
+                       "the same run directory; N shards can run at once, and the run is the same, bit for bit")
+    g.add_argument("--jobs", type=int, metavar="N", help="run N shard jobs through submitit and wait for them "
+                   "(rerunning the same command resumes)")
+    g.add_argument("--executor", choices=["local", "slurm"], default="local",
+                   help="with --jobs: local (N processes here, threads split between them) or slurm (one job "
+                   "array; requeued on preemption). Default local")
+    g.add_argument("--no-wait", action="store_true", help="with --jobs: submit, print the job ids and return")
+    g.add_argument("--slurm-partition", metavar="P", help="SLURM partition")
+    g.add_argument("--slurm-time", type=int, metavar="MIN", help="minutes per task (default 60; a task that runs "
+                   "out is requeued)")
+    g.add_argument("--slurm-gpus-per-task", type=int, metavar="G", help="GPUs per task (default 0)")
+    g.add_argument("--slurm-cpus-per-task", type=int, metavar="C", help="CPUs per task")
+    g.add_argument("--slurm-mem", metavar="M", help="memory per task, e.g. 16GB")
+    g.add_argument("--slurm-array-parallelism", type=int, metavar="K", help="tasks running at once (default 256)")
+    g.add_argument("--slurm-setup", action="append", metavar="CMD", help="a shell line run before each task, e.g. "
+                   "'module load cuda' (repeatable)")
+
+
+def slurm_options(args: argparse.Namespace):
+    """The job array's resources: the --config file's [slurm] table, then the --slurm-* flags."""
+    from masklab.config import load_tables
+    from masklab.scale.executors import SlurmOptions
+
+    values = dict(load_tables(args.config).get("slurm", {})) if getattr(args, "config", None) else {}
+    for key in ("partition", "time", "gpus_per_task", "cpus_per_task", "mem", "array_parallelism", "setup"):
+        flag = getattr(args, f"slurm_{key}", None)
+        if flag is not None:
+            values[key] = flag
+    return SlurmOptions.from_dict(values, source="[slurm] / --slurm-*")
+
+
+def _check_scale_args(args: argparse.Namespace) -> None:
+    if args.jobs is not None:
+        _positive("--jobs", args.jobs, 1)
+    if getattr(args, "shard", None) and args.jobs is not None:
+        raise UserError("--shard and --jobs exclude each other: --jobs N submits the N shards itself")
+    if args.jobs is None and (args.no_wait or args.executor != "local"):
+        raise UserError("--executor and --no-wait go with --jobs N")
 
 
 def add_run_options(p, skip: tuple[str, ...] = ()) -> None:
@@ -106,6 +152,7 @@ def _given(args: argparse.Namespace) -> dict:
 def cmd_generate(args: argparse.Namespace) -> int:
     from masklab.generation import banner, generate, prepare, resume_config
 
+    _check_scale_args(args)
     if isinstance(args.resume, str):  # --resume RUN: that run's own config, with what the flags repeat or raise
         from masklab.config import load_toml
 
@@ -119,9 +166,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     for line in banner(config, args.runs_dir):
         say(line)
+    if args.jobs is not None:
+        return _generate_jobs(args, config, say)
     try:
         run = generate(config, runs_dir=args.runs_dir, resume=bool(args.resume), quiet=args.quiet, data=dataset,
-                       log=say)
+                       log=say, shard=args.shard)
     except KeyboardInterrupt:
         print(f"masklab: interrupted; the finished masks are kept: rerun with --resume to continue "
               f"{os.path.join(args.runs_dir, config.run_id)}", file=sys.stderr)
@@ -133,6 +182,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
         say(f"{len(run)} masks: test accuracy mean {acc.mean():.4f} (min {acc.min():.4f}, max {acc.max():.4f}); "
             f"{table['seconds'].mean():.1f} s per mask; {size:,.0f} bytes per mask on disk")
     print(run.path, flush=True)
+    return 0
+
+
+def _generate_jobs(args: argparse.Namespace, config, say) -> int:
+    """`generate --jobs N`: the run's N shards through submitit."""
+    from masklab.scale.executors import submit_shards
+    from masklab.store.run import Run
+
+    options = slurm_options(args)
+    submission = submit_shards([config], args.runs_dir, args.jobs, args.executor, slurm=options,
+                               wait=not args.no_wait, quiet=args.quiet, log=say)
+    path = submission.runs[0]
+    if args.no_wait:
+        print(f"jobs: {' '.join(submission.job_ids)}", flush=True)
+    else:
+        run = Run(path)
+        say(f"{len(run)} of {config.masks} masks stored by {args.jobs} shard job(s)")
+    print(path, flush=True)
     return 0
 
 
@@ -436,6 +503,7 @@ def add_sweep(sub) -> None:
     p.add_argument("--figures", default="figures", metavar="DIR", help="where the figure goes (default figures/)")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
     p.add_argument("--quiet", action="store_true", help="no progress: print only the figure path")
+    add_scale_options(p)
     p.set_defaults(func=cmd_sweep)
 
 
@@ -455,8 +523,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sparsities = _distinct("--sparsities", args.sparsities, _sparsities(args.sparsities))
     weight_seeds = _distinct("--weight-seeds", args.weight_seeds, _seeds("--weight-seeds", args.weight_seeds))
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    _check_scale_args(args)
+    if args.no_wait:
+        raise UserError("sweep --no-wait is not supported: the sweep's table needs every cell; run it again "
+                        "later instead (finished cells are reused)")
     table = sweep(config, methods, sparsities, args.seeds, weight_seeds, runs_dir=args.runs_dir, quiet=args.quiet,
-                  log=say)
+                  log=say, jobs=args.jobs, executor=args.executor,
+                  slurm=slurm_options(args) if args.jobs else None)
     say(frame_text(table.drop(columns=["runs"])))
     stem = Path(args.figures) / f"sweep-{config.dataset}-{config.model}"
     paths = save_figure(accuracy_vs_sparsity(table, title=f"{config.model} on {config.dataset}: accuracy vs "

@@ -352,8 +352,26 @@ def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
         raise UserError(f"{source}: key '{key}' = {value!r} is not a valid {expected}") from None
 
 
+# Tables a config file may hold beside the run's keys; they configure how a run is executed, not what it is.
+TABLES = ("slurm",)
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file into a flat dict (a [run] table, if present, is flattened)."""
+    """Read a TOML config file into a flat dict of run keys (a [run] table, if present, is flattened;
+    the TABLES, such as [slurm], are left out: `load_tables` reads them)."""
+    data = _load_toml_document(path)
+    for name in TABLES:
+        data.pop(name, None)
+    return data
+
+
+def load_tables(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The execution tables of a config file ([slurm]: the job array's resources), by name."""
+    data = _load_toml_document(path)
+    return {name: data[name] for name in TABLES if isinstance(data.get(name), dict)}
+
+
+def _load_toml_document(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         data = tomllib.loads(_read_config_text(path))
@@ -368,8 +386,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if "run" in data and isinstance(data["run"], dict):
         data = {**{k: v for k, v in data.items() if k != "run"}, **data["run"]}
     for key, value in data.items():
-        if isinstance(value, dict):
-            raise UserError(f"config file {path}: unexpected table [{key}]; write keys at the top level")
+        if isinstance(value, dict) and key not in TABLES:
+            raise UserError(f"config file {path}: unexpected table [{key}]; write run keys at the top level "
+                            f"(tables allowed: {', '.join(f'[{t}]' for t in TABLES)})")
     return data
 
 

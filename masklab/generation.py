@@ -71,7 +71,8 @@ def prepare(config: RunConfig, data=None):
 
 def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs_dir: str | os.PathLike = "runs",
              resume: bool | str | os.PathLike = False, quiet: bool = True, data=None,
-             log: Callable[[str], None] | None = None, **overrides: Any) -> Run:
+             log: Callable[[str], None] | None = None, shard: tuple[int, int] | str | None = None,
+             **overrides: Any) -> Run:
     """Train the masks of the run `config` (a RunConfig, a dict, a TOML path or None for the default, plus
     keyword overrides such as `masks=4`) into `runs_dir/<run_id>` and return the Run.
 
@@ -83,7 +84,14 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
     `config` and `overrides` may only repeat it, or raise `masks` to extend it (see `resume_config`).
     `quiet=False` shows a progress bar on stderr. `data`: the loaded dataset (default: load the config's).
     `log` receives one-line status messages.
+    `shard=(I, N)` (or "I/N"): train only shard I of N, the masks i with i % N == I, into the same run
+    directory, beside the other shards' processes (see masklab.scale.shards); every mask is the same as a
+    one-process run would make it.
     """
+    if shard is not None:
+        from masklab.scale.shards import parse_shard
+
+        shard = parse_shard(shard)
     if resume is not True and resume is not False:
         changes = {} if config is None else as_config(config).to_dict(non_default=True)
         config, runs_dir = resume_config(resume, runs_dir, {**changes, **overrides})
@@ -92,10 +100,11 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
         config = as_config(config, **overrides)
     dataset, layout, info = prepare(config, data)
     say = log or (lambda message: None)
-    with RunWriter.open(runs_dir, config, layout, info, resume=resume) as writer:
+    with RunWriter.open(runs_dir, config, layout, info, resume=resume, shard=shard) as writer:
         todo = writer.missing
+        part = "" if shard is None else f"shard {shard[0]}/{shard[1]} of "
         if not todo:
-            say(f"run {writer.path} is complete ({len(writer.done)} masks): nothing to train")
+            say(f"{part}run {writer.path} is complete ({len(writer.done)} masks): nothing to train")
         else:
             if writer.done:
                 say(f"resuming: {len(writer.done)} masks stored, training {len(todo)} more")
@@ -110,6 +119,15 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
     run = Run(writer.path)
     run.masks  # noqa: B018 -- builds the consolidated bit matrix for the analyses
     return run
+
+
+def create_run(config: RunConfig, runs_dir: str | os.PathLike, data=None) -> Path:
+    """Check everything a run needs and create its directory if it does not exist yet (or check an existing
+    one: same config, not locked); train nothing. Returns the run directory. Shard jobs then write into it."""
+    config = as_config(config)
+    _, layout, info = prepare(config, data)
+    with RunWriter.open(runs_dir, config, layout, info, resume=True) as writer:
+        return writer.path
 
 
 def resume_config(run: str | os.PathLike, runs_dir: str | os.PathLike | None, changes: dict[str, Any]
@@ -162,6 +180,11 @@ def _train_all(config: RunConfig, dataset, writer: RunWriter, todo: list[int], q
 
     try:
         for chunk in _stacks(config, dataset, device, todo):
+            if writer.shard is not None:  # an overlapping shard (another N) may have stored some meanwhile
+                elsewhere = writer.stored_elsewhere()
+                chunk = [i for i in chunk if i not in elsewhere]
+                if not chunk:
+                    continue
             for trained in train_masks(config, chunk, dataset=dataset, device=device, on_epoch=on_epoch):
                 writer.write_mask(trained, device=str(device))
                 accs.append(float(trained.metrics["test_acc"]))

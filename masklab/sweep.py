@@ -61,13 +61,24 @@ def sweep_configs(base: RunConfig, methods: Sequence[str], sparsities: Sequence[
 def sweep(base: RunConfig | dict | None = None, methods: Sequence[str] = ("edge-popup", "biprop"),
           sparsities: Sequence[float] = (0.5, 0.9), seeds: int = 3, weight_seeds: Sequence[int] = (0,), *,
           runs_dir: str | os.PathLike = "runs", quiet: bool = True,
-          log: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """Train (or reuse) every cell's run and return the accuracy table (see `sweep_table`)."""
+          log: Callable[[str], None] | None = None, jobs: int | None = None, executor: str = "local",
+          slurm=None) -> pd.DataFrame:
+    """Train (or reuse) every cell's run and return the accuracy table (see `sweep_table`).
+
+    `jobs=N`: N submitit jobs (`executor` local or slurm, `slurm` a SlurmOptions) train the cells at once,
+    job I training shard I/N of every cell (masklab.scale.executors), so the work is balanced whatever the
+    cells cost; the runs are the same as one process makes."""
     from masklab.data import load_config_dataset
     from masklab.generation import generate
+    from masklab.store.run import Run
 
     base = base if isinstance(base, RunConfig) else RunConfig.from_dict(base or {}, source="sweep")
     configs = sweep_configs(base, methods, sparsities, seeds, weight_seeds)
+    if jobs is not None:
+        from masklab.scale.executors import submit_shards
+
+        submission = submit_shards(configs, runs_dir, jobs, executor, slurm=slurm, quiet=quiet, log=log)
+        return sweep_table([Run(path) for path in submission.runs])
     data = load_config_dataset(base)  # shared by every cell
     runs = []
     for n, config in enumerate(configs, 1):

@@ -5,13 +5,14 @@ high sparsity with and without IWR, and 16-mask landscape runs (4 methods x 2 sp
 analysis, cross-run comparisons and summaries. The published numbers are for CIFAR-10 and are not drawn.
 
     python scripts/study_fmnist.py          # everything: train every run, then the reports
-    python scripts/study_fmnist.py train --worker 0 --workers 2 &   # or train on two cores side by side,
-    python scripts/study_fmnist.py train --worker 1 --workers 2     # each worker its own share of the runs
+    python scripts/study_fmnist.py train --jobs 2                   # or only train: 2 shard jobs (submitit)
+    python scripts/study_fmnist.py train --jobs 64 --executor slurm # ... or a SLURM job array
     python scripts/study_fmnist.py report   # accuracy grid, analyses, comparisons, summary tables
 
-Every run is cached by its config hash under --runs-dir, so a second call trains nothing and a killed
-call resumes. Figures and tables go to --out (default figures/fashion-mnist). Each process uses one torch
-thread: lenet-300-100 steps are too small for two.
+Training goes through masklab's executors (masklab.scale.executors): job I of N trains shard I/N of every
+run of the plan, so the jobs stay balanced. Every run is cached by its config hash under --runs-dir, so a
+second call trains nothing and a killed call resumes. Figures and tables go to --out (default
+figures/fashion-mnist).
 """
 
 from __future__ import annotations
@@ -93,24 +94,14 @@ def plan(args) -> list:
 
 
 def train(args) -> None:
-    """Train worker `args.worker` of `args.workers`' share of the plan (longest runs first, balanced by
-    mask-epochs), so that workers never write the same run."""
-    from masklab.data import load_config_dataset
-    from masklab.generation import generate
+    """Train every run of the plan: `args.jobs` shard jobs through submitit, job I training shard I/N of
+    every run (so each job gets an equal share of every run, whatever the runs cost)."""
+    from masklab.scale.executors import submit_shards
 
-    configs = sorted(plan(args), key=lambda c: -c.masks)
-    loads = [0] * args.workers
-    mine = []
-    for config in configs:
-        w = loads.index(min(loads))
-        loads[w] += config.masks
-        if w == args.worker:
-            mine.append(config)
-    data = load_config_dataset(base_config(args.data_root))
-    for n, config in enumerate(mine, 1):
-        print(f"[worker {args.worker}: {n}/{len(mine)}] {config.method}+{config.recycle} sparsity "
-              f"{config.sparsity:g}, {config.masks} masks: {config.run_id}", flush=True)
-        generate(config, runs_dir=args.runs_dir, resume=True, quiet=args.quiet, data=data)
+    configs = plan(args)
+    print(f"training {len(configs)} runs, {sum(c.masks for c in configs)} masks, in {args.jobs} shard job(s) "
+          f"({args.executor})", flush=True)
+    submit_shards(configs, args.runs_dir, args.jobs, args.executor, quiet=args.quiet, log=print)
 
 
 def open_runs(args, configs) -> list:
@@ -207,8 +198,8 @@ def compute_seconds(args) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("stage", nargs="?", default="all", choices=["all", "train", "report"])
-    parser.add_argument("--worker", type=int, default=0, help="this worker's number (train stage)")
-    parser.add_argument("--workers", type=int, default=1, help="workers training side by side (train stage)")
+    parser.add_argument("--jobs", type=int, default=2, help="shard jobs training at once (default 2: one per core)")
+    parser.add_argument("--executor", default="local", choices=["local", "slurm"], help="submitit executor")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs"))
     parser.add_argument("--data-root", default=DATA_ROOT)
     parser.add_argument("--out", default=str(ROOT / "figures" / "fashion-mnist"))
@@ -216,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="mask pairs interpolated per landscape run (default: all)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # lenet steps are tiny: one thread is fastest and lets two stages share 2 cores
+    torch.set_num_threads(1)  # (the report stage) lenet steps are tiny: one thread is fastest
     start = time.perf_counter()
     if args.stage in ("all", "train"):
         train(args)

@@ -218,13 +218,26 @@ def load_npz(path: Path, data: bytes | None = None) -> dict[str, np.ndarray]:
 
 
 def remove_tmp_files(root: Path) -> int:
-    """Delete temporary files left by killed writers under `root` (call only while holding the lock)."""
+    """Delete temporary files left by killed writers under `root`: those whose writer's pid (in the name)
+    is no longer running, so that shards writing the same run at once keep each other's files."""
     count = 0
     for path in root.rglob(f".*{TMP_MARK}*"):
-        if path.is_file():
+        pid = path.name.rsplit(TMP_MARK, 1)[-1].split("-")[0]
+        if path.is_file() and not (pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid))):
             path.unlink(missing_ok=True)
             count += 1
     return count
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (on this host)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 # ---- mask files -----------------------------------------------------------------------------------------

@@ -1,8 +1,12 @@
-"""One writer per run: an exclusive `flock` on the run's `lock` file.
+"""Who may write a run: `flock`s on the run's `lock` file and on one file per shard.
 
-The operating system releases a flock when its holder exits, however it exits (SIGKILL included), so a
-crashed `generate` never leaves a run locked. The holder's pid is written into the file, for the message
-a refused writer prints. (flock is advisory and unreliable on some network file systems.)
+A process writing the whole run holds `lock` exclusively. A shard (`generate --shard I/N`) holds `lock`
+shared and `locks/shard-I-of-N` exclusively: shards of a run coexist, a second process of the same shard
+is refused, and a whole-run writer is refused while any shard runs (and the other way round). The
+operating system releases a flock when its holder exits, however it exits (SIGKILL included), so a
+crashed `generate` never leaves a run locked. An exclusive holder writes its pid into the file, for the
+message a refused writer prints. (flock is advisory, and unreliable on some network file systems: on a
+cluster, use a filesystem with working flock, such as NFSv4 or Lustre with flock enabled.)
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from masklab.errors import StoreError, write_error
 
 
 class RunLock:
-    """Exclusive lock on `path`; `acquire` raises StoreError at once if another process holds it."""
+    """A lock on `path`, exclusive or `shared`; `acquire` raises StoreError at once if it cannot be had."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, shared: bool = False, what: str | None = None):
         self.path = Path(path)
+        self.shared = shared
+        self.what = what or f"run {self.path.parent}"
         self.fd: int | None = None
 
     def acquire(self) -> RunLock:
@@ -37,15 +43,19 @@ class RunLock:
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
                 raise StoreError(f"refusing to write {self.path}: it is not a plain file of its own "
                                  f"({'a hard link' if stat.S_ISREG(st.st_mode) else 'a special file'}); {fix}")
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise StoreError(f"run {self.path.parent} is being written by another process (pid {holder}); "
-                             "wait for it to finish, or stop it and rerun with --resume") from None
+            by = f"another process (pid {holder})" if holder else "shard processes (generate --shard)"
+            raise StoreError(f"{self.what} is being written by {by}; wait for it to finish, or stop it and "
+                             "rerun with --resume") from None
         except BaseException:
             os.close(fd)
             raise
+        if self.shared:  # several holders: no pid to write
+            self.fd = fd
+            return self
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -64,7 +74,8 @@ class RunLock:
         if self.fd is None:
             return
         try:
-            os.ftruncate(self.fd, 0)
+            if not self.shared:
+                os.ftruncate(self.fd, 0)
         except OSError:
             pass
         fcntl.flock(self.fd, fcntl.LOCK_UN)

@@ -21,26 +21,33 @@ from masklab.store import integrity as I
 from masklab.store.bits import BIT_ORDER, pack_layers
 from masklab.store.lock import RunLock
 from masklab.store.meta import RUN_FORMAT, git_commit, layout_frame, layout_records, now, read_json, software_versions
-from masklab.store.run import Run
+from masklab.store.run import RECORD_RE, Run
 
 
 class RunWriter:
-    """The one process writing a run: holds its lock, writes masks whole, registers them last."""
+    """A process writing a run (all of it, or one shard): holds its locks, writes masks whole, registers them
+    last."""
 
-    def __init__(self, path: Path, config: RunConfig, lock: RunLock, done: set[int], created: bool):
+    def __init__(self, path: Path, config: RunConfig, lock: RunLock, done: set[int], created: bool,
+                 shard: tuple[int, int] | None = None, shard_lock: RunLock | None = None):
         self.path, self.config, self.lock, self.done, self.created = path, config, lock, done, created
+        self.shard, self.shard_lock = shard, shard_lock
         self.meta = read_json(path / "run.json")
         self.layers = layout_frame(self.meta["layers"])
         self.n_words = int(self.meta["n_words"])
 
     @classmethod
     def open(cls, runs_dir: str | os.PathLike, config: RunConfig, layers: pd.DataFrame, dataset_info: dict,
-             resume: bool = False) -> RunWriter:
+             resume: bool = False, shard: tuple[int, int] | None = None) -> RunWriter:
         """Create the run directory (atomically: a temporary directory renamed into place) or open an
         existing one with the same config hash; take the writer lock. Without `resume`, an existing
         incomplete run is refused (a complete one is opened with nothing left to do). With `resume`, a
         named run that does not exist yet is refused when runs of that name with other configs do (see
-        `refuse_other_configs`). Links where the run is written are refused before anything is written."""
+        `refuse_other_configs`). Links where the run is written are refused before anything is written.
+
+        `shard=(I, N)`: write only shard I of N (the masks i with i % N == I; see masklab.scale.shards):
+        the run lock is taken shared and the shard's own lock exclusively, so that the N shards can write
+        at once; "incomplete" and "missing" then mean this shard's masks."""
         runs = Path(runs_dir)
         path = runs / F.check_run_id(config.run_id)
         created, lock = False, None
@@ -56,7 +63,7 @@ class RunWriter:
                 raise write_error(runs, e) from None
             try:
                 _write_new_run(tmp, config, layers, dataset_info)
-                lock = RunLock(tmp / "lock").acquire()  # the lock moves with the directory (same inode)
+                lock = RunLock(tmp / "lock", shared=shard is not None).acquire()  # moves with the directory
                 os.rename(tmp, path)
                 F.fsync_dir(runs)
                 created = True
@@ -77,29 +84,51 @@ class RunWriter:
                 raise StoreError(f"{path} exists but is not a masklab run (no run.json); remove it or choose "
                                  "another --name or --runs-dir")
             refuse_links(path)
-            lock = RunLock(path / "lock").acquire()
+            lock = RunLock(path / "lock", shared=shard is not None).acquire()
+        shard_lock = None
         try:
+            if shard is not None:
+                F.make_dirs(path / "locks", root=path)
+                shard_lock = RunLock(path / "locks" / f"shard-{shard[0]}-of-{shard[1]}",
+                                     what=f"shard {shard[0]}/{shard[1]} of run {path}").acquire()
             done = _check_existing(path, config, layers) if not created else set()
-            missing = [i for i in range(config.masks) if i not in done]
-            if missing and done and not created and not resume:
-                raise StoreError(f"run {path} already holds {len(done)} of {config.masks} masks; pass --resume "
-                                 "to train the missing ones")
+            mine = [i for i in range(config.masks) if shard is None or i % shard[1] == shard[0]]
+            missing = [i for i in mine if i not in done]
+            held = [i for i in mine if i in done]
+            if missing and held and not created and not resume:
+                what = "" if shard is None else f" (shard {shard[0]}/{shard[1]}: {len(held)} of its {len(mine)})"
+                raise StoreError(f"run {path} already holds {len(done)} of {config.masks} masks{what}; pass "
+                                 "--resume to train the missing ones")
             if not created:
                 F.remove_tmp_files(path)
                 stored = read_config(path / "config.toml")
                 if config.masks > stored.masks:  # extending a run: the only config change allowed
                     F.atomic_write_text(path / "config.toml", _config_toml(stored.replace(masks=config.masks)),
                                         root=path)
-            return cls(path, config, lock, done, created)
+            return cls(path, config, lock, done, created, shard, shard_lock)
         except BaseException:
+            if shard_lock is not None:
+                shard_lock.release()
             lock.release()
             raise
 
+    def mine(self, i: int) -> bool:
+        """Whether mask `i` is this writer's to train (every mask, or those of its shard)."""
+        return self.shard is None or i % self.shard[1] == self.shard[0]
+
     @property
     def missing(self) -> list[int]:
-        return [i for i in range(self.config.masks) if i not in self.done]
+        return [i for i in range(self.config.masks) if i not in self.done and self.mine(i)]
+
+    def stored_elsewhere(self) -> set[int]:
+        """Masks whose records other writers (other shards) have written since this one opened the run."""
+        names = os.listdir(self.path / "masks")
+        found = {int(m.group(1)) for m in map(RECORD_RE.fullmatch, names) if m}
+        return found - self.done
 
     def close(self) -> None:
+        if self.shard_lock is not None:
+            self.shard_lock.release()
         self.lock.release()
 
     def discard(self) -> None:
@@ -125,6 +154,10 @@ class RunWriter:
         i = int(trained.index)
         if i in self.done:
             raise StoreError(f"mask {i} of run {self.path} is already stored; a finished mask is never rewritten")
+        record_path = self.path / "masks" / f"{F.stem(i)}.json"
+        if record_path.exists():  # another process (an overlapping shard) stored it meanwhile: same bits
+            self.done.add(i)
+            return read_json(record_path)
         names, shapes = list(self.layers["layer"]), [tuple(s) for s in self.layers["shape"]]
         if list(trained.layer_names) != names or [tuple(s) for s in trained.layer_shapes] != shapes:
             raise StoreError(f"mask {i} has layers {trained.layer_names} but run {self.path} has {names}")
@@ -200,7 +233,7 @@ def _make_runs_dir(runs: Path) -> None:
 
 
 # What a writer writes into, below the run directory: none of these may be a link.
-WRITTEN = ("lock", "config.toml", "masks", "extras", "snapshots")
+WRITTEN = ("lock", "locks", "config.toml", "masks", "extras", "snapshots")
 
 
 def refuse_links(path: Path) -> None:
