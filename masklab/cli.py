@@ -30,39 +30,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ---- generate ---------------------------------------------------------------------------------------------
-# (flag, RunConfig field, type, metavar, help). Every one can also be set in the --config TOML file.
-GENERATE_OPTIONS: list[tuple[str, str, Callable | None, str | None, str]] = [
-    ("--dataset", "dataset", str, "D", "digits (embedded, default), fashion-mnist, mnist, cifar10, synthetic"),
-    ("--data-root", "data_root", str, "DIR", "directory holding the dataset files"),
-    ("--input-shape", "input_shape", str, "SHAPE", "synthetic dataset only: per-sample shape, e.g. 3x32x32 "
-                                                   "(at most 1,048,576 values)"),
-    ("--model", "model", str, "M", "mlp (default), lenet-300-100, conv2, conv4, conv6, conv8, resnet18"),
-    ("--width", "width", float, "W", "width multiplier (default 1)"),
-    ("--method", "method", str, "M", "edge-popup (default), biprop or dense"),
-    ("--recycle", "recycle", str, "R", "none (default), iwr or iterand"),
-    ("--recycle-rate", "recycle_rate", float, "R", "fraction of a layer recycled (default: the method's)"),
-    ("--recycle-every", "recycle_every", int, "E", "recycle every E epochs (default: the method's)"),
-    ("--recycle-warmup", "recycle_warmup", int, "E", "epochs before the first recycling (default 0)"),
-    ("--sparsity", "sparsity", float, "S", "fraction of each layer's weights removed, in [0, 1) (default 0.5)"),
-    ("--masks", "masks", int, "N", "number of masks (default 16, at most 1,000,000)"),
-    ("--epochs", "epochs", int, "E", "epochs per mask (default 20, at most 100,000)"),
-    ("--batch-size", "batch_size", int, "B", "batch size (default 128)"),
-    ("--lr", "lr", float, "LR", "learning rate (default: 0.1, dense 0.01)"),
-    ("--weight-seed", "weight_seed", int, "S", "seed of the random weights, shared by all masks (default 0)"),
-    ("--score-seed", "score_seed", int, "S", "score seed of mask 0; mask i uses S + i (default 0)"),
-    ("--data-seed", "data_seed", int, "S", "seed of batch order and augmentation (default 0)"),
-    ("--vary-data-seed", "vary_data_seed", None, None, "mask i also uses data seed S + i"),
-    ("--stack", "stack", str, "K", "masks trained together in one pass over the shared weights, or auto "
-                                  "(default: the K a measured rule finds fastest). On CPU a mask's bits, scores "
-                                  "and figures are the same for any K and thread count; on CUDA they may differ "
-                                  "by rounding (each mask records its K and device)"),
-    ("--device", "device", str, "D", "auto (default), cpu, cuda or cuda:N"),
-    ("--keep-scores", "keep_scores", None, None, "store each mask's final scores (float16)"),
-    ("--snapshot-every", "snapshot_every", int, "E", "store each mask every E epochs (default 0: never)"),
-    ("--name", "name", str, "NAME", "run name: the run id is NAME-<hash8> (default <dataset>-<model>-...)"),
-]
-
-
 def add_generate(sub) -> None:
     p = sub.add_parser("generate", help="train many masks over the same random weights into a run directory",
                        description="Train N masks that differ only in score seed (and, with --vary-data-seed, "
@@ -126,15 +93,42 @@ def _check_scale_args(args: argparse.Namespace) -> None:
         raise UserError("--executor and --no-wait go with --jobs N")
 
 
+def run_options() -> list[tuple[str, str, type | None, str | None, str]]:
+    """(flag, RunConfig field, parse type (None: a switch), metavar, help) of every run option, made from
+    the fields of RunConfig (their help and metavar live beside the field, `masklab.config.option`)."""
+    from dataclasses import fields
+
+    from masklab.config import RunConfig, default_text, field_type
+
+    out = []
+    for f in fields(RunConfig):
+        if f.name.startswith("_"):
+            continue
+        kind = f.metadata.get("cli_type") or field_type(f.name)
+        default = default_text(f.name)
+        text = f.metadata["help"] + (f" (default {default})" if default else "")
+        switch = kind is bool and f.default is False
+        out.append((f"--{f.name.replace('_', '-')}", f.name, None if switch else kind, f.metadata.get("metavar"),
+                    text))
+    return out
+
+
 def add_run_options(p, skip: tuple[str, ...] = ()) -> None:
-    """The RunConfig options of GENERATE_OPTIONS (all default None, so the --config file shows through)."""
-    for flag, dest, kind, metavar, text in GENERATE_OPTIONS:
+    """The RunConfig options (all default None, so that the --config file shows through)."""
+    for flag, dest, kind, metavar, text in run_options():
         if dest in skip:
             continue
         if kind is None:
             p.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
         else:
-            p.add_argument(flag, dest=dest, type=kind, metavar=metavar, default=None, help=text)
+            p.add_argument(flag, dest=dest, type=_bool if kind is bool else kind, metavar=metavar, default=None,
+                           help=text)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(text)
+    return text.lower() in ("true", "1", "yes")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -146,7 +140,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _given(args: argparse.Namespace) -> dict:
-    return {dest: getattr(args, dest) for _, dest, *_ in GENERATE_OPTIONS if getattr(args, dest) is not None}
+    return {dest: getattr(args, dest) for _, dest, *_ in run_options() if getattr(args, dest, None) is not None}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ stack size, name) and the mask count (a run can be extended) are left out of it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -16,6 +17,7 @@ import os
 import re
 import stat
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -57,47 +59,59 @@ _RECYCLE_DEFAULTS = {
 }
 
 
+def option(default: Any, help: str, metavar: str | None = None, *, cli_type: type | None = None) -> Any:
+    """A RunConfig field with what its command-line flag (`--<name-with-dashes>`) says: help text and metavar
+    (open_lth keeps hyperparameter help beside the field the same way); `cli_type` overrides the type the
+    flag parses (e.g. str for `--stack auto`). The defaults shown in --help come from the field itself."""
+    return field(default=default, metadata={"help": help, "metavar": metavar, "cli_type": cli_type})
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a run of masks depends on. Mask i of a run uses score seed `score_seed + i`
     (and data seed `data_seed + i` when `vary_data_seed`); all else is shared."""
 
     # data
-    dataset: str = "digits"
-    data_root: str | None = None
-    input_shape: str | None = None  # synthetic only, e.g. "3x32x32"
+    dataset: str = option("digits", "digits (embedded), fashion-mnist, mnist, cifar10, synthetic", "D")
+    data_root: str | None = option(None, "directory holding the dataset files", "DIR")
+    input_shape: str | None = option(None, "synthetic dataset only: per-sample shape, e.g. 3x32x32 (at most "
+                                     f"{MAX_INPUT_ELEMENTS:,} values)", "SHAPE")
     # model
-    model: str = "mlp"
-    width: float = 1.0
-    weight_init: str | None = None  # None: the method's default
-    scale_fan: bool | None = None  # scale fan_in by keep; None: the method's default
+    model: str = option("mlp", "mlp, lenet-300-100, conv2, conv4, conv6, conv8, resnet18", "M")
+    width: float = option(1.0, "width multiplier of every layer", "W")
+    weight_init: str | None = option(None, "signed-constant, kaiming-normal or unsigned-constant", "INIT")
+    scale_fan: bool | None = option(None, "scale the weights' fan_in by keep (true/false)", "BOOL")
     # method
-    method: str = "edge-popup"
-    sparsity: float = 0.5
-    recycle: str = "none"
-    recycle_rate: float | None = None
-    recycle_every: int | None = None
-    recycle_warmup: int = 0
-    recycle_donors: str = "top"  # "next": IWR ablation, donors are idx[r:2r]
+    method: str = option("edge-popup", "edge-popup, biprop or dense", "M")
+    sparsity: float = option(0.5, "fraction of each layer's weights removed, in [0, 1)", "S")
+    recycle: str = option("none", "none, iwr or iterand", "R")
+    recycle_rate: float | None = option(None, "fraction of a layer recycled", "R")
+    recycle_every: int | None = option(None, "recycle every E epochs", "E")
+    recycle_warmup: int = option(0, "epochs before the first recycling", "E")
+    recycle_donors: str = option("top", "IWR donors: top (the paper), or next (ablation: idx[r:2r])", "D")
     # optimisation
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    epochs: int = option(20, f"epochs per mask (at most {MAX_EPOCHS:,})", "E")
+    batch_size: int = option(128, "batch size", "B")
+    lr: float | None = option(None, "learning rate (cosine schedule per epoch)", "LR")
+    momentum: float = option(0.9, "SGD momentum", "M")
+    weight_decay: float = option(1e-4, "weight decay (on the scores; on the weights for dense)", "WD")
     # seeds and count
-    weight_seed: int = 0
-    score_seed: int = 0
-    data_seed: int = 0
-    vary_data_seed: bool = False
-    masks: int = 16
+    weight_seed: int = option(0, "seed of the random weights, shared by all masks", "S")
+    score_seed: int = option(0, "score seed of mask 0; mask i uses S + i", "S")
+    data_seed: int = option(0, "seed of batch order and augmentation", "S")
+    vary_data_seed: bool = option(False, "mask i also uses data seed S + i")
+    masks: int = option(16, f"number of masks (at most {MAX_MASKS:,})", "N")
     # what is stored beside the masks
-    keep_scores: bool = False
-    snapshot_every: int = 0
+    keep_scores: bool = option(False, "store each mask's final scores (float16)")
+    snapshot_every: int = option(0, "store each mask every E epochs (0: never)", "E")
     # where and how (not hashed)
-    stack: int = 0  # masks trained together (speed only: a mask's CPU bits do not depend on it); 0 = auto
-    device: str = "auto"
-    name: str | None = None
+    stack: int = option(0, "masks trained together in one pass over the shared weights, or auto (0): the K a "
+                        "measured rule finds fastest. On CPU a mask's bits, scores and figures are the same for "
+                        "any K and thread count; on CUDA they may differ by rounding (each mask records its K "
+                        "and device)", "K", cli_type=str)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N", "D")
+    name: str | None = option(None, "run name: the run id is NAME-<hash8> (default <dataset>-<model>-<method>-"
+                              "s<sparsity>)", "NAME")
     _extra: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -224,7 +238,7 @@ class RunConfig:
                 continue
             if f.name in RESOLVED and value == self.replace(**{f.name: None}).resolved(f.name):
                 continue
-            if str(f.type).startswith("float") and isinstance(value, int) and not isinstance(value, bool):
+            if field_type(f.name) is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             out[f.name] = value
         return out
@@ -269,6 +283,21 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+
+def default_text(name: str) -> str | None:
+    """How --help states field `name`'s default: its value, or for a field resolved by the method (None
+    in the dataclass) each method's value, from the same tables `resolved` reads."""
+    if name in ("weight_init", "scale_fan", "lr"):
+        return "the method's: " + ", ".join(f"{m} {d[name]}" for m, d in _METHOD_DEFAULTS.items())
+    if name in ("recycle_rate", "recycle_every"):
+        return "the method's: " + ", ".join(f"{m}+{r} {d[name]}" for (m, r), d in _RECYCLE_DEFAULTS.items())
+    default = next(f.default for f in fields(RunConfig) if f.name == name)
+    if name == "stack":
+        return "auto"
+    if default is None or default is False:
+        return None
+    return f"{default:g}" if isinstance(default, float) else str(default)
 
 
 def memory_bytes() -> int | None:
@@ -323,12 +352,24 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(RunConfig)
+
+
+def field_type(name: str) -> type:
+    """The type of RunConfig field `name` without its None (from the annotations: `float | None` -> float)."""
+    hint = _hints()[name]
+    args = [t for t in typing.get_args(hint) if t is not type(None)]
+    return args[0] if args else hint
+
+
 def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
-    kind = str(f.type)
+    kind = field_type(f.name)
     if value is None:
         return None
     try:
-        if kind.startswith("bool"):
+        if kind is bool:
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError
@@ -336,19 +377,19 @@ def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
             if not isinstance(value, bool):
                 raise ValueError
             return value
-        if kind.startswith("int"):
+        if kind is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             if key == "stack" and value == "auto":
                 return 0
             return int(value)
-        if kind.startswith("float"):
+        if kind is float:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        expected = kind.split(" ")[0]
+        expected = kind.__name__
         raise UserError(f"{source}: key '{key}' = {value!r} is not a valid {expected}") from None
 
 
