@@ -29,6 +29,21 @@ RECYCLES = ("none", "iwr", "iterand")
 WEIGHT_INITS = ("signed-constant", "kaiming-normal", "unsigned-constant")
 DONORS = ("top", "next")
 
+
+def method_label(method: str, recycle: str = "none") -> str:
+    """'edge-popup', 'biprop+iwr', 'dense', ...: a method with its recycling, as the published tables name it."""
+    return method if recycle == "none" else f"{method}+{recycle}"
+
+
+def parse_method(label: str) -> tuple[str, str]:
+    """(method, recycle) of a `method_label`, validating both halves."""
+    method, _, recycle = label.partition("+")
+    recycle = recycle or "none"
+    if method not in METHODS or recycle not in RECYCLES or (method == "dense" and recycle != "none"):
+        raise UserError(f"method {label!r} is not one of {', '.join(METHODS)}, optionally with +iwr or +iterand "
+                        "(e.g. biprop+iwr; dense has no recycling)")
+    return method, recycle
+
 # Fields that do not change what a mask is: left out of the hash.
 UNHASHED = ("data_root", "device", "stack", "name", "masks")
 # Fields whose default (None) means "the method's value": an explicit value equal to it hashes as the default.
@@ -250,7 +265,7 @@ class RunConfig:
 
     @property
     def default_name(self) -> str:
-        method = self.method if self.recycle == "none" else f"{self.method}+{self.recycle}"
+        method = method_label(self.method, self.recycle)
         return f"{self.dataset}-{self.model}-{method}-s{self.sparsity:g}"
 
     @property

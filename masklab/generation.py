@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from masklab.config import RunConfig
+from masklab.config import RunConfig, method_label
 from masklab.errors import UserError
 from masklab.store.bits import make_layout
 from masklab.store.run import Run
@@ -208,6 +208,6 @@ def banner(config: RunConfig, runs_dir: str | os.PathLike) -> list[str]:
     """The lines `masklab generate` prints before training: the run id, the non-default config, the path."""
     changed = config.to_dict(non_default=True)
     text = ", ".join(f"{k}={v}" for k, v in changed.items()) if changed else "the embedded default"
-    return [f"run {config.run_id}: {config.masks} masks, {config.dataset} {config.model} {config.method}"
-            + (f"+{config.recycle}" if config.recycle != "none" else "") + f" sparsity {config.sparsity:g}",
+    return [f"run {config.run_id}: {config.masks} masks, {config.dataset} {config.model} "
+            f"{method_label(config.method, config.recycle)} sparsity {config.sparsity:g}",
             f"config: {text}", f"into {Path(runs_dir) / config.run_id}"]

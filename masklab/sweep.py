@@ -17,25 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from masklab.config import RunConfig
+from masklab.config import RunConfig, method_label, parse_method
 from masklab.errors import UserError
 from masklab.published import published_for
-
-
-def method_label(method: str, recycle: str = "none") -> str:
-    """'edge-popup', 'biprop+iwr', 'dense', ...: the names the published tables use."""
-    return method if recycle == "none" else f"{method}+{recycle}"
-
-
-def parse_method(label: str) -> tuple[str, str]:
-    """Inverse of `method_label`, validating both halves."""
-    method, _, recycle = label.partition("+")
-    recycle = recycle or "none"
-    if method not in ("edge-popup", "biprop", "dense") or recycle not in ("none", "iwr", "iterand") or \
-            (method == "dense" and recycle != "none"):
-        raise UserError(f"sweep method {label!r} is not one of edge-popup, biprop, dense, optionally with +iwr "
-                        "or +iterand (e.g. biprop+iwr)")
-    return method, recycle
 
 
 def sweep_configs(base: RunConfig, methods: Sequence[str], sparsities: Sequence[float], seeds: int,
@@ -49,7 +33,10 @@ def sweep_configs(base: RunConfig, methods: Sequence[str], sparsities: Sequence[
         raise UserError("sweep needs at least one sparsity, e.g. --sparsities 0.5,0.9")
     configs = []
     for label, weight_seed in itertools.product(methods, weight_seeds):
-        method, recycle = parse_method(label)
+        try:
+            method, recycle = parse_method(label)
+        except UserError as e:
+            raise UserError(f"sweep {e}") from None
         for sparsity in ([0.0] if method == "dense" else sparsities):
             config = base.replace(method=method, recycle=recycle, sparsity=float(sparsity), masks=seeds,
                                   weight_seed=int(weight_seed), name=None,

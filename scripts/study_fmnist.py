@@ -72,7 +72,7 @@ def long_configs(args) -> list:
 def landscape_configs(args) -> list:
     """The 16-mask runs. Masks are not part of a run's hash, so these extend the grid's cells of the same
     method and sparsity: their first SEEDS masks are the grid's."""
-    from masklab.sweep import parse_method
+    from masklab.config import parse_method
 
     configs = []
     for label in LANDSCAPE_METHODS:
@@ -111,7 +111,7 @@ def open_runs(args, configs) -> list:
 
 
 def label(config) -> str:
-    from masklab.sweep import method_label
+    from masklab.config import method_label
 
     return method_label(config.method, config.recycle)
 

@@ -1,9 +1,9 @@
 import pytest
 
-from masklab.config import RunConfig
+from masklab.config import RunConfig, parse_method
 from masklab.errors import UserError
 from masklab.published import published_for
-from masklab.sweep import parse_method, sweep, sweep_configs
+from masklab.sweep import sweep, sweep_configs
 
 
 def test_sweep_on_digits_completes_and_resumes_without_training(tmp_path, monkeypatch):
@@ -45,9 +45,9 @@ def test_sweep_grid_and_bad_methods():
     assert all(c.masks == 3 for c in configs)
     assert [c.vary_data_seed for c in configs] == [False, False, True]  # dense repeats differ in batch order
     assert parse_method("biprop+iterand") == ("biprop", "iterand")
-    with pytest.raises(UserError, match="sweep method"):
+    with pytest.raises(UserError, match="is not one of edge-popup, biprop, dense"):
         parse_method("dense+iwr")
-    with pytest.raises(UserError, match="sweep method"):
+    with pytest.raises(UserError, match="is not one of edge-popup, biprop, dense"):
         parse_method("lottery")
 
 

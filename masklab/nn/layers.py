@@ -21,12 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from masklab.config import METHODS
 from masklab.nn.exact import biprop_alpha, conv2d
 from masklab.nn.select import n_keep as count_keep
 from masklab.nn.select import topk_mask
 from masklab.nn.stacked import straight_through
-
-METHODS = ("edge-popup", "biprop", "dense")
 
 
 class MaskedLayer(nn.Module):

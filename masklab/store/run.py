@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from masklab.config import RunConfig, read_config
+from masklab.config import RunConfig, method_label, read_config
 from masklab.errors import StoreError, UserError, WriteError
 from masklab.store import cache as C
 from masklab.store import files as F
@@ -409,7 +409,7 @@ def list_runs(runs_dir: str | os.PathLike = "runs") -> pd.DataFrame:
             rows.append({"run_id": path.name, "path": str(path), "error": str(e)})
             continue
         cfg = run.config
-        method = cfg.method if cfg.recycle == "none" else f"{cfg.method}+{cfg.recycle}"
+        method = method_label(cfg.method, cfg.recycle)
         acc = [r.get("test_acc") for r in run.records.values()]
         rows.append({"run_id": run.id, "dataset": cfg.dataset, "model": cfg.model, "width": cfg.width,
                      "method": method, "sparsity": cfg.sparsity, "epochs": cfg.epochs, "masks": len(run),
