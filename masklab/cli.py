@@ -452,19 +452,16 @@ def cmd_distances(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     client = connect(args.scheduler, args.workers) if args.scheduler else None
     try:
-        if client is not None and not args.quiet:
-            from tqdm import tqdm
+        from tqdm import tqdm
 
-            bar = tqdm(desc="tiles", unit="tile", dynamic_ncols=True)
+        bar = tqdm(desc="tiles", unit="tile", dynamic_ncols=True, disable=client is None or args.quiet)
 
-            def progress(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-        else:
-            bar, progress = None, None
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
         summary = distances_to_file(run.masks, out, args.metric, args.per_layer, client, progress)
-        if bar is not None:
-            bar.close()
+        bar.close()
     finally:
         if client is not None:
             cluster = getattr(client, "cluster", None)

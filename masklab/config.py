@@ -248,7 +248,7 @@ class RunConfig:
             if self.recycle == "none" and f.name in RECYCLE_FIELDS:
                 continue
             value = getattr(self, f.name)
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
             if value == default:
                 continue
             if f.name in RESOLVED and value == self.replace(**{f.name: None}).resolved(f.name):

@@ -17,6 +17,7 @@ A missing or corrupt dataset raises `DataError` with a one-line message naming t
 from __future__ import annotations
 
 import codecs
+import functools
 import gzip
 import math
 import os
@@ -257,9 +258,10 @@ def _load_idx(name: str, root: str | None, subdir: str, system: tuple[str, ...],
             searched.append(directory)
             if _find_idx_file(directory, IDX_FILES[0]) is None:
                 continue
-            paths = [_find_idx_file(directory, f) for f in IDX_FILES]
-            missing = [f for f, p in zip(IDX_FILES, paths) if p is None]
-            if missing:
+            found = [_find_idx_file(directory, f) for f in IDX_FILES]
+            paths = [p for p in found if p is not None]
+            if len(paths) < len(IDX_FILES):
+                missing = [f for f, p in zip(IDX_FILES, found) if p is None]
                 raise DataError(f"{name}: {directory} holds {IDX_FILES[0]} but not "
                                 f"{', '.join(m + '(.gz)' for m in missing)}; expected all four IDX files")
             return _idx_dataset(name, paths, mean, std)
@@ -314,13 +316,14 @@ def _latin1_encode(text: str, encoding: str) -> bytes:
 
 def _numpy_global(module: str, name: str) -> object:
     """numpy's array reconstruction functions, from numpy._core (numpy 2) or numpy.core (numpy 1)."""
-    try:
-        import numpy._core.multiarray as multiarray
-        import numpy._core.numeric as numeric
-    except ImportError:  # numpy < 2
-        import numpy.core.multiarray as multiarray
-        import numpy.core.numeric as numeric
-    return getattr(multiarray if module.endswith("multiarray") else numeric, name)
+    import importlib
+
+    for package in ("numpy._core", "numpy.core"):  # numpy 2, numpy 1
+        try:
+            return getattr(importlib.import_module(f"{package}.{module.rsplit('.', 1)[-1]}"), name)
+        except ImportError:
+            continue
+    raise ImportError(f"numpy has no {module}.{name}")
 
 
 # What a CIFAR-10 batch pickle may name: numpy array and dtype reconstruction, nothing else.
@@ -328,9 +331,9 @@ _CIFAR_ALLOWED: dict[tuple[str, str], Callable[[], object]] = {
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
     ("_codecs", "encode"): lambda: _latin1_encode,
-    **{(f"{pkg}.multiarray", "_reconstruct"): (lambda m=f"{pkg}.multiarray": _numpy_global(m, "_reconstruct"))
+    **{(f"{pkg}.multiarray", "_reconstruct"): functools.partial(_numpy_global, f"{pkg}.multiarray", "_reconstruct")
        for pkg in ("numpy.core", "numpy._core")},
-    **{(f"{pkg}.numeric", "_frombuffer"): (lambda m=f"{pkg}.numeric": _numpy_global(m, "_frombuffer"))
+    **{(f"{pkg}.numeric", "_frombuffer"): functools.partial(_numpy_global, f"{pkg}.numeric", "_frombuffer")
        for pkg in ("numpy.core", "numpy._core")},
 }
 

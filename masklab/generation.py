@@ -34,7 +34,7 @@ def as_config(config: RunConfig | dict | str | os.PathLike | None = None, **over
     elif isinstance(config, dict):
         values = dict(config)
     elif isinstance(config, (str, os.PathLike)):
-        values = load_toml(config)
+        values = load_toml(os.fspath(config))
     else:
         raise UserError(f"config must be a RunConfig, a dict or a TOML path, not {type(config).__name__}")
     return RunConfig.from_dict({**values, **overrides})

@@ -108,7 +108,7 @@ class ShardJob(submitit.helpers.Checkpointable):
 
         if threads:
             torch.set_num_threads(threads)
-        done = []
+        done: list[str] = []
         for values in configs:
             config = RunConfig.from_dict(values, source="shard job")
             try:
@@ -161,10 +161,12 @@ def submit_shards(configs: Sequence[RunConfig], runs_dir: str | os.PathLike, job
     say = log or (lambda message: None)
     runs = [create_run(config, runs_dir) for config in configs]  # checks everything before any job starts
     folder = runs[0] / "submitit"
+    ex: submitit.SlurmExecutor | submitit.LocalExecutor
+    threads: int | None = None
+    gpus: list[int | None] = [None] * jobs
     if executor == "slurm":
         ex = submitit.SlurmExecutor(folder=folder)
         ex.update_parameters(**(slurm or SlurmOptions()).parameters(f"masklab-{runs[0].name}"))
-        threads, gpus = None, [None] * jobs
     else:
         ex = submitit.LocalExecutor(folder=folder)
         ex.update_parameters(timeout_min=60 * 24 * 30)

@@ -67,7 +67,7 @@ class MaskSet:
     which returns one mask (or one layer of one mask) at a time.
     """
 
-    def __init__(self, bits: np.ndarray, layers: pd.DataFrame, ids: Sequence[int] | None = None):
+    def __init__(self, bits: np.ndarray, layers: pd.DataFrame, ids: Sequence[int] | np.ndarray | None = None):
         if bits.ndim != 2 or bits.dtype != np.uint64:
             raise ValueError(f"bits must be an N x W uint64 matrix, got {bits.dtype} {bits.shape}")
         width = int(layers["word_stop"].iloc[-1]) if len(layers) else 0

@@ -449,7 +449,7 @@ def _verify_masks(path: Path, meta: dict, add, repair: bool) -> None:
                     add(extra, "extra", "ok", mask_id=i)
                 except UserError as e:
                     bad.append(add(extra, "extra", "problem", str(e), i))
-        if not bad:
+        if not bad and record is not None:
             good[i] = record
         elif repair:
             where = quarantine(path, i, record)

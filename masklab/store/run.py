@@ -43,6 +43,7 @@ import operator
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -266,7 +267,7 @@ class Run:
         for k, r in enumerate(self.layers.itertuples()):
             full = np.arange(r.n_bits, dtype=np.int64) if kind == "src" else np.zeros(r.n_bits, np.int64)
             pos, val = stored.get(f"pos_{k}"), stored.get(f"val_{k}")
-            if pos is not None and len(pos):
+            if pos is not None and val is not None and len(pos):
                 if pos.max() >= r.n_bits or (kind == "src" and val.max() >= r.n_bits):
                     raise StoreError(f"{self._extra_path(i, kind)} indexes past layer {r.layer}; it is corrupt")
                 full[pos.astype(np.int64)] = val
@@ -318,7 +319,8 @@ class Run:
         masks.bits; the registry is then re-read."""
         table = I.verify(self, repair=repair)
         if repair and not (table["status"] == "problem").any():
-            self.__init__(self.path, check=self._check)
+            fresh = Run(self.path, check=self._check)
+            self.__dict__.update(fresh.__dict__)
         return table
 
     def disk_bytes(self) -> pd.DataFrame:
@@ -399,7 +401,7 @@ def list_runs(runs_dir: str | os.PathLike = "runs") -> pd.DataFrame:
     columns = ["run_id", "dataset", "model", "width", "method", "sparsity", "epochs", "masks", "planned",
                "test_acc", "created", "path", "error"]
     runs = Path(runs_dir)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for path in sorted(runs.iterdir()) if runs.is_dir() else []:
         if path.name.startswith(".") or not (path / "run.json").is_file():
             continue
@@ -410,7 +412,7 @@ def list_runs(runs_dir: str | os.PathLike = "runs") -> pd.DataFrame:
             continue
         cfg = run.config
         method = method_label(cfg.method, cfg.recycle)
-        acc = [r.get("test_acc") for r in run.records.values()]
+        acc = [r["test_acc"] for r in run.records.values() if r.get("test_acc") is not None]
         rows.append({"run_id": run.id, "dataset": cfg.dataset, "model": cfg.model, "width": cfg.width,
                      "method": method, "sparsity": cfg.sparsity, "epochs": cfg.epochs, "masks": len(run),
                      "planned": cfg.masks, "test_acc": float(np.mean(acc)) if acc else None,

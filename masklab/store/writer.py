@@ -105,11 +105,13 @@ class RunWriter:
                 if config.masks > stored.masks:  # extending a run: the only config change allowed
                     F.atomic_write_text(path / "config.toml", _config_toml(stored.replace(masks=config.masks)),
                                         root=path)
+            assert lock is not None
             return cls(path, config, lock, done, created, shard, shard_lock)
         except BaseException:
             if shard_lock is not None:
                 shard_lock.release()
-            lock.release()
+            if lock is not None:
+                lock.release()
             raise
 
     def mine(self, i: int) -> bool:
