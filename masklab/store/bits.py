@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from masklab.errors import UserError
+
 BIT_ORDER = ("layers in model order; each layer C-order flattened, starts on a 64-bit word; "
              "bit j -> word j//64, bit j%64 (LSB first); words little-endian uint64")
 WORD_BITS = 64
@@ -69,15 +71,15 @@ class MaskSet:
 
     def __init__(self, bits: np.ndarray, layers: pd.DataFrame, ids: Sequence[int] | np.ndarray | None = None):
         if bits.ndim != 2 or bits.dtype != np.uint64:
-            raise ValueError(f"bits must be an N x W uint64 matrix, got {bits.dtype} {bits.shape}")
+            raise UserError(f"bits must be an N x W uint64 matrix, got {bits.dtype} {bits.shape}")
         width = int(layers["word_stop"].iloc[-1]) if len(layers) else 0
         if bits.shape[1] != width:
-            raise ValueError(f"bits have {bits.shape[1]} words per mask but the layers need {width}")
+            raise UserError(f"bits have {bits.shape[1]} words per mask but the layers need {width}")
         self.bits = bits
         self.layers = layers.reset_index(drop=True)
         self.ids = np.arange(bits.shape[0]) if ids is None else np.asarray(ids, dtype=np.int64)
         if self.ids.shape != (bits.shape[0],):
-            raise ValueError(f"{len(self.ids)} ids for {bits.shape[0]} masks")
+            raise UserError(f"{len(self.ids)} ids for {bits.shape[0]} masks")
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
@@ -88,10 +90,10 @@ class MaskSet:
         if matrix.ndim == 1:
             matrix = matrix[None, :]
         if matrix.ndim != 2:
-            raise ValueError(f"expected an N x d boolean matrix, got shape {matrix.shape}")
+            raise UserError(f"expected an N x d boolean matrix, got shape {matrix.shape}")
         sizes = [matrix.shape[1]] if layer_sizes is None else [int(s) for s in layer_sizes]
         if sum(sizes) != matrix.shape[1] or any(s < 1 for s in sizes):
-            raise ValueError(f"layer sizes {sizes} do not add up to the {matrix.shape[1]} columns")
+            raise UserError(f"layer sizes {sizes} do not add up to the {matrix.shape[1]} columns")
         names = list(layer_names) if layer_names is not None else [f"layer{i}" for i in range(len(sizes))]
         layout = make_layout(names, [(s,) for s in sizes])
         offsets = np.cumsum([0] + sizes)
@@ -130,13 +132,13 @@ class MaskSet:
             return self.layers.iloc[int(layer)]
         hit = self.layers.index[self.layers["layer"] == layer]
         if len(hit) == 0:
-            raise KeyError(f"no layer {layer!r}; layers: {', '.join(self.layers['layer'])}")
+            raise UserError(f"no layer {layer!r}; layers: {', '.join(self.layers['layer'])}")
         return self.layers.iloc[hit[0]]
 
     def _row(self, i: int) -> int:
         hit = np.flatnonzero(self.ids == i)
         if len(hit) == 0:
-            raise KeyError(f"no mask with id {i}; ids are {self.ids.min()}..{self.ids.max()}")
+            raise UserError(f"no mask with id {i}; ids are {self.ids.min()}..{self.ids.max()}")
         return int(hit[0])
 
     # ---- access ---------------------------------------------------------------------------------
