@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -50,6 +51,31 @@ CIFAR_PAD = 4  # random crop 32 with zero padding 4 (REFERENCE.md)
 SYNTHETIC_SEED = 20_240_601
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 1024, 256
 SYNTHETIC_SHAPE = (3, 32, 32)
+
+
+# ---- what the rest of masklab needs of a dataset --------------------------------------------------------
+class Shaped(Protocol):
+    """What building a model needs: the per-sample shape and the class count (a Dataset, or a run's record
+    of them)."""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def n_classes(self) -> int: ...
+
+
+class Batches(Shaped, Protocol):
+    """What training and evaluation need: seeded training batches and the test split, as normalised float32
+    tensors of shape (B, *input_shape) with int64 labels. `Dataset` is the one implementation."""
+
+    name: str
+
+    def train_batches(self, batch_size: int, seed: int, epoch: int,
+                      device: str | torch.device = "cpu") -> Iterator[tuple[Tensor, Tensor]]: ...
+
+    def test_batches(self, batch_size: int = 1000,
+                     device: str | torch.device = "cpu") -> Iterator[tuple[Tensor, Tensor]]: ...
 
 
 # ---- the in-memory dataset ----------------------------------------------------------------------------

@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from masklab.config import RunConfig
+from masklab.data import Shaped
 from masklab.nn.layers import masked_layers
 from masklab.train.recycling import rebuild_weights
 
 
-def rebuild_subnet(config: RunConfig, dataset, weight_seed: int, score_seed: int, masks: Sequence[np.ndarray],
+def rebuild_subnet(config: RunConfig, dataset: Shaped, weight_seed: int, score_seed: int, masks: Sequence[np.ndarray],
                    src: Sequence[np.ndarray] | None = None, draw: Sequence[np.ndarray] | None = None,
                    weights: Sequence[np.ndarray] | None = None, buffers: dict | None = None,
                    device: str | torch.device = "cpu") -> nn.Module:
@@ -44,7 +45,7 @@ def rebuild_subnet(config: RunConfig, dataset, weight_seed: int, score_seed: int
     return model.to(device).eval()
 
 
-def rebuild_trained(config: RunConfig, dataset, trained, device: str | torch.device = "cpu") -> nn.Module:
+def rebuild_trained(config: RunConfig, dataset: Shaped, trained, device: str | torch.device = "cpu") -> nn.Module:
     """`rebuild_subnet` for a TrainedMask."""
     return rebuild_subnet(config, dataset, trained.weight_seed, trained.score_seed, trained.masks, trained.src,
                           trained.draw, trained.weights, trained.buffers, device)

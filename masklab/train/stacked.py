@@ -12,6 +12,7 @@ import os
 import torch
 
 from masklab.config import RunConfig
+from masklab.data import Shaped
 from masklab.nn.layers import MaskedConv2d
 from masklab.nn.models import build_model
 from masklab.nn.stacked import StackedLayerMaker, init_stacked
@@ -24,7 +25,7 @@ CPU_CAP = {"linear": 8, "conv": 1}
 CUDA_CAP = 32  # one grouped convolution for the stack: not measured yet (no GPU lent)
 
 
-def make_stacked_model(config: RunConfig, dataset, indices: list[int]) -> torch.nn.Module:
+def make_stacked_model(config: RunConfig, dataset: Shaped, indices: list[int]) -> torch.nn.Module:
     """The run's model for masks `indices`: shared weights from the weight seed (per mask once recycling
     can change them), mask k's scores from its own score seed."""
     per_mask_weights = config.recycle != "none"
@@ -34,13 +35,13 @@ def make_stacked_model(config: RunConfig, dataset, indices: list[int]) -> torch.
                         config.resolved("weight_init"), config.resolved("scale_fan"), config.keep)
 
 
-def layer_kind(config: RunConfig, dataset) -> str:
+def layer_kind(config: RunConfig, dataset: Shaped) -> str:
     """"conv" when the model has a convolution, else "linear"."""
     model = build_model(config.model, dataset.input_shape, dataset.n_classes, config.width, "dense")
     return "conv" if any(isinstance(m, MaskedConv2d) for m in model.modules()) else "linear"
 
 
-def auto_stack(config: RunConfig, dataset, device: torch.device, n_masks: int) -> int:
+def auto_stack(config: RunConfig, dataset: Shaped, device: torch.device, n_masks: int) -> int:
     """K for `--stack auto`: the measured rule for the device and layer kind (CPU_CAP, CUDA_CAP), at most
     the masks left, and no more than fit a quarter of free memory."""
     if config.method == "dense":

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from masklab.config import RunConfig
+from masklab.data import Batches, Shaped
 from masklab.errors import UserError
 from masklab.nn.exact import reproducible_blas
 from masklab.nn.init import init_model
@@ -68,7 +69,7 @@ class TrainedMask:
     trained_with: dict = field(default_factory=dict)  # stack size, position, device, threads, BLAS mode
 
 
-def make_model(config: RunConfig, dataset, score_seed: int | None = None) -> nn.Module:
+def make_model(config: RunConfig, dataset: Shaped, score_seed: int | None = None) -> nn.Module:
     """The run's single-mask model with weights from the weight seed and scores from `score_seed` (CPU)."""
     model = build_model(config.model, dataset.input_shape, dataset.n_classes, config.width, config.method,
                         config.sparsity)
@@ -81,7 +82,8 @@ def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)) * base_lr
 
 
-def train_masks(config: RunConfig, indices: Sequence[int], dataset=None, device: str | torch.device | None = None,
+def train_masks(config: RunConfig, indices: Sequence[int], dataset: Batches | None = None,
+                device: str | torch.device | None = None,
                 on_epoch: Callable[[dict], None] | None = None,
                 snapshot_every: int | None = None) -> list[TrainedMask]:
     """Train masks `indices` of the run `config` together; one TrainedMask per index, in order.
@@ -105,7 +107,8 @@ def train_masks(config: RunConfig, indices: Sequence[int], dataset=None, device:
                       config.snapshot_every if snapshot_every is None else snapshot_every)
 
 
-def train_mask(config: RunConfig, index: int = 0, dataset=None, device: str | torch.device | None = None,
+def train_mask(config: RunConfig, index: int = 0, dataset: Batches | None = None,
+               device: str | torch.device | None = None,
                on_epoch: Callable[[dict], None] | None = None, snapshot_every: int | None = None) -> TrainedMask:
     """Train mask `index` of the run `config` alone (`train_masks` with K = 1) and return it."""
     return train_masks(config, [index], dataset, device, on_epoch, snapshot_every)[0]
@@ -122,7 +125,7 @@ class _Lone(nn.Module):
         return self.net(x).unsqueeze(0)
 
 
-def build_training(config: RunConfig, dataset, indices: list[int], device: torch.device):
+def build_training(config: RunConfig, dataset: Shaped, indices: list[int], device: torch.device):
     """What one training step needs for masks `indices`: (model giving (K, B, classes) logits, its layers
     in mask-bit order, the optimiser at the base learning rate). Benchmarks time steps through it."""
     base_lr = config.resolved("lr")
@@ -138,7 +141,7 @@ def build_training(config: RunConfig, dataset, indices: list[int], device: torch
     return model, layers, optimizer
 
 
-def _train(config: RunConfig, indices: list[int], dataset, device: torch.device, on_epoch,
+def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torch.device, on_epoch,
            snapshot_every: int) -> list[TrainedMask]:
     K = len(indices)
     seeds = [config.seeds(i) for i in indices]
