@@ -27,7 +27,7 @@ def runs(tmp_path_factory, digits):
 
 def test_analyze_writes_every_table_figure_and_an_index(runs, tmp_path):
     _, run, _ = runs
-    report = analyze(run, tmp_path / "figures", pairs=3, points=5)
+    report = analyze(run, tmp_path / "figures", pairs=3, points=5, formats=("png", "svg"))
     expected_tables = {"distances", "baseline", "layer_summary", "random_distances", "consensus",
                        "consensus_histogram", "union_coverage", "clusters", "cluster_summary",
                        "structure_vs_random", "embedding", "barriers", "interpolation", "barrier_correlation",
@@ -39,7 +39,7 @@ def test_analyze_writes_every_table_figure_and_an_index(runs, tmp_path):
     parquet = pd.read_parquet(run.path / "analysis" / "layer_summary.parquet")
     assert list(parquet["layer"].unique()) == ["all", "fc1", "fc2", "fc3"]
     expected_figures = {"per_layer_similarity", "distance_histogram", "consensus_histogram", "distance_heatmap",
-                        "umap", "interpolation", "barrier_vs_distance", "trajectories"}
+                        "mds", "interpolation", "barrier_vs_distance", "trajectories"}  # 5 masks: MDS
     assert expected_figures <= set(report.figures)
     page = report.index.read_text()
     for name, png in report.figures.items():
@@ -55,7 +55,14 @@ def test_analyze_png_only_links_no_svg(runs, tmp_path):
     report = analyze(run, tmp_path, pairs=1, points=3, embedding=False, formats=("png",))
     assert report.figures and all(p.suffix == ".png" and p.exists() for p in report.figures.values())
     assert not list((tmp_path / run.id).glob("*.svg")) and ".svg" not in report.index.read_text()
-    assert "SVG</a>" in analyze(run, tmp_path / "both", pairs=1, points=3, embedding=False).index.read_text()
+    both = analyze(run, tmp_path / "both", pairs=1, points=3, embedding=False, formats="png,svg")
+    assert "SVG</a>" in both.index.read_text()
+    # PNG only is the default
+    default = analyze(run, tmp_path / "default", pairs=1, points=3, embedding=False)
+    assert not list((tmp_path / "default" / run.id).glob("*.svg"))
+    with pytest.raises(UserError, match="formats"):
+        analyze(run, tmp_path, pairs=1, points=3, embedding=False, formats="png,gif")
+    assert default.figures
 
 
 def test_analyze_command_prints_the_index_last(runs, tmp_path, capsys):
@@ -80,7 +87,8 @@ def test_compare_two_methods_on_the_same_weights(runs, tmp_path):
     assert whole["across"] == pytest.approx((n * whole["across, same score seed"]
                                              + n * (n - 1) * whole["across, other seeds"]) / n ** 2)
     assert set(report.tables["joint_embedding"]["run"]) == {a.id, b.id}
-    assert report.index.exists() and "joint_umap" in report.figures
+    assert report.index.exists() and "joint_mds" in report.figures  # 10 masks in all: MDS, not UMAP
+    assert "MDS, not UMAP" in report.key_numbers["joint embedding"]
 
 
 def test_compare_refuses_different_layouts(runs, tmp_path, digits):

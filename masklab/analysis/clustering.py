@@ -450,8 +450,12 @@ class StructureTest:
         the p-value with the resolution its null allows, and n."""
         row = self.row()
         n_random, n_masks = int(row["n_random"]), int(row["n_masks"])
-        return (f"{self.verdict()}: best silhouette {row['observed']:.3f} vs {row['random_mean']:.3f} "
-                f"(sd {row['random_std']:.3f}) for random masks, {_signed(row['effect_sd'])} sd; "
+        sd = row["random_std"]
+        # enough decimals to show the random sd with two significant digits (silhouettes of near-random masks
+        # are a few thousandths)
+        d = max(3, 1 - int(np.floor(np.log10(sd)))) if np.isfinite(sd) and sd > 0 else 3
+        return (f"{self.verdict()}: best silhouette {row['observed']:.{d}f} vs {row['random_mean']:.{d}f} "
+                f"(sd {sd:.{d}f}) for random masks, {_signed(row['effect_sd'])} sd; "
                 f"{format_p(row['p_value'], n_random)}; {n_masks} masks, {n_random} random sets")
 
 
