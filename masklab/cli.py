@@ -191,7 +191,8 @@ def _differs(value, default) -> bool:
 
 # ---- analyze ----------------------------------------------------------------------------------------------
 def add_analyze(sub) -> None:
-    p = sub.add_parser("analyze", help="distances, baselines, consensus, clustering, embedding, barriers: tables + figures",
+    p = sub.add_parser("analyze",
+                       help="distances, baselines, consensus, clustering, embedding, barriers: tables + figures",
                        description="Run every analysis that fits RUN; write tables under RUN/analysis/ (Parquet and "
                        "CSV) and figures under FIGURES/<run id>/ (PNG; --formats png,svg for more). The last line "
                        "printed is the path of the index page.")
