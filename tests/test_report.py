@@ -104,3 +104,60 @@ def test_interpolate_command(runs, capsys):
     out = capsys.readouterr().out
     assert "loss_barrier" in out and len(re.findall(r"^\s*0\s+\d\.\d{4}", out, re.M)) == 4
     assert main(["interpolate", run.id, "0", "--runs-dir", str(root)]) == 2
+
+
+# ---- what the page and the summary say (issue 16) -----------------------------------------------------------
+def test_key_numbers_say_what_the_numbers_carry(runs, tmp_path):
+    _, run, _ = runs
+    report = analyze(run, tmp_path, pairs=3, points=3)
+    keys = report.key_numbers
+    assert keys["pairs compared"].startswith("10 pairs of 5 masks")
+    assert "sd of one random pair" in keys["matching fc1"] and "chance" in keys["jaccard all"]
+    structure = keys["cluster structure vs random masks"]
+    assert "99 random sets" in structure and "p = " in structure and " sd;" in structure and "5 masks" in structure
+    assert keys["embedding"].startswith("MDS, not UMAP: 5 masks are fewer than 50")
+    assert keys["barrier vs Hamming distance"].startswith("not estimated: 3 pairs")
+    assert "rho" not in keys["barrier vs Hamming distance"]
+    summary = report.tables["layer_summary"]
+    assert {"z_vs_chance", "chance_sd", "chance_se", "z_mean_vs_chance", "se_masks", "n_masks"} <= set(summary.columns)
+    assert report.tables["barrier_correlation"]["spearman_rho"].isna().all()
+    # per-stage seconds: every stage, the figures, the tables and the page; shown on the page
+    assert {"distances", "consensus", "clustering", "embedding", "interpolation", "figures", "tables",
+            "index"} <= set(report.seconds)
+    assert all(v >= 0 for v in report.seconds.values())
+    page = report.index.read_text()
+    assert "Where the time went" in page and "Reading these numbers" in page and "99 sets" in page
+
+
+def test_embedding_coloured_by_cluster_only_when_the_structure_test_finds_it(runs, tmp_path, monkeypatch):
+    from masklab.analysis import clustering
+
+    _, run, _ = runs
+    plain = analyze(run, tmp_path / "a", pairs=0, points=3)
+    test = clustering.StructureTest(plain.tables["structure_vs_random"], pd.DataFrame())
+    if not test.finds_structure:
+        assert "coloured by test accuracy only" in plain.captions["mds"]
+    monkeypatch.setattr(clustering.StructureTest, "finds_structure", property(lambda self: True))
+    found = analyze(run, tmp_path / "b", pairs=0, points=3)
+    assert "and by cluster" in found.captions["mds"]
+    monkeypatch.setattr(clustering.StructureTest, "finds_structure", property(lambda self: False))
+    none = analyze(run, tmp_path / "c", pairs=0, points=3)
+    assert "coloured by test accuracy only" in none.captions["mds"]
+
+
+def test_cli_formats_seconds_and_quiet(runs, tmp_path, capsys):
+    root, run, other = runs
+    assert main(["analyze", run.id, "--runs-dir", str(root), "--figures", str(tmp_path), "--pairs", "1",
+                 "--points", "3", "--formats", "png,svg"]) == 0
+    out = capsys.readouterr().out
+    assert "seconds: distances" in out and "total" in out and "sd of one random pair" in out
+    assert list((tmp_path / run.id).glob("*.svg"))
+    assert main(["analyze", run.id, "--runs-dir", str(root), "--formats", "gif", "--quiet"]) == 2
+    assert main(["compare", run.id, other.id, "--runs-dir", str(root), "--figures", str(tmp_path), "--quiet"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("index.html")
+    assert main(["interpolate", run.id, "--pairs", "3", "--points", "3", "--runs-dir", str(root), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "no correlation with Hamming distance: 3 pairs" in captured.out and captured.err == ""
+    assert main(["interpolate", run.id, "0", "1", "--points", "3", "--runs-dir", str(root)]) == 0
+    assert "point" in capsys.readouterr().err  # the progress line, on stderr
