@@ -44,6 +44,7 @@ class Report:
     captions: dict[str, str] = field(default_factory=dict)
     key_numbers: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    parallel_seconds: dict[str, float] = field(default_factory=dict)
     index: Path | None = None
 
     def summary(self) -> pd.DataFrame:
@@ -54,7 +55,7 @@ class Report:
 def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = True, pairs: int = DEFAULT_PAIRS,
             points: int = DEFAULT_POINTS, embedding: bool = True, interpolation: bool = True,
             random_state: int = 0, formats: tuple[str, ...] = DEFAULT_FORMATS, embedding_method: str = "auto",
-            n_random: int = DEFAULT_N_RANDOM) -> Report:
+            n_random: int = DEFAULT_N_RANDOM, figure_process: bool | None = None) -> Report:
     """Analyse `run` (a Run, path or run id) and write its tables, figures and index page.
 
     `figures_dir` defaults to `figures/` beside the run's `runs/` folder; figures land in
@@ -63,8 +64,13 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
     masks and UMAP from 50 (`embedding_method="auto"`, see `masklab.analysis.embedding.choose_method`).
     The cluster-structure test draws `n_random` random mask sets (p-value resolution 1 / (1 + n_random)).
 
-    `Report.seconds` holds the wall time of each stage (its own computation), of drawing and writing all
-    figures ("figures"), of writing the tables ("tables") and the index page ("index").
+    Figures are drawn by a second process alongside the stages (`masklab.plots.worker`; `figure_process`
+    None: when there are 2+ CPUs and ``$MASKLAB_FIGURE_PROCESS`` is not 0; False: here, in turn).
+
+    `Report.seconds` splits the wall time: each stage (its own computation), "tables" (writing them),
+    "figures" (the time spent on figures here: all of the drawing without a figure process, else only the
+    wait for the last ones), "index" (the page). `Report.parallel_seconds` has the figure process's own
+    drawing time, which overlapped the stages.
     """
     from tqdm import tqdm
 
@@ -88,19 +94,28 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
         stages.append(("interpolation", lambda r, rep: _interpolation(r, rep, pairs, points, random_state)))
     if any(run.has_extra(i, "snapshots") for i in run.ids):
         stages.append(("trajectories", _trajectories))
-    context = {"figures": out_figures, "formats": formats, "figure_seconds": 0.0}
-    bar = tqdm(stages, disable=quiet, unit="stage", desc="analyze", dynamic_ncols=True, leave=False)
-    for name, stage in bar:
-        bar.set_description(f"analyze: {name}")
-        start, drawn = time.perf_counter(), context["figure_seconds"]
-        stage(run, (report, context))
-        report.seconds[name] = time.perf_counter() - start - (context["figure_seconds"] - drawn)
+    from masklab.plots.worker import FigureWriter
+
+    bar = tqdm(total=len(stages) + 1, disable=quiet, unit="stage", desc="analyze", dynamic_ncols=True,
+               leave=False)
+    with FigureWriter(figure_process) as writer:
+        context = {"figures": out_figures, "formats": formats, "writer": writer}
+        for name, stage in stages:
+            bar.set_description(f"analyze: {name}")
+            start, waited = time.perf_counter(), writer.waited
+            stage(run, (report, context))
+            report.seconds[name] = time.perf_counter() - start - (writer.waited - waited)
+            bar.update(1)
+        bar.set_description("analyze: tables and figures")
+        start = time.perf_counter()
+        for name, table in report.tables.items():
+            _write_table(table, out_tables / name)
+        report.seconds["tables"] = time.perf_counter() - start
+        report.seconds["figures"], drawn = writer.close()
+        if writer.parallel:
+            report.parallel_seconds["figures, drawn by a second process"] = drawn
+        bar.update(1)
     bar.close()
-    report.seconds["figures"] = context["figure_seconds"]
-    start = time.perf_counter()
-    for name, table in report.tables.items():
-        _write_table(table, out_tables / name)
-    report.seconds["tables"] = time.perf_counter() - start
     start = time.perf_counter()
     report.index = _write_index(run, report, out_figures)
     report.seconds["index"] = time.perf_counter() - start
@@ -129,15 +144,16 @@ def seconds_text(seconds: dict[str, float]) -> str:
 
 
 # ---- stages ---------------------------------------------------------------------------------------------
-def _figure(report_ctx, name: str, draw, caption: str) -> None:
-    """Draw (`draw()` returns the Figure) and save one figure; the time goes to the "figures" entry."""
-    from masklab.plots import save_figure
+def _figure(report_ctx, name: str, plot, args: tuple, caption: str, **kwargs) -> None:
+    """Draw ``plot(*args, **kwargs)`` (a figure function of `masklab.plots`) into `name` in the report's
+    formats: in the figure worker when there is one (`masklab.plots.worker`), else here."""
+    from masklab.plots.worker import FigureWriter
 
     report, context = report_ctx
-    start = time.perf_counter()
-    fig = draw()
-    paths = save_figure(fig, context["figures"] / name, formats=context.get("formats", DEFAULT_FORMATS))
-    context["figure_seconds"] = context.get("figure_seconds", 0.0) + time.perf_counter() - start
+    writer = context.get("writer")
+    if writer is None:
+        writer = context["writer"] = FigureWriter(parallel=False)
+    paths = writer.submit(plot, args, kwargs, context["figures"] / name, context.get("formats", DEFAULT_FORMATS))
     report.figures[name] = next((p for p in paths if p.suffix == ".png"), paths[0])
     report.captions[name] = caption
 
@@ -169,15 +185,14 @@ def _distances(run, report_ctx) -> None:
                                      random_state=0)
     report.tables["random_distances"] = random
     if len(masks) >= 2:
-        _figure(report_ctx, "per_layer_similarity", lambda: per_layer_similarity(summary),
+        _figure(report_ctx, "per_layer_similarity", per_layer_similarity, (summary,),
                 "Percent matching and Jaccard index per layer (mean and range over mask pairs) beside the "
                 "random-mask baseline with the same per-layer counts.")
         whole = long[(long["layer"] == "all") & (long["metric"] == "hamming_norm")]
         expected = float(baseline.loc[baseline["layer"] == "all", "hamming_norm"].iloc[0])
-        _figure(report_ctx, "distance_histogram",
-                lambda: distance_histogram(whole, random, expected, metric="hamming_norm"),
+        _figure(report_ctx, "distance_histogram", distance_histogram, (whole, random, expected),
                 "Normalised Hamming distance of every mask pair against random masks with the same per-layer "
-                "counts (histogram) and the closed-form expectation (line).")
+                "counts (histogram) and the closed-form expectation (line).", metric="hamming_norm")
         first = summary.iloc[0]
         report.key_numbers["pairs compared"] = (f"{int(first['n_pairs']):,} pairs of {int(first['n_masks'])} masks "
                                                 "(chance: two independent random masks with the same per-layer "
@@ -206,7 +221,7 @@ def _consensus(run, report_ctx) -> None:
     hist = consensus_histogram(masks)
     report.tables["consensus_histogram"] = hist
     report.tables["union_coverage"] = union_coverage(masks)
-    _figure(report_ctx, "consensus_histogram", lambda: plot_consensus(hist),
+    _figure(report_ctx, "consensus_histogram", plot_consensus, (hist,),
             f"How many of the {len(masks)} masks keep each weight, against Binomial(N, k) for independent random "
             "masks.")
     row = report.tables["consensus"].iloc[0]  # the whole network ("all")
@@ -224,10 +239,10 @@ def _clustering(run, report_ctx, n_random: int = DEFAULT_N_RANDOM) -> None:
     n = len(square)
     if n >= 2:
         link = linkage_matrix(square, "average")
-        _figure(report_ctx, "distance_heatmap",
-                lambda: distance_heatmap(square, link, metric="hamming_norm", baseline=context["baseline_all"]),
+        _figure(report_ctx, "distance_heatmap", distance_heatmap, (square, link),
                 "Pairwise normalised Hamming distances ordered by average-linkage clustering (dendrogram on "
-                "top); the colour bar marks the random-mask expectation.")
+                "top); the colour bar marks the random-mask expectation.", metric="hamming_norm",
+                baseline=context["baseline_all"])
     if n < 4:
         return
     labels = cluster_masks(square)
@@ -271,9 +286,9 @@ def _embedding(run, report_ctx, method: str = "auto") -> None:
         colours = (f"coloured by test accuracy only: the structure test finds no substantial cluster structure "
                    f"({test.verdict()}), so cluster colours would only show an arbitrary cut")
     report.key_numbers["embedding"] = why or name
-    _figure(report_ctx, used, lambda: embedding_scatter(table, color_by, title=title),
+    _figure(report_ctx, used, embedding_scatter, (table, color_by),
             f"{name} of the masks on their normalised Hamming distances" + (f" ({why})" if why else "") +
-            f", {colours}.")
+            f", {colours}.", title=title)
 
 
 def _interpolation(run, report_ctx, pairs: int, points: int, random_state: int) -> None:
@@ -289,7 +304,7 @@ def _interpolation(run, report_ctx, pairs: int, points: int, random_state: int) 
     report.tables["interpolation"] = curves
     a, b = barriers["mask_a"].iloc[0], barriers["mask_b"].iloc[0]
     first = curves[(curves["mask_a"] == a) & (curves["mask_b"] == b)]
-    _figure(report_ctx, "interpolation", lambda: interpolation_curves(first),
+    _figure(report_ctx, "interpolation", interpolation_curves, (first,),
             "Loss and accuracy along the soft path W * ((1 - t) m_a + t m_b) between two masks; the dashed line "
             "joins the ends and the arrow marks the barrier.")
     correlation = barrier_correlation(barriers)
@@ -297,7 +312,7 @@ def _interpolation(run, report_ctx, pairs: int, points: int, random_state: int) 
     if len(barriers) >= 3:
         shown = "with Spearman's rank correlation" if len(barriers) >= MIN_CORRELATION_PAIRS else \
             f"(points only: a correlation needs at least {MIN_CORRELATION_PAIRS} pairs)"
-        _figure(report_ctx, "barrier_vs_distance", lambda: barrier_vs_distance(barriers),
+        _figure(report_ctx, "barrier_vs_distance", barrier_vs_distance, (barriers,),
                 f"Loss and error barrier of each of the {len(barriers)} sampled pairs against its Hamming distance "
                 f"{shown}.")
     loss, error = barriers["loss_barrier"], 100 * barriers["error_barrier"]
@@ -324,8 +339,9 @@ def _trajectories(run, report_ctx) -> None:
     traj = trajectories(run)
     report.tables["trajectories"] = traj
     report.tables["settling"] = settling(traj)
-    _figure(report_ctx, "trajectories", lambda: plot_trajectories(traj, baseline=context.get("baseline_all")),
-            "Distance of each mask's snapshots to its final mask, and to the other masks at the same epoch.")
+    _figure(report_ctx, "trajectories", plot_trajectories, (traj,),
+            "Distance of each mask's snapshots to its final mask, and to the other masks at the same epoch.",
+            baseline=context.get("baseline_all"))
 
 
 # ---- output ---------------------------------------------------------------------------------------------
@@ -364,13 +380,16 @@ and "small but detectable" means p &lt; 0.05 with a silhouette of at most 0.25 (
 Kaufman &amp; Rousseeuw). Correlations are only given from 10 pairs.</p>"""
 
 
-def _seconds_html(seconds: dict[str, float]) -> str:
+def _seconds_html(seconds: dict[str, float], parallel: dict[str, float] | None = None) -> str:
     if not seconds:
         return "<p>(not timed)</p>"
     rows = "".join(f"<tr><th>{html.escape(name)}</th><td>{value:.2f} s</td></tr>" for name, value in seconds.items())
-    return (f"<table>{rows}<tr><th>total</th><td>{sum(seconds.values()):.2f} s</td></tr></table>"
-            "<p>Stages count their own computation; <i>figures</i> is drawing and writing every figure file. "
-            "Importing the libraries and starting Python come before and are not counted.</p>")
+    alongside = "".join(f"<tr><th>{html.escape(name)} (alongside the stages)</th><td>{value:.2f} s</td></tr>"
+                        for name, value in (parallel or {}).items())
+    return (f"<table>{rows}<tr><th>total</th><td>{sum(seconds.values()):.2f} s</td></tr>{alongside}</table>"
+            "<p>Stages count their own computation (imports they trigger included); <i>figures</i> is the time "
+            "spent here on drawing and writing the figure files (with a figure process, only the wait for the "
+            "last ones). Starting Python and the first imports come before and are not counted.</p>")
 
 
 def _write_index(run, report: Report, out: Path) -> Path:
@@ -386,7 +405,7 @@ def _write_index(run, report: Report, out: Path) -> Path:
         f"</b>: {html.escape(report.captions[name])}{svg_link(path)}</figcaption></figure>"
         for name, path in report.figures.items())
     tables = "".join(f"<li>{html.escape(name)}: {len(t):,} rows</li>" for name, t in report.tables.items())
-    timing = _seconds_html(report.seconds)
+    timing = _seconds_html(report.seconds, report.parallel_seconds)
     mean_acc = run.table["test_acc"].mean()
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>masklab: {html.escape(run.id)}</title>
@@ -444,7 +463,7 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
     out = figures_root / name
     out.mkdir(parents=True, exist_ok=True)
     report = Report(name)
-    context = {"figures": out, "formats": formats, "figure_seconds": 0.0}
+    context = {"figures": out, "formats": formats}
     metrics = ["matching", "jaccard"]
     steps = ["across", "within A", "within B"] + (["embedding"] if embedding and len(a) + len(b) >= 4 else []) \
         + ["tables"]
@@ -503,11 +522,10 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
         points["mask"] = list(a.ids) + list(b.ids)
         report.tables["joint_embedding"] = points
         method = NAMES[used]
-        _figure((report, context), f"joint_{used}",
-                lambda: embedding_scatter(points, ["run"], title=f"{method} of both runs' {len(ids)} masks"
-                                          + (f"\n({why})" if why else "")),
+        _figure((report, context), f"joint_{used}", embedding_scatter, (points, ["run"]),
                 f"{method} of both runs' masks on their joint normalised Hamming distances, coloured by run"
-                + (f" ({why})" if why else "") + ".")
+                + (f" ({why})" if why else "") + ".",
+                title=f"{method} of both runs' {len(ids)} masks" + (f"\n({why})" if why else ""))
         report.key_numbers["joint embedding"] = why or method
         step("embedding")
     bar.set_description("compare: tables and page")
@@ -516,9 +534,11 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
     report.index = _write_compare_index(run_a, run_b, report, out)
     step("tables")
     bar.close()
-    if context["figure_seconds"]:
-        report.seconds["embedding"] -= context["figure_seconds"]
-        report.seconds["figures"] = context["figure_seconds"]
+    if "writer" in context:
+        waited, _ = context["writer"].close()
+        report.seconds["figures"] = waited
+        if "embedding" in report.seconds:
+            report.seconds["embedding"] = max(0.0, report.seconds["embedding"] - waited)
     return report
 
 
