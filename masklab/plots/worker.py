@@ -19,6 +19,7 @@ and numba's threads is unsafe). It is used when the machine has at least 2 CPUs 
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import pickle
 import queue
@@ -76,12 +77,109 @@ def figure_paths(stem, formats) -> list[Path]:
     return [base.with_name(f"{base.name}.{fmt}") for fmt in formats]
 
 
+class _Worker:
+    """The worker process, its job queue and the thread that feeds it; one per Python process, started on
+    first use and reused (a notebook's second `analyze` finds it ready)."""
+
+    def __init__(self):
+        import masklab
+
+        env = dict(os.environ)
+        root = str(Path(masklab.__file__).resolve().parent.parent)  # the same masklab, installed or not
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.setdefault("MPLBACKEND", "Agg")
+        self.stderr = tempfile.TemporaryFile()
+        self.process = subprocess.Popen([sys.executable, "-m", "masklab.plots.worker"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self.stderr, env=env)
+        self.queue: queue.Queue = queue.Queue()
+        self.feeder = threading.Thread(target=self._feed, name="masklab-figures", daemon=True)
+        self.feeder.start()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None and self.feeder.is_alive()
+
+    def _feed(self) -> None:
+        """Write queued jobs to the worker (a thread, so that a full pipe never blocks the analyses)."""
+        stdin = self.process.stdin
+        try:
+            while True:
+                job = self.queue.get()
+                if job is None:
+                    break
+                _send(stdin, job)
+        except (OSError, ValueError):
+            pass  # the worker is gone: the writer draws what it did not
+        finally:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
+    def receive(self):
+        try:
+            return _receive(self.process.stdout)
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError):
+            return None
+
+    def show_stderr(self) -> None:
+        """Pass on what the worker wrote to stderr (warnings) since the last call."""
+        try:
+            self.stderr.seek(0)
+            text = self.stderr.read().decode(errors="replace").strip()
+            self.stderr.seek(0)
+            self.stderr.truncate()
+        except (OSError, ValueError):
+            return
+        if text:
+            print(text, file=sys.stderr)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        try:
+            self.queue.put(None)
+            self.process.kill()
+            self.process.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self.show_stderr()
+        self.process = None
+
+
+_LOCK = threading.Lock()
+_SHARED: _Worker | None = None
+
+
+def _shared_worker() -> _Worker | None:
+    """The process's worker, started (again) if there is none alive; None if it cannot start."""
+    global _SHARED
+    if _SHARED is not None and not _SHARED.alive():
+        _SHARED.stop()
+        _SHARED = None
+    if _SHARED is None:
+        try:
+            _SHARED = _Worker()
+        except OSError:
+            return None
+    return _SHARED
+
+
+def stop_worker() -> None:
+    """End this process's figure worker, if there is one (the next FigureWriter starts a new one)."""
+    global _SHARED
+    with _LOCK:
+        if _SHARED is not None:
+            _SHARED.stop()
+            _SHARED = None
+
+
 class FigureWriter:
-    """Figures drawn in a worker process (or here, when `parallel` is False or the worker fails).
+    """Figures drawn in the worker process (or here, when `parallel` is False or the worker fails).
 
     ``submit(func, args, kwargs, stem, formats)`` returns at once with the paths the figure will have;
-    ``close()`` returns when every figure is written, with the seconds this process waited for them and
-    the seconds the worker spent drawing.
+    ``close()`` returns when every figure submitted to this writer is written, with the seconds this
+    process spent on figures and the seconds the worker spent drawing them. One writer at a time uses the
+    worker (a lock is held from the first submit to close).
     """
 
     def __init__(self, parallel: bool | None = None):
@@ -89,56 +187,29 @@ class FigureWriter:
         self.jobs: dict[int, tuple] = {}
         self.waited = 0.0          # seconds this process spent on figures (submitting, waiting, fallbacks)
         self.drawn_elsewhere = 0.0  # seconds the worker spent drawing
-        self.process = None
-        self._stderr = None
+        self.worker = None
         if self.parallel:
-            self._start()
+            _LOCK.acquire()
+            self.worker = _shared_worker()
+            if self.worker is None:
+                _LOCK.release()
+                self.parallel = False
+        self._serial = next(_JOB_SERIAL)
 
-    def _start(self) -> None:
-        import masklab
-
-        env = dict(os.environ)
-        root = str(Path(masklab.__file__).resolve().parent.parent)  # the same masklab, installed or not
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env.setdefault("MPLBACKEND", "Agg")
-        try:
-            self._stderr = tempfile.TemporaryFile()
-            self.process = subprocess.Popen([sys.executable, "-m", "masklab.plots.worker"], stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE, stderr=self._stderr, env=env)
-        except OSError:
-            self.parallel, self.process = False, None
-            return
-        self._queue: queue.Queue = queue.Queue()
-        self._feeder = threading.Thread(target=self._feed, name="masklab-figures", daemon=True)
-        self._feeder.start()
-
-    def _feed(self) -> None:
-        """Write queued jobs to the worker (a thread, so that a full pipe never blocks the analyses)."""
-        stdin = self.process.stdin
-        try:
-            while True:
-                job = self._queue.get()
-                if job is None:
-                    break
-                _send(stdin, job)
-        except (OSError, ValueError):
-            pass  # the worker is gone: close() draws what it did not
-        finally:
-            try:
-                stdin.close()
-            except OSError:
-                pass
+    @property
+    def process(self):
+        return None if self.worker is None else self.worker.process
 
     def submit(self, func, args: tuple = (), kwargs: dict | None = None, stem=None,
                formats: tuple[str, ...] = ("png",)) -> list[Path]:
         """Draw ``func(*args, **kwargs)`` (a module-level figure function) into `stem` in `formats`."""
         start = time.perf_counter()
-        kwargs = dict(kwargs or {})
-        job_id = len(self.jobs)
-        job = (job_id, func.__module__, func.__qualname__, tuple(args), kwargs, str(stem), tuple(formats))
+        job_id = (self._serial, len(self.jobs))
+        job = (job_id, func.__module__, func.__qualname__, tuple(args), dict(kwargs or {}), str(stem),
+               tuple(formats))
         self.jobs[job_id] = job
-        if self.parallel:
-            self._queue.put(job)
+        if self.worker is not None:
+            self.worker.queue.put(job)
         else:
             draw(*job[1:])
         self.waited += time.perf_counter() - start
@@ -146,55 +217,47 @@ class FigureWriter:
 
     def close(self) -> tuple[float, float]:
         """Wait for every figure; draw here whatever the worker did not. Returns (waited, drawn elsewhere)."""
-        if not self.parallel or self.process is None:
+        if self.worker is None:
             return self.waited, self.drawn_elsewhere
         start = time.perf_counter()
-        self._queue.put(None)
-        done: dict[int, bool] = {}
-        stdout = self.process.stdout
+        done: dict = {}
         try:
             while len(done) < len(self.jobs):
-                reply = _receive(stdout)
-                if reply is None:
+                reply = self.worker.receive()
+                if reply is None:      # the worker died: start afresh next time
+                    self.worker.stop()
                     break
                 job_id, ok, seconds, _detail = reply
-                done[job_id] = ok
-                self.drawn_elsewhere += seconds
-        except (OSError, EOFError, pickle.UnpicklingError):
-            pass
-        self._feeder.join(timeout=60)
-        try:
-            stdout.close()
-            self.process.wait(timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            self.process.kill()
-        self._show_stderr()
+                if job_id in self.jobs:
+                    done[job_id] = ok
+                    self.drawn_elsewhere += seconds
+            self.worker.show_stderr()
+        finally:
+            self.worker = None
+            _LOCK.release()
         for job_id, job in self.jobs.items():
             if not done.get(job_id):
                 draw(*job[1:])  # here, so that an error surfaces with its own traceback
         self.waited += time.perf_counter() - start
-        self.process = None
         return self.waited, self.drawn_elsewhere
-
-    def _show_stderr(self) -> None:
-        if self._stderr is None:
-            return
-        self._stderr.seek(0)
-        text = self._stderr.read().decode(errors="replace").strip()
-        self._stderr.close()
-        if text:
-            print(text, file=sys.stderr)
 
     def __enter__(self) -> FigureWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self.process is not None:
-            if exc[0] is None:
-                self.close()
-            else:  # an analysis failed: stop drawing, keep its error
-                self.process.kill()
-                self.process = None
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.worker is None:
+            return
+        if exc_type is None:
+            self.close()
+        else:  # an analysis failed: its figures do not matter; drop the worker with its queue
+            global _SHARED
+            worker, self.worker = self.worker, None
+            worker.stop()
+            _SHARED = None
+            _LOCK.release()
+
+
+_JOB_SERIAL = itertools.count()
 
 
 def main() -> int:

@@ -9,7 +9,7 @@ import pytest
 
 from masklab import plots as P
 from masklab.errors import UserError
-from masklab.plots.worker import FigureWriter, figure_paths
+from masklab.plots.worker import FigureWriter, figure_paths, stop_worker
 
 
 def histogram_data():
@@ -48,6 +48,7 @@ def test_a_worker_that_cannot_start_falls_back_to_this_process(tmp_path, monkeyp
     def refuse(*args, **kwargs):
         raise OSError("no processes today")
 
+    stop_worker()
     monkeypatch.setattr(subprocess, "Popen", refuse)
     writer = FigureWriter(parallel=True)
     assert not writer.parallel
@@ -61,3 +62,20 @@ def test_the_environment_switches_the_worker_off(monkeypatch):
 
     monkeypatch.setenv(worker.ENV_SWITCH, "0")
     assert not worker.parallel_default() and not FigureWriter().parallel
+
+
+def test_the_worker_is_reused_and_restarted_after_it_dies(tmp_path):
+    observed, random = histogram_data()
+    with FigureWriter(parallel=True) as first:
+        pid = first.process.pid
+        first.submit(P.distance_histogram, (observed, random), {}, tmp_path / "a", ("png",))
+    with FigureWriter(parallel=True) as second:
+        assert second.process.pid == pid            # the same worker, already started
+        second.process.kill()
+        second.process.wait()
+        (path,) = second.submit(P.distance_histogram, (observed, random), {}, tmp_path / "b", ("png",))
+    assert path.exists()                            # drawn here when the worker was gone
+    with FigureWriter(parallel=True) as third:
+        assert third.process.pid != pid
+        (path,) = third.submit(P.distance_histogram, (observed, random), {}, tmp_path / "c", ("png",))
+    assert path.exists()
