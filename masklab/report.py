@@ -117,9 +117,20 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
         bar.update(1)
     bar.close()
     start = time.perf_counter()
-    report.index = _write_index(run, report, out_figures)
+    _drop_stale_formats(report, formats)
+    report.index = _write_index(run, report, out_figures, formats)
     report.seconds["index"] = time.perf_counter() - start
     return report
+
+
+def _drop_stale_formats(report: Report, formats: tuple[str, ...]) -> None:
+    """Remove other-format copies of the figures just written (an SVG left by an earlier `--formats png,svg`
+    run would no longer match its PNG)."""
+    for path in report.figures.values():
+        for fmt in FORMATS:
+            stale = path.with_suffix(f".{fmt}")
+            if fmt not in formats and stale.is_file() and not stale.is_symlink():
+                stale.unlink()
 
 
 FORMATS = ("png", "svg", "pdf")
@@ -258,6 +269,7 @@ def _clustering(run, report_ctx, n_random: int = DEFAULT_N_RANDOM) -> None:
         report.key_numbers[f"clusters ({row.method})"] = (
             f"{row.n_clusters} (silhouette {row.silhouette:.3f}; a tree cut always gives clusters: the structure "
             "test says whether they mean anything)" if row.method != "hdbscan"
+            else f"none: all {row.n_noise} masks are noise" if row.n_clusters == 0
             else f"{row.n_clusters}, {row.n_noise} masks noise (silhouette {row.silhouette:.3f})")
 
 
@@ -392,13 +404,14 @@ def _seconds_html(seconds: dict[str, float], parallel: dict[str, float] | None =
             "last ones). Starting Python and the first imports come before and are not counted.</p>")
 
 
-def _write_index(run, report: Report, out: Path) -> Path:
+def _write_index(run, report: Report, out: Path, formats: tuple[str, ...] = DEFAULT_FORMATS) -> Path:
     config = run.config.to_dict(non_default=True)
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                    for k, v in report.key_numbers.items())
+
     def svg_link(path: Path) -> str:
         svg = path.with_suffix(".svg")
-        return f' (<a href="{html.escape(svg.name)}">SVG</a>)' if svg.exists() else ""
+        return f' (<a href="{html.escape(svg.name)}">SVG</a>)' if "svg" in formats and svg.exists() else ""
 
     figures = "".join(
         f'<figure><img src="{html.escape(path.name)}" alt="{html.escape(name)}"><figcaption><b>{html.escape(name)}'

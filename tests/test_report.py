@@ -57,6 +57,9 @@ def test_analyze_png_only_links_no_svg(runs, tmp_path):
     assert not list((tmp_path / run.id).glob("*.svg")) and ".svg" not in report.index.read_text()
     both = analyze(run, tmp_path / "both", pairs=1, points=3, embedding=False, formats="png,svg")
     assert "SVG</a>" in both.index.read_text()
+    # PNG again into the same folder: the SVGs of the earlier run are out of date, removed and not linked
+    again = analyze(run, tmp_path / "both", pairs=1, points=3, embedding=False)
+    assert not list((tmp_path / "both" / run.id).glob("*.svg")) and "SVG</a>" not in again.index.read_text()
     # PNG only is the default
     default = analyze(run, tmp_path / "default", pairs=1, points=3, embedding=False)
     assert not list((tmp_path / "default" / run.id).glob("*.svg"))
