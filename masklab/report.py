@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,7 +290,7 @@ def _embedding(run, report_ctx, method: str = "auto") -> None:
     by_cluster = test is not None and test.finds_structure and "cluster_average" in table.columns
     color_by = ["test_acc"] + (["cluster_average"] if by_cluster else [])
     name = NAMES[used]
-    title = f"{name} of the {n} masks" + (f" ({why})" if why else "")
+    title = f"{name} of the {n} masks" + ("\n" + textwrap.fill(f"({why})", 64) if why else "")
     if test is None:
         colours = "coloured by test accuracy"
     elif by_cluster:
@@ -538,7 +539,8 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
         _figure((report, context), f"joint_{used}", embedding_scatter, (points, ["run"]),
                 f"{method} of both runs' masks on their joint normalised Hamming distances, coloured by run"
                 + (f" ({why})" if why else "") + ".",
-                title=f"{method} of both runs' {len(ids)} masks" + (f"\n({why})" if why else ""))
+                title=f"{method} of both runs' {len(ids)} masks"
+                + ("\n" + textwrap.fill(f"({why})", 64) if why else ""))
         report.key_numbers["joint embedding"] = why or method
         step("embedding")
     bar.set_description("compare: tables and page")
