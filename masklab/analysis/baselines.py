@@ -496,6 +496,15 @@ def _random_layer_words(rng: np.random.Generator, n_bits: int, n_words: int, cou
         _flip_some(rng, words, todo, excess[todo], have[todo], n_bits)
 
 
+def _flip_kernel():
+    """The numba kernel of `_flip_some`, or None without numba."""
+    try:
+        from masklab.analysis._numba_random import flip_to_counts
+    except ImportError:
+        return None
+    return flip_to_counts
+
+
 def _flip_some(rng, words: np.ndarray, todo: np.ndarray, excess: np.ndarray, have: np.ndarray,
                n_bits: int) -> None:
     """In each row of `todo`, flip up to |excess| distinct uniformly chosen bits that are 1 (excess > 0) or
@@ -505,6 +514,10 @@ def _flip_some(rng, words: np.ndarray, todo: np.ndarray, excess: np.ndarray, hav
     share = np.where(ones, have, n_bits - have) / n_bits
     draws = int(min(4 * n_bits + 64, np.ceil((need / np.maximum(share, 1.0 / n_bits)).max() * 1.25) + 32))
     candidates = rng.integers(0, n_bits, size=(len(todo), draws))
+    kernel = _flip_kernel()
+    if kernel is not None:  # the same choice in one compiled pass (numpy's sorts cost 10x more)
+        kernel(words, todo.astype(np.int64), excess.astype(np.int64), candidates)
+        return
     word_index, shift = candidates >> 6, (candidates & 63).astype(np.uint64)
     state = ((words[todo[:, None], word_index] >> shift) & np.uint64(1)).astype(bool)
     usable = state == ones[:, None]

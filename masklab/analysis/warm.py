@@ -9,8 +9,9 @@ or from Python, ``masklab.analysis.warm.warm_caches()``, which returns the secon
 
 What it warms (each step is independent; a step that fails is reported and the others still run):
 
-- ``distances``: the numba intersection kernel (`masklab.analysis._numba_kernels`, ``cache=True``): loaded
-  from, or compiled into, numba's cache beside the sources (or ``$NUMBA_CACHE_DIR``);
+- ``distances``: the numba intersection kernel (`masklab.analysis._numba_kernels`) and the random masks'
+  count kernel (`masklab.analysis._numba_random`), both ``cache=True``: loaded from, or compiled into,
+  numba's cache beside the sources (or ``$NUMBA_CACHE_DIR``);
 - ``analysis``: the structure test, an MDS embedding and the figure code on a few random masks, which
   imports (and so byte-compiles and reads from disk) scipy, scikit-learn and matplotlib and builds
   matplotlib's font cache;
@@ -47,11 +48,13 @@ def _random_masks(n: int = 60, seed: int = 0):
 
 
 def warm_distances() -> None:
+    from masklab.analysis.baselines import random_masks
     from masklab.analysis.distances import intersections
 
     masks = _random_masks(8)
     intersections(masks, per_layer=True, backend="numba")
     intersections(masks, _random_masks(8, 1), per_layer=True, backend="numba")
+    random_masks(masks, 4, random_state=0)  # the count fix-up kernel (masklab.analysis._numba_random)
 
 
 def warm_analysis() -> None:

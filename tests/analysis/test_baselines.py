@@ -242,3 +242,11 @@ def test_vs_chance_of_planted_overlap_and_of_cross_tables():
     assert cross.iloc[0]["n_masks"] == 11 and cross.iloc[0]["n_pairs"] == 24
     with pytest.raises(UserError, match="with_baseline"):
         baselines.vs_chance(distances(masks, metric="matching"))
+
+
+def test_the_count_kernel_chooses_the_bits_the_numpy_code_does(monkeypatch):
+    pytest.importorskip("numba")
+    masks = fixed_count_masks(5, [1000, 130, 64], density=0.3, seed=13)
+    compiled = random_masks(masks, n_masks=12, random_state=4).bits
+    monkeypatch.setattr(baselines, "_flip_kernel", lambda: None)
+    np.testing.assert_array_equal(random_masks(masks, n_masks=12, random_state=4).bits, compiled)
