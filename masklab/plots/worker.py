@@ -179,7 +179,7 @@ class FigureWriter:
     ``submit(func, args, kwargs, stem, formats)`` returns at once with the paths the figure will have;
     ``close()`` returns when every figure submitted to this writer is written, with the seconds this
     process spent on figures and the seconds the worker spent drawing them. One writer at a time uses the
-    worker (a lock is held from the first submit to close).
+    worker (from its creation to `close`); a second one meanwhile draws in its own process.
     """
 
     def __init__(self, parallel: bool | None = None):
@@ -189,11 +189,13 @@ class FigureWriter:
         self.drawn_elsewhere = 0.0  # seconds the worker spent drawing
         self.worker = None
         if self.parallel:
-            _LOCK.acquire()
-            self.worker = _shared_worker()
-            if self.worker is None:
-                _LOCK.release()
+            if not _LOCK.acquire(blocking=False):  # another writer has the worker: draw here, never wait
                 self.parallel = False
+            else:
+                self.worker = _shared_worker()
+                if self.worker is None:
+                    _LOCK.release()
+                    self.parallel = False
         self._serial = next(_JOB_SERIAL)
 
     @property
