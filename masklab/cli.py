@@ -270,18 +270,27 @@ def _differs(value, default) -> bool:
 
 # ---- analyze ----------------------------------------------------------------------------------------------
 def add_analyze(sub) -> None:
-    p = sub.add_parser("analyze", help="distances, baselines, consensus, clustering, UMAP, barriers: tables + figures",
+    p = sub.add_parser("analyze",
+                       help="distances, baselines, consensus, clustering, embedding, barriers: tables + figures",
                        description="Run every analysis that fits RUN; write tables under RUN/analysis/ (Parquet and "
-                       "CSV) and figures under FIGURES/<run id>/ (PNG and SVG). The last line printed is the path "
-                       "of the index page.")
+                       "CSV) and figures under FIGURES/<run id>/ (PNG; --formats png,svg for more). The last line "
+                       "printed is the path of the index page.")
     p.add_argument("run", metavar="RUN", help="a run directory or a run id under --runs-dir")
     p.add_argument("--figures", metavar="DIR", help="figures folder (default: figures/ beside the runs folder)")
     p.add_argument("--pairs", type=int, default=3, metavar="M", help="mask pairs to interpolate (default 3; 0: none)")
     p.add_argument("--points", type=int, default=30, metavar="P", help="points per interpolation path (default 30)")
-    p.add_argument("--no-embedding", action="store_true", help="skip the UMAP embedding")
+    p.add_argument("--no-embedding", action="store_true",
+                   help="skip the embedding (MDS below 50 masks, UMAP from 50)")
+    add_formats_option(p)
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary: print only the index path")
     p.set_defaults(func=cmd_analyze)
+
+
+def add_formats_option(p) -> None:
+    p.add_argument("--formats", default="png", metavar="LIST",
+                   help="figure formats, comma-separated: png, svg, pdf (default png; each extra format costs "
+                   "about as much time again)")
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -292,10 +301,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     _positive("--pairs", args.pairs, 0)
     run = open_run(args.run, args.runs_dir)
     report = analyze(run, args.figures, quiet=args.quiet, pairs=args.pairs, points=args.points,
-                     embedding=not args.no_embedding)
+                     embedding=not args.no_embedding, formats=_check_formats(args.formats))
     if not args.quiet:
-        print(frame_text(report.summary()))
+        with pd_display():
+            print(frame_text(report.summary()))
         print(f"tables: {run.path / 'analysis'}  ({len(report.tables)} tables); figures: {len(report.figures)}")
+        print(f"seconds: {seconds_text(report.seconds)}")
+        for name, value in report.parallel_seconds.items():
+            print(f"  ({name}, alongside the stages: {value:.2f} s)")
     print(report.index, flush=True)
     return 0
 
@@ -344,6 +357,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_formats(text: str) -> tuple[str, ...]:
+    from masklab.report import _check_formats as check
+
+    return check(text)
+
+
+def seconds_text(seconds: dict) -> str:
+    from masklab.report import seconds_text as text
+
+    return text(seconds)
+
+
+def pd_display():
+    """Print long key numbers whole (pandas would cut them at 50 characters)."""
+    import pandas as pd
+
+    return pd.option_context("display.max_colwidth", None, "display.width", 250)
+
+
 # ---- interpolate ------------------------------------------------------------------------------------------
 def add_interpolate(sub) -> None:
     p = sub.add_parser("interpolate", help="loss and accuracy along a path between two masks; barriers",
@@ -362,11 +394,13 @@ def add_interpolate(sub) -> None:
     p.add_argument("--pairs", type=int, metavar="M", help="barrier matrix over M sampled pairs instead of A B")
     p.add_argument("--seed", type=int, default=0, help="seed of bit orders and pair sampling (default 0)")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress line (on stderr); the tables still print")
     p.set_defaults(func=cmd_interpolate)
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
     from masklab.analysis.interpolation import barrier, barrier_correlation, barrier_matrix, interpolate
+    from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
     from masklab.store.run import open_run
 
     _positive("--points", args.points, 2)
@@ -375,15 +409,18 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     if args.pairs is not None:
         _positive("--pairs", args.pairs, 1)
         table = barrier_matrix(run, pairs=args.pairs, path=args.path, points=args.points, orders=args.orders,
-                               order=args.order, random_state=args.seed)
+                               order=args.order, random_state=args.seed, progress=not args.quiet)
         print(frame_text(table[["mask_a", "mask_b", "hamming_norm", "loss_barrier", "error_barrier"]]))
-        if len(table) >= 3:
+        if len(table) >= MIN_CORRELATION_PAIRS:
             print(frame_text(barrier_correlation(table)))
+        else:
+            print(f"(no correlation with Hamming distance: {len(table)} pairs, at least {MIN_CORRELATION_PAIRS} "
+                  "needed; use --pairs)")
         return 0
     if args.a is None or args.b is None:
         raise UserError("give two mask ids A B (e.g. `masklab interpolate RUN 0 1`) or --pairs M")
     curve = interpolate(run, args.a, args.b, args.path, points=args.points, orders=args.orders, order=args.order,
-                        random_state=args.seed)
+                        random_state=args.seed, progress=not args.quiet)
     print(frame_text(curve[["order", "t", "hamming_to_a", "hamming_to_b", "loss", "acc"]]))
     found = barrier(curve)
     rows = found if isinstance(found, type(curve)) else found.to_frame().T
@@ -393,13 +430,16 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 # ---- compare ----------------------------------------------------------------------------------------------
 def add_compare(sub) -> None:
-    p = sub.add_parser("compare", help="distances between the masks of two runs of the same network; joint UMAP",
+    p = sub.add_parser("compare", help="distances between the masks of two runs of the same network; joint embedding",
                        description="Cross-run distances per layer against chance (e.g. Edge-Popup vs Biprop masks "
-                       "of the same weights) and a joint UMAP. The last line printed is the index page.")
+                       "of the same weights) and a joint embedding (MDS below 50 masks, UMAP from 50). The last "
+                       "line printed is the index page.")
     p.add_argument("run_a", metavar="RUN_A")
     p.add_argument("run_b", metavar="RUN_B")
     p.add_argument("--figures", metavar="DIR", help="figures folder (default: figures/ beside the runs folder)")
+    add_formats_option(p)
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress line and no table: print only the index path")
     p.set_defaults(func=cmd_compare)
 
 
@@ -407,8 +447,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from masklab.report import compare
     from masklab.store.run import open_run
 
-    report = compare(open_run(args.run_a, args.runs_dir), open_run(args.run_b, args.runs_dir), args.figures)
-    print(frame_text(report.tables["comparison"]))
+    report = compare(open_run(args.run_a, args.runs_dir), open_run(args.run_b, args.runs_dir), args.figures,
+                     quiet=args.quiet, formats=_check_formats(args.formats))
+    if not args.quiet:
+        print(frame_text(report.tables["comparison"]))
+        print(f"seconds: {seconds_text(report.seconds)}")
     print(report.index, flush=True)
     return 0
 
@@ -597,10 +640,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that, run as the program (`masklab ...`), end with os._exit once their output is flushed: tearing
+# down the interpreter with torch, scikit-learn, scipy and matplotlib loaded takes about a second (a fifth of
+# a warm `analyze`), and these commands leave nothing for it to do (files are closed, locks released).
+FAST_EXIT_COMMANDS = ("analyze", "compare", "interpolate", "runs", "show")
+
+
+def _exit_now(code: int) -> None:
+    """Flush stdout and stderr and end the process without the interpreter's teardown; not under a
+    profiler or a tracer (coverage), which write their results at exit, nor with $MASKLAB_NO_FAST_EXIT."""
+    if sys.getprofile() is not None or sys.gettrace() is not None or os.environ.get("MASKLAB_NO_FAST_EXIT"):
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        if argv is None and args.command in FAST_EXIT_COMMANDS:
+            _exit_now(code)
+        return code
     except UserError as e:
         print(f"masklab: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -560,3 +560,13 @@ def test_bad_sweep_input_is_one_line_exit_2(in_tmp, capsys, argv, message):
     assert main(["sweep", *argv]) == 2
     assert message in _error_line(capsys)
     assert not (in_tmp / "runs").exists() and not (in_tmp / "figures").exists()
+
+
+def test_read_only_commands_end_fast_and_flush_their_output(tmp_path):
+    """`masklab runs` (one of the commands that skip the interpreter's teardown) still prints everything."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "masklab", "runs", "--runs-dir", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip().startswith("no runs under")

@@ -15,6 +15,14 @@ distances (MDS) mean something.
   The precomputed metric has no disconnection distance, so no edge is dropped however dissimilar the masks
   are (unlike umap's ``bit_jaccard`` on raw bits, whose default cut-off of 1 drops every edge of masks as
   far apart as these).
+  UMAP's own numba kernels on this path that umap does not cache on disk (`smooth_knn_dist`,
+  `compute_membership_strengths`, the single-threaded layout epoch) get numba's on-disk cache switched on
+  here (`cache_umap_kernels`) before their first use: after the first process (or `masklab.analysis.warm`)
+  a UMAP embedding no longer compiles for 6-12 s in every new process.
+- ``"auto"`` (the default): ``"mds"`` below `UMAP_MIN_MASKS` (50) masks, ``"umap"`` from there on
+  (`choose_method` says which and why): UMAP's graph of each mask's 15 nearest neighbours is every other
+  mask when there are 16, so it carries no neighbourhood information; MDS draws the distances themselves.
+  umap is imported only when it is used.
 - ``"mds"``: metric MDS (`sklearn.manifold.MDS`) on the dissimilarities, classical-MDS start when
   scikit-learn offers it (else 4 seeded random starts).
 - ``"tsne"``: `sklearn.manifold.TSNE(metric="precomputed", init="random")`, perplexity
@@ -36,11 +44,13 @@ import numpy as np
 import pandas as pd
 
 from masklab.analysis.clustering import DEFAULT_METRIC, as_square
+from masklab.analysis.thresholds import UMAP_MIN_MASKS
 from masklab.errors import UserError
 from masklab.store.bits import MaskSet
 
 METHODS = ("umap", "mds", "tsne")
 COLUMNS = ["mask_id", "x", "y", "method"]
+NAMES = {"umap": "UMAP", "mds": "MDS", "tsne": "t-SNE"}
 
 # umap's warnings that say nothing about the result of a precomputed embedding
 _QUIET = ("using precomputed metric", "Tensorflow not installed", "overridden to 1 by setting random_state",
@@ -48,24 +58,38 @@ _QUIET = ("using precomputed metric", "Tensorflow not installed", "overridden to
           "spectral initialisation failed")
 
 
-def embed(dist, method: str = "umap", random_state: int = 0, *, n_neighbors: int | None = None,
+def choose_method(n_masks: int, method: str = "auto") -> tuple[str, str]:
+    """(method, reason): what `embed` runs for `n_masks` masks when asked for `method`, and a short phrase
+    saying why (empty when the method was asked for by name)."""
+    if method != "auto":
+        if method not in METHODS:
+            raise UserError(f"unknown embedding method {method!r}; choose auto or one of {', '.join(METHODS)}")
+        return method, ""
+    if n_masks < UMAP_MIN_MASKS:
+        return "mds", (f"MDS, not UMAP: {n_masks} masks are fewer than {UMAP_MIN_MASKS}, too few for UMAP's "
+                       "nearest-neighbour graph to mean anything")
+    return "umap", f"UMAP ({n_masks} masks, at least {UMAP_MIN_MASKS})"
+
+
+def embed(dist, method: str = "auto", random_state: int = 0, *, n_neighbors: int | None = None,
           min_dist: float = 0.1, perplexity: float | None = None, metric: str = DEFAULT_METRIC) -> pd.DataFrame:
-    """2-D coordinates of the masks: DataFrame mask_id, x, y, method (one row per mask, matrix order).
+    """2-D coordinates of the masks: DataFrame mask_id, x, y, method (one row per mask, matrix order; the
+    method column names the method actually run).
 
     Parameters
     ----------
     dist : square DataFrame, ndarray or MaskSet
         Distances (symmetric, zero diagonal); a MaskSet is measured with `metric`.
-    method : {"umap", "mds", "tsne"}
+    method : {"auto", "umap", "mds", "tsne"}
+        "auto": MDS below 50 masks, UMAP from 50 (`choose_method`).
     random_state : int
         Seed; the same seed gives the same coordinates.
     n_neighbors, min_dist : UMAP's (default ``min(15, N - 1)`` neighbours).
     perplexity : t-SNE's (default ``min(30, (N - 1) / 3)``; must be below N).
     """
     matrix, ids = as_square(dist, metric)
-    if method not in METHODS:
-        raise UserError(f"unknown embedding method {method!r}; choose one of {', '.join(METHODS)}")
     n = len(matrix)
+    method, _ = choose_method(n, method)
     if n < 3:
         raise UserError(f"an embedding needs at least 3 masks; got {n}")
     if method == "umap":
@@ -107,11 +131,47 @@ def _umap(matrix: np.ndarray, random_state: int, n_neighbors: int | None, min_di
         warnings.filterwarnings("ignore", category=FutureWarning)  # sklearn deprecations inside umap
         import umap
 
+        cache_umap_kernels()
         model = umap.UMAP(metric="precomputed", n_neighbors=k, min_dist=float(min_dist), n_components=2,
                           random_state=int(random_state), init="spectral" if n > 4 else "random",
                           precomputed_knn=(*knn_from_matrix(matrix, k), None))
         xy = model.fit_transform(matrix)
     return np.asarray(xy, dtype=np.float64)
+
+
+# umap's numba functions on the precomputed path that umap itself compiles afresh in every process
+_UMAP_UNCACHED = (("umap.umap_", "smooth_knn_dist"), ("umap.umap_", "compute_membership_strengths"),
+                  ("umap.layouts", "_nb_optimize_layout_euclidean_single_epoch"))
+
+
+def cache_umap_kernels() -> list[str]:
+    """Switch numba's on-disk cache on for umap's kernels that `embed(method="umap")` uses and umap leaves
+    uncached (`Dispatcher.enable_caching`, what ``cache=True`` does), before they are first compiled; the
+    cache lives beside umap's sources (or in ``$NUMBA_CACHE_DIR``) and is invalidated by numba when umap
+    changes. Returns the names switched on; a kernel already compiled in this process, missing from this
+    umap version, or without a writable cache location is left as it is. Only the single-threaded layout
+    kernel is cached (a fixed random_state runs it), never the parallel variant, which shares its source."""
+    import importlib
+
+    done = []
+    for module_name, name in _UMAP_UNCACHED:
+        try:
+            dispatcher = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError):
+            continue
+        if not hasattr(dispatcher, "enable_caching") or dispatcher.signatures:
+            continue
+        from numba.core.caching import NullCache
+
+        if not isinstance(dispatcher._cache, NullCache):
+            done.append(name)
+            continue
+        try:
+            dispatcher.enable_caching()
+        except Exception:  # noqa: BLE001 - no cache location: umap compiles as it always did
+            continue
+        done.append(name)
+    return done
 
 
 def _mds(matrix: np.ndarray, random_state: int) -> np.ndarray:
@@ -155,7 +215,7 @@ def embed_all(dist, methods: Sequence[str] = METHODS, random_state: int = 0,
     return pd.concat([embed(frame, m, random_state) for m in methods], ignore_index=True)
 
 
-def embed_with_reference(masks: MaskSet, n_random: int | None = None, method: str = "umap",
+def embed_with_reference(masks: MaskSet, n_random: int | None = None, method: str = "auto",
                          random_state: int = 0, *, metric: str = DEFAULT_METRIC, **kwargs) -> pd.DataFrame:
     """Embed `masks` together with `n_random` (default: as many) random masks of the same per-layer counts.
 
@@ -184,4 +244,5 @@ def embed_with_reference(masks: MaskSet, n_random: int | None = None, method: st
     return out
 
 
-__all__ = ["METHODS", "embed", "embed_all", "embed_with_reference", "knn_from_matrix"]
+__all__ = ["METHODS", "NAMES", "cache_umap_kernels", "choose_method", "embed", "embed_all",
+           "embed_with_reference", "knn_from_matrix"]

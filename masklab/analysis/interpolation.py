@@ -59,6 +59,7 @@ from point to point.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import warnings
 from collections.abc import Iterator, Sequence
@@ -69,6 +70,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
 from masklab.errors import UserError
 
 PATHS = ("soft", "hamming", "score")
@@ -78,6 +80,7 @@ DEFAULT_EVAL_SAMPLES = 2000
 DEFAULT_BN_SAMPLES = 1024
 EVAL_SEED = 0  # the evaluation subset never depends on random_state: every pair is measured on the same samples
 EVAL_BATCH = 1000  # as masklab.train.evaluate.evaluate, so that the ends reproduce the recorded figures exactly
+SERIAL_EVAL_WORK = 1 << 28  # samples x masked weights of one evaluation below which it runs on one torch thread
 
 CURVE_COLUMNS = ["mask_a", "mask_b", "path", "order", "point", "t", "hamming_to_a", "hamming_to_b", "loss", "acc",
                  "error"]
@@ -358,6 +361,19 @@ def recompute_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> bo
     return True
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with torch limited to `threads` intra-op threads (None: as it is), then restore."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        if threads:
+            torch.set_num_threads(previous)
+
+
 # ---- the core: one model, many paths ------------------------------------------------------------------------
 class PathEvaluator:
     """Evaluates paths between masks on one model (built once): at each point it re-pins the layers' masks
@@ -380,6 +396,11 @@ class PathEvaluator:
         self.eval_batches = list(eval_batches)
         self.bn_batches = list(bn_batches) if bn_batches is not None and batchnorm_modules(model) else None
         self.device = self.layers[0].weight.device
+        # one evaluation of a small model is a few milliseconds: torch's second thread then costs more than it
+        # gives (on a busy 2-core machine 2-6x slower than one thread), so small work runs on one thread
+        samples = sum(len(y) for _, y in self.eval_batches) + sum(len(x) for x in self.bn_batches or [])
+        work = samples * sum(layer.weight.numel() for layer in self.layers)
+        self.threads = 1 if self.device.type == "cpu" and work < SERIAL_EVAL_WORK else None
 
     def evaluate(self) -> tuple[float, float]:
         from masklab.train.evaluate import evaluate_batches
@@ -390,9 +411,12 @@ class PathEvaluator:
 
     @torch.no_grad()
     def curve(self, a: Subnet, b: Subnet, path: str = "soft", points: int = DEFAULT_POINTS, orders: int = 1,
-              order: str = "random", random_state: int = 0, ids: tuple = (None, None)) -> pd.DataFrame:
+              order: str = "random", random_state: int = 0, ids: tuple = (None, None),
+              progress: bool = False) -> pd.DataFrame:
         """Loss and accuracy along the path(s) from `a` to `b`: one row per point (and order), columns
-        `CURVE_COLUMNS`."""
+        `CURVE_COLUMNS`. `progress`: a progress line (tqdm, on stderr) counting the points evaluated."""
+        from tqdm.auto import tqdm
+
         _check_args(path, points, orders, order)
         a, b = a.to(self.device), b.to(self.device)
         base = [layer.weight.detach().clone() for layer in self.layers]
@@ -401,6 +425,10 @@ class PathEvaluator:
         buffers = {name: buf.clone() for name, buf in self.model.named_buffers()}
         n_bits = sum(m.numel() for m in a.masks)
         rows = []
+        bar = tqdm(total=orders * points, disable=not progress, unit="point", leave=False,
+                   desc=f"{path} path {ids[0]}-{ids[1]}" if ids[0] is not None else f"{path} path")
+        limit = torch_threads(self.threads)
+        limit.__enter__()
         try:
             for k in range(orders):
                 self._set_weights(a.weights if a.weights is not None else base)
@@ -414,7 +442,10 @@ class PathEvaluator:
                     rows.append({"mask_a": ids[0], "mask_b": ids[1], "path": path, "order": k, "point": p.point,
                                  "t": p.t, "hamming_to_a": p.to_a / n_bits, "hamming_to_b": p.to_b / n_bits,
                                  "loss": loss, "acc": acc, "error": 1.0 - acc})
+                    bar.update(1)
         finally:
+            bar.close()
+            limit.__exit__(None, None, None)
             self._set_weights(base)
             for layer, pin in zip(self.layers, pins):
                 layer.pin(pin)
@@ -554,17 +585,19 @@ def _evaluator(source: MaskSource, model_id: int, eval_samples, bn_samples: int,
 def interpolate(run, a: int, b: int, path: str = "soft", *, points: int = DEFAULT_POINTS, orders: int = 1,
                 order: str = "random", eval_samples: int | None = DEFAULT_EVAL_SAMPLES,
                 bn_samples: int = DEFAULT_BN_SAMPLES, recompute_bn: bool = True, random_state: int = 0,
-                device: str = "cpu") -> pd.DataFrame:
+                device: str = "cpu", progress: bool = False) -> pd.DataFrame:
     """Loss, accuracy and error along the `path` ("soft", "hamming" or "score") from mask `a` to mask `b` of
     `run` (a Run, a run path, or `from_trained(...)`): one row per point (and per order for
     `path="hamming", orders=k`), columns mask_a, mask_b, path, order, point, t, hamming_to_a and
     hamming_to_b (normalised by the number of bits), loss, acc, error. See the module docstring for the
-    exact paths, the evaluation set and the BatchNorm handling."""
+    exact paths, the evaluation set and the BatchNorm handling. `progress`: a progress line (on stderr)
+    counting the points evaluated."""
     _check_args(path, points, orders, order)
     source = as_source(run)
     sa, sb = source.subnet(int(a)), source.subnet(int(b))
     evaluator = _evaluator(source, int(a), eval_samples, bn_samples, recompute_bn, device)
-    return evaluator.curve(sa, sb, path, points, orders, order, random_state, ids=(int(a), int(b)))
+    return evaluator.curve(sa, sb, path, points, orders, order, random_state, ids=(int(a), int(b)),
+                           progress=progress)
 
 
 def _barrier_one(curve: pd.DataFrame) -> dict:
@@ -642,28 +675,30 @@ def barrier_matrix(run, pairs: int | None = 10, path: str = "soft", *, points: i
     from tqdm.auto import tqdm
 
     rows, curves = [], []
-    for i, j in tqdm(chosen, disable=not progress, desc=f"{path} barriers", unit="pair"):
-        sa, sb = get(i), get(j)
-        d = sum(int((x != y).sum()) for x, y in zip(sa.masks, sb.masks))
-        n_bits = sum(m.numel() for m in sa.masks)
-        curve = evaluator.curve(sa, sb, path, points, orders, order, random_state, ids=(i, j))
-        for k, g in curve.groupby("order", sort=True):
-            rows.append({"mask_a": i, "mask_b": j, "path": path, "order": int(k), "hamming": d,
-                         "hamming_norm": d / n_bits, **_barrier_one(g)})
-        if return_curves:
-            curves.append(curve)
+    with torch_threads(evaluator.threads):
+        for i, j in tqdm(chosen, disable=not progress, desc=f"{path} barriers", unit="pair"):
+            sa, sb = get(i), get(j)
+            d = sum(int((x != y).sum()) for x, y in zip(sa.masks, sb.masks))
+            n_bits = sum(m.numel() for m in sa.masks)
+            curve = evaluator.curve(sa, sb, path, points, orders, order, random_state, ids=(i, j))
+            for k, g in curve.groupby("order", sort=True):
+                rows.append({"mask_a": i, "mask_b": j, "path": path, "order": int(k), "hamming": d,
+                             "hamming_norm": d / n_bits, **_barrier_one(g)})
+            if return_curves:
+                curves.append(curve)
     out = pd.DataFrame(rows)
     if return_curves:
         return out, pd.concat(curves, ignore_index=True)
     return out
 
 
-def barrier_correlation(df: pd.DataFrame, against: str = "hamming_norm") -> pd.DataFrame:
+def barrier_correlation(df: pd.DataFrame, against: str = "hamming_norm", *,
+                        min_pairs: int = MIN_CORRELATION_PAIRS) -> pd.DataFrame:
     """Pearson and Spearman correlation of each barrier (loss_barrier, error_barrier) with Hamming distance
     over the rows of a `barrier_matrix` (per path when it holds several): columns path, barrier, against,
-    n, pearson_r, pearson_p, spearman_rho, spearman_p. NaN where fewer than 3 rows or a constant column."""
-    from scipy import stats
-
+    n, pearson_r, pearson_p, spearman_rho, spearman_p. NaN (with the n) where fewer than `min_pairs` rows
+    (default 10, `masklab.analysis.thresholds`: from 3 pairs every ordering gives rho = +-1) or a constant
+    column."""
     if against not in df.columns:
         raise UserError(f"the barrier table has no column {against!r}; pass one of {', '.join(df.columns)}")
     groups = df.groupby("path", sort=False) if "path" in df.columns else [(None, df)]
@@ -677,7 +712,9 @@ def barrier_correlation(df: pd.DataFrame, against: str = "hamming_norm") -> pd.D
             ok = np.isfinite(x) & np.isfinite(y)
             row = {"path": path, "barrier": name, "against": against, "n": int(ok.sum()), "pearson_r": np.nan,
                    "pearson_p": np.nan, "spearman_rho": np.nan, "spearman_p": np.nan}
-            if ok.sum() >= 3 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
+            if ok.sum() >= max(3, int(min_pairs)) and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
+                from scipy import stats
+
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     r, p = stats.pearsonr(x[ok], y[ok])

@@ -32,6 +32,7 @@ DEFAULT_BLOCK_BYTES = 1 << 30    # row blocks of at most this size when streamin
 TORCH_CHUNK_BITS = 1 << 20       # float32 sums of 0/1 products are exact below 2**24
 TORCH_CHUNK_BYTES = 256 << 20    # device memory of one unpacked chunk (int64 bits while unpacking)
 NUMPY_CHUNK_BYTES = 8 << 20      # temporary of the numpy fallback
+SERIAL_WORD_PAIRS = 1 << 22      # below this many (row pair x word) the numba kernel runs on one thread
 
 
 def layer_bounds(word_start: Sequence[int], word_stop: Sequence[int]) -> np.ndarray:
@@ -223,6 +224,11 @@ def _intersections_numba(a: np.ndarray, b: np.ndarray, bounds: np.ndarray, symme
     blocks_a = _row_blocks(a.shape[0], a.shape[1], block_bytes)
     blocks_b = blocks_a if symmetric else _row_blocks(b.shape[0], b.shape[1], block_bytes)
     previous_threads = numba.get_num_threads()
+    pairs = a.shape[0] * b.shape[0] // (2 if symmetric else 1)
+    if not threads and pairs * a.shape[1] < SERIAL_WORD_PAIRS:
+        # about a millisecond of work: waking the other threads costs more than it saves (on a busy machine
+        # a parallel pass waits for a time slice of every core: 8-10 ms for 16 masks instead of 0.1 ms)
+        threads = 1
     if threads:
         numba.set_num_threads(min(int(threads), numba.config.NUMBA_NUM_THREADS))
     # hand out macro tiles one by one as threads come free: on a shared machine a static split would

@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
 from masklab.errors import UserError
 from masklab.plots._style import (
     EXPECTED_COLOR,
@@ -164,7 +165,9 @@ def barrier_vs_distance(barriers: pd.DataFrame, *, x: str | None = None, group: 
     group : the column whose values get one colour each (default ``path``; e.g. a run label when the
         barriers of several runs are stacked).
 
-    The legend gives each group's Spearman rank correlation; the grey dashed line is "no barrier".
+    The legend gives each group's n and, from 10 pairs on (`masklab.analysis.thresholds`), its Spearman rank
+    correlation; below that only the points are drawn and the title says why. The grey dashed line is
+    "no barrier".
     """
     x = x or ("hamming_norm" if "hamming_norm" in barriers.columns else "hamming")
     require(barriers, [x, "loss_barrier", "error_barrier"], "barrier_vs_distance")
@@ -184,13 +187,18 @@ def barrier_vs_distance(barriers: pd.DataFrame, *, x: str | None = None, group: 
         ax.set_ylabel(ylabel)
         ax.set_title(f"{heading} vs distance")
         ax.legend(loc="best", fontsize=7)
-    fig.suptitle(title or "Barriers between masks against their Hamming distance")
+    heading = title or "Barriers between masks against their Hamming distance"
+    fewest = min(len(g) for _, g in groups)
+    if fewest < MIN_CORRELATION_PAIRS:
+        heading += (f"\n(n = {fewest} pairs{' in a group' if len(groups) > 1 else ''}: too few for a correlation, "
+                    f"which needs at least {MIN_CORRELATION_PAIRS}; only the points are shown)")
+    fig.suptitle(heading)
     return fig
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> str:
     ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+    if ok.sum() < MIN_CORRELATION_PAIRS or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
         return ""
     from scipy import stats
 

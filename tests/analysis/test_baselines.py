@@ -145,3 +145,108 @@ def test_random_baseline_of_masks_with_differing_counts_averages_over_pairs():
     table = random_baseline(masks).set_index("layer")
     observed = with_baseline(distances(masks, metric="matching"), masks)
     assert table.loc["all", "matching"] == pytest.approx(observed["baseline"].mean(), rel=1e-12)
+
+
+# ---- exact pmf, fast random masks, distance from chance (issue 16) ------------------------------------------
+@pytest.mark.parametrize("n, count_a, count_b", [(65536, 32768, 32768), (2560, 256, 1280), (100, 99, 3),
+                                                 (10, 10, 4), (7, 0, 3), (500, 2, 498)])
+def test_intersection_pmf_against_scipy(n, count_a, count_b):
+    from scipy.stats import hypergeom
+
+    first, pmf = baselines.intersection_pmf(n, count_a, count_b)
+    support = np.arange(first, first + len(pmf))
+    expected = hypergeom.pmf(support, n, count_a, count_b)
+    np.testing.assert_allclose(pmf, expected / expected.sum(), rtol=1e-9, atol=1e-300)
+    assert expected.sum() == pytest.approx(1.0, abs=1e-12)   # the window holds all of the probability
+
+
+def test_random_masks_are_uniform_over_subsets_of_the_count():
+    from math import comb
+
+    from scipy.stats import chi2
+
+    n, c, draws = 7, 3, 35_000
+    layout = MaskSet.from_bool(np.zeros((1, n), dtype=bool)).layers
+    bits = baselines.random_mask_bits(layout, np.array([[c]]), draws, np.random.default_rng(0))
+    assert (np.bitwise_count(bits).sum(axis=1) == c).all()
+    _, observed = np.unique(bits[:, 0], return_counts=True)
+    assert len(observed) == comb(n, c)
+    expected = draws / comb(n, c)
+    statistic = ((observed - expected) ** 2 / expected).sum()
+    assert chi2.sf(statistic, comb(n, c) - 1) > 0.001
+
+
+@pytest.mark.parametrize("density", [0.0, 1.0, 0.001, 0.999, 0.1, 0.5, 0.77])
+def test_random_masks_have_exact_counts_and_clean_padding(density):
+    masks = fixed_count_masks(3, [1000, 130, 64, 1], density=density, seed=9)
+    sampled = random_masks(masks, n_masks=9, random_state=1)
+    np.testing.assert_array_equal(sampled.popcounts(per_layer=True), masks.popcounts(per_layer=True)[[0, 1, 2] * 3])
+    for i in range(9):  # no bit beyond a layer's end
+        assert sampled.unpack(i).sum() == sampled.popcounts()[i]
+    frequency = np.mean([sampled.unpack(i)[:1000] for i in range(9)], axis=0)
+    assert frequency.mean() == pytest.approx(round(density * 1000) / 1000)
+
+
+def test_vs_chance_against_the_closed_form_on_a_small_case():
+    # 5 masks of one 8-bit layer with 4 kept: the null intersection is hypergeometric(8, 4, 4), mean 2,
+    # variance 4 * 4 * 4 * 4 / (64 * 7); matching = 1 - (8 - 2 I) / 8 = I / 4
+    rows = [[1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 1, 0, 0, 0], [1, 1, 0, 1, 0, 1, 0, 0],
+            [1, 0, 1, 1, 0, 0, 1, 0], [0, 1, 1, 1, 0, 0, 0, 1]]
+    masks = MaskSet.from_bool(np.array(rows, dtype=bool))
+    table = with_baseline(distances(masks, metric=["matching", "jaccard"]), masks)
+    result = baselines.vs_chance(table).set_index("metric")
+    sd_i = np.sqrt(4 * 4 * 4 * 4 / (64 * 7))
+    values = table[table["metric"] == "matching"]["value"].to_numpy()
+    match = result.loc["matching"]
+    assert match["n_masks"] == 5 and match["n_pairs"] == 10 and match["chance"] == pytest.approx(0.5)
+    assert match["chance_sd"] == pytest.approx(sd_i / 4)
+    assert match["z_vs_chance"] == pytest.approx((values.mean() - 0.5) / (sd_i / 4))
+    assert match["chance_se"] == pytest.approx(sd_i / 4 / np.sqrt(10))
+    assert match["z_mean_vs_chance"] == pytest.approx((values.mean() - 0.5) / (sd_i / 4 / np.sqrt(10)))
+    # jaccard: E and sd from the hypergeometric pmf, J = I / (8 - I)
+    from scipy.stats import hypergeom
+
+    i = np.arange(0, 5)
+    p = hypergeom.pmf(i, 8, 4, 4)
+    mean_j = (p * i / (8 - i)).sum()
+    sd_j = np.sqrt((p * (i / (8 - i) - mean_j) ** 2).sum())
+    jac = result.loc["jaccard"]
+    jvalues = table[table["metric"] == "jaccard"]["value"].to_numpy()
+    assert jac["chance"] == pytest.approx(mean_j) and jac["chance_sd"] == pytest.approx(sd_j)
+    assert jac["z_vs_chance"] == pytest.approx((jvalues.mean() - mean_j) / sd_j)
+    # the jackknife over masks, leave one mask (and its 4 pairs) out
+    pairs = table[table["metric"] == "matching"]
+    loo = [pairs[(pairs["mask_a"] != m) & (pairs["mask_b"] != m)]["value"].mean() for m in range(5)]
+    assert match["se_masks"] == pytest.approx(np.sqrt(4 / 5 * ((np.array(loo) - np.mean(loo)) ** 2).sum()))
+
+
+def test_chance_se_is_the_spread_of_the_mean_over_pairs_of_random_masks():
+    masks = fixed_count_masks(6, [1000], density=0.5, seed=10)
+    table = with_baseline(distances(masks, metric="matching"), masks)
+    expected = baselines.vs_chance(table).iloc[0]
+    means = [distances(random_masks(masks, random_state=s), metric="matching")["value"].mean() for s in range(400)]
+    # the mean over 15 pairs that share masks has sd = sd(one pair) / sqrt(15): pairs are uncorrelated
+    assert np.std(means, ddof=1) == pytest.approx(expected["chance_se"], rel=0.12)
+    assert np.mean(means) == pytest.approx(expected["chance"], abs=4 * expected["chance_se"] / np.sqrt(400))
+
+
+def test_vs_chance_of_planted_overlap_and_of_cross_tables():
+    masks = fixed_count_masks(8, [2000], density=0.5, seed=11)
+    bits = masks.bits.copy()
+    bits[1] = bits[0]
+    twins = MaskSet(bits, masks.layers)
+    row = baselines.vs_chance(with_baseline(distances(twins, metric="matching"), twins)).iloc[0]
+    assert row["z_vs_chance"] > 1 and row["z_mean_vs_chance"] == pytest.approx(row["z_vs_chance"] * np.sqrt(28))
+    other = fixed_count_masks(3, [2000], density=0.5, seed=12)
+    cross = baselines.vs_chance(with_baseline(distances(masks, other, metric="matching"), masks, other), cross=True)
+    assert cross.iloc[0]["n_masks"] == 11 and cross.iloc[0]["n_pairs"] == 24
+    with pytest.raises(UserError, match="with_baseline"):
+        baselines.vs_chance(distances(masks, metric="matching"))
+
+
+def test_the_count_kernel_chooses_the_bits_the_numpy_code_does(monkeypatch):
+    pytest.importorskip("numba")
+    masks = fixed_count_masks(5, [1000, 130, 64], density=0.3, seed=13)
+    compiled = random_masks(masks, n_masks=12, random_state=4).bits
+    monkeypatch.setattr(baselines, "_flip_kernel", lambda: None)
+    np.testing.assert_array_equal(random_masks(masks, n_masks=12, random_state=4).bits, compiled)

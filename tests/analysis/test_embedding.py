@@ -111,3 +111,39 @@ def test_bad_input():
         E.embed(np.zeros((3, 3)), "pca")
     with pytest.raises(UserError, match="perplexity"):
         E.embed(np.ones((5, 5)) - np.eye(5), "tsne", perplexity=10)
+
+
+# ---- the method that fits N (issue 16) ------------------------------------------------------------------------
+def test_auto_embedding_is_mds_below_fifty_masks_and_says_so():
+    assert E.choose_method(16)[0] == "mds" and "16 masks are fewer than 50" in E.choose_method(16)[1]
+    assert E.choose_method(49)[0] == "mds" and E.choose_method(50)[0] == "umap"
+    assert E.choose_method(16, "umap") == ("umap", "")  # asked for by name: given
+    with pytest.raises(UserError, match="embedding method"):
+        E.choose_method(16, "pca")
+    masks, _ = planted()
+    coords = E.embed(masks)  # 30 masks, method "auto"
+    assert (coords["method"] == "mds").all()
+
+
+def test_auto_embedding_of_few_masks_never_imports_umap(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\nfrom masklab.analysis.embedding import embed\n"
+            "x = np.random.default_rng(0).random((16, 4))\n"
+            "d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))\n"
+            "assert (embed(d)['method'] == 'mds').all()\n"
+            "assert 'umap' not in sys.modules and 'pynndescent' not in sys.modules\n")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+
+
+def test_umap_kernels_get_an_on_disk_cache(umap_coords):
+    import umap.layouts
+    import umap.umap_
+    from numba.core.caching import NullCache
+
+    for dispatcher in (umap.umap_.smooth_knn_dist, umap.umap_.compute_membership_strengths,
+                       umap.layouts._nb_optimize_layout_euclidean_single_epoch):
+        assert not isinstance(dispatcher._cache, NullCache), dispatcher
+    # the parallel layout kernel (same source) is left alone
+    assert isinstance(umap.layouts._nb_optimize_layout_euclidean_single_epoch_parallel._cache, NullCache)

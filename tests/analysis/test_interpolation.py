@@ -295,9 +295,15 @@ def test_barrier_matrix_and_correlation(trained, digits):
     assert list(corr.barrier) == ["loss_barrier", "error_barrier"] and (corr.n == 3).all()
     synthetic = pd.DataFrame({"hamming_norm": [0.1, 0.2, 0.3, 0.4], "loss_barrier": [1.0, 2.0, 3.0, 5.0],
                               "error_barrier": [0.4, 0.3, 0.2, 0.1]})
-    c = barrier_correlation(synthetic).set_index("barrier")
+    # below 10 pairs no correlation is reported (from 4 points rho = 1 means little), only n
+    hidden = barrier_correlation(synthetic).set_index("barrier")
+    assert hidden["spearman_rho"].isna().all() and hidden["pearson_r"].isna().all() and (hidden["n"] == 4).all()
+    c = barrier_correlation(synthetic, min_pairs=3).set_index("barrier")
     assert c.loc["loss_barrier", "spearman_rho"] == pytest.approx(1.0)
     assert c.loc["error_barrier", "pearson_r"] == pytest.approx(-1.0)
+    ten = pd.DataFrame({"hamming_norm": np.linspace(0.1, 0.5, 10), "loss_barrier": np.arange(10.0),
+                        "error_barrier": np.arange(10.0)[::-1]})
+    assert barrier_correlation(ten).set_index("barrier").loc["loss_barrier", "spearman_rho"] == pytest.approx(1.0)
     assert 0.9 < c.loc["loss_barrier", "pearson_r"] < 1.0
 
 

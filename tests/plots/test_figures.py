@@ -352,3 +352,15 @@ def test_figures_take_the_analysis_tables_as_they_come():
     for fig in figures:
         assert_readable(fig)
     assert len([ax for ax in figures[2].axes if ax.get_visible()]) == 3  # all, conv1, fc
+
+
+def test_barrier_figure_shows_a_correlation_only_from_ten_pairs():
+    few = P.barrier_vs_distance(barrier_table().iloc[:3])
+    legend = " ".join(t.get_text() for t in few.axes[0].get_legend().get_texts())
+    assert "ρ" not in legend and "n = 3" in legend
+    assert "too few for a correlation" in few._suptitle.get_text()
+    many = P.barrier_vs_distance(barrier_table().assign(path="soft"))  # 16 pairs in one group
+    legend = " ".join(t.get_text() for t in many.axes[0].get_legend().get_texts())
+    assert "n = 16, Spearman ρ = " in legend and "too few" not in many._suptitle.get_text()
+    split = P.barrier_vs_distance(barrier_table())  # two paths of 8 pairs each: no correlation for either
+    assert "ρ" not in " ".join(t.get_text() for t in split.axes[0].get_legend().get_texts())
