@@ -22,6 +22,21 @@ from masklab.errors import ENVIRONMENT_ERRNOS, UserError, environment_message
 DEFAULT_RUNS_DIR = "runs"
 
 
+def RUNS_DIR() -> argparse.ArgumentParser:  # noqa: N802 (a parent parser, named like the option it adds)
+    """The parent parser of every command that finds runs: --runs-dir."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
+    return p
+
+
+def QUIET() -> argparse.ArgumentParser:  # noqa: N802
+    """The parent parser of every command that shows progress: --quiet."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--quiet", action="store_true", help="no progress and no summary: print only the last line "
+                   "(the path of what the command made)")
+    return p
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are UserErrors: one line on stderr and exit code 2, like all bad input."""
 
@@ -35,15 +50,13 @@ def add_generate(sub) -> None:
                        description="Train N masks that differ only in score seed (and, with --vary-data-seed, "
                        "data seed) and store them in RUNS_DIR/<run_id>. Every option can also be set in a TOML "
                        "file (--config, keys = option names with '_'); flags override the file. The last "
-                       "line printed is the run directory.")
+                       "line printed is the run directory.", parents=[RUNS_DIR(), QUIET()])
     p.add_argument("--config", metavar="F", help="TOML file of run options (e.g. a run's config.toml)")
     add_run_options(p)
-    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
                    help="continue an incomplete run: train only the missing masks. With RUN (a run directory or "
                    "id): continue that run with its own config.toml (options may only repeat it, or raise "
                    "--masks to extend it)")
-    p.add_argument("--quiet", action="store_true", help="no banner, no progress bar: print only the run directory")
     add_scale_options(p)
     p.set_defaults(func=cmd_generate)
 
@@ -199,8 +212,8 @@ def _generate_jobs(args: argparse.Namespace, config, say) -> int:
 
 # ---- runs -------------------------------------------------------------------------------------------------
 def add_runs(sub) -> None:
-    p = sub.add_parser("runs", help="list the runs (id, model, dataset, method, sparsity, masks, accuracy)")
-    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
+    p = sub.add_parser("runs", help="list the runs (id, model, dataset, method, sparsity, masks, accuracy)",
+                       parents=[RUNS_DIR()])
     p.set_defaults(func=cmd_runs)
 
 
@@ -223,10 +236,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 # ---- show -------------------------------------------------------------------------------------------------
 def add_show(sub) -> None:
-    p = sub.add_parser("show", help="a run's config, per-mask table and layer layout")
+    p = sub.add_parser("show", help="a run's config, per-mask table and layer layout", parents=[RUNS_DIR()])
     p.add_argument("run", metavar="RUN", help="a run directory or a run id under --runs-dir")
     p.add_argument("--mask", type=int, metavar="I", help="show mask I's record and per-epoch history instead")
-    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
     p.set_defaults(func=cmd_show)
 
 
@@ -274,7 +286,7 @@ def add_analyze(sub) -> None:
                        help="distances, baselines, consensus, clustering, embedding, barriers: tables + figures",
                        description="Run every analysis that fits RUN; write tables under RUN/analysis/ (Parquet and "
                        "CSV) and figures under FIGURES/<run id>/ (PNG; --formats png,svg for more). The last line "
-                       "printed is the path of the index page.")
+                       "printed is the path of the index page.", parents=[RUNS_DIR(), QUIET()])
     p.add_argument("run", metavar="RUN", help="a run directory or a run id under --runs-dir")
     p.add_argument("--figures", metavar="DIR", help="figures folder (default: figures/ beside the runs folder)")
     p.add_argument("--pairs", type=int, default=3, metavar="M", help="mask pairs to interpolate (default 3; 0: none)")
@@ -282,8 +294,6 @@ def add_analyze(sub) -> None:
     p.add_argument("--no-embedding", action="store_true",
                    help="skip the embedding (MDS below 50 masks, UMAP from 50)")
     add_formats_option(p)
-    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary: print only the index path")
     p.set_defaults(func=cmd_analyze)
 
 
@@ -320,11 +330,11 @@ def add_verify(sub) -> None:
                        "checksum), masks.bits (every row) and that nothing the run writes is a link. With "
                        "--repair: masks with failing files move to RUN/quarantine/ (then `masklab generate "
                        "--resume RUN` retrains them), an edited config.toml is restored from run.json and "
-                       "masks.bits is rebuilt. Exit 0 when clean or repaired, 2 when problems remain.")
+                       "masks.bits is rebuilt. Exit 0 when clean or repaired, 2 when problems remain.",
+                       parents=[RUNS_DIR()])
     p.add_argument("run", metavar="RUN", help="a run directory or a run id under --runs-dir")
     p.add_argument("--repair", action="store_true", help="quarantine failing masks, restore config.toml, rebuild "
                    "masks.bits")
-    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
     p.set_defaults(func=cmd_verify)
 
 
@@ -381,7 +391,7 @@ def add_interpolate(sub) -> None:
     p = sub.add_parser("interpolate", help="loss and accuracy along a path between two masks; barriers",
                        description="Evaluate loss and accuracy along a path from mask A to mask B of RUN and print "
                        "the curve and its barriers; with --pairs M instead, the barriers of M sampled pairs and "
-                       "their correlation with Hamming distance.")
+                       "their correlation with Hamming distance.", parents=[RUNS_DIR(), QUIET()])
     p.add_argument("run", metavar="RUN", help="a run directory or a run id under --runs-dir")
     p.add_argument("a", type=int, nargs="?", metavar="A", help="mask id of one end")
     p.add_argument("b", type=int, nargs="?", metavar="B", help="mask id of the other end")
@@ -393,8 +403,6 @@ def add_interpolate(sub) -> None:
     p.add_argument("--order", default="random", choices=["random", "score"], help="hamming path: bit order")
     p.add_argument("--pairs", type=int, metavar="M", help="barrier matrix over M sampled pairs instead of A B")
     p.add_argument("--seed", type=int, default=0, help="seed of bit orders and pair sampling (default 0)")
-    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
-    p.add_argument("--quiet", action="store_true", help="no progress line (on stderr); the tables still print")
     p.set_defaults(func=cmd_interpolate)
 
 
@@ -433,13 +441,11 @@ def add_compare(sub) -> None:
     p = sub.add_parser("compare", help="distances between the masks of two runs of the same network; joint embedding",
                        description="Cross-run distances per layer against chance (e.g. Edge-Popup vs Biprop masks "
                        "of the same weights) and a joint embedding (MDS below 50 masks, UMAP from 50). The last "
-                       "line printed is the index page.")
+                       "line printed is the index page.", parents=[RUNS_DIR(), QUIET()])
     p.add_argument("run_a", metavar="RUN_A")
     p.add_argument("run_b", metavar="RUN_B")
     p.add_argument("--figures", metavar="DIR", help="figures folder (default: figures/ beside the runs folder)")
     add_formats_option(p)
-    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
-    p.add_argument("--quiet", action="store_true", help="no progress line and no table: print only the index path")
     p.set_defaults(func=cmd_compare)
 
 
@@ -465,7 +471,8 @@ def add_distances(sub) -> None:
                        "--per-layer). With --scheduler the pairs are computed as tiles on a Dask cluster: "
                        "'local' starts one on this machine, an address (tcp://host:8786) uses a running "
                        "scheduler (e.g. dask-jobqueue's SLURMCluster); its workers read the run's bit matrix "
-                       "from the shared filesystem. Prints a per-layer summary; the last line is the file.")
+                       "from the shared filesystem. Prints a per-layer summary; the last line is the file.",
+                       parents=[RUNS_DIR(), QUIET()])
     p.add_argument("run", metavar="RUN", help="a run directory or a run id under --runs-dir")
     p.add_argument("--metric", default="hamming_norm", choices=["hamming", "hamming_norm", "matching", "jaccard"],
                    help="default hamming_norm")
@@ -475,8 +482,6 @@ def add_distances(sub) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="--scheduler local: worker processes (default: one "
                    "per core)")
     p.add_argument("--out", metavar="FILE", help="output file (default RUN/analysis/distances-<metric>.parquet)")
-    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
-    p.add_argument("--quiet", action="store_true", help="no progress and no summary: print only the file")
     p.set_defaults(func=cmd_distances)
 
 
@@ -526,7 +531,8 @@ def add_sweep(sub) -> None:
                        description="Train (or reuse: each cell is a run, cached by its config hash) a grid of runs "
                        "over --methods and --sparsities with --seeds masks each, on the model and dataset the "
                        "generate options give; print accuracy per method and sparsity and draw accuracy vs "
-                       "sparsity (published CIFAR-10 numbers beside conv-N). The last line is the figure's path.")
+                       "sparsity (published CIFAR-10 numbers beside conv-N). The last line is the figure's path.",
+                       parents=[RUNS_DIR(), QUIET()])
     p.add_argument("--config", metavar="F", help="TOML file of run options shared by every cell")
     add_run_options(p, skip=SWEEP_VARIES)
     p.add_argument("--methods", default="edge-popup,biprop", metavar="LIST",
@@ -535,8 +541,6 @@ def add_sweep(sub) -> None:
     p.add_argument("--seeds", type=int, default=3, metavar="N", help="masks (score seeds) per cell (default 3)")
     p.add_argument("--weight-seeds", default="0", metavar="LIST", help="comma-separated weight seeds (default 0)")
     p.add_argument("--figures", default="figures", metavar="DIR", help="where the figure goes (default figures/)")
-    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
-    p.add_argument("--quiet", action="store_true", help="no progress: print only the figure path")
     add_scale_options(p)
     p.set_defaults(func=cmd_sweep)
 

@@ -160,36 +160,21 @@ def resume_config(run: str | os.PathLike, runs_dir: str | os.PathLike | None, ch
 
 
 def _train_all(config: RunConfig, dataset, writer: RunWriter, todo: list[int], quiet: bool) -> None:
-    from tqdm import tqdm
-
+    from masklab.progress import TrainProgress
     from masklab.train.device import resolve_device
     from masklab.train.trainer import train_masks
 
     device = resolve_device(config.device)
-    accs: list[float] = []
-    bar = tqdm(total=len(todo) * config.epochs, disable=quiet, unit="epoch", dynamic_ncols=True, leave=True,
-               desc="masks", mininterval=0.2)
-
-    def on_epoch(row: dict) -> None:
-        bar.set_description(f"mask {row['index']} ({len(accs) + 1}/{len(todo)})", refresh=False)
-        postfix = {"acc": f"{row['test_acc']:.3f}"}
-        if accs:
-            postfix["mean"] = f"{sum(accs) / len(accs):.3f}"
-        bar.set_postfix(postfix, refresh=False)
-        bar.update(1)
-
-    try:
+    with TrainProgress(len(todo), config.epochs, quiet) as progress:
         for chunk in _stacks(config, dataset, device, todo):
             if writer.shard is not None:  # an overlapping shard (another N) may have stored some meanwhile
                 elsewhere = writer.stored_elsewhere()
                 chunk = [i for i in chunk if i not in elsewhere]
                 if not chunk:
                     continue
-            for trained in train_masks(config, chunk, dataset=dataset, device=device, on_epoch=on_epoch):
+            for trained in train_masks(config, chunk, dataset=dataset, device=device, on_epoch=progress.on_epoch):
                 writer.write_mask(trained, device=str(device))
-                accs.append(float(trained.metrics["test_acc"]))
-    finally:
-        bar.close()
+                progress.mask_done(trained)
 
 
 def _stacks(config: RunConfig, dataset, device, todo: list[int]) -> list[list[int]]:

@@ -18,7 +18,7 @@ hour). Until a second epoch has been reported the ETA shows "?"; from then on it
 mask-epochs over the average rate since the clock started (gaps between stacks, such as writing masks,
 included), smoothed by nothing else.
 
-Wiring it into `masklab.store.generate._train_all` (which owns the loop)::
+As `masklab.generation._train_all` (which owns the loop) uses it::
 
     progress = TrainProgress(len(todo), config.epochs, quiet)
     try:
