@@ -75,7 +75,7 @@ def warm_analysis() -> None:
 
 def warm_training() -> None:
     from masklab.data import load_dataset
-    from masklab.store.generate import as_config
+    from masklab.generation import as_config
     from masklab.train.stacked import train_stack
     from masklab.train.trainer import train_mask
 
