@@ -184,12 +184,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 130
     table = run.table
     if len(table):
+        from masklab.units import percent
+
         acc = table["test_acc"]
-        size = run.disk_bytes()["total"].mean()
-        say(f"{len(run)} masks: test accuracy mean {acc.mean():.4f} (min {acc.min():.4f}, max {acc.max():.4f}); "
-            f"{table['seconds'].mean():.1f} s per mask; {size:,.0f} bytes per mask on disk")
+        say(f"{len(run)} masks: test accuracy mean {percent(acc.mean())} (min {percent(acc.min())}, max "
+            f"{percent(acc.max())}); {table['seconds'].mean():.1f} s per mask; {bytes_text(run)}")
     print(run.path, flush=True)
     return 0
+
+
+def bytes_text(run) -> str:
+    """Bytes on disk per mask as `generate` and `show` print them (`Run.bytes_per_mask`)."""
+    size = run.bytes_per_mask()
+    text = f"{size['mask file']:,.0f} bytes per mask file"
+    extras = size["mask with its extras"]
+    return text + (f", {extras:,.0f} per mask with its record and extras" if extras == extras else "")
 
 
 def _generate_jobs(args: argparse.Namespace, config, say) -> int:
@@ -213,6 +222,9 @@ def _generate_jobs(args: argparse.Namespace, config, say) -> int:
 # ---- runs -------------------------------------------------------------------------------------------------
 def add_runs(sub) -> None:
     p = sub.add_parser("runs", help="list the runs (id, model, dataset, method, sparsity, masks, accuracy)",
+                       description="List every run under --runs-dir, one line each: its id, model, dataset, "
+                       "method, sparsity, epochs, masks finished (of those planned when the run is incomplete) "
+                       "and the mean final test accuracy (%%). Damaged runs are named with what is wrong.",
                        parents=[RUNS_DIR()])
     p.set_defaults(func=cmd_runs)
 
@@ -228,7 +240,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     ok["masks"] = [f"{m}" if m == p else f"{m}/{p}" for m, p in zip(ok["masks"], ok["planned"])]
     cols = ["run_id", "model", "dataset", "method", "sparsity", "epochs", "masks", "test_acc"]
     if len(ok):
-        print(frame_text(ok[cols]))
+        from masklab.units import shown_accuracy
+
+        print(frame_text(shown_accuracy(ok[cols], ["test_acc"])))
     for row in table[table["error"].notna()].itertuples():
         print(f"{row.run_id}: damaged: {row.error}")
     return 0
@@ -256,9 +270,16 @@ def cmd_show(args: argparse.Namespace) -> int:
         print("\nhistory:")
         print(frame_text(history))
         return 0
+    from masklab.units import percent, shown_accuracy
+
     parts = run.summary()
     for key, value in parts["run"].iloc[0].items():
-        print(f"{key:>20}  {value:.4f}" if isinstance(value, float) else f"{key:>20}  {value}")
+        if str(key).startswith("bytes per"):
+            continue
+        shown = percent(value) if "acc" in str(key) and isinstance(value, float) else \
+            f"{value:.4f}" if isinstance(value, float) else value
+        print(f"{key:>20}  {shown}")
+    print(f"{'on disk':>20}  {bytes_text(run)}")
     config = parts["config"]
     changed = config[[_differs(v, d) for v, d in zip(config["value"], config["default"])]]
     print("\nconfig (fields not at their default; * = part of the hash):")
@@ -269,7 +290,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print("\nmasks:")
     cols = ["mask_id", "score_seed", "data_seed", "test_acc", "best_test_acc", "test_loss", "train_acc",
             "epochs", "seconds"]
-    masks = parts["masks"]
+    masks = shown_accuracy(parts["masks"], ["test_acc", "best_test_acc", "train_acc"])
     print(frame_text(masks[[c for c in cols if c in masks.columns]]) if len(masks) else "  (none finished yet)")
     print("\nlayers:")
     print(frame_text(parts["layers"][["layer", "shape", "n_bits", "n_keep", "keep", "word_start", "word_stop"]]))
@@ -317,8 +338,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(frame_text(report.summary()))
         print(f"tables: {run.path / 'analysis'}  ({len(report.tables)} tables); figures: {len(report.figures)}")
         print(f"seconds: {seconds_text(report.seconds)}")
-        for name, value in report.parallel_seconds.items():
-            print(f"  ({name}, alongside the stages: {value:.2f} s)")
     print(report.index, flush=True)
     return 0
 
@@ -410,6 +429,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     from masklab.analysis.interpolation import barrier, barrier_correlation, barrier_matrix, interpolate
     from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
     from masklab.store.run import open_run
+    from masklab.units import shown_accuracy
 
     _positive("--points", args.points, 2)
     _positive("--orders", args.orders, 1)
@@ -418,7 +438,11 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         _positive("--pairs", args.pairs, 1)
         table = barrier_matrix(run, pairs=args.pairs, path=args.path, points=args.points, orders=args.orders,
                                order=args.order, random_state=args.seed, progress=not args.quiet)
-        print(frame_text(table[["mask_a", "mask_b", "hamming_norm", "loss_barrier", "error_barrier"]]))
+        print(f"run {run.id}: barriers of {len(table.groupby(['mask_a', 'mask_b']))} sampled mask pairs (seed "
+              f"{args.seed}), {_path_words(args)}; loss barrier in nats, error barrier in percentage points")
+        columns = ["mask_a", "mask_b"] + (["order"] if args.path == "hamming" else []) + \
+            ["hamming_norm", "loss_barrier", "error_barrier"]
+        print(frame_text(shown_accuracy(_order_words(table, args), ["error_barrier"], "points")[columns]))
         if len(table) >= MIN_CORRELATION_PAIRS:
             print(frame_text(barrier_correlation(table)))
         else:
@@ -429,21 +453,49 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         raise UserError("give two mask ids A B (e.g. `masklab interpolate RUN 0 1`) or --pairs M")
     curve = interpolate(run, args.a, args.b, args.path, points=args.points, orders=args.orders, order=args.order,
                         random_state=args.seed, progress=not args.quiet)
-    print(frame_text(curve[["order", "t", "hamming_to_a", "hamming_to_b", "loss", "acc"]]))
+    print(f"run {run.id}: masks {args.a} -> {args.b}, {_path_words(args)}; loss in nats, accuracy in %, "
+          "Hamming distances to both ends as fractions of the bits")
+    order = ["order"] if args.path == "hamming" else []
+    shown = shown_accuracy(_order_words(curve, args), ["acc"])
+    print(frame_text(shown[order + ["t", "hamming_to_a", "hamming_to_b", "loss", "acc"]]))
     found = barrier(curve)
-    rows = found if isinstance(found, type(curve)) else found.to_frame().T
-    print(frame_text(rows[["loss_barrier", "error_barrier"]].astype(float)))
+    print("barriers (loss in nats, error in percentage points):")
+    print(frame_text(shown_accuracy(_order_words(found, args), ["error_barrier"], "points")[
+        order + ["loss_barrier", "error_barrier"]]))
     return 0
+
+
+def _path_words(args: argparse.Namespace) -> str:
+    """"soft path, 30 points" / "hamming path in 3 random bit orders, 30 points" / "hamming path in score order"."""
+    if args.path != "hamming":
+        how = f"{args.path} path"
+    elif args.order == "score":
+        how = "hamming path in score order"
+    else:
+        how = f"hamming path in {args.orders} random bit order{'s' if args.orders > 1 else ''}"
+    return f"{how}, {args.points} points"
+
+
+def _order_words(table, args: argparse.Namespace):
+    """The `order` column as words ("random order 0", "score order") on the hamming path."""
+    if args.path != "hamming" or "order" not in table.columns:
+        return table
+    words = ["score order" if args.order == "score" else f"random order {int(k)}" for k in table["order"]]
+    return table.assign(order=words)
 
 
 # ---- compare ----------------------------------------------------------------------------------------------
 def add_compare(sub) -> None:
     p = sub.add_parser("compare", help="distances between the masks of two runs of the same network; joint embedding",
-                       description="Cross-run distances per layer against chance (e.g. Edge-Popup vs Biprop masks "
-                       "of the same weights) and a joint embedding (MDS below 50 masks, UMAP from 50). The last "
-                       "line printed is the index page.", parents=[RUNS_DIR(), QUIET()])
-    p.add_argument("run_a", metavar="RUN_A")
-    p.add_argument("run_b", metavar="RUN_B")
+                       description="Compare the masks of RUN_A and RUN_B, two runs of the same network (e.g. "
+                       "Edge-Popup vs Biprop masks of the same weights): per layer, the mean percent matching and "
+                       "Jaccard index within A (pairs of A's masks), within B, and across (one mask of each), "
+                       "beside chance; and a joint embedding (MDS below 50 masks, UMAP from 50). Tables, figures "
+                       "and an index page go to FIGURES/compare-A-vs-B/; the last line printed is the page.",
+                       parents=[RUNS_DIR(), QUIET()])
+    p.add_argument("run_a", metavar="RUN_A", help="the first run (A): a run directory or a run id under --runs-dir")
+    p.add_argument("run_b", metavar="RUN_B", help="the second run (B), of the same network (model, width and "
+                   "dataset) as RUN_A, e.g. Biprop masks of A's weights")
     p.add_argument("--figures", metavar="DIR", help="figures folder (default: figures/ beside the runs folder)")
     add_formats_option(p)
     p.set_defaults(func=cmd_compare)
@@ -456,7 +508,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     report = compare(open_run(args.run_a, args.runs_dir), open_run(args.run_b, args.runs_dir), args.figures,
                      quiet=args.quiet, formats=_check_formats(args.formats))
     if not args.quiet:
-        print(frame_text(report.tables["comparison"]))
+        from masklab.report import comparison_text
+
+        print("matching in %, Jaccard as a fraction; within A / within B: pairs of one run's masks, across: one "
+              "mask of each run")
+        print(frame_text(comparison_text(report.tables["comparison"])))
         print(f"seconds: {seconds_text(report.seconds)}")
     print(report.index, flush=True)
     return 0
@@ -531,12 +587,16 @@ def add_sweep(sub) -> None:
                        description="Train (or reuse: each cell is a run, cached by its config hash) a grid of runs "
                        "over --methods and --sparsities with --seeds masks each, on the model and dataset the "
                        "generate options give; print accuracy per method and sparsity and draw accuracy vs "
-                       "sparsity (published CIFAR-10 numbers beside conv-N). The last line is the figure's path.",
+                       "sparsity (published CIFAR-10 numbers beside conv-N, the dense network and chance as "
+                       "lines). The figure (PNG, SVG) and the table (CSV) are named by the sweep's own id, "
+                       "FIGURES/sweep-<dataset>-<model>-<hash of the grid and base config>, so another sweep "
+                       "never overwrites them. The last line is the figure's path.",
                        parents=[RUNS_DIR(), QUIET()])
     p.add_argument("--config", metavar="F", help="TOML file of run options shared by every cell")
     add_run_options(p, skip=SWEEP_VARIES)
-    p.add_argument("--methods", default="edge-popup,biprop", metavar="LIST",
-                   help="comma-separated: edge-popup, biprop, dense, with +iwr or +iterand (default edge-popup,biprop)")
+    p.add_argument("--methods", default="edge-popup,biprop,dense", metavar="LIST",
+                   help="comma-separated: edge-popup, biprop, dense, with +iwr or +iterand (default "
+                   "edge-popup,biprop,dense: dense is the trained network the figure draws as a reference)")
     p.add_argument("--sparsities", default="0.5,0.9", metavar="LIST", help="comma-separated (default 0.5,0.9)")
     p.add_argument("--seeds", type=int, default=3, metavar="N", help="masks (score seeds) per cell (default 3)")
     p.add_argument("--weight-seeds", default="0", metavar="LIST", help="comma-separated weight seeds (default 0)")
@@ -550,7 +610,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from masklab.config import MAX_MASKS
     from masklab.plots import accuracy_vs_sparsity, save_figure
-    from masklab.sweep import sweep
+    from masklab.sweep import sweep, sweep_id
 
     for dest in SWEEP_VARIES:
         setattr(args, dest, None)
@@ -568,10 +628,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     table = sweep(config, methods, sparsities, args.seeds, weight_seeds, runs_dir=args.runs_dir, quiet=args.quiet,
                   log=say, jobs=args.jobs, executor=args.executor,
                   slurm=slurm_options(args) if args.jobs else None)
-    say(frame_text(table.drop(columns=["runs"])))
-    stem = Path(args.figures) / f"sweep-{config.dataset}-{config.model}"
-    paths = save_figure(accuracy_vs_sparsity(table, title=f"{config.model} on {config.dataset}: accuracy vs "
-                                             "sparsity"), stem)
+    from masklab.units import shown_accuracy
+
+    name = sweep_id(config, methods, sparsities, args.seeds, weight_seeds)
+    say(f"{name}: test accuracy in %, differences to published numbers in percentage points")
+    shown = shown_accuracy(table.drop(columns=["runs"]), ["acc_mean", "acc_std", "best_mean", "best_std", "chance"])
+    say(frame_text(shown))
+    stem = Path(args.figures) / name
+    figure = accuracy_vs_sparsity(table, title=f"{config.model} on {config.dataset}: accuracy vs sparsity "
+                                  f"({name})")
+    paths = save_figure(figure, stem)
     from masklab.store.files import atomic_write
 
     atomic_write(stem.with_suffix(".csv"), table.to_csv(index=False).encode(), durable=False)

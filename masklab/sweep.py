@@ -5,19 +5,23 @@ stopped and a second call with the same grid trains nothing. The `seeds` of a ce
 run: they share the weights and differ in score seed (use several weight seeds for weight variation).
 (Dense cells vary the data seed instead: without scores, score seeds would repeat one network.)
 The result is one row per (method, sparsity) with final and best test accuracy, mean and std over seeds,
-and, for CIFAR-10 with conv2/4/6/8, the published number and the difference to it.
+the epochs and chance (1 / classes), and, for CIFAR-10 with conv2/4/6/8, the published number and the
+difference to it. A sweep has an id of its own (`sweep_id`: a hash of its grid and base config) that names
+its outputs, so that two sweeps never overwrite each other's figure and table.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
 
-from masklab.config import RunConfig, method_label, parse_method
+from masklab.config import UNHASHED, RunConfig, method_label, parse_method
 from masklab.errors import UserError
 from masklab.published import published_for
 
@@ -43,6 +47,23 @@ def sweep_configs(base: RunConfig, methods: Sequence[str], sparsities: Sequence[
                                   vary_data_seed=base.vary_data_seed or method == "dense")
             configs.append(config.validate())
     return configs
+
+
+def sweep_id(base: RunConfig, methods: Sequence[str], sparsities: Sequence[float], seeds: int,
+             weight_seeds: Sequence[int] = (0,)) -> str:
+    """The sweep's own id, ``sweep-<dataset>-<model>-<8 hex digits>``: a hash of its grid (methods,
+    sparsities, seeds, weight seeds; each as a set, so the order they are given in does not matter) and of
+    its base config (every field set away from its default, except those a sweep sets per cell and those
+    that never change a mask: data root, device, stack). The same sweep run again has the same id; any
+    other grid or base config has another."""
+    cell_fields = ("method", "recycle", "sparsity", "masks", "weight_seed", "name")
+    base_fields = {k: v for k, v in base.to_dict(non_default=True).items()
+                   if k not in cell_fields and k not in UNHASHED}
+    grid = {"base": base_fields, "methods": sorted(str(m) for m in methods),
+            "sparsities": sorted(float(x) for x in sparsities), "seeds": int(seeds),
+            "weight_seeds": sorted(int(w) for w in weight_seeds)}
+    digest = hashlib.sha256(json.dumps(grid, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return f"sweep-{base.dataset}-{base.model}-{digest[:8]}"
 
 
 def sweep(base: RunConfig | dict | None = None, methods: Sequence[str] = ("edge-popup", "biprop"),
@@ -79,22 +100,27 @@ def sweep(base: RunConfig | dict | None = None, methods: Sequence[str] = ("edge-
 def sweep_table(runs: Sequence[Any]) -> pd.DataFrame:
     """Accuracy per (method, sparsity) over all masks of the given runs, with published numbers.
 
-    Columns: method, sparsity, n (masks), acc_mean / acc_std (final test accuracy), best_mean / best_std
-    (best over epochs), runs (run ids); for CIFAR-10 conv-N also `published` (%, best accuracy) and
-    `best_minus_published` (percentage points).
+    Columns: method, sparsity, n (masks), acc_mean / acc_std (final test accuracy, fractions), best_mean /
+    best_std (best over epochs), epochs, chance (1 / the dataset's classes; NaN when the runs do not record
+    it), runs (run ids); for CIFAR-10 conv-N also `published` (%, best accuracy) and `best_minus_published`
+    (percentage points).
     """
     rows = []
     for run in runs:
         table = run.table
+        classes = getattr(run, "meta", {}).get("dataset", {}).get("n_classes")
         rows.append(pd.DataFrame({"method": method_label(run.config.method, run.config.recycle),
                                   "sparsity": run.config.sparsity, "test_acc": table["test_acc"],
-                                  "best_test_acc": table["best_test_acc"], "run": run.id}))
+                                  "best_test_acc": table["best_test_acc"], "epochs": int(run.config.epochs),
+                                  "chance": 1.0 / classes if classes else float("nan"), "run": run.id}))
     if not rows:
-        return pd.DataFrame(columns=["method", "sparsity", "n", "acc_mean", "acc_std", "best_mean", "best_std"])
+        return pd.DataFrame(columns=["method", "sparsity", "n", "acc_mean", "acc_std", "best_mean", "best_std",
+                                     "epochs", "chance"])
     masks = pd.concat(rows, ignore_index=True)
     grouped = masks.groupby(["method", "sparsity"], sort=False)
     out = grouped.agg(n=("test_acc", "size"), acc_mean=("test_acc", "mean"), acc_std=("test_acc", "std"),
                       best_mean=("best_test_acc", "mean"), best_std=("best_test_acc", "std"),
+                      epochs=("epochs", "max"), chance=("chance", "mean"),
                       runs=("run", lambda s: ",".join(sorted(set(s))))).reset_index()
     first = runs[0].config
     published = published_for(first.dataset, first.model)

@@ -2,7 +2,10 @@
 
 - distances: `distances`, `intersections` (raw all-pairs counts, whole and per layer);
 - baselines: `random_baseline`, `with_baseline`, `random_masks`, `random_baseline_samples`;
-- consensus: `keep_counts`, `consensus`, `consensus_histogram`, `union_coverage`, `core_weights`.
+- consensus: `keep_counts`, `consensus`, `consensus_histogram`, `union_coverage`, `core_weights`;
+- summary: `layer_summary` (per layer and metric: the pairs' mean beside chance, in sd of the null);
+- compare: `compare_runs` (two runs: within each, across, chance); interpolation: `masklab.analysis.interpolation`
+  over the rooms of `masklab.analysis.paths`.
 
 Numba, scipy and torch are imported only when a function needs them.
 """
@@ -16,6 +19,7 @@ from masklab.analysis.consensus import (
     union_coverage,
 )
 from masklab.analysis.distances import METRICS, Intersections, distances, intersections
+from masklab.analysis.summary import layer_summary
 
 __all__ = [
     "METRICS",
@@ -26,6 +30,7 @@ __all__ = [
     "distances",
     "intersections",
     "keep_counts",
+    "layer_summary",
     "random_baseline",
     "random_baseline_samples",
     "random_masks",

@@ -2,7 +2,8 @@
 Figure drawn on an Agg canvas without pyplot (nothing is shown; Jupyter displays the returned figure).
 `save_figure(fig, "figures/run/name")` writes name.png and name.svg.
 
-Landscape: `distance_heatmap`, `per_layer_similarity` (input built by `layer_summary`), `distance_histogram`,
+Landscape: `distance_heatmap`, `per_layer_similarity` (input built by
+`masklab.analysis.summary.layer_summary`), `distance_histogram`,
 `embedding_scatter`, `consensus_histogram`, `similarity_by_group` (several runs side by side).
 Paths: `interpolation_curves`, `barrier_vs_distance`,
 `trajectories`. Sweeps: `accuracy_vs_sparsity`.
@@ -14,14 +15,13 @@ from masklab.plots.landscape import (
     distance_heatmap,
     distance_histogram,
     embedding_scatter,
-    layer_summary,
     per_layer_similarity,
     similarity_by_group,
 )
-from masklab.plots.paths import barrier_vs_distance, curve_barriers, interpolation_curves, trajectories
+from masklab.plots.paths import barrier_vs_distance, interpolation_curves, trajectories
 from masklab.plots.sweep import accuracy_vs_sparsity
 
 __all__ = ["accuracy_vs_sparsity", "barrier_vs_distance", "consensus_histogram",
-           "curve_barriers", "distance_heatmap", "distance_histogram", "embedding_scatter",
-           "interpolation_curves", "layer_summary", "per_layer_similarity", "save_figure", "similarity_by_group",
+           "distance_heatmap", "distance_histogram", "embedding_scatter",
+           "interpolation_curves", "per_layer_similarity", "save_figure", "similarity_by_group",
            "trajectories"]

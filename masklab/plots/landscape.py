@@ -140,56 +140,6 @@ def _draw_dendrogram(ax, linkage: np.ndarray, n: int) -> None:
 
 
 # ---- per-layer similarity -----------------------------------------------------------------------------------
-def layer_summary(long: pd.DataFrame, baseline: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The input of `per_layer_similarity` from a long distance table.
-
-    Parameters
-    ----------
-    long : DataFrame
-        ``distances(masks, metric=["matching", "jaccard"], per_layer=True)``: mask_a, mask_b, layer, metric,
-        value.
-    baseline : DataFrame, optional
-        Random-mask expectations: wide, one column per metric (``masklab.random_baseline(masks)``: layer,
-        matching, jaccard, ...) or long (layer, metric, and a column baseline, expected or value). Default:
-        the mean of the long table's own ``baseline`` column when it has one
-        (``masklab.analysis.baselines.with_baseline``).
-
-    Returns
-    -------
-    DataFrame with columns layer, metric, mean, std, min, max, n_pairs, baseline (NaN where none is given);
-    layers in the order of first appearance.
-    """
-    require(long, ["layer", "metric", "value"], "layer_summary")
-    layer_order = list(dict.fromkeys(long["layer"]))
-    metric_order = list(dict.fromkeys(long["metric"]))
-    out = (long.groupby(["layer", "metric"], sort=False)["value"]
-           .agg(mean="mean", std="std", min="min", max="max", n_pairs="size").reset_index())
-    if baseline is None and "baseline" in long.columns:
-        baseline = long.groupby(["layer", "metric"], sort=False)["baseline"].mean().reset_index()
-    out["baseline"] = np.nan
-    if baseline is not None:
-        base = _long_baseline(baseline)
-        out = out.drop(columns="baseline").merge(base, on=["layer", "metric"], how="left")
-    out["layer"] = pd.Categorical(out["layer"], layer_order, ordered=True)
-    out["metric"] = pd.Categorical(out["metric"], metric_order, ordered=True)
-    out = out.sort_values(["metric", "layer"]).reset_index(drop=True)
-    out["layer"] = out["layer"].astype(object)
-    out["metric"] = out["metric"].astype(object)
-    return out
-
-
-def _long_baseline(baseline: pd.DataFrame) -> pd.DataFrame:
-    if "layer" not in baseline.columns:
-        raise UserError("the baseline table needs a `layer` column")
-    if "metric" in baseline.columns:
-        value = next((c for c in ("baseline", "expected", "value") if c in baseline.columns), None)
-        if value is None:
-            raise UserError("a long baseline table needs a column baseline, expected or value")
-        return baseline[["layer", "metric", value]].rename(columns={value: "baseline"})
-    metrics = [c for c in baseline.columns if c in ("matching", "jaccard", "hamming_norm", "hamming")]
-    return baseline.melt(id_vars="layer", value_vars=metrics, var_name="metric", value_name="baseline")
-
-
 @styled
 def per_layer_similarity(summary: pd.DataFrame, metrics: Sequence[str] = ("matching", "jaccard"), *,
                          title: str | None = None) -> Figure:
@@ -203,7 +153,7 @@ def per_layer_similarity(summary: pd.DataFrame, metrics: Sequence[str] = ("match
         ``min`` and ``max`` (drawn as the range, preferred) or ``std`` (drawn as +-1 std), and ``baseline``
         (the random-mask expectation for that layer: ``k^2 + (1-k)^2`` for matching, ``k / (2 - k)`` for
         Jaccard at density k; NaN or absent: not drawn). Values as fractions; matching is shown in %.
-        `layer_summary` builds it from a long distance table.
+        `masklab.analysis.summary.layer_summary` builds it from a long distance table.
     metrics : metrics to draw, one panel each, in this order (those absent from `summary` are skipped).
     """
     require(summary, ["layer", "metric", "mean"], "per_layer_similarity")
@@ -267,9 +217,10 @@ def similarity_by_group(summary: pd.DataFrame, *, group: str = "method", panel: 
     Parameters
     ----------
     summary : DataFrame
-        `layer_summary` rows of several runs stacked, with the extra columns named by `group` and `panel`:
-        layer, metric, mean, min, max (range over mask pairs), baseline (random masks of the same per-layer
-        counts; drawn as a black bar per layer, the mean over the panel's runs), group, panel.
+        `masklab.analysis.summary.layer_summary` rows of several runs stacked, with the extra columns named by
+        `group` and `panel`: layer, metric, mean, min, max (range over mask pairs), baseline (random masks of
+        the same per-layer counts; drawn as a black bar per layer, the mean over the panel's runs), group,
+        panel.
     """
     require(summary, ["layer", "metric", "mean", group], "similarity_by_group")
     present = [m for m in metrics if m in set(summary["metric"])]
@@ -551,4 +502,4 @@ def consensus_histogram(counts: pd.DataFrame, *, layers: Sequence[str] | None = 
 
 
 __all__ = ["consensus_histogram", "distance_heatmap", "distance_histogram",
-           "embedding_scatter", "layer_summary", "per_layer_similarity"]
+           "embedding_scatter", "per_layer_similarity", "similarity_by_group"]

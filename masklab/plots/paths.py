@@ -3,13 +3,12 @@ against Hamming distance, trajectories of masks during training. Each takes Data
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from masklab.analysis.paths.barriers import CURVE_KEYS, curve_barrier, curve_groups, spearman
 from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
 from masklab.errors import UserError
 from masklab.plots._style import (
@@ -23,30 +22,12 @@ from masklab.plots._style import (
     styled,
 )
 
-CURVE_KEYS = ("mask_a", "mask_b", "path", "order")
-
 
 # ---- interpolation curves -----------------------------------------------------------------------------------
 def _accuracy(frame: pd.DataFrame) -> np.ndarray:
     if "acc" in frame.columns:
         return frame["acc"].to_numpy(dtype=float)
     return 1.0 - frame["error"].to_numpy(dtype=float)
-
-
-def curve_barriers(curve: pd.DataFrame) -> dict:
-    """Barriers of one curve, as `masklab.analysis.interpolation.barrier` defines them: loss barrier
-    ``max_t L(t) - ((1 - t) L(0) + t L(1))`` (t rescaled to [0, 1] between the first and last point) and
-    error barrier ``max_t E(t) - (E(0) + E(1)) / 2``, with where they peak."""
-    c = curve.sort_values(["t", "point"] if "point" in curve.columns else ["t"], kind="stable")
-    t = c["t"].to_numpy(dtype=float)
-    loss = c["loss"].to_numpy(dtype=float)
-    error = 1.0 - _accuracy(c)
-    span = t[-1] - t[0]
-    s = (t - t[0]) / span if span > 0 else np.zeros_like(t)
-    excess = loss - ((1.0 - s) * loss[0] + s * loss[-1])
-    i, e = int(np.argmax(excess)), int(np.argmax(error))
-    return {"loss_barrier": float(excess[i]), "t_loss": float(t[i]),
-            "error_barrier": float(error[e] - 0.5 * (error[0] + error[-1])), "t_error": float(t[e])}
 
 
 @styled
@@ -63,32 +44,33 @@ def interpolation_curves(curve: pd.DataFrame, *, title: str | None = None) -> Fi
         one (mask_a, mask_b, path) share a colour and their barriers are averaged in the legend.
 
     The loss arrow at the peak of ``L(t) - linear(t)`` spans the loss barrier; the accuracy arrow runs from
-    the mean of the two ends' accuracies (dotted tick) down to the lowest accuracy: the error barrier.
+    the mean of the two ends' accuracies (dotted tick) down to the lowest accuracy: the error barrier (in
+    percentage points). Both are `masklab.analysis.paths.barriers.curve_barrier`'s, the analysis' own.
     """
     require(curve, ["t", "loss"], "interpolation_curves")
     if "acc" not in curve.columns and "error" not in curve.columns:
         raise UserError("interpolation_curves needs a column acc or error")
     keys = [k for k in CURVE_KEYS if k in curve.columns]
     colour_keys = [k for k in keys if k != "order"]
-    groups = list(curve.groupby(keys, sort=False, dropna=False)) if keys else [((), curve)]
     _, factor = as_percent(_accuracy(curve))
+    if "error" not in curve.columns:  # the barrier takes the error as a fraction
+        curve = curve.assign(error=1.0 - curve["acc"].to_numpy(dtype=float) / factor)
+    groups = curve_groups(curve)
     acc_unit = "%" if factor == 100.0 else "fraction"
     fig = new_figure(10.5, 4.3)
     ax_loss, ax_acc = fig.subplots(1, 2)
-    unit = " pts" if factor == 100.0 else ""
+    unit = " points" if factor == 100.0 else ""
     colours: dict = {}
     barrier_sums: dict = {}
     single = len(groups) == 1
-    for key, g in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        named = dict(zip(keys, key))
+    for named, g in groups:
         ckey = tuple(named[k] for k in colour_keys)
         colour = colours.setdefault(ckey, f"C{len(colours) % 10}")
         g = g.sort_values(["t", "point"] if "point" in g.columns else ["t"], kind="stable")
         t = g["t"].to_numpy(dtype=float)
         loss = g["loss"].to_numpy(dtype=float)
         acc = _accuracy(g) * factor
-        b = curve_barriers(g)
+        b = curve_barrier(g)
         sums = barrier_sums.setdefault(ckey, [0.0, 0.0, 0])
         sums[0] += b["loss_barrier"]
         sums[1] += b["error_barrier"]
@@ -98,12 +80,12 @@ def interpolation_curves(curve: pd.DataFrame, *, title: str | None = None) -> Fi
         ax_loss.plot(t, (1 - s) * loss[0] + s * loss[-1], color=colour, linestyle="--", linewidth=1.0, alpha=0.8)
         ax_acc.plot(t, acc, color=colour, marker="o", markersize=2.5, linewidth=1.5)
         ax_acc.plot(t, (1 - s) * acc[0] + s * acc[-1], color=colour, linestyle="--", linewidth=1.0, alpha=0.8)
-        tl = b["t_loss"]
+        tl = b["t_loss_barrier"]
         s_l = (tl - t[0]) / (t[-1] - t[0]) if t[-1] > t[0] else 0.0
         line_at = (1 - s_l) * loss[0] + s_l * loss[-1]
         _arrow(ax_loss, tl, line_at, line_at + b["loss_barrier"], colour,
                f"barrier {b['loss_barrier']:.3g}" if single else None)
-        te = b["t_error"]
+        te = b["t_error_barrier"]
         ends = 0.5 * (acc[0] + acc[-1])
         ax_acc.hlines(ends, te - 0.04, te + 0.04, colors=colour, linestyles=":", linewidth=1.5)
         _arrow(ax_acc, te, ends, ends - b["error_barrier"] * factor, colour,
@@ -118,7 +100,7 @@ def interpolation_curves(curve: pd.DataFrame, *, title: str | None = None) -> Fi
                                     f"{mean}"))
     handles.append(Line2D([], [], color=EXPECTED_COLOR, linestyle="--", linewidth=1.0,
                           label="linear interpolation of the ends"))
-    wide = sum(len(h.get_label()) for h in handles) > 100
+    wide = sum(len(str(h.get_label())) for h in handles) > 100
     fig.legend(handles=handles, loc="outside lower center", ncol=1 if wide else len(handles))
     ax_loss.set_xlabel("t (0 = mask a, 1 = mask b)")
     ax_acc.set_xlabel("t (0 = mask a, 1 = mask b)")
@@ -165,28 +147,35 @@ def barrier_vs_distance(barriers: pd.DataFrame, *, x: str | None = None, group: 
     group : the column whose values get one colour each (default ``path``; e.g. a run label when the
         barriers of several runs are stacked).
 
-    The legend gives each group's n and, from 10 pairs on (`masklab.analysis.thresholds`), its Spearman rank
-    correlation; below that only the points are drawn and the title says why. The grey dashed line is
-    "no barrier".
+    The legend, below the panels, gives each group's n and, from 10 pairs on
+    (`masklab.analysis.thresholds`), its Spearman rank correlation with the distance for both barriers; below
+    that only the points are drawn and the title says why. The grey dashed line is "no barrier".
     """
     x = x or ("hamming_norm" if "hamming_norm" in barriers.columns else "hamming")
     require(barriers, [x, "loss_barrier", "error_barrier"], "barrier_vs_distance")
     groups = list(barriers.groupby(group, sort=False)) if group in barriers.columns else [("pairs", barriers)]
-    fig = new_figure(10.5, 4.2)
+    fig = new_figure(10.5, 4.4)
     axes = fig.subplots(1, 2)
     _, xlabel = metric_axis(x)
     specs = [("loss_barrier", 1.0, "loss barrier (cross-entropy, nats)", "Loss barrier"),
              ("error_barrier", 100.0, "error barrier (percentage points)", "Error barrier")]
     for ax, (column, scale, ylabel, heading) in zip(axes, specs):
-        ax.axhline(0.0, color=RANDOM_COLOR, linestyle="--", linewidth=1.0, label="no barrier")
-        for i, (path, g) in enumerate(groups):
-            xs, ys = g[x].to_numpy(dtype=float), g[column].to_numpy(dtype=float) * scale
-            ax.scatter(xs, ys, s=22, color=f"C{i % 10}", edgecolors="0.2", linewidths=0.3,
-                       label=f"{path} (n = {len(g)}{_spearman(xs, ys)})", zorder=2)
+        ax.axhline(0.0, color=RANDOM_COLOR, linestyle="--", linewidth=1.0)
+        for i, (_, g) in enumerate(groups):
+            ax.scatter(g[x].to_numpy(dtype=float), g[column].to_numpy(dtype=float) * scale, s=22,
+                       color=f"C{i % 10}", edgecolors="0.2", linewidths=0.3, zorder=2)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(f"{heading} vs distance")
-        ax.legend(loc="best", fontsize=7)
+    handles = [Line2D([], [], color=RANDOM_COLOR, linestyle="--", linewidth=1.0, label="no barrier")]
+    for i, (name, g) in enumerate(groups):
+        xs = g[x].to_numpy(dtype=float)
+        rhos = [spearman(xs, g[column].to_numpy(dtype=float)) for column, *_ in specs]
+        shown = "" if not np.isfinite(rhos).any() else \
+            f"; Spearman ρ: loss {rhos[0]:+.2f}, error {rhos[1]:+.2f}"
+        handles.append(Line2D([], [], linestyle="none", marker="o", markersize=5, color=f"C{i % 10}",
+                              markeredgecolor="0.2", markeredgewidth=0.3, label=f"{name} (n = {len(g)}{shown})"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3))
     heading = title or "Barriers between masks against their Hamming distance"
     fewest = min(len(g) for _, g in groups)
     if fewest < MIN_CORRELATION_PAIRS:
@@ -194,18 +183,6 @@ def barrier_vs_distance(barriers: pd.DataFrame, *, x: str | None = None, group: 
                     f"which needs at least {MIN_CORRELATION_PAIRS}; only the points are shown)")
     fig.suptitle(heading)
     return fig
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> str:
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < MIN_CORRELATION_PAIRS or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return ""
-    from scipy import stats
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rho = stats.spearmanr(x[ok], y[ok])[0]
-    return f", Spearman ρ = {rho:.2f}"
 
 
 # ---- trajectories -------------------------------------------------------------------------------------------
@@ -251,4 +228,4 @@ def trajectories(traj: pd.DataFrame, *, metric: str = "hamming_norm", baseline: 
     return fig
 
 
-__all__ = ["barrier_vs_distance", "curve_barriers", "interpolation_curves", "trajectories"]
+__all__ = ["barrier_vs_distance", "interpolation_curves", "trajectories"]

@@ -334,6 +334,18 @@ class Run:
             rows.append({"mask_id": i, **sizes, "total": sum(sizes.values())})
         return pd.DataFrame(rows)
 
+    def bytes_per_mask(self) -> dict[str, float]:
+        """Bytes on disk per mask, the one definition that `generate`, `show` and the README use:
+
+        - ``"mask file"``: the mask's packed bits with their 64-byte header (the same for every mask of a run);
+        - ``"mask with its extras"``: the mask file, its record (JSON) and its extras (history, scores, weight
+          maps, snapshots), the mean over the finished masks (NaN while there are none).
+
+        The run's shared files (config, run.json, masks.bits) are not counted."""
+        sizes = self.disk_bytes()
+        return {"mask file": float(F.mask_file_size(self.n_words)),
+                "mask with its extras": float(sizes["total"].mean()) if len(sizes) else float("nan")}
+
     def summary(self) -> dict[str, pd.DataFrame]:
         """What `masklab show` prints: `run` (id, path, hash, counts, accuracy, versions), `config` (every
         field with its default), `masks` (the registry) and `layers` (the layout)."""
@@ -341,7 +353,7 @@ class Run:
         acc = self.table["test_acc"] if len(self.table) else pd.Series(dtype=float)
         run = {"run_id": self.id, "path": str(self.path), "hash": self.hash[:16], "created": self.meta.get("created"),
                "masks": f"{len(self)} of {cfg.masks}", "bits_per_mask": int(self.layers["n_bits"].sum()),
-               "bytes_per_mask_file": F.mask_file_size(self.n_words),
+               **{f"bytes per {k}": v for k, v in self.bytes_per_mask().items()},
                "test_acc_mean": float(acc.mean()) if len(acc) else None,
                "test_acc_std": float(acc.std(ddof=0)) if len(acc) else None,
                "masklab": software.get("masklab"), "torch": software.get("torch"),

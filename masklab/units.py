@@ -1,0 +1,63 @@
+"""One unit per quantity in everything masklab shows: command-line output, index pages and figures.
+
+Tables (DataFrames, CSV, Parquet) hold fractions; what a reader sees is converted here, once:
+
+- accuracy: percent (``96.61%``); accuracy differences and the **error barrier**: percentage points
+  (``2.11 points``);
+- **percent matching**: percent (``51.23%``);
+- **Jaccard index** and **normalised Hamming distance**: fractions (``0.3412``);
+- loss and the **loss barrier**: nats (mean cross-entropy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+PERCENT_METRICS = ("matching",)  # metrics shown in %; the others as fractions
+
+
+def percent(value: float, digits: int = 2) -> str:
+    """A fraction as a percentage: 0.96612 -> "96.61%"."""
+    return f"{100 * value:.{digits}f}%" if np.isfinite(value) else "n/a"
+
+
+def points(value: float, digits: int = 2) -> str:
+    """A difference of fractions in percentage points: 0.0211 -> "2.11 points"."""
+    return f"{100 * value:.{digits}f} points" if np.isfinite(value) else "n/a"
+
+
+def metric_value(metric: str, value: float) -> str:
+    """A distance or overlap in its unit: matching in %, Jaccard and the Hamming distances as fractions."""
+    if not np.isfinite(value):
+        return "n/a"
+    return percent(value) if metric in PERCENT_METRICS else f"{value:.4f}"
+
+
+def metric_unit(metric: str) -> str:
+    return "%" if metric in PERCENT_METRICS else "fraction"
+
+
+def shown_by_metric(table: pd.DataFrame, columns: Sequence[str], metric_column: str = "metric") -> pd.DataFrame:
+    """`table` with the value `columns` written out in each row's metric's unit (strings), for printing."""
+    out = table.copy()
+    for column in columns:
+        if column in out.columns:
+            out[column] = [metric_value(str(m), float(v)) for m, v in zip(out[metric_column], out[column])]
+    return out
+
+
+def shown_accuracy(table: pd.DataFrame, columns: Sequence[str], kind: str = "percent") -> pd.DataFrame:
+    """`table` with the accuracy `columns` in % ("percent") or percentage points ("points"), for printing."""
+    out = table.copy()
+    write = percent if kind == "percent" else points
+    for column in columns:
+        if column in out.columns:
+            out[column] = [write(float(v)) for v in out[column]]
+    return out
+
+
+__all__ = ["PERCENT_METRICS", "metric_unit", "metric_value", "percent", "points", "shown_accuracy",
+           "shown_by_metric"]
