@@ -153,7 +153,7 @@ class TrainProgress:
     def eta_seconds(self) -> float | None:
         """Seconds left, from the rate and the time since the last report; None while unknown."""
         rate = self.rate()
-        if rate is None:
+        if rate is None or self._last_time is None:  # (a rate implies a last report)
             return None
         remaining = (self.total - self.done_epochs) / rate
         since_last = self._clock() - self._last_time

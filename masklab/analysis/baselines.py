@@ -141,8 +141,8 @@ def total_jaccard_moments(layer_bits, counts_a, counts_b) -> tuple[np.ndarray, n
     if points > EXACT_PMF_POINTS or len(ca) > EXACT_MAX_TOTALS:
         mean, std = _delta_jaccard(mean_i.sum(axis=1), var_i.sum(axis=1), count_sum)
         return mean, std, False
-    moments = [_pmf_moments(*_convolved_pmf(layer_bits, a, b), s) for a, b, s in zip(ca, cb, count_sum)]
-    moments = np.array(moments).reshape(-1, 2)
+    pairs = [_pmf_moments(*_convolved_pmf(layer_bits, a, b), s) for a, b, s in zip(ca, cb, count_sum)]
+    moments = np.array(pairs, dtype=np.float64).reshape(-1, 2)
     return moments[:, 0], moments[:, 1], True
 
 
@@ -462,7 +462,7 @@ def _bernoulli_words(rng: np.random.Generator, shape, density: float) -> np.ndar
         return np.zeros(shape, dtype=np.uint64)
     if scaled >= 1 << DENSITY_DIGITS:
         return np.full(shape, _ONES, dtype=np.uint64)
-    words = None
+    words: np.ndarray | None = None
     # from the last binary digit to the first: digit 1 -> r | y (P = 1/2 + P(y)/2), digit 0 -> r & y (P(y)/2)
     for digit in range(DENSITY_DIGITS - 1, -1, -1):
         bit = (scaled >> (DENSITY_DIGITS - 1 - digit)) & 1
@@ -472,6 +472,7 @@ def _bernoulli_words(rng: np.random.Generator, shape, density: float) -> np.ndar
             continue
         r = _random_words(rng, shape)
         words = (r | words) if bit else (r & words)
+    assert words is not None, "0 < scaled < 2^DENSITY_DIGITS has a 1 among its binary digits"
     return words
 
 

@@ -501,7 +501,7 @@ def structure_vs_random(masks: MaskSet, n_random: int = DEFAULT_N_RANDOM, *, met
     rng = np.random.default_rng(random_state)
     if max_masks is not None and len(masks) > int(max_masks):
         _need(int(max_masks), 4, "a structure test (max_masks)")
-        masks = masks.subset(masks.ids[np.sort(rng.choice(len(masks), int(max_masks), replace=False))])
+        masks = masks.subset(masks.ids[np.sort(rng.choice(len(masks), int(max_masks), replace=False))].tolist())
     matrix, _ = as_square(distances(masks, metric=metric, form="square"))
     rows = [{"source": "mask", "replicate": -1, "statistic": s, "value": v}
             for s, v in _statistics(matrix, method, squared, ks).items()]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -167,9 +168,27 @@ def _kept_with_total(bits: np.ndarray, bounds: np.ndarray, per_layer: bool) -> n
     return np.hstack([total, per_layer_counts]) if per_layer else total
 
 
+@overload
+def distances(masks: MaskSet, other: MaskSet | None = ..., metric: str | Sequence[str] = ...,
+              per_layer: Literal[False] = ..., form: str = ..., *, backend: str = ..., threads: int | None = ...,
+              block_bytes: int | None = ..., client: Any = ...) -> pd.DataFrame: ...
+
+
+@overload
+def distances(masks: MaskSet, other: MaskSet | None = ..., metric: str | Sequence[str] = ...,
+              per_layer: bool = ..., form: Literal["long"] = ..., *, backend: str = ..., threads: int | None = ...,
+              block_bytes: int | None = ..., client: Any = ...) -> pd.DataFrame: ...
+
+
+@overload
+def distances(masks: MaskSet, other: MaskSet | None = ..., metric: str | Sequence[str] = ...,
+              per_layer: bool = ..., form: str = ..., *, backend: str = ..., threads: int | None = ...,
+              block_bytes: int | None = ..., client: Any = ...) -> pd.DataFrame | dict: ...
+
+
 def distances(masks: MaskSet, other: MaskSet | None = None, metric: str | Sequence[str] = "hamming",
               per_layer: bool = False, form: str = "long", *, backend: str = "auto",
-              threads: int | None = None, block_bytes: int | None = None, client=None) -> pd.DataFrame | dict:
+              threads: int | None = None, block_bytes: int | None = None, client: Any = None) -> pd.DataFrame | dict:
     """Distances between all pairs of masks (of one set, or across two sets of the same layout).
 
     Parameters

@@ -110,7 +110,7 @@ def intersection_counts(a: np.ndarray, b: np.ndarray | None, bounds: np.ndarray,
     """
     backend = resolve_backend(backend)
     symmetric = b is None
-    b_rows = a if symmetric else b
+    b_rows = a if b is None else b
     _check_words(a, b_rows, bounds)
     first = int(with_total)
     if backend == "numba":
@@ -230,7 +230,8 @@ def _intersections_numba(a: np.ndarray, b: np.ndarray, bounds: np.ndarray, symme
         # a parallel pass waits for a time slice of every core: 8-10 ms for 16 masks instead of 0.1 ms)
         threads = 1
     if threads:
-        numba.set_num_threads(min(int(threads), numba.config.NUMBA_NUM_THREADS))
+        # numba.config's attributes are read from the environment at import, not declared: mypy cannot see them
+        numba.set_num_threads(min(int(threads), numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     # hand out macro tiles one by one as threads come free: on a shared machine a static split would
     # make every pass wait for the thread whose core is busiest
     previous_chunk = numba.set_parallel_chunksize(1)

@@ -328,10 +328,10 @@ def distance_histogram(observed, random=None, expected: float | None = None, *, 
     edges = np.linspace(lo, hi, int(bins) + 1)
     fig = new_figure(6.4, 4.0)
     ax = fig.add_subplot()
-    ax.hist(obs, bins=edges, density=True, color=MASK_COLOR, alpha=0.65,
+    ax.hist(obs, bins=edges.tolist(), density=True, color=MASK_COLOR, alpha=0.65,
             label=f"mask pairs (n = {obs.size:,})")
     if rnd.size:
-        ax.hist(rnd, bins=edges, density=True, histtype="step", color=RANDOM_COLOR, linewidth=1.8,
+        ax.hist(rnd, bins=edges.tolist(), density=True, histtype="step", color=RANDOM_COLOR, linewidth=1.8,
                 label=f"random-mask pairs (n = {rnd.size:,})")
     ax.axvline(float(obs.mean()), color=MASK_COLOR, linewidth=1.5, label=f"mask mean {obs.mean():.4g}")
     if expected is not None:
@@ -383,7 +383,8 @@ def embedding_scatter(points: pd.DataFrame, color_by: Sequence[str] = ("test_acc
     is_random = (points["source"] == "random").to_numpy() if "source" in points.columns \
         else np.zeros(len(points), dtype=bool)
     real, ref = points[~is_random], points[is_random]
-    panels = [c for c in color_by if c in points.columns] or [None]
+    chosen: list[str | None] = [c for c in color_by if c in points.columns]
+    panels = chosen or [None]
     fig = new_figure(4.6 * len(panels) + 0.6, 4.3)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, column in zip(axes, panels):
