@@ -25,6 +25,7 @@ MASK_COLOR = "C0"        # what is measured
 RANDOM_COLOR = "0.55"    # random masks: sampled distributions, reference clouds
 EXPECTED_COLOR = "black"  # closed-form expectations (dashed)
 DPI = 150
+PNG_COMPRESS_LEVEL = 1  # zlib level of written PNGs: level 6 (PIL's default) costs several times the time
 
 # metric -> (factor applied to the values, axis label)
 METRIC_AXES = {
@@ -84,7 +85,11 @@ def save_figure(fig: Figure, path, *, dpi: int = DPI, formats: Sequence[str] = (
     """Write `fig` as ``<path>.png`` (at `dpi`) and ``<path>.svg``; parent folders are created. A ``.png`` or
     ``.svg`` suffix on `path` is dropped. Output is reproducible (no timestamps, fixed SVG ids). Each file is
     written whole (rendered in memory, then renamed into place) and never through a symbolic link. Returns the
-    paths written."""
+    paths written.
+
+    Cheap: the figure's constrained layout is computed once (at `dpi`) for all formats, where each `savefig`
+    would run it twice (a layout pass, then the drawing), and PNGs are compressed at zlib level 1 (files a
+    fifth larger, encoded several times faster). The figure keeps its layout engine afterwards."""
     from masklab.store.files import atomic_write, make_dirs
 
     base = Path(path)
@@ -92,12 +97,25 @@ def save_figure(fig: Figure, path, *, dpi: int = DPI, formats: Sequence[str] = (
         base = base.with_suffix("")
     make_dirs(base.parent)  # (the folder itself is not followed if it is a link; its parents are the caller's)
     written = []
-    with mpl.rc_context({"svg.hashsalt": STYLE["svg.hashsalt"], "svg.fonttype": STYLE["svg.fonttype"]}):
-        for fmt in formats:
-            target = base.with_name(f"{base.name}.{fmt}")
-            metadata = {"Date": None} if fmt in ("svg", "pdf") else {"Software": None} if fmt == "png" else None
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format=fmt, dpi=dpi, metadata=metadata)
-            atomic_write(target, buffer.getvalue(), durable=False)
-            written.append(target)
+    engine, shown_dpi = fig.get_layout_engine(), fig.dpi
+    with mpl.rc_context({"svg.hashsalt": STYLE["svg.hashsalt"], "svg.fonttype": STYLE["svg.fonttype"],
+                         "figure.autolayout": False, "figure.constrained_layout.use": False}):
+        try:
+            if engine is not None:
+                fig.set_dpi(dpi)
+                fig.draw_without_rendering()  # the layout, once, at the resolution the PNG is drawn at
+                fig.set_layout_engine(None)   # frozen: savefig neither repeats it nor its layout pass
+            for fmt in formats:
+                target = base.with_name(f"{base.name}.{fmt}")
+                metadata = {"Date": None} if fmt in ("svg", "pdf") else {"Software": None} if fmt == "png" \
+                    else None
+                extra = {"pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}} if fmt == "png" else {}
+                buffer = io.BytesIO()
+                fig.savefig(buffer, format=fmt, dpi=dpi, metadata=metadata, **extra)
+                atomic_write(target, buffer.getvalue(), durable=False)
+                written.append(target)
+        finally:
+            fig.set_dpi(shown_dpi)
+            if engine is not None:
+                fig.set_layout_engine(engine)
     return written

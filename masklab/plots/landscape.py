@@ -10,6 +10,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullLocator
 
 from masklab.errors import UserError
 from masklab.plots._style import (
@@ -49,10 +50,12 @@ def distance_heatmap(square: pd.DataFrame, linkage: np.ndarray | None = None, or
     metric : str
         Name of the metric, for the colour-bar label (matching is shown in %).
     baseline : float, optional
-        The random-mask expectation of the metric; marked on the colour bar (dashed), and the colour range
-        is widened to include it.
+        The random-mask expectation of the metric: marked on the colour bar (dashed, white halo), whose range
+        is widened to hold it well inside, and on the dendrogram's height axis when the linkage's heights are
+        distances (single, complete or average linkage; not Ward's, whose heights are on another scale).
 
-    The diagonal (self-distances) is left blank so that it does not set the colour range.
+    The diagonal (self-distances) is left blank so that it does not set the colour range. The dendrogram's
+    height axis is zoomed to the merges (and chance): near-equidistant masks merge within a narrow band.
     """
     if not isinstance(square, pd.DataFrame):
         square = pd.DataFrame(np.asarray(square))
@@ -78,11 +81,8 @@ def distance_heatmap(square: pd.DataFrame, linkage: np.ndarray | None = None, or
     values = square.to_numpy(dtype=np.float64)[np.ix_(positions, positions)] * scale
     np.fill_diagonal(values, np.nan)
     off = values[np.isfinite(values)]
-    lo, hi = (float(off.min()), float(off.max())) if off.size else (0.0, 1.0)
-    if baseline is not None and np.isfinite(baseline):
-        lo, hi = min(lo, baseline * scale), max(hi, baseline * scale)
-    if hi <= lo:
-        lo, hi = lo - 0.5 * max(abs(lo), 1e-9), hi + 0.5 * max(abs(hi), 1e-9)
+    chance = baseline * scale if baseline is not None and np.isfinite(baseline) else None
+    lo, hi = _colour_range(off, chance)
 
     side = min(9.0, max(5.0, 0.14 * n + 3.0))
     fig = new_figure(side + 1.2, side + (1.2 if linkage is not None else 0.3))
@@ -91,7 +91,9 @@ def distance_heatmap(square: pd.DataFrame, linkage: np.ndarray | None = None, or
         ax_tree = fig.add_subplot(grid[0, 0])
         ax = fig.add_subplot(grid[1, 0])
         cax = fig.add_subplot(grid[1, 1])
-        _draw_dendrogram(ax_tree, linkage, n)
+        heights = np.asarray(linkage, dtype=np.float64)[:, 2] * scale
+        in_distance_units = off.size > 0 and heights.max() <= off.max() * (1 + 1e-9) + 1e-12
+        _draw_dendrogram(ax_tree, linkage, n, baseline if chance is not None and in_distance_units else None)
     else:
         grid = fig.add_gridspec(1, 2, width_ratios=[30, 1])
         ax, cax = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
@@ -112,9 +114,10 @@ def distance_heatmap(square: pd.DataFrame, linkage: np.ndarray | None = None, or
         ax.set_ylabel(f"{n} masks")
     cax.set_label("<colorbar>")
     bar = fig.colorbar(image, cax=cax)
-    bar.set_label(label + ("\n(dashed: random masks, expected)" if baseline is not None else ""))
-    if baseline is not None and np.isfinite(baseline):
-        bar.ax.axhline(baseline * scale, color=EXPECTED_COLOR, linestyle="--", linewidth=1.5)
+    bar.set_label(label + ("\n(dashed: random masks, expected)" if chance is not None else ""))
+    if chance is not None:  # inside the range (`_colour_range`), with a white halo so it shows on any colour
+        bar.ax.axhline(chance, color="white", linewidth=3.5)
+        bar.ax.axhline(chance, color=EXPECTED_COLOR, linestyle="--", linewidth=1.5, label="chance")
     heading = title or f"Pairwise {label.split(' (')[0]} of {n} masks"
     if linkage is not None:
         fig.suptitle(heading)
@@ -123,11 +126,27 @@ def distance_heatmap(square: pd.DataFrame, linkage: np.ndarray | None = None, or
     return fig
 
 
+def _colour_range(values: np.ndarray, chance: float | None) -> tuple[float, float]:
+    """The colour range of the heatmap: the off-diagonal values, widened to hold the chance level with a
+    margin of a tenth of the range, so that its marker never sits on the colour bar's edge."""
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    if chance is not None:
+        lo, hi = min(lo, chance), max(hi, chance)
+    if hi <= lo:
+        lo, hi = lo - 0.5 * max(abs(lo), 1e-9), hi + 0.5 * max(abs(hi), 1e-9)
+    if chance is not None:
+        margin = 0.1 * (hi - lo)
+        lo, hi = min(lo, chance - margin), max(hi, chance + margin)
+    return lo, hi
+
+
 def _cmap(name: str):
     return matplotlib.colormaps[name].with_extremes(bad="0.92")
 
 
-def _draw_dendrogram(ax, linkage: np.ndarray, n: int) -> None:
+def _draw_dendrogram(ax, linkage: np.ndarray, n: int, chance: float | None = None) -> None:
+    """The dendrogram, its height axis zoomed to the merges (masks about equally far apart merge within a
+    narrow band, which on a 0-based axis is a flat comb), with the random-mask distance dashed."""
     from scipy.cluster import hierarchy
 
     hierarchy.dendrogram(linkage, ax=ax, no_labels=True, link_color_func=lambda _k: "0.25")
@@ -136,10 +155,17 @@ def _draw_dendrogram(ax, linkage: np.ndarray, n: int) -> None:
     ax.set_xticks([])
     ax.grid(False)
     ax.spines[["top", "right", "bottom"]].set_visible(False)
-    ax.set_ylabel("merge\ndistance")
+    heights = np.asarray(linkage, dtype=np.float64)[:, 2]
+    lo, hi = float(heights.min()), float(heights.max())
+    if chance is not None:
+        lo, hi = min(lo, chance), max(hi, chance)
+    span = max(hi - lo, 1e-6 * max(abs(hi), 1.0))
+    ax.set_ylim(max(0.0, lo - 0.25 * span), hi + 0.12 * span)
+    if chance is not None:
+        ax.axhline(chance, color=EXPECTED_COLOR, linestyle="--", linewidth=1.2, label="chance")
+    ax.set_ylabel("merge distance\n(zoomed)" if lo - 0.25 * span > 0 else "merge\ndistance")
 
 
-# ---- per-layer similarity -----------------------------------------------------------------------------------
 @styled
 def per_layer_similarity(summary: pd.DataFrame, metrics: Sequence[str] = ("matching", "jaccard"), *,
                          title: str | None = None) -> Figure:
@@ -326,7 +352,7 @@ def distance_histogram(observed, random=None, expected: float | None = None, *, 
     if hi <= lo:
         lo, hi = lo - 0.5 * max(abs(lo), 1e-3), hi + 0.5 * max(abs(hi), 1e-3)
     edges = np.linspace(lo, hi, int(bins) + 1)
-    fig = new_figure(6.4, 4.0)
+    fig = new_figure(6.4, 4.4)
     ax = fig.add_subplot()
     ax.hist(obs, bins=edges.tolist(), density=True, color=MASK_COLOR, alpha=0.65,
             label=f"mask pairs (n = {obs.size:,})")
@@ -341,7 +367,8 @@ def distance_histogram(observed, random=None, expected: float | None = None, *, 
     ax.set_ylabel("probability density (per unit of x)")
     where = "" if layer in (None, "all") else f", layer {layer}"
     ax.set_title(title or f"Pairwise {label.split(' (')[0]}: masks vs random masks{where}")
-    ax.legend(loc="best")
+    handles, names = ax.get_legend_handles_labels()  # below the axes: never on the histograms
+    fig.legend(handles, names, loc="outside lower center", ncol=2)
     return fig
 
 
@@ -441,6 +468,7 @@ def _categorical(ax, frame: pd.DataFrame, column: str) -> None:
 
 # ---- consensus histogram ------------------------------------------------------------------------------------
 MAX_CONSENSUS_PANELS = 16
+CONSENSUS_COLUMNS = 2
 
 
 @styled
@@ -472,9 +500,11 @@ def consensus_histogram(counts: pd.DataFrame, *, layers: Sequence[str] | None = 
         if len(names) > MAX_CONSENSUS_PANELS:
             raise UserError(f"consensus_histogram draws at most {MAX_CONSENSUS_PANELS} panels; "
                             f"{len(names)} layers given")
-    ncols = min(4, len(names))
+    # at most two panels a row: the figure stays about as wide as a page (1100 px at 150 dpi) and its labels
+    # readable there; four in a row made a 2040 x 525 strip whose labels shrank to nothing on the page
+    ncols = min(CONSENSUS_COLUMNS, len(names))
     nrows = -(-len(names) // ncols)
-    fig = new_figure(3.3 * ncols + 0.4, 2.8 * nrows + 0.7)
+    fig = new_figure(3.6 * ncols + 0.3, 2.7 * nrows + 0.8)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     n_masks = int(counts["n_masks_keeping"].max())
     for ax, name in zip(axes, names):
@@ -490,6 +520,10 @@ def consensus_histogram(counts: pd.DataFrame, *, layers: Sequence[str] | None = 
             ax.set_yscale("log")
             top = float(np.nanmax(np.concatenate([observed, expected, [1.0]])))
             ax.set_ylim(0.5, top * 2.0)
+            # decades only, written as plain counts: minor ticks and mathtext labels (10^k) cost most of
+            # the figure's drawing time and say no more
+            ax.yaxis.set_minor_locator(NullLocator())
+            ax.yaxis.set_major_formatter(FuncFormatter(_count_label))
         ax.set_xlabel(f"masks keeping the weight (m of {n_masks})")
         ax.set_ylabel("weights (count)")
         ax.set_title("whole network" if str(name) == "all" else str(name))
@@ -497,9 +531,18 @@ def consensus_histogram(counts: pd.DataFrame, *, layers: Sequence[str] | None = 
     for ax in axes[len(names):]:
         ax.set_visible(False)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels))
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels) if ncols > 1 else 1)
     fig.suptitle(title or "Consensus: how many masks keep each weight")
     return fig
+
+
+def _count_label(value: float, _position) -> str:
+    """A tick of a log-scaled count: 1, 10, 100, 1,000, 10k, 100k, 1M, ..."""
+    if value >= 1e6:
+        return f"{value / 1e6:g}M"
+    if value >= 1e4:
+        return f"{value / 1e3:g}k"
+    return f"{value:,.0f}" if value >= 1 else f"{value:g}"
 
 
 __all__ = ["consensus_histogram", "distance_heatmap", "distance_histogram",

@@ -52,14 +52,13 @@ def interpolation_curves(curve: pd.DataFrame, *, title: str | None = None) -> Fi
         raise UserError("interpolation_curves needs a column acc or error")
     keys = [k for k in CURVE_KEYS if k in curve.columns]
     colour_keys = [k for k in keys if k != "order"]
-    _, factor = as_percent(_accuracy(curve))
+    _, factor = as_percent(_accuracy(curve))  # factor 100: acc given as a fraction; 1: already in %
     if "error" not in curve.columns:  # the barrier takes the error as a fraction
-        curve = curve.assign(error=1.0 - curve["acc"].to_numpy(dtype=float) / factor)
+        curve = curve.assign(error=1.0 - curve["acc"].to_numpy(dtype=float) * factor / 100.0)
     groups = curve_groups(curve)
-    acc_unit = "%" if factor == 100.0 else "fraction"
     fig = new_figure(10.5, 4.3)
     ax_loss, ax_acc = fig.subplots(1, 2)
-    unit = " points" if factor == 100.0 else ""
+    unit = " points"  # accuracy is drawn in %, so barriers of the error (a fraction) in percentage points
     colours: dict = {}
     barrier_sums: dict = {}
     single = len(groups) == 1
@@ -88,15 +87,15 @@ def interpolation_curves(curve: pd.DataFrame, *, title: str | None = None) -> Fi
         te = b["t_error_barrier"]
         ends = 0.5 * (acc[0] + acc[-1])
         ax_acc.hlines(ends, te - 0.04, te + 0.04, colors=colour, linestyles=":", linewidth=1.5)
-        _arrow(ax_acc, te, ends, ends - b["error_barrier"] * factor, colour,
-               f"barrier {b['error_barrier'] * factor:.3g}{unit}" if single else None)
+        _arrow(ax_acc, te, ends, ends - b["error_barrier"] * 100.0, colour,
+               f"barrier {b['error_barrier'] * 100.0:.3g}{unit}" if single else None)
     handles = []
     for ckey, colour in colours.items():
         lb, eb, n = barrier_sums[ckey]
         name = _curve_name(dict(zip(colour_keys, ckey)))
         mean = f" (mean of {n} orders)" if n > 1 else ""
         handles.append(Line2D([], [], color=colour, marker="o", markersize=3,
-                              label=f"{name}: loss barrier {lb / n:.3g}, error barrier {eb / n * factor:.3g}{unit}"
+                              label=f"{name}: loss barrier {lb / n:.3g}, error barrier {eb / n * 100.0:.3g}{unit}"
                                     f"{mean}"))
     handles.append(Line2D([], [], color=EXPECTED_COLOR, linestyle="--", linewidth=1.0,
                           label="linear interpolation of the ends"))
@@ -105,7 +104,7 @@ def interpolation_curves(curve: pd.DataFrame, *, title: str | None = None) -> Fi
     ax_loss.set_xlabel("t (0 = mask a, 1 = mask b)")
     ax_acc.set_xlabel("t (0 = mask a, 1 = mask b)")
     ax_loss.set_ylabel("loss (mean cross-entropy, nats)")
-    ax_acc.set_ylabel(f"accuracy ({acc_unit})")
+    ax_acc.set_ylabel("accuracy (%)")
     ax_loss.set_title("Loss along the path")
     ax_acc.set_title("Accuracy along the path")
     paths = sorted({str(p) for p in curve["path"]}) if "path" in curve.columns else []

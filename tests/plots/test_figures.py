@@ -12,6 +12,8 @@ from scipy import stats
 
 from masklab import plots as P
 from masklab.analysis import clustering as C
+from masklab.analysis.paths.barriers import barrier
+from masklab.analysis.summary import layer_summary
 from masklab.errors import UserError
 
 RNG = np.random.default_rng(0)
@@ -249,7 +251,7 @@ def test_grouped_figures_draw_every_group_and_the_chance_level():
     legend = dense.axes[0].get_legend().get_texts()
     assert any(t.get_text().startswith("dense, trained weights (90.0%)") for t in legend)
     by_method = P.barrier_vs_distance(barrier_table().assign(method=["a", "b"] * 8), group="method")
-    assert [t.get_text().split(" (")[0] for t in by_method.axes[0].get_legend().get_texts()][1:] == ["a", "b"]
+    assert [t.get_text().split(" (")[0] for t in by_method.legends[0].get_texts()][1:] == ["a", "b"]
 
 
 def make_dense_sweep() -> pd.DataFrame:
@@ -279,7 +281,7 @@ def test_layer_order_is_kept_and_layer_summary_builds_the_input():
                          "layer": ["all"] * 3 + ["zeta"] * 3 + ["all"] * 3 + ["zeta"] * 3,
                          "metric": ["matching"] * 6 + ["jaccard"] * 6, "value": np.linspace(0.3, 0.6, 12)})
     base = pd.DataFrame({"layer": ["all", "zeta"], "matching": [0.5, 0.5], "jaccard": [1 / 3, 1 / 3]})
-    summary = P.layer_summary(long, base)
+    summary = layer_summary(long, base)
     assert list(summary.columns) == ["layer", "metric", "mean", "std", "min", "max", "n_pairs", "baseline"]
     assert summary["layer"].tolist() == ["all", "zeta", "all", "zeta"]
     assert summary["n_pairs"].tolist() == [3] * 4
@@ -290,16 +292,25 @@ def test_layer_order_is_kept_and_layer_summary_builds_the_input():
     assert [t.get_text() for t in fig.axes[-1].get_xticklabels()] == layers
 
 
-def test_interpolation_barrier_matches_the_analysis_definition():
+def test_interpolation_figure_marks_the_analysis_barriers():
+    """The figure shows the barriers the analysis computes (`masklab.analysis.paths.barriers.barrier`, the one
+    definition), the error barrier in percentage points."""
     curve = curve_table().query("path == 'soft'")
-    b = P.curve_barriers(curve)
-    t, loss = curve["t"].to_numpy(), curve["loss"].to_numpy()
-    assert b["loss_barrier"] == pytest.approx(np.max(loss - ((1 - t) * loss[0] + t * loss[-1])))
-    error = curve["error"].to_numpy()
-    assert b["error_barrier"] == pytest.approx(error.max() - (error[0] + error[-1]) / 2)
+    b = barrier(curve).iloc[0]
     fig = P.interpolation_curves(curve)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert f"barrier {b['loss_barrier']:.3g}" in texts
+    assert f"barrier {100 * b['error_barrier']:.3g} points" in texts
+    legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
+    assert f"error barrier {100 * b['error_barrier']:.3g} points" in legend
+    # acc given in % instead of as a fraction: the same barriers
+    percent = P.interpolation_curves(curve.drop(columns="error").assign(acc=100 * curve["acc"]))
+    assert texts == [t.get_text() for ax in percent.axes for t in ax.texts]
+    # two orders of one path: the legend's barrier is the mean of the analysis' barriers of both
+    two = curve_table().query("path == 'hamming'")
+    mean = barrier(two)["loss_barrier"].mean()
+    legend = " ".join(t.get_text() for t in P.interpolation_curves(two).legends[0].get_texts())
+    assert f"loss barrier {mean:.3g}" in legend and "(mean of 2 orders)" in legend
 
 
 def test_accuracy_colourbar_and_units():
@@ -335,7 +346,7 @@ def test_figures_take_the_analysis_tables_as_they_come():
                               layer_sizes=[64, 700], layer_names=["conv1", "fc"])
     baseline = random_baseline(masks)
     long = distances(masks, metric=["matching", "jaccard"], per_layer=True)
-    summary = P.layer_summary(long, baseline)
+    summary = layer_summary(long, baseline)
     assert summary["baseline"].notna().all()
     fc = summary.query("layer == 'fc' and metric == 'matching'")["baseline"].iloc[0]
     assert fc == pytest.approx(baseline.set_index("layer").loc["fc", "matching"])
@@ -356,11 +367,66 @@ def test_figures_take_the_analysis_tables_as_they_come():
 
 def test_barrier_figure_shows_a_correlation_only_from_ten_pairs():
     few = P.barrier_vs_distance(barrier_table().iloc[:3])
-    legend = " ".join(t.get_text() for t in few.axes[0].get_legend().get_texts())
+    legend = " ".join(t.get_text() for t in few.legends[0].get_texts())
     assert "ρ" not in legend and "n = 3" in legend
     assert "too few for a correlation" in few._suptitle.get_text()
     many = P.barrier_vs_distance(barrier_table().assign(path="soft"))  # 16 pairs in one group
-    legend = " ".join(t.get_text() for t in many.axes[0].get_legend().get_texts())
-    assert "n = 16, Spearman ρ = " in legend and "too few" not in many._suptitle.get_text()
+    legend = " ".join(t.get_text() for t in many.legends[0].get_texts())
+    assert "n = 16; Spearman ρ: loss " in legend and "too few" not in many._suptitle.get_text()
     split = P.barrier_vs_distance(barrier_table())  # two paths of 8 pairs each: no correlation for either
-    assert "ρ" not in " ".join(t.get_text() for t in split.axes[0].get_legend().get_texts())
+    assert "ρ" not in " ".join(t.get_text() for t in split.legends[0].get_texts())
+
+
+# ---- legends beside the data, chance where it shows, sizes a page can hold (issue 16) -------------------------
+def _data_boxes(ax, renderer):
+    """Pixel boxes of what an axes draws as data: bars, lines with points, scatter collections."""
+    boxes = [p.get_window_extent(renderer) for p in ax.patches]
+    boxes += [line.get_window_extent(renderer) for line in ax.get_lines() if len(line.get_xdata()) > 1]
+    boxes += [c.get_window_extent(renderer) for c in ax.collections]
+    return [b for b in boxes if b.width > 0 and b.height > 0]
+
+
+@pytest.mark.parametrize("name", ["histogram", "barrier", "barrier_groups", "consensus", "interpolation"])
+def test_legends_sit_outside_the_data(name):
+    fig = make(name)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert all(ax.get_legend() is None for ax in fig.axes), "a legend inside a panel"
+    for legend in fig.legends:
+        box = legend.get_window_extent(renderer)
+        for ax in fig.axes:
+            if ax.get_visible():
+                assert not box.overlaps(ax.get_window_extent(renderer)), f"the legend covers {ax.get_title()!r}"
+
+
+def test_heatmap_zooms_the_dendrogram_and_shows_chance_inside_the_colour_bar():
+    rng = np.random.default_rng(3)
+    d = 0.47 + 0.02 * rng.random((N, N))  # near-equidistant masks, all below chance (0.5)
+    d = (d + d.T) / 2
+    np.fill_diagonal(d, 0.0)
+    square = pd.DataFrame(d, index=range(N), columns=range(N))
+    link = C.linkage_matrix(square, "average")
+    fig = P.distance_heatmap(square, link, baseline=0.5)
+    tree = next(ax for ax in fig.axes if ax.get_label() == "dendrogram")
+    low, high = tree.get_ylim()
+    assert 0.4 < low < link[:, 2].min() and 0.5 < high < 0.55, "the merge axis is not zoomed to the data"
+    assert [line.get_ydata()[0] for line in tree.get_lines()] == [0.5]  # chance on the tree
+    bar = next(ax for ax in fig.axes if ax.get_label() == "<colorbar>")
+    low, high = bar.get_ylim()
+    chance = [line for line in bar.get_lines() if line.get_label() == "chance"]
+    assert chance and low + 0.05 * (high - low) < chance[0].get_ydata()[0] < high - 0.05 * (high - low)
+    assert_readable(fig)
+
+
+def test_consensus_figure_fits_the_page():
+    """At most two panels a row, so the PNG is about the page's 1100 px wide and its text stays readable."""
+    rows = []
+    for layer in ("all", "fc1", "fc2", "fc3"):
+        expected = stats.binom.pmf(np.arange(17), 16, 0.5) * 5000
+        rows += [{"layer": layer, "n_masks_keeping": m, "n_weights": int(expected[m]), "expected": expected[m]}
+                 for m in range(17)]
+    fig = P.consensus_histogram(pd.DataFrame(rows))
+    width, height = fig.get_size_inches() * P._style.DPI
+    assert width <= 1150 and 0.5 < height / width < 1.2, (width, height)
+    assert [ax.get_yaxis().get_minor_locator().__class__.__name__ for ax in fig.axes][:1] == ["NullLocator"]
+    assert_readable(fig)
