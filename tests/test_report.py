@@ -105,8 +105,35 @@ def test_interpolate_command(runs, capsys):
     root, run, _ = runs
     assert main(["interpolate", run.id, "0", "1", "--points", "4", "--runs-dir", str(root)]) == 0
     out = capsys.readouterr().out
-    assert "loss_barrier" in out and len(re.findall(r"^\s*0\s+\d\.\d{4}", out, re.M)) == 4
+    assert "loss_barrier" in out and len(re.findall(r"^\s*\d\.\d{4}\s+\d\.\d{4}", out, re.M)) == 4
     assert main(["interpolate", run.id, "0", "--runs-dir", str(root)]) == 2
+
+
+def test_interpolate_prints_a_header_and_one_unit_per_quantity(runs, capsys):
+    """Accuracy in %, the error barrier in percentage points (as `analyze` says it), a header naming the run,
+    the pair and the path, and an order column that says which order (none on the soft path)."""
+    root, run, _ = runs
+    assert main(["interpolate", run.id, "0", "1", "--points", "3", "--runs-dir", str(root), "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"run {run.id}: masks 0 -> 1, soft path, 3 points; loss in nats, accuracy in %")
+    header = lines[1].split()
+    assert header == ["t", "hamming_to_a", "hamming_to_b", "loss", "acc"]  # no order column on the soft path
+    rows = lines[2:5]
+    assert all(re.fullmatch(r"\d+\.\d{2}%", row.split()[-1]) for row in rows), rows
+    barrier_row = lines[-1]
+    assert re.search(r"-?\d+\.\d{2} points$", barrier_row), barrier_row
+    curve = masklab.interpolate(run, 0, 1, points=3)
+    from masklab.analysis.interpolation import barrier
+
+    assert barrier_row.split()[-2] == f"{100 * barrier(curve)['error_barrier'].iloc[0]:.2f}"
+    assert main(["interpolate", run.id, "0", "1", "--points", "3", "--path", "hamming", "--orders", "2",
+                 "--runs-dir", str(root), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"run {run.id}: masks 0 -> 1, hamming path in 2 random bit orders, 3 points")
+    assert out.count("random order 0") == 3 + 1 and out.count("random order 1") == 3 + 1  # 3 points + barrier
+    assert main(["interpolate", run.id, "--pairs", "2", "--points", "3", "--runs-dir", str(root), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"run {run.id}: barriers of 2 sampled mask pairs") and out.count(" points") >= 2
 
 
 # ---- what the page and the summary say (issue 16) -----------------------------------------------------------
@@ -164,3 +191,75 @@ def test_cli_formats_seconds_and_quiet(runs, tmp_path, capsys):
     assert "no correlation with Hamming distance: 3 pairs" in captured.out and captured.err == ""
     assert main(["interpolate", run.id, "0", "1", "--points", "3", "--runs-dir", str(root)]) == 0
     assert "point" in capsys.readouterr().err  # the progress line, on stderr
+
+
+# ---- pages, units and words (issue 16, item 3) --------------------------------------------------------------
+def _links(page: str) -> list[str]:
+    return re.findall(r'(?:src|href)="([^"]+)"', page)
+
+
+def test_written_pages_hold_no_machine_paths(runs, tmp_path):
+    """Links and paths on a page are relative to the page: the folder can move, be committed or served."""
+    _, a, b = runs
+    report = analyze(a, tmp_path / "figs", pairs=1, points=3, formats="png,svg")
+    compared = compare(a, b, tmp_path / "figs", formats="png,svg")
+    for page in (report.index, compared.index):
+        text = page.read_text()
+        for root in {str(tmp_path), str(tmp_path.resolve()), str(a.path), str(a.path.resolve())}:
+            assert root not in text, f"{page.name} names the machine path {root}"
+        links = _links(text)
+        assert links and not [link for link in links if link.startswith("/") or "://" in link]
+        for link in links:  # every link resolves from the page's own folder
+            assert (page.parent / link).exists(), link
+    assert f"{a.id}/analysis/" in report.index.read_text()  # where the tables are, relative to the page
+
+
+def test_compare_page_has_the_analyze_look_and_says_what_the_columns_are(runs, tmp_path):
+    from masklab.report import PAGE_STYLE
+
+    _, a, b = runs
+    report = compare(a, b, tmp_path, formats="png,svg")
+    page = report.index.read_text()
+    assert 'border="1"' not in page and PAGE_STYLE in page and PAGE_STYLE in analyze(
+        a, tmp_path, pairs=0, points=3, embedding=False).index.read_text()
+    for words in ("<dt>within A</dt>", "<dt>within B</dt>", "<dt>across</dt>", "<dt>chance</dt>",
+                  "two different masks of run A", "one mask of run A and one of run B"):
+        assert words in page, words
+    assert "SVG</a>" in page and f'href="joint_mds.svg"' in page
+    assert re.search(r"<td class=\"num\">\d+\.\d{2}%</td>", page)  # matching in %
+    assert re.search(r"<td class=\"num\">0\.\d{4}</td>", page)  # Jaccard as a fraction
+    keys = report.key_numbers
+    assert keys["matching across runs"].endswith("%)") and "%" not in keys["jaccard across runs"]
+    # the joint embedding's legend is short: A and B with their method, not the run ids
+    assert set(report.tables["joint_embedding"]["side"]) == {"A: edge-popup s0.5", "B: biprop s0.5"}
+
+
+def test_joint_embedding_legend_leaves_the_figure_to_the_points(runs):
+    from masklab.analysis.compare import joint_embedding
+    from masklab.plots import embedding_scatter
+
+    _, a, b = runs
+    points, _, _ = joint_embedding(a, b)
+    fig = embedding_scatter(points, ["side"])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.axes[0].get_legend().get_window_extent(renderer)
+    assert legend.width < 0.3 * fig.bbox.width
+
+
+def test_compare_command_prints_matching_in_percent(runs, tmp_path, capsys):
+    root, a, b = runs
+    assert main(["compare", a.id, b.id, "--runs-dir", str(root), "--figures", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "matching in %, Jaccard as a fraction" in out
+    matching = [line for line in out.splitlines() if " matching " in f" {line} " and "whole network" in line]
+    jaccard = [line for line in out.splitlines() if " jaccard " in f" {line} " and "whole network" in line]
+    assert matching and all(v.endswith("%") for v in matching[0].split()[3:])
+    assert jaccard and not any(v.endswith("%") for v in jaccard[0].split()[3:])
+
+
+def test_consensus_key_numbers_say_no_mask(runs, tmp_path):
+    _, run, _ = runs
+    keys = analyze(run, tmp_path, pairs=0, points=3, embedding=False).key_numbers
+    assert "weights kept by no mask" in keys and "weights kept by all masks" in keys
+    assert not [k for k in keys if "none masks" in k]

@@ -265,17 +265,42 @@ def test_barrier_formula_on_a_synthetic_curve():
     curve = pd.DataFrame({"t": [0.0, 0.25, 0.5, 0.75, 1.0], "loss": [1.0, 2.0, 4.0, 2.0, 3.0],
                           "acc": [0.9, 0.7, 0.5, 0.8, 0.7]})
     curve["error"] = 1 - curve["acc"]
-    b = barrier(curve)
+    table = barrier(curve)
+    assert isinstance(table, pd.DataFrame) and len(table) == 1  # a DataFrame whatever the input
+    b = table.iloc[0]
     # baseline 1, 1.5, 2, 2.5, 3 -> excess 0, 0.5, 2, -0.5, 0
     assert b["loss_barrier"] == pytest.approx(2.0) and b["t_loss_barrier"] == 0.5
     # max error 0.5 - mean(0.1, 0.3)
     assert b["error_barrier"] == pytest.approx(0.3)
+    assert barrier(curve.drop(columns="error"))["error_barrier"].iloc[0] == pytest.approx(0.3)  # from acc
     flat = barrier(curve.assign(loss=[1.0, 1.5, 2.0, 2.5, 3.0]))
-    assert flat["loss_barrier"] == pytest.approx(0.0)
+    assert flat["loss_barrier"].iloc[0] == pytest.approx(0.0)
     two = pd.concat([curve.assign(order=0), curve.assign(order=1, loss=curve.loss + [0, 0, 1, 0, 0])])
     table = barrier(two)
     assert list(table["order"]) == [0, 1]
     assert table["loss_barrier"].tolist() == pytest.approx([2.0, 3.0])
+    with pytest.raises(UserError, match="empty"):
+        barrier(curve.iloc[:0])
+
+
+def test_barriers_need_no_torch():
+    """The barrier computation is numpy and pandas only: figures and notebooks use it without a model."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import masklab.analysis.paths.barriers, masklab.plots.paths; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_mask_sources_are_a_protocol(trained, digits):
+    from masklab.analysis.paths.sources import MaskSource, RunSource, as_source
+
+    src = source(trained, "edge-popup", digits)
+    assert isinstance(src, MaskSource) and as_source(src) is src
+    assert not isinstance(object(), MaskSource) and not issubclass(RunSource, type(src))
+    with pytest.raises(UserError, match="expected a run"):
+        as_source(42)
 
 
 def test_barrier_matrix_and_correlation(trained, digits):
@@ -289,7 +314,8 @@ def test_barrier_matrix_and_correlation(trained, digits):
     _, masks = trained["edge-popup"]
     assert table.hamming.tolist() == [hamming(masks[i].masks, masks[j].masks) for i, j in ((0, 1), (0, 2), (1, 2))]
     single = barrier(interpolate(src, 0, 2, "soft", points=5))
-    assert table.loss_barrier.iloc[1] == single["loss_barrier"]
+    assert table.loss_barrier.iloc[1] == single["loss_barrier"].iloc[0]
+    assert single[["mask_a", "mask_b", "path", "order"]].iloc[0].tolist() == [0, 2, "soft", 0]
     assert len(curves) == 15 and (table.loss_barrier >= 0).all()
     corr = barrier_correlation(table)
     assert list(corr.barrier) == ["loss_barrier", "error_barrier"] and (corr.n == 3).all()
