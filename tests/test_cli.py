@@ -524,13 +524,27 @@ def test_sweep_prints_the_table_and_ends_with_the_figure(in_tmp, capsys):
             "--width", "0.25"]
     assert main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    figure = in_tmp / "figures" / "sweep-digits-mlp.png"
+    from masklab.config import RunConfig
+    from masklab.sweep import sweep_id
+
+    name = sweep_id(RunConfig(epochs=1, width=0.25), ["edge-popup", "biprop"], [0.5], 1)
+    assert name.startswith("sweep-digits-mlp-") and len(name) == len("sweep-digits-mlp-") + 8
+    figure = in_tmp / "figures" / f"{name}.png"
     assert lines[-1] == str(figure.relative_to(in_tmp)) and figure.stat().st_size > 1000
     assert any(line.split()[:2] == ["biprop", "0.5000"] for line in lines)
+    assert any(line.startswith(f"{name}: test accuracy in %") for line in lines)
+    assert [line.split() for line in lines if line.split()[:1] == ["biprop"]][0][3].endswith("%")  # acc_mean in %
     table = __import__("pandas").read_csv(figure.with_suffix(".csv"))
     assert sorted(table["method"]) == ["biprop", "edge-popup"] and len(list((in_tmp / "runs").iterdir())) == 2
     assert main([*argv, "--quiet"]) == 0  # the second call reuses both runs and prints only the path
     assert capsys.readouterr().out.strip() == str(figure.relative_to(in_tmp))
+    # another grid: its own figure and table beside the first's, which stay as they were
+    before = figure.read_bytes(), figure.with_suffix(".csv").read_bytes()
+    assert main(["sweep", "--methods", "edge-popup", "--sparsities", "0.5", "--seeds", "1", "--epochs", "1",
+                 "--width", "0.25", "--quiet"]) == 0
+    other = in_tmp / capsys.readouterr().out.strip()
+    assert other != figure and other.exists() and other.with_suffix(".csv").exists()
+    assert (figure.read_bytes(), figure.with_suffix(".csv").read_bytes()) == before
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -76,3 +76,44 @@ def test_sweep_table_overlays_published_numbers_only_for_cifar10_conv():
     assert "published" not in digits.columns
     labels = [t.get_text() for t in accuracy_vs_sparsity(digits).axes[0].get_legend().get_texts()]
     assert not any("published" in label for label in labels)
+
+
+def test_sweep_id_names_the_grid_and_the_base_config():
+    from masklab.sweep import sweep_id
+
+    base = RunConfig(epochs=2, width=0.25)
+    one = sweep_id(base, ["edge-popup", "biprop"], [0.5, 0.9], 3)
+    assert one == sweep_id(base, ["biprop", "edge-popup"], [0.9, 0.5], 3)  # the order given does not matter
+    assert one == sweep_id(base.replace(device="cpu", stack=2), ["edge-popup", "biprop"], [0.5, 0.9], 3)
+    others = {sweep_id(base, ["edge-popup"], [0.5, 0.9], 3), sweep_id(base, ["edge-popup", "biprop"], [0.5], 3),
+              sweep_id(base, ["edge-popup", "biprop"], [0.5, 0.9], 2),
+              sweep_id(base, ["edge-popup", "biprop"], [0.5, 0.9], 3, [0, 1]),
+              sweep_id(base.replace(epochs=3), ["edge-popup", "biprop"], [0.5, 0.9], 3),
+              sweep_id(base.replace(recycle_rate=0.3), ["edge-popup", "biprop"], [0.5, 0.9], 3)}
+    assert one not in others and len(others) == 6
+    assert one.startswith("sweep-digits-mlp-")
+
+
+def test_sweep_figure_states_epochs_seeds_band_and_draws_dense_and_chance():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from masklab.plots import accuracy_vs_sparsity
+    from masklab.sweep import sweep_table
+
+    def fake(method, sparsity, accs):
+        config = RunConfig(method=method, sparsity=sparsity, epochs=7)
+        table = pd.DataFrame({"test_acc": accs, "best_test_acc": accs})
+        return SimpleNamespace(config=config, table=table, id=f"{method}-{sparsity}",
+                               meta={"dataset": {"n_classes": 10}})
+
+    table = sweep_table([fake("edge-popup", 0.5, [0.90, 0.92, 0.91]), fake("dense", 0.0, [0.97, 0.96, 0.98])])
+    assert table["epochs"].tolist() == [7, 7] and table["chance"].tolist() == pytest.approx([0.1, 0.1])
+    ax = accuracy_vs_sparsity(table).axes[0]
+    title = ax.get_title()
+    assert "7 epochs" in title and "3 seeds (masks) per cell" in title and "band: ±1 std" in title
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(label.startswith("dense, trained weights (97.0%)") for label in labels)
+    chance = [line for line in ax.get_lines() if line.get_label().startswith("chance")]
+    assert chance and chance[0].get_ydata()[0] == pytest.approx(10.0) and "1 / 10 classes" in chance[0].get_label()

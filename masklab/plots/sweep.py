@@ -71,7 +71,8 @@ def accuracy_vs_sparsity(sweep: pd.DataFrame, *, title: str | None = None, chanc
     heading = title or "Accuracy vs sparsity"
     details = _details(sweep, std is not None)
     # the legend takes the right of the figure: wrap long titles
-    ax.set_title(textwrap.fill(heading, 58) + ("\n" + textwrap.fill(details, 70) if details else ""))
+    ax.set_title(textwrap.fill(heading, 58, break_on_hyphens=False)
+                 + ("\n" + textwrap.fill(details, 70, break_on_hyphens=False) if details else ""))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
