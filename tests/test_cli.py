@@ -53,7 +53,7 @@ def test_generate_prints_a_banner_and_ends_with_the_run_directory(made):
     config = RunConfig(masks=2, epochs=1, width=0.25)
     assert lines[0].startswith(f"run {config.run_id}: 2 masks, digits mlp edge-popup sparsity 0.5")
     assert lines[1] == "config: width=0.25, epochs=1, masks=2"
-    assert lines[-2].startswith("2 masks: test accuracy mean ")
+    assert lines[-2].startswith("2 masks: test accuracy mean ") and "%" in lines[-2]
     assert lines[-1] == str(runs / config.run_id)
     assert masklab.open_run(lines[-1]).ids == [0, 1]
 
@@ -72,6 +72,38 @@ def test_runs_lists_the_run(made, capsys):
     assert out[0].split() == ["run_id", "model", "dataset", "method", "sparsity", "epochs", "masks", "test_acc"]
     assert out[1].split()[:7] == [RunConfig(masks=2, epochs=1, width=0.25).run_id, "mlp", "digits", "edge-popup",
                                   "0.5000", "1", "2"]
+
+
+def test_one_definition_of_bytes_per_mask(made, capsys):
+    """generate, show and the README state the same sizes, from `Run.bytes_per_mask`."""
+    runs, out = made
+    run = masklab.open_run(runs / RunConfig(masks=2, epochs=1, width=0.25).run_id)
+    size = run.bytes_per_mask()
+    assert size["mask file"] == 64 + 8 * run.n_words == (run.path / "masks" / "000000.mask").stat().st_size
+    extras = run.disk_bytes()["total"].mean()
+    assert size["mask with its extras"] == pytest.approx(extras) and extras > size["mask file"]
+    text = cli.bytes_text(run)
+    assert text == (f"{size['mask file']:,.0f} bytes per mask file, {extras:,.0f} per mask with its record and "
+                    "extras")
+    assert text in out.strip().splitlines()[-2]  # generate's summary line
+    assert main(["show", str(run.path)]) == 0
+    assert f"on disk  {text}" in capsys.readouterr().out
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "A Conv-4 mask file takes 303,192 bytes" in readme  # 2,425,024 bits in 37,891 words + the header
+    assert 64 + 8 * 37_891 == 303_192
+
+
+def test_help_describes_every_argument_and_command(capsys):
+    for argv, needles in ((["compare", "--help"], ["RUN_A", "the first run (A)", "RUN_B", "the second run (B)",
+                                                   "within A"]),
+                          (["runs", "--help"], ["List every run under --runs-dir"])):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = " ".join(capsys.readouterr().out.split())
+        for needle in needles:
+            assert needle in text, (argv, needle)
 
 
 def test_runs_on_an_empty_directory(in_tmp, capsys):
