@@ -384,7 +384,7 @@ def _colour_label(column: str) -> str:
               "train_acc": "train accuracy (%)", "test_loss": "test loss (cross-entropy, nats)",
               "cluster_average": "cluster (average linkage)", "cluster_ward": "cluster (Ward linkage)",
               "cluster_hdbscan": "cluster (HDBSCAN)", "cluster_complete": "cluster (complete linkage)",
-              "cluster_single": "cluster (single linkage)"}
+              "cluster_single": "cluster (single linkage)", "side": "run (A or B)"}
     return labels.get(column, column.replace("_", " "))
 
 
