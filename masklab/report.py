@@ -3,8 +3,11 @@
 Tables (Parquet and CSV) go to `<run>/analysis/`, figures (PNG by default; `formats=("png", "svg")` for
 more) to `figures/<run id>/`, and `figures/<run id>/index.html` shows every figure with a one-line caption,
 the key numbers and where the time went. Each stage is a short function from the run (or earlier tables)
-to DataFrames; `analyze(run)` returns them all in a `Report`, so a notebook gets the same results as the
-command line.
+to DataFrames (the analyses live in `masklab.analysis`; a stage runs them, draws their figures here, in
+this process, and notes the key numbers); stages hand intermediates on through `Shared`. `analyze(run)`
+returns everything in a `Report`, so a notebook gets the same results as the command line. `compare` does
+the same for two runs (`masklab.analysis.compare`); both pages come from one writer (`write_page`), in one
+style, with every link relative to the page.
 
 The key numbers say only what the numbers carry: every comparison with chance gives the effect in standard
 deviations of its null (one random pair for overlaps, the random sets for the structure test), every

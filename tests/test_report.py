@@ -225,7 +225,7 @@ def test_compare_page_has_the_analyze_look_and_says_what_the_columns_are(runs, t
     for words in ("<dt>within A</dt>", "<dt>within B</dt>", "<dt>across</dt>", "<dt>chance</dt>",
                   "two different masks of run A", "one mask of run A and one of run B"):
         assert words in page, words
-    assert "SVG</a>" in page and f'href="joint_mds.svg"' in page
+    assert "SVG</a>" in page and 'href="joint_mds.svg"' in page
     assert re.search(r"<td class=\"num\">\d+\.\d{2}%</td>", page)  # matching in %
     assert re.search(r"<td class=\"num\">0\.\d{4}</td>", page)  # Jaccard as a fraction
     keys = report.key_numbers

@@ -4,8 +4,9 @@
 - baselines: `random_baseline`, `with_baseline`, `random_masks`, `random_baseline_samples`;
 - consensus: `keep_counts`, `consensus`, `consensus_histogram`, `union_coverage`, `core_weights`;
 - summary: `layer_summary` (per layer and metric: the pairs' mean beside chance, in sd of the null);
-- compare: `compare_runs` (two runs: within each, across, chance); interpolation: `masklab.analysis.interpolation`
-  over the rooms of `masklab.analysis.paths`.
+- in their own modules: `masklab.analysis.compare` (two runs: within each, across, chance),
+  `masklab.analysis.interpolation` (paths between masks and barriers, over the rooms of `masklab.analysis.paths`),
+  clustering, embedding, trajectories.
 
 Numba, scipy and torch are imported only when a function needs them.
 """
