@@ -109,9 +109,12 @@ def save_figure(fig: Figure, path, *, dpi: int = DPI, formats: Sequence[str] = (
                 target = base.with_name(f"{base.name}.{fmt}")
                 metadata = {"Date": None} if fmt in ("svg", "pdf") else {"Software": None} if fmt == "png" \
                     else None
-                extra = {"pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}} if fmt == "png" else {}
                 buffer = io.BytesIO()
-                fig.savefig(buffer, format=fmt, dpi=dpi, metadata=metadata, **extra)
+                if fmt == "png":
+                    fig.savefig(buffer, format=fmt, dpi=dpi, metadata=metadata,
+                                pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+                else:
+                    fig.savefig(buffer, format=fmt, dpi=dpi, metadata=metadata)
                 atomic_write(target, buffer.getvalue(), durable=False)
                 written.append(target)
         finally:
