@@ -91,7 +91,8 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
               ("clustering", lambda r, rep: _clustering(r, rep, n_random))]
     if embedding and len(run.ids) >= 4:
         stages.append(("embedding", lambda r, rep: _embedding(r, rep, embedding_method)))
-    if interpolation and len(run.ids) >= 2 and pairs > 0:
+    rebuildable = run.imported is None or run.meta["dataset"].get("name") is not None  # (imports without a model)
+    if interpolation and len(run.ids) >= 2 and pairs > 0 and rebuildable:
         stages.append(("interpolation", lambda r, rep: _interpolation(r, rep, pairs, points, random_state)))
     if any(run.has_extra(i, "snapshots") for i in run.ids):
         stages.append(("trajectories", _trajectories))

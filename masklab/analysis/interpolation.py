@@ -496,6 +496,10 @@ class RunSource(MaskSource):
     def model(self, device="cpu", i: int | None = None) -> nn.Module:
         return self.run.model(self.ids[0] if i is None else i, device)
 
+    def own_weights(self) -> bool:
+        """Recycling, dense, or an import of files with different weights (`Run.per_mask_weights`)."""
+        return self.run.per_mask_weights
+
     def subnet(self, i: int) -> Subnet:
         from masklab.nn.layers import masked_layers
 
