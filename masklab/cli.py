@@ -632,7 +632,7 @@ def add_import(sub) -> None:
                        "int((1 - K) * n) smallest |scores| of each layer, with K = --keep (their prune_rate, the "
                        "fraction KEPT; a Biprop checkpoint's own prune_rate is used when it has one). torch-prune and "
                        "npz hold their masks. The weights come with the files and are stored with the run. The last "
-                       "line printed is the run directory.")
+                       "line printed is the run directory.", parents=[RUNS_DIR(), QUIET()])
     p.add_argument("files", nargs="+", metavar="FILE", help="checkpoint or mask files, one mask each")
     p.add_argument("--format", required=True, metavar="F", help="hidden-networks, torch-prune or npz")
     p.add_argument("--keep", type=float, metavar="K", help="fraction of each layer KEPT (the reference code's "
@@ -647,12 +647,10 @@ def add_import(sub) -> None:
     p.add_argument("--dataset", metavar="D", help="the dataset to evaluate on (with --model)")
     p.add_argument("--data-root", metavar="DIR", help="directory holding the dataset files")
     p.add_argument("--width", type=float, default=1.0, metavar="W", help="width multiplier of --model (default 1)")
-    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
     p.add_argument("--name", metavar="NAME", help="run name: the run id is NAME-<hash8> (default "
                    "import-<format>[-<model>])")
     p.add_argument("--allow-different-weights", action="store_true", help="import files whose weights differ "
                    "(each mask keeps its own weights; the run says so)")
-    p.add_argument("--quiet", action="store_true", help="print only the run directory")
     p.set_defaults(func=cmd_import)
 
 
@@ -684,12 +682,11 @@ def add_export(sub) -> None:
                        "weights of masklab.plain_model(run) (plain nn.Linear/nn.Conv2d, nn.BatchNorm2d); torch-prune: "
                        "<layer>.weight_orig + <layer>.weight_mask; hidden-networks: weights and scores in that code's "
                        "layout with the prune_rate its rule needs; npz: bool masks and weights per layer. The last "
-                       "line printed is the file.")
+                       "line printed is the file.", parents=[RUNS_DIR()])
     p.add_argument("run", metavar="RUN", help="run directory or run id")
     p.add_argument("--mask", type=int, required=True, metavar="I", help="mask id")
     p.add_argument("--format", required=True, metavar="F", help="state-dict, torch-prune, hidden-networks or npz")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write")
-    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR", help="where runs live (default ./runs)")
     p.set_defaults(func=cmd_export)
 
 
