@@ -115,7 +115,7 @@ def run_options() -> list[tuple[str, str, type | None, str | None, str]]:
 
     out = []
     for f in fields(RunConfig):
-        if f.name.startswith("_"):
+        if f.name.startswith("_") or not f.metadata.get("flag", True):  # (the import fields have no flag)
             continue
         kind = f.metadata.get("cli_type") or field_type(f.name)
         default = default_text(f.name)
@@ -689,13 +689,89 @@ def _positive(flag: str, value: int, low: int) -> None:
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
+# ---- import / export (masklab/interop, docs/interop.md) --------------------------------------------------
+def add_import(sub) -> None:
+    p = sub.add_parser("import", help="make a run from masks trained elsewhere (hidden-networks, Biprop, IWR code, "
+                       "torch.nn.utils.prune, npz)",
+                       description="One run whose masks are the files' masks, one file = one mask, in the order "
+                       "given. hidden-networks (also Biprop and the IWR code): the mask is their rule, zero the "
+                       "int((1 - K) * n) smallest |scores| of each layer, with K = --keep (their prune_rate, the "
+                       "fraction KEPT; a Biprop checkpoint's own prune_rate is used when it has one). torch-prune and "
+                       "npz hold their masks. The weights come with the files and are stored with the run. The last "
+                       "line printed is the run directory.", parents=[RUNS_DIR(), QUIET()])
+    p.add_argument("files", nargs="+", metavar="FILE", help="checkpoint or mask files, one mask each")
+    p.add_argument("--format", required=True, metavar="F", help="hidden-networks, torch-prune or npz")
+    p.add_argument("--keep", type=float, metavar="K", help="fraction of each layer KEPT (the reference code's "
+                   "prune_rate): hidden-networks keeps n - int((1 - K) * n); for torch-prune/npz: check the masks "
+                   "keep that")
+    p.add_argument("--sparsity", type=float, metavar="S", help="fraction of each layer removed: hidden-networks "
+                   "--keep 1 - S; for torch-prune/npz: check the masks keep n - int(S * n) (masklab's rule)")
+    p.add_argument("--method", metavar="M", help="edge-popup or biprop (default: what the files say, else "
+                   "edge-popup)")
+    p.add_argument("--model", metavar="M", help="the masklab model the files are (their FC is lenet-300-100): "
+                   "layers are checked against it and each mask is evaluated")
+    p.add_argument("--dataset", metavar="D", help="the dataset to evaluate on (with --model)")
+    p.add_argument("--data-root", metavar="DIR", help="directory holding the dataset files")
+    p.add_argument("--width", type=float, default=1.0, metavar="W", help="width multiplier of --model (default 1)")
+    p.add_argument("--name", metavar="NAME", help="run name: the run id is NAME-<hash8> (default "
+                   "import-<format>[-<model>])")
+    p.add_argument("--allow-different-weights", action="store_true", help="import files whose weights differ "
+                   "(each mask keeps its own weights; the run says so)")
+    p.set_defaults(func=cmd_import)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from masklab.interop.importer import import_masks
+
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    run = import_masks(args.files, args.format, keep=args.keep, sparsity=args.sparsity, method=args.method,
+                       model=args.model, dataset=args.dataset, data_root=args.data_root, width=args.width,
+                       runs_dir=args.runs_dir, name=args.name, allow_different_weights=args.allow_different_weights,
+                       log=say)
+    section = run.imported or {}
+    rule_text = {"reference": f"the reference rule at keep {run.config.keep_fraction!r}",
+                 "masklab": f"masklab's rule at sparsity {run.config.sparsity:g}"}.get(run.config.keep_rule,
+                                                                                     "as stored in the files")
+    say(f"run {run.id}: {len(run)} masks from {section.get('format')} ({run.config.method}), kept {rule_text}, "
+        f"weights {section.get('weights')}")
+    acc = run.table["test_acc"].dropna()
+    if len(acc):
+        say(f"test accuracy mean {acc.mean():.4f} (min {acc.min():.4f}, max {acc.max():.4f})")
+    print(run.path, flush=True)
+    return 0
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="write one mask as a plain PyTorch state dict, torch-prune state, a "
+                       "hidden-networks checkpoint or an npz",
+                       description="Write mask I of RUN to --out FILE (atomically). state-dict: the effective "
+                       "weights of masklab.plain_model(run) (plain nn.Linear/nn.Conv2d, nn.BatchNorm2d); torch-prune: "
+                       "<layer>.weight_orig + <layer>.weight_mask; hidden-networks: weights and scores in that code's "
+                       "layout with the prune_rate its rule needs; npz: bool masks and weights per layer. The last "
+                       "line printed is the file.", parents=[RUNS_DIR()])
+    p.add_argument("run", metavar="RUN", help="run directory or run id")
+    p.add_argument("--mask", type=int, required=True, metavar="I", help="mask id")
+    p.add_argument("--format", required=True, metavar="F", help="state-dict, torch-prune, hidden-networks or npz")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from masklab.interop.exporter import export_mask
+    from masklab.store.run import open_run
+
+    run = open_run(args.run, args.runs_dir)
+    print(export_mask(run, args.mask, args.format, args.out), flush=True)
+    return 0
+
+
 def frame_text(frame) -> str:
     """A DataFrame as plain aligned text (floats with 4 decimals, no index)."""
     return frame.to_string(index=False, float_format=lambda x: f"{x:.4f}")
 
 
 COMMANDS: list[Callable] = [add_generate, add_runs, add_show, add_analyze, add_verify, add_interpolate, add_compare,
-                            add_distances, add_sweep]
+                            add_distances, add_sweep, add_import, add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

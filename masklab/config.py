@@ -28,6 +28,9 @@ METHODS = ("edge-popup", "biprop", "dense")
 RECYCLES = ("none", "iwr", "iterand")
 WEIGHT_INITS = ("signed-constant", "kaiming-normal", "unsigned-constant")
 DONORS = ("top", "next")
+# How many weights each layer keeps (see `RunConfig.keep_rule`): masklab's own rule, the reference code's (runs
+# imported from hidden-networks / Biprop / the IWR code), or the counts the imported masks have.
+KEEP_RULES = ("masklab", "reference", "stored")
 
 
 def method_label(method: str, recycle: str = "none") -> str:
@@ -74,11 +77,13 @@ _RECYCLE_DEFAULTS = {
 }
 
 
-def option(default: Any, help: str, metavar: str | None = None, *, cli_type: type | None = None) -> Any:
+def option(default: Any, help: str, metavar: str | None = None, *, cli_type: type | None = None,
+           flag: bool = True) -> Any:
     """A RunConfig field with what its command-line flag (`--<name-with-dashes>`) says: help text and metavar
     (open_lth keeps hyperparameter help beside the field the same way); `cli_type` overrides the type the
-    flag parses (e.g. str for `--stack auto`). The defaults shown in --help come from the field itself."""
-    return field(default=default, metadata={"help": help, "metavar": metavar, "cli_type": cli_type})
+    flag parses (e.g. str for `--stack auto`). The defaults shown in --help come from the field itself.
+    `flag=False`: a field with no `generate` flag (written by `masklab import` only)."""
+    return field(default=default, metadata={"help": help, "metavar": metavar, "cli_type": cli_type, "flag": flag})
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,16 @@ class RunConfig:
     # what is stored beside the masks
     keep_scores: bool = option(False, "store each mask's final scores (float16)")
     snapshot_every: int = option(0, "store each mask every E epochs (0: never)", "E")
+    # imported runs (`masklab import`, masklab/interop; not `generate` flags): how many weights a layer keeps and
+    # what was imported. keep_rule "masklab": n - int(sparsity * n) (every trained run); "reference":
+    # n - int((1 - keep_fraction) * n), the rule of the reference code's GetSubnet with keep_fraction = its
+    # prune_rate; "stored": the per-layer counts of the imported masks (run.json's `imported.n_keep`). `imported`:
+    # the sha256 digest of what was imported (run.json's `imported` section: the sources' sha256s, format, rule,
+    # ...), so that it is part of the run id.
+    keep_rule: str = option("masklab", "how many weights a layer keeps: masklab, reference or stored (imports)",
+                            flag=False)
+    keep_fraction: float | None = option(None, "the reference rule's fraction kept (imports)", flag=False)
+    imported: str | None = option(None, "the digest of what masklab import imported", flag=False)
     # where and how (not hashed)
     stack: int = option(0, "masks trained together in one pass over the shared weights, or auto (0): the K a "
                         "measured rule finds fastest. On CPU a mask's bits, scores and figures are the same for "
@@ -139,6 +154,9 @@ class RunConfig:
     # ---- derived values -------------------------------------------------------------------------
     @property
     def keep(self) -> float:
+        """The fraction of each layer kept: 1 - sparsity (the reference rule's keep_fraction where it has one)."""
+        if self.keep_rule == "reference" and self.keep_fraction is not None:
+            return self.keep_fraction
         return 1.0 - self.sparsity
 
     def resolved(self, key: str) -> Any:
@@ -177,6 +195,20 @@ class RunConfig:
             choice("weight_init", WEIGHT_INITS)
         if not (isinstance(self.sparsity, (int, float)) and 0.0 <= self.sparsity < 1.0):
             raise bad("sparsity", "the fraction of weights removed must lie in [0, 1)")
+        choice("keep_rule", KEEP_RULES)
+        if self.keep_rule != "masklab" and self.imported is None:
+            raise bad("keep_rule", "only imported runs (masklab import) keep by another rule than masklab's")
+        if self.keep_rule == "reference":
+            fraction = self.keep_fraction
+            if not (fraction is not None and _is_number(fraction) and 0.0 < fraction <= 1.0):
+                raise bad("keep_fraction", "the reference rule needs the fraction kept, in (0, 1]")
+        elif self.keep_fraction is not None:
+            raise bad("keep_fraction", "it applies to keep_rule 'reference' only")
+        if self.imported is not None:
+            if not (isinstance(self.imported, str) and re.fullmatch(r"[0-9a-f]{64}", self.imported)):
+                raise bad("imported", "the digest of an import is 64 hex digits (written by masklab import)")
+            if self.method == "dense" or self.recycle != "none":
+                raise bad("method", "imported runs are edge-popup or biprop, without recycling")
         if self.method == "dense" and self.recycle != "none":
             raise bad("recycle", "recycling needs scores: use method edge-popup or biprop")
         if self.recycle != "none":

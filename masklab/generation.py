@@ -49,6 +49,9 @@ def prepare(config: RunConfig, data=None):
     from masklab.nn.models import build_model
     from masklab.train.trainer import resolve_device
 
+    if config.imported is not None or config.keep_rule != "masklab":
+        raise UserError("this config is an imported run's (masklab import): its masks were trained elsewhere and "
+                        "masklab cannot train more of them; generate a new run without the import fields")
     config.validate()
     resolve_device(config.device)
     if data is None and config.dataset == "synthetic":  # its shape is the config's: check before making the data
@@ -140,6 +143,9 @@ def resume_config(run: str | os.PathLike, runs_dir: str | os.PathLike | None, ch
 
     path = resolve_run(run, runs_dir)
     stored = Run(path, check="structure").config  # (the writer checks the run in full when it opens it)
+    if stored.imported is not None:
+        raise UserError(f"--resume {path}: that run was imported (masklab import), not trained by masklab: there is "
+                        "nothing to resume; import more files as a new run")
     config = RunConfig.from_dict({**stored.to_dict(), **changes}, source="command line")
     flag = {dest: f"--{dest.replace('_', '-')}" for dest in config.to_dict()}
     if config.hash != stored.hash:

@@ -212,7 +212,7 @@ FLOAT_FIELDS = [f.name for f in dataclasses.fields(RunConfig) if str(f.type).sta
 
 
 def test_every_float_field_is_known():
-    assert set(FLOAT_FIELDS) == {"width", "sparsity", "recycle_rate", "lr", "momentum", "weight_decay"}
+    assert set(FLOAT_FIELDS) == {"width", "sparsity", "recycle_rate", "lr", "momentum", "weight_decay", "keep_fraction"}
 
 
 @pytest.mark.parametrize("name", FLOAT_FIELDS)

@@ -44,6 +44,9 @@ class MaskedLayer(nn.Module):
         self.n_keep = count_keep(self.weight.numel(), self.sparsity)
         self._cache: tuple | None = None
         self.pinned: torch.Tensor | None = None  # a fixed mask that replaces the top-k (see `pin`)
+        # Biprop's gain divides by n_keep; runs imported from the Biprop code divide by its own count,
+        # int(keep * n), which is one less than the kept count at rates like keep = 0.9 (masklab/interop)
+        self.gain_count: int | None = None
 
     # ---- mask -----------------------------------------------------------------------------------
     def _key(self) -> tuple:
@@ -89,7 +92,8 @@ class MaskedLayer(nn.Module):
                     assert self.scores is not None
                     mask = topk_mask(self.scores, self.n_keep, absolute=True)
                     values = mask.to(self.weight.dtype)
-                    alpha = biprop_alpha(self.weight, values[None], self.n_keep)[0]
+                    count = self.n_keep if self.gain_count is None else self.gain_count
+                    alpha = biprop_alpha(self.weight, values[None], count)[0]
                 w_eff = self._effective(values, alpha)
             self._cache = (key, mask, alpha, w_eff)
         return self._cache

@@ -2,7 +2,11 @@
 
 On every open (`Run(path)`; `show`, `analyze`, `generate --resume` all open the run this way):
   - run.json: its fields and their types, a consistent layout (word ranges, `n_words`, `n_bits`), the run
-    id ending in the hash, and per layer `n_keep` = what the config's sparsity keeps;
+    id ending in the hash, and per layer `n_keep` = what the config's keep rule keeps (masklab's
+    `n - int(sparsity * n)`; for imported runs also the reference rule or the imported counts, see
+    `check_imported`); an imported run's `imported` section hashes to the config's `imported` digest, and
+    its run-level files (`files`: the shared weights) exist with their recorded sizes (their checksums are
+    checked when they are read, and by `verify`);
   - config.toml: its canonical hash equals run.json's (an edited hashed field is named; `masks` is not
     hashed and may be raised to extend a run);
   - every record (`masks/000003.json`): the required fields, each of the right type, and `n_keep` = the layout;
@@ -161,6 +165,14 @@ def check_meta(path: Path, meta: Any) -> None:
             raise StoreError(f"{where} lacks the field {name!r}; {fix}")
         if not ok(meta[name]):
             raise StoreError(f"{where}: field {name!r} = {_short(meta[name])} is not {what}; {fix}")
+    for name, (what, ok) in {"files": ("a table of path = {bytes, blake2b}", _files),
+                             "imported": ("a table", lambda v: isinstance(v, dict))}.items():
+        if name in meta and not ok(meta[name]):
+            raise StoreError(f"{where}: field {name!r} = {_short(meta[name])} is not {what}; {fix}")
+    for rel in meta.get("files", {}):
+        if rel not in RUN_FILES:
+            raise StoreError(f"{where}: refusing run file {rel!r}: a run holds only {', '.join(RUN_FILES)} at its "
+                             f"top level; {fix}")
     if not meta["run_id"].endswith("-" + meta["hash"][:8]):
         raise StoreError(f"{where}: run id {meta['run_id']!r} does not end in its hash {meta['hash'][:8]}; {fix}")
     if meta["bit_order"] != BIT_ORDER:
@@ -202,19 +214,173 @@ def check_config(path: Path, config: RunConfig, meta: dict) -> None:
                      f"{meta['hashed_fields']}); the metadata is damaged or from an incompatible masklab version")
 
 
-def expected_keep(n_bits: int, config: RunConfig) -> int:
-    """Weights a layer of `n_bits` keeps under `config`: the rule of masklab.nn.select.n_keep (dense: all)."""
-    return n_bits if config.method == "dense" else n_bits - int(config.sparsity * n_bits)
+def expected_keep(n_bits: int, config: RunConfig) -> int | None:
+    """Weights a layer of `n_bits` keeps under `config`: the rule of masklab.nn.select.n_keep (dense: all);
+    for imported runs with keep_rule "reference" the reference code's `n - int((1 - keep_fraction) * n)`
+    (their GetSubnet zeroes the `int((1 - k) * n)` smallest |scores|: one weight more than masklab's rule
+    keeps at rates like k = 0.9); None for keep_rule "stored" (the counts are the import's)."""
+    if config.method == "dense":
+        return n_bits
+    if config.keep_rule == "reference":
+        if config.keep_fraction is None:
+            return None
+        return n_bits - int((1 - config.keep_fraction) * n_bits)
+    if config.keep_rule == "stored":
+        return None
+    return n_bits - int(config.sparsity * n_bits)
 
 
-def check_layout(path: Path, layers: pd.DataFrame, config: RunConfig) -> None:
-    """Each layer's `n_keep` in run.json is what the config's sparsity keeps."""
-    for r in layers.itertuples():
+def keep_rule_text(config: RunConfig) -> str:
+    """The config's keep rule in words (for messages)."""
+    if config.keep_rule == "reference":
+        return f"the reference rule n - int((1 - k) * n) at keep k = {config.keep_fraction!r}"
+    if config.keep_rule == "stored":
+        return "the imported masks' counts"
+    return f"sparsity {config.sparsity:g} ({config.method})"
+
+
+def check_layout(path: Path, layers: pd.DataFrame, config: RunConfig, meta: dict | None = None) -> None:
+    """Each layer's `n_keep` in run.json is what the config's keep rule keeps. For an imported run (the
+    config has an `imported` digest) `meta` (run.json) must be given: its import section is checked too
+    (`check_imported`), and with keep_rule "stored" its counts are the rule."""
+    imported = None
+    if config.imported is not None or (meta is not None and "imported" in meta):
+        if meta is None:
+            raise ValueError("check_layout needs run.json's contents to check an imported run")
+        imported = check_imported(path, meta, config)
+    for k, r in enumerate(layers.itertuples()):
         expect = expected_keep(int(r.n_bits), config)
-        if int(r.n_keep) != expect:
+        if expect is None:
+            expect = None if imported is None or k >= len(imported["n_keep"]) else int(imported["n_keep"][k])
+        if expect is None or int(r.n_keep) != expect:
             raise StoreError(f"{path / 'run.json'}: layer {r.layer} keeps {r.n_keep} of {r.n_bits} weights, but "
-                             f"sparsity {config.sparsity:g} ({config.method}) keeps {expect}: run.json was edited; "
+                             f"{keep_rule_text(config)} keeps {expect}: run.json was edited; "
                              "restore it from a copy of the run")
+    if imported is not None and len(imported["n_keep"]) != len(layers):
+        raise StoreError(f"{path / 'run.json'}: its import section records {len(imported['n_keep'])} layers, its "
+                         f"layout {len(layers)}: run.json was edited; restore it from a copy of the run")
+
+
+# ---- imported runs (masklab import, see masklab/interop) --------------------------------------------------
+# The `imported` section of run.json: field -> (what it must be, test). The fields of IMPORT_IDENTITY are what
+# the import is (hashed into the config's `imported` digest, hence into the run id); the others say where it
+# came from (file names as given, what the checkpoints reported) and may differ between two imports of the same
+# files.
+def _str_or_null(v: Any) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _sources(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(
+        isinstance(x, dict) and _int(x.get("mask_id")) and _hex(x.get("sha256")) and _str(x.get("file"))
+        and _int(x.get("bytes")) for x in v)
+
+
+def _mapping(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
+
+
+def _ints_or_null(v: Any) -> bool:
+    return v is None or _ints(v)
+
+
+IMPORT_FIELDS: dict[str, tuple[str, Any]] = {
+    "format": ("a string", _str),
+    "method": ("a string", _str),
+    "keep_rule": ("a string", _str),
+    "keep_fraction": ("a number or null", _number_or_null),
+    "tie_break": ("a string", _str),
+    "weights": ("'shared', 'per-mask' or 'none'", lambda v: v in ("shared", "per-mask", "none")),
+    "sources": ("a non-empty list of {mask_id, file, bytes, sha256}", _sources),
+    "mapping": ("a table of their key = our layer", _mapping),
+    "n_keep": ("a list of integers", _ints),
+    "gain_counts": ("a list of integers or null", _ints_or_null),
+    "digest": ("a 64-digit hex string", _hex),
+}
+IMPORT_IDENTITY = ("format", "method", "keep_rule", "keep_fraction", "tie_break", "weights", "mapping", "n_keep",
+                   "gain_counts")
+
+
+def import_digest(section: dict) -> str:
+    """The sha256 (hex) of what an import is: the sources' sha256s in order and the IMPORT_IDENTITY fields of
+    run.json's `imported` section, as canonical JSON. The config's `imported` field holds it."""
+    import hashlib
+    import json
+
+    identity = {k: section.get(k) for k in IMPORT_IDENTITY}
+    identity["sources"] = [s["sha256"] for s in section["sources"]]
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def check_imported(path: Path, meta: dict, config: RunConfig) -> dict:
+    """run.json's `imported` section (returned) if it has every field with the right type, hashes to the
+    config's `imported` digest, names one source per mask and agrees with the config's method and keep rule;
+    otherwise a StoreError naming the field."""
+    where = path / "run.json"
+    fix = "the run's metadata is damaged: restore run.json from a copy of the run"
+    section = meta.get("imported")
+    if config.imported is None:
+        raise StoreError(f"{where} has an import section but config.toml is not an imported run's; {fix}")
+    if not isinstance(section, dict):
+        raise StoreError(f"{where} lacks the import section of an imported run; {fix}")
+    for name, (what, ok) in IMPORT_FIELDS.items():
+        if name not in section:
+            raise StoreError(f"{where}: the import section lacks the field {name!r}; {fix}")
+        if not ok(section[name]):
+            raise StoreError(f"{where}: imported.{name} = {_short(section[name])} is not {what}; {fix}")
+    digest = import_digest(section)
+    if section["digest"] != digest or config.imported != digest:
+        raise StoreError(f"{where}: the import section does not hash to the run's import digest (it was edited); {fix}")
+    for name in ("method", "keep_rule", "keep_fraction"):
+        if section[name] != getattr(config, name):
+            raise StoreError(f"{where}: imported.{name} = {section[name]!r} but the config says "
+                             f"{getattr(config, name)!r}; {fix}")
+    if [s["mask_id"] for s in section["sources"]] != list(range(len(section["sources"]))):
+        raise StoreError(f"{where}: imported.sources must name masks 0, 1, ... in order; {fix}")
+    if section["weights"] == "shared" and "weights.npy" not in meta.get("files", {}):
+        raise StoreError(f"{where}: an import with shared weights lists no weights.npy; {fix}")
+    return section
+
+
+# Files a run may hold at its top level beside the fixed ones (run.json's `files`: path -> {bytes, blake2b}).
+RUN_FILES = ("weights.npy",)
+
+
+def check_run_files(path: Path, meta: dict) -> None:
+    """Each run-level file that run.json lists (an import's shared weights) exists, is a plain file (not a
+    link) and has its recorded size. Its checksum is checked when it is read (`Run.run_file_bytes`)."""
+    for rel, info in meta.get("files", {}).items():
+        file = path / rel
+        try:
+            st = os.lstat(file)
+        except FileNotFoundError:
+            raise StoreError(f"{file} is missing: the run's shared weights are gone; restore the file from a copy "
+                             "of the run, or import the masks again") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{file} is not a plain file (a link?); replace it with a real copy of the file")
+        if st.st_size != info["bytes"]:
+            raise StoreError(f"{file} is truncated or corrupt ({st.st_size} bytes, run.json says {info['bytes']}); "
+                             "restore it from a copy of the run, or import the masks again")
+
+
+def read_run_file(path: Path, rel: str, info: dict) -> bytes:
+    """The bytes of run-level file `rel` of run `path`, checked against run.json's size and BLAKE2b-256."""
+    file = F.inside(path, rel)
+    fix = "restore it from a copy of the run, or import the masks again"
+    try:
+        if os.path.islink(file):
+            raise StoreError(f"{file} is a symbolic link; replace it with a real copy of the file")
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"{file} is missing; {fix}") from None
+    except OSError as e:
+        raise StoreError(f"{file} cannot be read ({e.strerror or e})") from None
+    if len(data) != info["bytes"]:
+        raise StoreError(f"{file} is truncated or padded: {len(data)} bytes, run.json says {info['bytes']}; {fix}")
+    if F.checksum(data) != info["blake2b"]:
+        raise StoreError(f"{file} fails its checksum (corrupt); {fix}")
+    return data
 
 
 # ---- contents -------------------------------------------------------------------------------------------
@@ -279,7 +445,7 @@ def check_contents(root: Path, records: dict[int, dict], n_words: int) -> bool:
 
 # ---- verify and repair ------------------------------------------------------------------------------------
 LINKABLE = {"lock": "remove", "masks.bits": "remove", "analysis": "remove", "masks": None, "extras": None,
-            "snapshots": None, "quarantine": None, "run.json": None, "config.toml": None}
+            "snapshots": None, "quarantine": None, "run.json": None, "config.toml": None, "weights.npy": None}
 
 
 def verify(run, repair: bool = False, runs_dir: str | os.PathLike | None = None) -> pd.DataFrame:
@@ -367,11 +533,17 @@ def _verify_meta(path: Path, add, repair: bool) -> dict | None:
         add("run.json", "metadata", "problem", str(e))
         return None
     add("run.json", "metadata", "ok")
+    for rel, info in meta.get("files", {}).items():
+        try:
+            read_run_file(path, rel, info)
+            add(rel, "run file", "ok")
+        except UserError as e:
+            add(rel, "run file", "problem", str(e))
     old = None
     try:
         old = read_config(path / "config.toml")
         check_config(path, old, meta)
-        check_layout(path, layers, old)
+        check_layout(path, layers, old, meta)
         add("config.toml", "config", "ok")
         return meta
     except UserError as e:
@@ -381,7 +553,7 @@ def _verify_meta(path: Path, add, repair: bool) -> dict | None:
         row["detail"] += "; run.json's hashed fields do not give run.json's hash, so it cannot be restored"
         return meta
     try:
-        check_layout(path, layers, restored)
+        check_layout(path, layers, restored, meta)
     except UserError as e:
         add("run.json", "layout", "problem", str(e))
         return meta

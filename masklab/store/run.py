@@ -18,9 +18,14 @@ Layout of `runs/<run_id>/` (all names are fixed; nothing in it is ever unpickled
     extras/000003.scores.npy          final scores, float16, all layers concatenated (--keep-scores)
     extras/000003.src.npz             IWR: per layer k, `pos_k` / `val_k` where src[pos] = val != pos
     extras/000003.draw.npz            IteRand: per layer k, `pos_k` / `val_k` where draw[pos] = val != 0
-    extras/000003.weights.npy         dense runs: final weights, float32, all layers concatenated
+    extras/000003.weights.npy         dense runs, and imports whose files hold different weights
+                                      (--allow-different-weights): the weights, float32, all layers concatenated
     extras/000003.buffers.npz         models with BatchNorm: the buffers (running statistics)
     snapshots/000003.npz              `epochs` (S,) and packed `bits` (S x W) every E epochs
+    weights.npy             imported runs whose masks share their weights: those weights, float32, all layers
+                            concatenated (run.json's `files` gives its size and checksum; `imported` says what
+                            was imported: formats, sources' sha256s, keep rule, layer mapping; see
+                            masklab/interop and docs/interop.md)
     masks.bits              cache: all masks as one N x W matrix, memory-mapped (format: store/cache.py:
                             a 64-byte header with a key = digest of every mask's id and checksum, the
                             ids, one BLAKE2b-256 per row, then the words); rebuilt atomically whenever
@@ -96,7 +101,8 @@ class Run:
         self.id: str = self.meta["run_id"]
         self.hash: str = self.meta["hash"]
         self.layers: pd.DataFrame = layout_frame(self.meta["layers"], self.path / "run.json")
-        I.check_layout(self.path, self.layers, self.config)
+        I.check_layout(self.path, self.layers, self.config, self.meta)
+        I.check_run_files(self.path, self.meta)
         self.n_words: int = int(self.meta["n_words"])
         self._check = check
         self._masks: MaskSet | None = None
@@ -120,6 +126,10 @@ class Run:
                 what = "missing" if size is None else f"truncated or corrupt ({size} bytes, expected " \
                     f"{F.mask_file_size(self.n_words)})"
                 raise StoreError(f"mask file {mask_file} is {what}; {F.repair_hint(mask_file)}")
+            if self.imported is not None and self.imported["weights"] == "per-mask" and \
+                    "weights" not in record.get("extras", {}):
+                raise StoreError(f"record {mask_dir / name} of an import with per-mask weights names no weights "
+                                 "extra; the run is damaged: import the masks again")
             records[record["mask_id"]] = record
         self.records: dict[int, dict] = dict(sorted(records.items()))
         self._table = None
@@ -278,6 +288,48 @@ class Run:
         """A dense run's trained weights per layer (float32)."""
         return self._split(F.load_npy(self._extra_path(i, "weights"), self._extra_bytes(i, "weights")))
 
+    # ---- imported runs (masklab import; see masklab/interop) ------------------------------------------------
+    @property
+    def imported(self) -> dict | None:
+        """run.json's import section (formats, sources and their sha256s, keep rule, layer mapping) for a run
+        made by `masklab import`; None for a trained run."""
+        section = self.meta.get("imported")
+        return section if isinstance(section, dict) else None
+
+    def run_file_bytes(self, rel: str) -> bytes:
+        """The bytes of a run-level file (run.json's `files`: an import's shared weights), checked."""
+        info = self.meta.get("files", {}).get(rel)
+        if info is None:
+            raise StoreError(f"run {self.id} has no file {rel}")
+        return I.read_run_file(self.path, rel, info)
+
+    def weights(self, i: int) -> list[np.ndarray] | None:
+        """The stored weights mask `i` computes with, per layer (float32): its own (dense runs, imports of
+        files with different weights) or the run's shared ones (imports); None where the weights come from
+        the weight seed (trained runs)."""
+        if self.has_extra(i, "weights"):
+            return self.dense_weights(i)
+        if "weights.npy" in self.meta.get("files", {}):
+            flat = F.load_npy(self.path / "weights.npy", self.run_file_bytes("weights.npy"))
+            if flat.shape != (int(self.layers["n_bits"].sum()),):
+                raise StoreError(f"{self.path / 'weights.npy'} holds {flat.shape} values, the run's layers "
+                                 f"{int(self.layers['n_bits'].sum())}; it is corrupt")
+            return self._split(flat)
+        return None
+
+    @property
+    def per_mask_weights(self) -> bool:
+        """Whether each mask has weights of its own (recycling, dense, imports of files with different weights)."""
+        return self.config.recycle != "none" or self.config.method == "dense" or \
+            (self.imported is not None and self.imported["weights"] == "per-mask")
+
+    def export(self, i: int, format: str, path: str | os.PathLike) -> Path:
+        """Write mask `i` to `path` in `format` (state-dict, torch-prune, hidden-networks or npz; see
+        `masklab.interop.exporter.export_mask`). Returns the path."""
+        from masklab.interop.exporter import export_mask
+
+        return export_mask(self, i, format, path)
+
     def buffers(self, i: int) -> dict[str, np.ndarray] | None:
         """Mask `i`'s BatchNorm buffers (running statistics) by name; None for models without BatchNorm."""
         if not self.has_extra(i, "buffers"):
@@ -300,6 +352,10 @@ class Run:
         """The run's dataset (loaded once)."""
         if self._dataset is None:
             from masklab.data import load_config_dataset
+
+            if self.imported is not None and self.meta["dataset"].get("name") is None:
+                raise StoreError(f"run {self.id} was imported without --model and --dataset: it holds masks and "
+                                 "weights but no dataset; import the files again with --model M --dataset D")
 
             self._dataset = load_config_dataset(self.config)
         return self._dataset

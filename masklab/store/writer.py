@@ -38,7 +38,8 @@ class RunWriter:
 
     @classmethod
     def open(cls, runs_dir: str | os.PathLike, config: RunConfig, layers: pd.DataFrame, dataset_info: dict,
-             resume: bool = False, shard: tuple[int, int] | None = None) -> RunWriter:
+             resume: bool = False, shard: tuple[int, int] | None = None, *,
+             run_files: dict[str, bytes] | None = None, meta_extra: dict | None = None) -> RunWriter:
         """Create the run directory (atomically: a temporary directory renamed into place) or open an
         existing one with the same config hash; take the writer lock. Without `resume`, an existing
         incomplete run is refused (a complete one is opened with nothing left to do). With `resume`, a
@@ -47,7 +48,12 @@ class RunWriter:
 
         `shard=(I, N)`: write only shard I of N (the masks i with i % N == I; see masklab.scale.shards):
         the run lock is taken shared and the shard's own lock exclusively, so that the N shards can write
-        at once; "incomplete" and "missing" then mean this shard's masks."""
+        at once; "incomplete" and "missing" then mean this shard's masks.
+
+        `run_files` (name -> bytes; names from integrity.RUN_FILES) are written into a new run's directory
+        before it is renamed into place, and listed with their sizes and checksums in run.json's `files`;
+        `meta_extra` adds fields to a new run's run.json (an import's `imported` section). Both are for
+        `masklab import`; an existing run is opened as it is (its config hash covers them)."""
         runs = Path(runs_dir)
         path = runs / F.check_run_id(config.run_id)
         created, lock = False, None
@@ -62,7 +68,7 @@ class RunWriter:
             except OSError as e:
                 raise write_error(runs, e) from None
             try:
-                _write_new_run(tmp, config, layers, dataset_info)
+                _write_new_run(tmp, config, layers, dataset_info, run_files, meta_extra)
                 lock = RunLock(tmp / "lock", shared=shard is not None).acquire()  # moves with the directory
                 os.rename(tmp, path)
                 F.fsync_dir(runs)
@@ -133,11 +139,12 @@ class RunWriter:
             self.shard_lock.release()
         self.lock.release()
 
-    def discard(self) -> None:
+    def discard(self, *, with_masks: bool = False) -> None:
         """Remove the run directory this writer created, while it holds no mask (bad input that only
         training finds: the run must not be left behind half made). Moved aside first, so that a reader
-        never sees a run without its files."""
-        if not self.created or self.done:
+        never sees a run without its files. `with_masks=True` also removes a run holding masks that this
+        writer wrote (an import that failed half-way: it writes all of its masks or leaves no run)."""
+        if not self.created or (self.done and not with_masks):
             raise StoreError(f"refusing to discard run {self.path}: it was not created empty by this writer")
         gone = self.path.with_name(f".tmp-{self.path.name}-{os.getpid()}-discarded")
         os.rename(self.path, gone)
@@ -302,7 +309,14 @@ def _config_toml(config: RunConfig) -> str:
     return head + to_toml(config.to_dict())
 
 
-def _write_new_run(path: Path, config: RunConfig, layers: pd.DataFrame, dataset_info: dict) -> None:
+def _write_new_run(path: Path, config: RunConfig, layers: pd.DataFrame, dataset_info: dict,
+                   run_files: dict[str, bytes] | None = None, meta_extra: dict | None = None) -> None:
+    files = {}
+    for rel, data in (run_files or {}).items():
+        if rel not in I.RUN_FILES:
+            raise StoreError(f"refusing run file {rel!r}: a run holds only {', '.join(I.RUN_FILES)} at its top level")
+        F.atomic_write(path / rel, data, root=path)
+        files[rel] = {"bytes": len(data), "blake2b": F.checksum(data)}
     meta = {"format": RUN_FORMAT, "run_id": config.run_id, "hash": config.hash,
             "hashed_fields": config.hashed_fields(), "created": now(), "bit_order": BIT_ORDER,
             "n_bits": int(layers["n_bits"].sum()), "n_words": int(layers["word_stop"].iloc[-1]),
@@ -310,6 +324,12 @@ def _write_new_run(path: Path, config: RunConfig, layers: pd.DataFrame, dataset_
             "mask_file": {"magic": F.MASK_MAGIC.decode(), "version": F.MASK_VERSION, "header_bytes": F.HEADER_SIZE,
                           "checksum": "blake2b-256 of the words"},
             "software": software_versions(), "git": git_commit(), "argv": sys.argv}
+    if files:
+        meta["files"] = files
+    for key, value in (meta_extra or {}).items():
+        if key in meta:
+            raise StoreError(f"refusing to replace run.json's field {key!r}")
+        meta[key] = value
     for sub in ("masks", "extras", "snapshots"):
         F.make_dirs(path / sub, root=path)
     F.atomic_write_text(path / "config.toml", _config_toml(config), root=path)

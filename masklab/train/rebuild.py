@@ -1,8 +1,11 @@
 """Rebuild a trained subnetwork exactly from its seeds and what the store keeps.
 
 Weights come from the weight seed, with IWR's source map or IteRand's draw map applied (dense runs: the
-trained weights); each masked layer's scores are set to its 0/1 mask, so that the layer's own top-k
-selects exactly that mask and the forward pass is the training code's own.
+trained weights; imported runs: the weights stored with the run); each masked layer's scores are set to
+its 0/1 mask, so that the layer's own top-k selects exactly that mask and the forward pass is the training
+code's own. An imported run's layers keep the counts its layout records (the reference code's rule keeps
+one weight more than masklab's at some rates) and an imported Biprop run's gain divides by the Biprop
+code's own count (see masklab/interop).
 """
 
 from __future__ import annotations
@@ -22,13 +25,21 @@ from masklab.train.recycling import rebuild_weights
 def rebuild_subnet(config: RunConfig, dataset: Shaped, weight_seed: int, score_seed: int, masks: Sequence[np.ndarray],
                    src: Sequence[np.ndarray] | None = None, draw: Sequence[np.ndarray] | None = None,
                    weights: Sequence[np.ndarray] | None = None, buffers: dict | None = None,
-                   device: str | torch.device = "cpu") -> nn.Module:
-    """The subnetwork in eval mode. `dataset` needs only `input_shape` and `n_classes`."""
+                   device: str | torch.device = "cpu", n_keep: Sequence[int] | None = None,
+                   gain_counts: Sequence[int] | None = None) -> nn.Module:
+    """The subnetwork in eval mode. `dataset` needs only `input_shape` and `n_classes`. `n_keep` replaces
+    the layers' kept counts (imported runs: the layout's) and `gain_counts` the denominators of Biprop's
+    gain (imported Biprop runs: the Biprop code's int(keep * n)); their scores are then frozen, so that the
+    model computes with the stored mask whether or not autograd is on."""
     from masklab.train.trainer import make_model
 
     model = make_model(config.replace(weight_seed=weight_seed), dataset, score_seed)
     with torch.no_grad():
         for k, (_, layer) in enumerate(masked_layers(model)):
+            if n_keep is not None:
+                layer.n_keep = int(n_keep[k])
+            if gain_counts is not None:
+                layer.gain_count = int(gain_counts[k])
             if weights is not None:
                 layer.weight.copy_(torch.as_tensor(np.asarray(weights[k], dtype=np.float32)).view_as(layer.weight))
             elif src is not None or draw is not None:
@@ -39,6 +50,8 @@ def rebuild_subnet(config: RunConfig, dataset: Shaped, weight_seed: int, score_s
                     draw=None if draw is None else torch.as_tensor(np.asarray(draw[k]))))
             if layer.scores is not None:
                 layer.scores.copy_(torch.as_tensor(np.asarray(masks[k])).view_as(layer.scores).to(layer.scores.dtype))
+                if n_keep is not None:  # an imported subnetwork: fixed (the straight-through path knows no gain_count)
+                    layer.scores.requires_grad_(False)
             layer.invalidate()
         for name, value in (buffers or {}).items():
             model.get_buffer(name).copy_(torch.as_tensor(np.asarray(value)).view_as(model.get_buffer(name)))
@@ -61,12 +74,20 @@ def run_model(run, i: int, device: str | torch.device = "cpu") -> nn.Module:
     from masklab.errors import StoreError
 
     record, config = run.record(i), run.config
+    imported = run.imported
+    if imported is not None and run.meta["dataset"].get("name") is None:
+        raise StoreError(f"run {run.id} was imported without --model and --dataset: it holds masks and weights "
+                         "but no architecture to rebuild; import the files again with --model M --dataset D")
     shape = SimpleNamespace(input_shape=tuple(run.meta["dataset"]["input_shape"]),
                             n_classes=int(run.meta["dataset"]["n_classes"]))
     masks = run.mask_layers(i)
+    weights = run.weights(i) if config.method == "dense" or imported is not None else None
+    if imported is not None and weights is None:
+        raise StoreError(f"run {run.id} was imported but holds no weights for mask {i}; import the files again")
     model = rebuild_subnet(config, shape, int(record["weight_seed"]), int(record["score_seed"]), masks,
-                           run.index_map(i, "src"), run.index_map(i, "draw"),
-                           run.dense_weights(i) if config.method == "dense" else None, run.buffers(i))
+                           run.index_map(i, "src"), run.index_map(i, "draw"), weights, run.buffers(i),
+                           n_keep=None if imported is None else list(run.layers["n_keep"]),
+                           gain_counts=None if imported is None else imported["gain_counts"])
     layers = masked_layers(model)
     if [name for name, _ in layers] != list(run.layers["layer"]):
         raise StoreError(f"run {run.id}: the model this masklab builds has layers {[n for n, _ in layers]}, the "

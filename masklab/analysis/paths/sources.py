@@ -43,12 +43,6 @@ class MaskSource(Protocol):
     def subnet(self, i: int) -> Subnet: ...
 
 
-def own_weights(config: RunConfig) -> bool:
-    """Whether each mask of a run with `config` has its own weights (recycling or dense), so that they travel
-    with the masks along a path."""
-    return config.recycle != "none" or config.method == "dense"
-
-
 class RunSource:
     """A stored run (`masklab.open_run`) as a MaskSource."""
 
@@ -68,7 +62,7 @@ class RunSource:
 
         run = self.run
         weights = [layer.weight.detach().clone() for _, layer in masked_layers(run.model(i))] \
-            if own_weights(self.config) else None
+            if run.per_mask_weights else None  # recycling, dense, or an import of files with different weights
         scores = run.scores(i) if run.has_extra(i, "scores") else None
         return Subnet.of(run.mask_layers(i), weights, scores)
 
@@ -135,4 +129,4 @@ def as_source(run: object) -> MaskSource:
     raise UserError(f"expected a run (masklab.open_run) or masks from `from_trained`, got {type(run).__name__}")
 
 
-__all__ = ["MaskSource", "RunSource", "TrainedSource", "as_source", "from_trained", "own_weights"]
+__all__ = ["MaskSource", "RunSource", "TrainedSource", "as_source", "from_trained"]
