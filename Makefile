@@ -18,6 +18,7 @@ test: $(SETUP)
 
 lint: $(SETUP)
 	.venv/bin/ruff check .
+	$(PY) -m mypy
 
 bench: $(SETUP)
 	$(PY) bench/run_all.py

@@ -258,20 +258,20 @@ def add_show(sub) -> None:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from masklab.store.run import open_run
+    from masklab.units import percent, shown_accuracy
 
     run = open_run(args.run, args.runs_dir)
     if args.mask is not None:
         record = run.record(args.mask)
-        history = run.history(args.mask)
+        history = shown_accuracy(run.history(args.mask), ["train_acc", "test_acc"])
         for key, value in record.items():
             if key not in ("files", "extras"):
-                print(f"{key:>14}  {value}")
+                shown = percent(value) if key.endswith("acc") and isinstance(value, float) else value
+                print(f"{key:>14}  {shown}")
         print(f"{'extras':>14}  {', '.join(record.get('extras', {})) or '-'}")
         print("\nhistory:")
         print(frame_text(history))
         return 0
-    from masklab.units import percent, shown_accuracy
-
     parts = run.summary()
     for key, value in parts["run"].iloc[0].items():
         if str(key).startswith("bytes per"):
@@ -736,7 +736,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         f"weights {section.get('weights')}")
     acc = run.table["test_acc"].dropna()
     if len(acc):
-        say(f"test accuracy mean {acc.mean():.4f} (min {acc.min():.4f}, max {acc.max():.4f})")
+        from masklab.units import percent
+
+        say(f"test accuracy mean {percent(acc.mean())} (min {percent(acc.min())}, max {percent(acc.max())})")
     print(run.path, flush=True)
     return 0
 

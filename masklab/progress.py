@@ -169,9 +169,9 @@ class TrainProgress:
             ids = sorted(self.training)
             shown = _ranges(ids)
             accs = list(self.training.values())
-            parts.append(f"training {shown}: acc {sum(accs) / len(accs):.3f}")
+            parts.append(f"training {shown}: acc {100 * sum(accs) / len(accs):.1f}%")
         if self.accuracies:
-            parts.append(f"finished mean acc {sum(self.accuracies) / len(self.accuracies):.3f}")
+            parts.append(f"finished mean acc {100 * sum(self.accuracies) / len(self.accuracies):.1f}%")
         return ", ".join(parts)
 
     def _refresh(self, advance: int) -> None:

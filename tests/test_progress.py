@@ -50,7 +50,7 @@ def test_counts_mask_epochs_across_the_stack_and_labels_masks_finished():
     assert labels[0] == "masks 0/16" and labels[-1] == "masks 16/16"
     finished = [int(label.split()[1].split("/")[0]) for label in labels]
     assert finished == sorted(finished)                      # never goes back
-    assert progress.accuracies == [0.9] * 16 and "finished mean acc 0.900" in progress.postfix()
+    assert progress.accuracies == [0.9] * 16 and "finished mean acc 90.0%" in progress.postfix()
     progress.close()
 
 
@@ -89,7 +89,7 @@ def test_the_bar_shows_label_counts_and_eta():
     progress.on_epoch({"index": 0, "epoch": 1, "test_acc": 0.6})
     progress.mask_done({"test_acc": 0.6})
     text = out.getvalue()
-    assert "masks 0/2" in text and "2/4 mask-epochs" in text and "<?" in text and "training 0-1: acc 0.600" in text
+    assert "masks 0/2" in text and "2/4 mask-epochs" in text and "<?" in text and "training 0-1: acc 60.0%" in text
     assert "masks 1/2" in text and "3/4 mask-epochs" in text and "<00:01" in text
     progress.close()
 

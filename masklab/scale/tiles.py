@@ -174,8 +174,18 @@ def connect(scheduler: str, workers: int | None = None):
     address of a running scheduler (e.g. tcp://host:8786, or one that dask-jobqueue's SLURMCluster made)."""
     if scheduler == "local":
         return local_client(workers)
+    import socket
+    from urllib.parse import urlparse
+
     from distributed import Client
 
+    where = urlparse(scheduler if "://" in scheduler else f"tcp://{scheduler}")
+    if where.scheme == "tcp" and where.hostname and where.port:
+        try:  # a quick look first: distributed itself keeps retrying a refused address until its timeout
+            socket.create_connection((where.hostname, where.port), timeout=3).close()
+        except OSError as e:
+            raise UserError(f"cannot reach the Dask scheduler at {scheduler} ({e.strerror or e}); start one "
+                            "(`dask scheduler`) or use --scheduler local") from None
     try:
         return Client(scheduler, timeout="20s")
     except OSError as e:
