@@ -74,7 +74,7 @@ def sweep(base: RunConfig | dict | None = None, methods: Sequence[str] = ("edge-
     """Train (or reuse) every cell's run and return the accuracy table (see `sweep_table`).
 
     `jobs=N`: N submitit jobs (`executor` local or slurm, `slurm` a SlurmOptions) train the cells at once,
-    job I training shard I/N of every cell (masklab.scale.executors), so the work is balanced whatever the
+    each job training one shard of every cell (masklab.scale.executors), so the work is balanced whatever the
     cells cost; the runs are the same as one process makes."""
     from masklab.data import load_config_dataset
     from masklab.generation import generate

@@ -9,8 +9,8 @@ analysis, cross-run comparisons and summaries. The published numbers are for CIF
     python scripts/study_fmnist.py train --jobs 64 --executor slurm # ... or a SLURM job array
     python scripts/study_fmnist.py report   # accuracy grid, analyses, comparisons, summary tables
 
-Training goes through masklab's executors (masklab.scale.executors): job I of N trains shard I/N of every
-run of the plan, so the jobs stay balanced. Every run is cached by its config hash under --runs-dir, so a
+Training goes through masklab's executors (masklab.scale.executors): each of the N jobs trains one shard
+of every run of the plan, so the jobs stay balanced. Every run is cached by its config hash under --runs-dir, so a
 second call trains nothing and a killed call resumes. Figures and tables go to --out (default
 figures/fashion-mnist).
 """

@@ -1,7 +1,8 @@
 """Shards submitted through submitit: N local processes, or one SLURM job array.
 
-`submit_shards(configs, runs_dir, jobs)` starts `jobs` submitit jobs; job I trains shard I/N of every run
-in `configs` (one run for `generate --jobs N`, every cell for `sweep --jobs N`), each through
+`submit_shards(configs, runs_dir, jobs)` starts `jobs` submitit jobs; job I trains one shard of N of every
+run in `configs` (shard (I + r) % N of the r-th: one run for `generate --jobs N`, every cell for
+`sweep --jobs N`), each through
 `masklab.generation.generate(..., shard=(I, N), resume=True)`. Nothing here schedules: submitit runs the
 jobs (`LocalExecutor`: processes on this machine, threads split between them, one GPU each where there
 are enough; `SlurmExecutor`: one job array, requeued on preemption or timeout through submitit's
@@ -93,7 +94,9 @@ def sbatch_script(options: SlurmOptions, shards: int, folder: str | os.PathLike,
 
 
 class ShardJob(submitit.helpers.Checkpointable):
-    """What one submitit job runs: shard `index` of `count` of every run config given, in order.
+    """What one submitit job runs: one shard of `count` of every run config given, in order: of the r-th run,
+    shard (index + r) % count, so that every shard of every run is trained by exactly one job and the jobs'
+    loads stay balanced when a run's masks do not divide evenly.
 
     Checkpointable: on preemption or timeout submitit requeues the same call, which resumes from the
     run directories."""
@@ -109,10 +112,13 @@ class ShardJob(submitit.helpers.Checkpointable):
         if threads:
             torch.set_num_threads(threads)
         done: list[str] = []
-        for values in configs:
+        for r, values in enumerate(configs):
             config = RunConfig.from_dict(values, source="shard job")
+            # run r's shards are dealt out rotated by r: with masks % jobs != 0 (3 masks, 2 jobs) job 0 would
+            # otherwise get the larger shard of every run
+            shard = ((index + r) % count, count)
             try:
-                run = generate(config, runs_dir=runs_dir, resume=True, shard=(index, count))
+                run = generate(config, runs_dir=runs_dir, resume=True, shard=shard)
             except UserError as e:  # reported by the submitting process as one line
                 return {"shard": index, "error": str(e), "done": done}
             done.append(str(run.path))
