@@ -93,6 +93,12 @@ def sbatch_script(options: SlurmOptions, shards: int, folder: str | os.PathLike,
                                map_count=shards, **options.parameters(job_name))
 
 
+def job_shard(job: int, run: int, jobs: int) -> int:
+    """The shard of run number `run` that job `job` of `jobs` trains: dealt out rotated by the run's number,
+    because with masks % jobs != 0 (3 masks, 2 jobs) job 0 would otherwise get the larger shard of every run."""
+    return (job + run) % jobs
+
+
 class ShardJob(submitit.helpers.Checkpointable):
     """What one submitit job runs: one shard of `count` of every run config given, in order: of the r-th run,
     shard (index + r) % count, so that every shard of every run is trained by exactly one job and the jobs'
@@ -114,9 +120,7 @@ class ShardJob(submitit.helpers.Checkpointable):
         done: list[str] = []
         for r, values in enumerate(configs):
             config = RunConfig.from_dict(values, source="shard job")
-            # run r's shards are dealt out rotated by r: with masks % jobs != 0 (3 masks, 2 jobs) job 0 would
-            # otherwise get the larger shard of every run
-            shard = ((index + r) % count, count)
+            shard = (job_shard(index, r, count), count)
             try:
                 run = generate(config, runs_dir=runs_dir, resume=True, shard=shard)
             except UserError as e:  # reported by the submitting process as one line

@@ -59,6 +59,17 @@ def test_shard_ids_are_interleaved():
             parse_shard(bad)
 
 
+def test_shard_jobs_cover_every_shard_once_and_stay_balanced():
+    from masklab.scale.executors import job_shard
+
+    runs, jobs = 10, 2
+    for run in range(runs):
+        assert sorted(job_shard(j, run, jobs) for j in range(jobs)) == list(range(jobs))
+    # ten runs of 3 masks each: shard 0 holds 2 masks, shard 1 holds 1; the jobs share them 15 / 15
+    loads = [sum(len(shard_masks(3, job_shard(j, r, jobs), jobs)) for r in range(runs)) for j in range(jobs)]
+    assert loads == [15, 15]
+
+
 def test_two_shard_processes_at_once_make_the_one_process_run(tmp_path):
     one = masklab.generate(runs_dir=tmp_path / "one", **RunConfig(masks=6, epochs=2, width=0.25).to_dict(
         non_default=True))
