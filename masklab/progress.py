@@ -40,6 +40,8 @@ from collections.abc import Callable, Mapping
 
 from tqdm import tqdm
 
+from masklab.units import ranges
+
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} mask-epochs [{elapsed}<{eta}{postfix}]"
 
 
@@ -167,7 +169,7 @@ class TrainProgress:
         parts = []
         if self.training:
             ids = sorted(self.training)
-            shown = _ranges(ids)
+            shown = ranges(ids)
             accs = list(self.training.values())
             parts.append(f"training {shown}: acc {100 * sum(accs) / len(accs):.1f}%")
         if self.accuracies:
@@ -195,16 +197,6 @@ def _accuracy(result) -> float | None:
     return None
 
 
-def _ranges(ids: list[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2, 5" (masks of one stack are consecutive)."""
-    parts, start = [], None
-    for k, i in enumerate(ids):
-        if start is None:
-            start = i
-        if k + 1 == len(ids) or ids[k + 1] != i + 1:
-            parts.append(f"{start}" if start == i else f"{start}-{i}")
-            start = None
-    return ", ".join(parts)
 
 
 __all__ = ["TrainProgress"]

@@ -61,3 +61,16 @@ def shown_accuracy(table: pd.DataFrame, columns: Sequence[str], kind: str = "per
 
 __all__ = ["PERCENT_METRICS", "metric_unit", "metric_value", "percent", "points", "shown_accuracy",
            "shown_by_metric"]
+
+
+def ranges(ids: Sequence[int], dash: str = "-") -> str:
+    """Integer ids as runs: [0, 1, 2, 5] -> "0-2, 5" (with `dash` ".." -> "0..2, 5")."""
+    parts, start = [], None
+    ids = list(ids)
+    for k, i in enumerate(ids):
+        if start is None:
+            start = i
+        if k + 1 == len(ids) or ids[k + 1] != i + 1:
+            parts.append(f"{start}" if start == i else f"{start}{dash}{i}")
+            start = None
+    return ", ".join(parts)

@@ -60,6 +60,7 @@ from masklab.store import files as F
 from masklab.store import integrity as I
 from masklab.store.bits import MaskSet, unpack_words
 from masklab.store.meta import RUN_FORMAT, layout_frame, read_json
+from masklab.units import ranges
 
 RECORD_RE = re.compile(r"(\d{6,})\.json")
 
@@ -161,7 +162,7 @@ class Run:
         except TypeError:
             raise StoreError(f"mask id {i!r} is invalid: mask ids are integers") from None
         if key not in self.records:
-            have = f"its mask ids are {_ranges(self.ids)}" if self.records else "it has no finished masks"
+            have = f"its mask ids are {ranges(self.ids, dash='..')}" if self.records else "it has no finished masks"
             raise StoreError(f"run {self.id} has no mask {i}; {have}")
         return self.records[key]
 
@@ -422,15 +423,6 @@ class Run:
         return {"run": pd.DataFrame([run]), "config": config, "masks": self.table, "layers": layers}
 
 
-def _ranges(ids: list[int]) -> str:
-    parts, start = [], None
-    for k, i in enumerate(ids):
-        if start is None:
-            start = i
-        if k + 1 == len(ids) or ids[k + 1] != i + 1:
-            parts.append(str(start) if start == i else f"{start}..{i}")
-            start = None
-    return ", ".join(parts)
 
 
 # ---- finding runs -------------------------------------------------------------------------------------------
