@@ -79,6 +79,12 @@ def test_an_editable_install_of_the_checkout_is_found_from_the_folder_that_holds
     assert result.stdout.strip() == str(REPO / "masklab" / "__init__.py")
 
 
+def _plain_make_env() -> dict:
+    """The environment without the variables a parent `make` sets (the tests run under `make test`, and a
+    nested make would print "Entering directory" lines)."""
+    return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+
+
 def site_packages() -> list[str]:
     import site
 
@@ -87,12 +93,13 @@ def site_packages() -> list[str]:
 
 def _installed_from() -> Path | None:
     """The checkout the environment's masklab is an editable install of (None: not one)."""
-    try:
-        text = metadata.distribution("masklab").read_text("direct_url.json")
-    except metadata.PackageNotFoundError:
-        return None
-    url = json.loads(text or "{}").get("url", "")
-    return Path(url.removeprefix("file://")).resolve() if url.startswith("file://") else None
+    # the checkout's own masklab.egg-info (on sys.path through the editable install) has no direct_url.json:
+    # look at every distribution of that name for the installed one
+    for dist in metadata.distributions(name="masklab"):
+        url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
+        if url.startswith("file://"):
+            return Path(url.removeprefix("file://")).resolve()
+    return None
 
 
 def test_the_environment_finds_masklab_from_the_folder_that_holds_the_clone(tmp_path):
@@ -147,9 +154,10 @@ def test_make_clean_keeps_every_tracked_file(tmp_path, git):
     for name in UNTRACKED:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("x")
-    dry = subprocess.run(["make", "-n", "clean"], cwd=root, capture_output=True, text=True, check=True).stdout
+    dry = subprocess.run(["make", "-n", "clean"], cwd=root, capture_output=True, text=True, check=True,
+                         env=_plain_make_env()).stdout
     assert "figures/*" not in dry and "runs/*" not in dry
-    subprocess.run(["make", "clean"], cwd=root, capture_output=True, text=True, check=True)
+    subprocess.run(["make", "clean"], cwd=root, capture_output=True, text=True, check=True, env=_plain_make_env())
     assert [name for name in tracked if not (root / name).exists()] == []
     study_copy = "figures/fashion-mnist/regenerated-not-committed.png"
     assert [name for name in UNTRACKED if (root / name).exists()] == ([] if git else [study_copy])
@@ -168,10 +176,12 @@ def test_the_notebook_extra_is_installed_only_by_make_notebook(tmp_path):
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     root = _replica(tmp_path, git=False)
-    dry = subprocess.run(["make", "-n", "notebook"], cwd=root, capture_output=True, text=True, check=True).stdout
+    dry = subprocess.run(["make", "-n", "notebook"], cwd=root, capture_output=True, text=True, check=True,
+                         env=_plain_make_env()).stdout
     lines = dry.splitlines()
     assert lines[-2:] == ["bash scripts/setup-env.sh --notebook", ".venv/bin/jupyter lab examples/"]
     assert "--notebook" not in subprocess.run(["make", "-n", "test"], cwd=root, capture_output=True, text=True,
+                                              env=_plain_make_env(),
                                               check=True).stdout
 
 
