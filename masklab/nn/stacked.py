@@ -299,6 +299,11 @@ def _conv_inputs(x: torch.Tensor, K: int, in_c: int) -> list[torch.Tensor]:
     return [part.contiguous() for part in x.split(in_c, 1)]
 
 
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The masks' (B, C, H, W) activations side by side as (B, K*C, H, W); one mask's as it is (no copy)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
 class _PerMaskConv(torch.autograd.Function):
     """K convolutions of a lone mask's shape (CPU), their weight gradients on one thread (see
     `masklab.nn.exact`); with `fused`, the weight gradients go into the layer's persistent buffer."""
@@ -313,7 +318,7 @@ class _PerMaskConv(torch.autograd.Function):
         else:
             ctx.save_for_backward(*xs, w)
         ctx.layer, ctx.fused = layer, fused
-        return torch.cat([F.conv2d(xs[k], w[k], None, layer.stride, layer.padding) for k in range(K)], 1)
+        return _cat([F.conv2d(xs[k], w[k], None, layer.stride, layer.padding) for k in range(K)])
 
     @staticmethod
     def backward(ctx, grad):
@@ -335,7 +340,7 @@ class _PerMaskConv(torch.autograd.Function):
             grad_w = None if ctx.fused else out
         if grad_x is not None:
             if not ctx.shared:
-                grad_x = torch.cat(grad_x, 1)
+                grad_x = _cat(grad_x)
             else:  # a shared input: the masks' gradients added in mask order
                 total = grad_x[0]
                 for g in grad_x[1:]:
@@ -356,8 +361,8 @@ class StackedConv2d(StackedLayer):
         if x.device.type == "cpu":
             if torch.is_grad_enabled():
                 return _PerMaskConv.apply(x, w, self, fused)
-            return torch.cat([F.conv2d(xk, w[k], None, self.stride, self.padding)
-                              for k, xk in enumerate(_conv_inputs(x, self.K, in_c))], 1)
+            return _cat([F.conv2d(xk, w[k], None, self.stride, self.padding)
+                         for k, xk in enumerate(_conv_inputs(x, self.K, in_c))])
         # CUDA: one grouped convolution (fast; cuDNN's algorithm choice makes it not bit-exact)
         groups = 1 if x.shape[1] == in_c else self.K  # shared input: one conv makes all K outputs
         return F.conv2d(x, w.reshape(self.K * out_c, in_c, *self.shape[2:]), None, self.stride, self.padding, 1,
