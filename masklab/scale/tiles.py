@@ -55,7 +55,9 @@ def tile_counts(source, rows_a: tuple[int, int], rows_b: tuple[int, int], bounds
     a = _rows(source, *rows_a)
     b = None if rows_a == rows_b else _rows(source, *rows_b)
     counts = intersection_counts(a, b, bounds, backend="numba", threads=threads, with_total=with_total)
-    return np.ascontiguousarray(counts)
+    # counts never exceed a layer's bits: int32 halves what goes back to the client while they fit
+    small = counts.size == 0 or int(counts.max()) < 2**31
+    return np.ascontiguousarray(counts, dtype=np.int32 if small else np.int64)
 
 
 def tile_rows(n_rows: int, n_words: int, n_workers: int, tile_bytes: int = DEFAULT_TILE_BYTES) -> int:
