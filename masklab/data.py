@@ -435,16 +435,39 @@ def _load_cifar10(root: str | None = None, **_: object) -> Dataset:
 
 
 # ---- digits and synthetic -----------------------------------------------------------------------------
+# The fixed split of the digits: train indices then test indices, exactly scikit-learn's
+# `train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)` (tests/test_data.py checks it), stored
+# so that loading the embedded default does not import scikit-learn (a second of every digits run).
+DIGITS_SPLIT = Path(__file__).with_name("digits_split.npy")
+DIGITS_TRAIN = 1347
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images (1797, 64) float64 in 0..16, labels) of scikit-learn's bundled digits, read from its CSV file
+    without importing scikit-learn (the same numbers `sklearn.datasets.load_digits` returns)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise DataError("digits: scikit-learn is not installed (its bundled digits are the embedded dataset); "
+                        "pip install scikit-learn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    try:
+        with gzip.open(path) as f:
+            table = np.loadtxt(f, delimiter=",")
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"digits: cannot read scikit-learn's {path} ({e}); reinstall scikit-learn") from None
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
 def _load_digits(root: str | None = None, **_: object) -> Dataset:
     """scikit-learn's bundled 8x8 digits scaled to [0, 1]; fixed stratified 75/25 split (random_state 0);
     normalised with the train split's pixel mean and std. `root` is ignored."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
-    x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
-    y = bunch.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
+    data, y = _digits_arrays()
+    x = (data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    order = np.load(DIGITS_SPLIT, allow_pickle=False).astype(np.int64)
+    train, test = order[:DIGITS_TRAIN], order[DIGITS_TRAIN:]
+    x_train, x_test, y_train, y_test = x[train], x[test], y[train], y[test]
     mean, std = float(x_train.mean()), float(x_train.std())
     return Dataset("digits", torch.from_numpy(x_train), torch.from_numpy(y_train), torch.from_numpy(x_test),
                    torch.from_numpy(y_test), (1, 8, 8), 10, (mean,), (std,))

@@ -464,3 +464,19 @@ def test_cifar_augmentation_moves_a_pixel_by_at_most_pad():
     assert dr.abs().max() <= 4 and torch.all(dc_flipped[flipped].abs() <= 4)
     assert 0.3 < flipped.float().mean() < 0.7  # about half flipped
     assert len(set(dr.tolist())) == 9 and len(set(dc[~flipped].tolist())) == 9  # all 9 offsets drawn
+
+
+def test_the_stored_digits_split_is_scikit_learns():
+    """The embedded default loads without importing scikit-learn, from a stored split that must be the one
+    `train_test_split(..., stratify=y, random_state=0)` makes, over the same numbers `load_digits` gives."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    x_train, x_test, y_train, y_test = train_test_split(x, bunch.target, test_size=0.25, stratify=bunch.target,
+                                                        random_state=0)
+    data = load_dataset("digits")
+    assert torch.equal(data.x_train, torch.from_numpy(x_train)) and torch.equal(data.x_test, torch.from_numpy(x_test))
+    assert torch.equal(data.y_train, torch.from_numpy(y_train.astype(np.int64)))
+    assert torch.equal(data.y_test, torch.from_numpy(y_test.astype(np.int64)))
