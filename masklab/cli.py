@@ -807,7 +807,17 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+# Collect cycles every 50,000 net allocations instead of 700: a command imports torch, scipy, pandas and
+# matplotlib, millions of objects that are never garbage, and the default pace spent 0.4 s of a 6 s analyze
+# scanning them. Cycles are still collected, only less often. Set in the command's process, never on import.
+GC_THRESHOLD = (50_000, 20, 20)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        import gc
+
+        gc.set_threshold(*GC_THRESHOLD)
     try:
         args = build_parser().parse_args(argv)
         code = int(args.func(args) or 0)

@@ -263,3 +263,18 @@ def test_consensus_key_numbers_say_no_mask(runs, tmp_path):
     keys = analyze(run, tmp_path, pairs=0, points=3, embedding=False).key_numbers
     assert "weights kept by no mask" in keys and "weights kept by all masks" in keys
     assert not [k for k in keys if "none masks" in k]
+
+
+def test_analyze_of_a_small_run_imports_neither_scikit_learn_nor_scipy_stats(runs, tmp_path):
+    # importing them (and loading numba's distance kernels) cost a warm `analyze` over a second
+    import subprocess
+    import sys
+
+    _, run, _ = runs
+    code = ("import sys; from masklab.report import analyze; "
+            f"analyze({str(run.path)!r}, {str(tmp_path)!r}, pairs=3, points=5); "
+            "print(sorted({m.split('.')[0] if m.startswith('sklearn') else m for m in sys.modules "
+            "if m.startswith('sklearn') or m in ('scipy.stats', 'umap', 'masklab.analysis._numba_kernels', "
+            "'masklab.analysis._numba_random')}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

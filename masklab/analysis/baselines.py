@@ -73,6 +73,33 @@ def intersection_pmf(n_bits: int, count_a: int, count_b: int) -> tuple[int, np.n
     return first, pmf / pmf.sum()
 
 
+def binomial_pmf(k, n: int, p: float) -> np.ndarray:
+    """``P(X = k)`` for X ~ Binomial(n, p), elementwise over the integers `k` (0 outside 0..n): what
+    ``scipy.stats.binom.pmf(k, n, p)`` returns, to about 1e-10 relative, from log-gamma terms (importing
+    scipy.stats costs `analyze` more than half a second).
+
+    Examples
+    --------
+    >>> binomial_pmf([0, 1, 2], 2, 0.5).tolist()
+    [0.25, 0.5, 0.25]
+    """
+    from math import lgamma, log, log1p
+
+    k = np.asarray(k)
+    out = np.zeros(k.shape, dtype=np.float64)
+    n, p = int(n), float(p)
+    for index, value in np.ndenumerate(k):
+        x = int(value)
+        if x < 0 or x > n:
+            continue
+        if p == 0.0 or p == 1.0:
+            out[index] = float(x == (0 if p == 0.0 else n))
+            continue
+        log_choose = lgamma(n + 1) - lgamma(x + 1) - lgamma(n - x + 1)
+        out[index] = np.exp(log_choose + x * log(p) + (n - x) * log1p(-p))
+    return out
+
+
 def _jaccard_of(intersection, count_sum):
     union = count_sum - intersection
     return np.divide(intersection, union, out=np.ones(np.shape(union)), where=union > 0)
@@ -497,8 +524,18 @@ def _random_layer_words(rng: np.random.Generator, n_bits: int, n_words: int, cou
         _flip_some(rng, words, todo, excess[todo], have[todo], n_bits)
 
 
-def _flip_kernel():
-    """The numba kernel of `_flip_some`, or None without numba."""
+SMALL_FLIP_DRAWS = 1 << 16  # below this many candidates numpy takes ~1 ms: less than loading numba's kernel
+
+
+def _flip_kernel(n_candidates: int | None = None):
+    """The numba kernel of `_flip_some`, or None without numba, or for fewer than `SMALL_FLIP_DRAWS`
+    candidates while the kernel is not loaded yet (its first use in a process costs ~0.2 s; numpy makes the
+    same choice)."""
+    import sys
+
+    if (n_candidates is not None and n_candidates < SMALL_FLIP_DRAWS
+            and "masklab.analysis._numba_random" not in sys.modules):
+        return None
     try:
         from masklab.analysis._numba_random import flip_to_counts
     except ImportError:
@@ -515,7 +552,7 @@ def _flip_some(rng, words: np.ndarray, todo: np.ndarray, excess: np.ndarray, hav
     share = np.where(ones, have, n_bits - have) / n_bits
     draws = int(min(4 * n_bits + 64, np.ceil((need / np.maximum(share, 1.0 / n_bits)).max() * 1.25) + 32))
     candidates = rng.integers(0, n_bits, size=(len(todo), draws))
-    kernel = _flip_kernel()
+    kernel = _flip_kernel(candidates.size)
     if kernel is not None:  # the same choice in one compiled pass (numpy's sorts cost 10x more)
         kernel(words, todo.astype(np.int64), excess.astype(np.int64), candidates)
         return

@@ -14,7 +14,9 @@ zero diagonal (a distance, not a similarity: pass ``hamming``/``hamming_norm`` o
   matrix already holds Euclidean distances. ``"complete"`` and ``"single"`` are accepted too.
   The tree is cut into `k` clusters (`fcluster`, ``maxclust``) or, with ``k=None``, into the k in
   ``2..min(10, N - 1)`` with the best silhouette.
-- **HDBSCAN**: `sklearn.cluster.HDBSCAN(metric="precomputed")`; label -1 is noise.
+- **HDBSCAN**: `masklab.analysis.hdbscan.hdbscan_labels`, our port of scikit-learn's HDBSCAN that gives exactly
+  the labels of `sklearn.cluster.HDBSCAN(metric="precomputed")` without importing scikit-learn; label -1 is
+  noise.
 - **Silhouette**: as `sklearn.metrics.silhouette_score(metric="precomputed")` defines it, on the input
   distances (noise left out), computed here in a few numpy operations.
 - **Against random masks** (`structure_vs_random`): the best silhouette and the cophenetic correlation of
@@ -31,7 +33,6 @@ colours follow the ordered heatmap. Label tables have one row per mask in the ma
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ import pandas as pd
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
+from masklab.analysis.hdbscan import hdbscan_labels
 from masklab.errors import UserError
 from masklab.store.bits import MaskSet
 
@@ -252,16 +254,11 @@ def hdbscan(dist, min_cluster_size: int | None = None, min_samples: int | None =
 
 
 def _hdbscan(matrix: np.ndarray, min_cluster_size: int | None, min_samples: int | None) -> np.ndarray:
-    from sklearn.cluster import HDBSCAN
-
     n = len(matrix)
     if n < 3:
         return np.full(n, -1, dtype=np.int64)
     size = max(2, min(5, n // 3)) if min_cluster_size is None else int(min_cluster_size)
-    kwargs = {"min_cluster_size": size, "min_samples": min_samples, "metric": "precomputed"}
-    if "copy" in inspect.signature(HDBSCAN).parameters:
-        kwargs["copy"] = True
-    labels = HDBSCAN(**kwargs).fit_predict(matrix.copy())
+    labels = hdbscan_labels(matrix, min_cluster_size=size, min_samples=min_samples)
     # number the clusters by their first member in leaf order, like the trees
     return _relabel_in_leaf_order(labels, hierarchy.leaves_list(_linkage(matrix, "average")))
 

@@ -7,7 +7,10 @@ distances. Backends:
 - ``"numba"`` (CPU default): the threaded, cache-blocked, register-tiled kernel of `_numba_kernels`;
 - ``"torch"`` (default when a CUDA device is present): unpack word chunks to 0/1 float32 on the device
   and multiply; chunks are short enough (2**20 bits) that float32 sums stay exact integers;
-- ``"numpy"`` (fallback when numba is missing): ``np.bitwise_count`` on word chunks, row by row.
+- ``"numpy"`` (fallback when numba is missing, and what ``"auto"`` takes for small inputs while the numba
+  kernel is not loaded yet: below `SMALL_WORD_PAIRS` row-pair words numpy needs at most a few
+  milliseconds, where the first numba call of a process costs about half a second of loading):
+  ``np.bitwise_count`` on word chunks, row by row. Every backend gives the same integers.
 
 Large inputs (a memory-mapped matrix larger than RAM) are streamed as blocks of rows: every pair of
 row blocks is one kernel call, so at most two blocks need to be resident at a time.
@@ -33,6 +36,7 @@ TORCH_CHUNK_BITS = 1 << 20       # float32 sums of 0/1 products are exact below 
 TORCH_CHUNK_BYTES = 256 << 20    # device memory of one unpacked chunk (int64 bits while unpacking)
 NUMPY_CHUNK_BYTES = 8 << 20      # temporary of the numpy fallback
 SERIAL_WORD_PAIRS = 1 << 22      # below this many (row pair x word) the numba kernel runs on one thread
+SMALL_WORD_PAIRS = 1 << 21       # below this many, "auto" takes numpy (about 3 ms) until numba is loaded
 
 
 def layer_bounds(word_start: Sequence[int], word_stop: Sequence[int]) -> np.ndarray:
@@ -40,15 +44,24 @@ def layer_bounds(word_start: Sequence[int], word_stop: Sequence[int]) -> np.ndar
     return np.column_stack([np.asarray(word_start, np.int64), np.asarray(word_stop, np.int64)])
 
 
-def resolve_backend(backend: str) -> str:
-    """The backend that `backend` names; ``"auto"`` picks torch on CUDA, else numba, else numpy."""
+def resolve_backend(backend: str, word_pairs: int | None = None) -> str:
+    """The backend that `backend` names; ``"auto"`` picks torch on CUDA, else numba, else numpy.
+
+    With `word_pairs` (row pairs x words of the call) below `SMALL_WORD_PAIRS`, ``"auto"`` takes numpy
+    unless the numba kernel is already loaded in this process: loading it costs more than numpy spends.
+    """
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
     if _cuda_available():
         return "torch"
+    if word_pairs is not None and word_pairs < SMALL_WORD_PAIRS and _KERNEL_MODULE not in sys.modules:
+        return "numpy"
     return "numba" if _numba_available() else "numpy"
+
+
+_KERNEL_MODULE = "masklab.analysis._numba_kernels"
 
 
 def _cuda_available() -> bool:
@@ -108,9 +121,9 @@ def intersection_counts(a: np.ndarray, b: np.ndarray | None, bounds: np.ndarray,
         ``counts[l, i, j] = |a_i AND b_j|`` over the words of layer l. It may be a view of a slightly
         larger (padded) array.
     """
-    backend = resolve_backend(backend)
     symmetric = b is None
     b_rows = a if b is None else b
+    backend = resolve_backend(backend, a.shape[0] * b_rows.shape[0] // (2 if symmetric else 1) * a.shape[1])
     _check_words(a, b_rows, bounds)
     first = int(with_total)
     if backend == "numba":

@@ -244,3 +244,17 @@ def test_importing_the_analysis_package_stays_light():
             "print(sorted(m for m in ('numba', 'scipy', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_auto_takes_numpy_for_small_inputs_until_the_numba_kernel_is_loaded(monkeypatch):
+    pytest.importorskip("numba")
+    monkeypatch.setattr(kernels, "_cuda_available", lambda: False)
+    small = kernels.SMALL_WORD_PAIRS - 1
+    monkeypatch.setattr(kernels, "_KERNEL_MODULE", "masklab.not.loaded")
+    assert kernels.resolve_backend("auto", small) == "numpy"
+    assert kernels.resolve_backend("auto", kernels.SMALL_WORD_PAIRS) == "numba"
+    assert kernels.resolve_backend("auto") == "numba"
+    monkeypatch.setattr(kernels, "_KERNEL_MODULE", "numpy")  # a module that is loaded: numba costs nothing more
+    assert kernels.resolve_backend("auto", small) == "numba"
+    x = random_bools(10, AWKWARD_SIZES, seed=61)
+    np.testing.assert_array_equal(backend_counts("numpy", x), backend_counts("numba", x))

@@ -147,3 +147,52 @@ def test_umap_kernels_get_an_on_disk_cache(umap_coords):
         assert not isinstance(dispatcher._cache, NullCache), dispatcher
     # the parallel layout kernel (same source) is left alone
     assert isinstance(umap.layouts._nb_optimize_layout_euclidean_single_epoch_parallel._cache, NullCache)
+
+
+# ---- MDS: our SMACOF is scikit-learn's metric MDS from the classical start -------------------------------
+def _hamming_matrix(rng, n, n_bits=400):
+    bits = rng.random((n, n_bits)) < rng.uniform(0.1, 0.9)
+    return (bits[:, None] != bits[None]).mean(-1)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_smacof_equals_scikit_learns_metric_mds_from_the_classical_start(seed):
+    from sklearn.manifold import MDS
+
+    if "metric_mds" not in __import__("inspect").signature(MDS).parameters:
+        pytest.skip("scikit-learn < 1.8 has no classical-MDS start")
+    rng = np.random.default_rng(seed)
+    d = _hamming_matrix(rng, int(rng.integers(4, 60)))
+    ours, stress, n_iter = E.smacof(d)
+    ref = MDS(n_components=2, metric="precomputed", metric_mds=True, init="classical_mds", n_init=1,
+              normalized_stress=False).fit(d)
+    np.testing.assert_allclose(ours, ref.embedding_, rtol=0, atol=1e-9 * np.abs(ref.embedding_).max())
+    assert n_iter == ref.n_iter_
+    assert stress == pytest.approx(ref.stress_, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_classical_mds_equals_scikit_learns_and_recovers_planar_points(seed):
+    rng = np.random.default_rng(seed)
+    points = rng.normal(size=(int(rng.integers(3, 30)), 2)) * rng.uniform(0.1, 10)
+    d = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1))
+    xy = E.classical_mds(d)
+    np.testing.assert_allclose(np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1)), d, atol=1e-9 * d.max())
+    xy_smacof, stress, _ = E.smacof(d)
+    assert stress < 1e-12 * (d ** 2).sum()
+    try:
+        from sklearn.manifold import ClassicalMDS
+    except ImportError:
+        return
+    hamming = _hamming_matrix(rng, 20)
+    np.testing.assert_allclose(E.classical_mds(hamming),
+                               ClassicalMDS(metric="precomputed", n_components=2).fit_transform(hamming),
+                               rtol=0, atol=1e-9)
+
+
+def test_smacof_lowers_the_stress_of_its_classical_start():
+    d = _hamming_matrix(np.random.default_rng(3), 25)
+    start = E.classical_mds(d)
+    start_stress = ((np.sqrt(((start[:, None] - start[None]) ** 2).sum(-1)) - d) ** 2).sum() / 2
+    _, stress, n_iter = E.smacof(d)
+    assert n_iter > 1 and stress < start_stress
