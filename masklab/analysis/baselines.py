@@ -21,6 +21,7 @@ is reported beside it as ``jaccard_iid`` (it and the exact value agree to O(1/n)
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -531,8 +532,6 @@ def _flip_kernel(n_candidates: int | None = None):
     """The numba kernel of `_flip_some`, or None without numba, or for fewer than `SMALL_FLIP_DRAWS`
     candidates while the kernel is not loaded yet (its first use in a process costs ~0.2 s; numpy makes the
     same choice)."""
-    import sys
-
     if (n_candidates is not None and n_candidates < SMALL_FLIP_DRAWS
             and "masklab.analysis._numba_random" not in sys.modules):
         return None

@@ -123,8 +123,8 @@ def intersection_counts(a: np.ndarray, b: np.ndarray | None, bounds: np.ndarray,
     """
     symmetric = b is None
     b_rows = a if b is None else b
-    backend = resolve_backend(backend, a.shape[0] * b_rows.shape[0] // (2 if symmetric else 1) * a.shape[1])
     _check_words(a, b_rows, bounds)
+    backend = resolve_backend(backend, a.shape[0] * b_rows.shape[0] // (2 if symmetric else 1) * a.shape[1])
     first = int(with_total)
     if backend == "numba":
         counts = _intersections_numba(a, b_rows, bounds, symmetric, threads,
