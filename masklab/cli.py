@@ -266,11 +266,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         history = shown_accuracy(run.history(args.mask), ["train_acc", "test_acc"])
         for key, value in record.items():
             if key not in ("files", "extras"):
-                shown = percent(value) if key.endswith("acc") and isinstance(value, float) else value
+                shown = percent(value) if key.endswith("acc") and isinstance(value, float) else \
+                    f"{value:.4f}" if isinstance(value, float) else value
                 print(f"{key:>14}  {shown}")
         print(f"{'extras':>14}  {', '.join(record.get('extras', {})) or '-'}")
         print("\nhistory:")
-        print(frame_text(history))
+        print(frame_text(history) if len(history) else
+              "  (none: imported masks)" if run.imported is not None else "  (none recorded)")
         return 0
     parts = run.summary()
     for key, value in parts["run"].iloc[0].items():
@@ -358,6 +360,7 @@ def add_verify(sub) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from masklab.store.files import restore_hint
     from masklab.store.integrity import verify
     from masklab.store.run import resolve_run
 
@@ -381,7 +384,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if quarantined:
         many = len(quarantined) > 1
         print(f"mask{'s' if many else ''} {', '.join(map(str, quarantined))} moved to {path / 'quarantine'}; "
-              f"`masklab generate --resume {path}` retrains {'them' if many else 'it'}")
+              f"{restore_hint(path, many)}")
     print("all files verified" if not len(found) else "repaired" if args.repair else "no problems")
     return 0
 

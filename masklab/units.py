@@ -55,7 +55,7 @@ def shown_accuracy(table: pd.DataFrame, columns: Sequence[str], kind: str = "per
     write = percent if kind == "percent" else points
     for column in columns:
         if column in out.columns:
-            out[column] = [write(float(v)) for v in out[column]]
+            out[column] = [write(float("nan") if v is None else float(v)) for v in out[column]]  # None: not measured
     return out
 
 

@@ -272,7 +272,20 @@ def read_mask(path: Path, n_words: int, expect_checksum: str | None = None,
 def repair_hint(path: Path) -> str:
     """How to fix a damaged file of one mask: `path` is `RUN/<folder>/<file>`."""
     run = Path(path).parent.parent
-    return f"`masklab verify {run} --repair` moves that mask aside, then `masklab generate --resume {run}` retrains it"
+    return f"`masklab verify {run} --repair` moves that mask aside, then {restore_hint(run)}"
+
+
+def restore_hint(run: Path, many: bool = False) -> str:
+    """What brings back masks moved to quarantine: `generate --resume` retrains them; an imported run's masks
+    come back by importing their source files again (the same files find the same run)."""
+    them = "them" if many else "it"
+    try:
+        imported = json.loads((Path(run) / "run.json").read_text()).get("imported") is not None
+    except (OSError, ValueError, AttributeError):
+        imported = False
+    if imported:
+        return f"`masklab import` of the same source files again (same options) restores {them}"
+    return f"`masklab generate --resume {run}` retrains {them}"
 
 
 def check_mask_data(path: Path, data: bytes, n_words: int, expect_checksum: str | None = None,

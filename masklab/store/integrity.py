@@ -626,7 +626,7 @@ def _verify_masks(path: Path, meta: dict, add, repair: bool) -> None:
         elif repair:
             where = quarantine(path, i, record)
             for row in bad:
-                _done(row, f"moved mask {i}'s files to {where}; `masklab generate --resume {path}` retrains it")
+                _done(row, f"moved mask {i}'s files to {where}; {F.restore_hint(path)}")
     _verify_cache(path, good, n_words, add, repair)
 
 

@@ -456,7 +456,8 @@ def open_run(path_or_id: str | os.PathLike, runs_dir: str | os.PathLike | None =
 
 
 def list_runs(runs_dir: str | os.PathLike = "runs") -> pd.DataFrame:
-    """Every run under `runs_dir`: run_id, dataset, model, method, sparsity, epochs, masks (finished),
+    """Every run under `runs_dir`: run_id, dataset, model, method, sparsity, epochs (for imported masks the
+    epochs their checkpoints say they were trained for, when all say the same, else None), masks (finished),
     planned, test_acc (mean of the final accuracies), created, path. A damaged run shows its error."""
     columns = ["run_id", "dataset", "model", "width", "method", "sparsity", "epochs", "masks", "planned",
                "test_acc", "created", "path", "error"]
@@ -474,9 +475,15 @@ def list_runs(runs_dir: str | os.PathLike = "runs") -> pd.DataFrame:
         method = method_label(cfg.method, cfg.recycle)
         acc = [r["test_acc"] for r in run.records.values() if r.get("test_acc") is not None]
         rows.append({"run_id": run.id, "dataset": cfg.dataset, "model": cfg.model, "width": cfg.width,
-                     "method": method, "sparsity": cfg.sparsity, "epochs": cfg.epochs, "masks": len(run),
+                     "method": method, "sparsity": cfg.sparsity,
+                     "epochs": _imported_epochs(run) if run.imported is not None else cfg.epochs, "masks": len(run),
                      "planned": cfg.masks, "test_acc": float(np.mean(acc)) if acc else None,
                      "created": run.meta.get("created"), "path": str(path), "error": None})
     return pd.DataFrame(rows, columns=columns)
+
+
+def _imported_epochs(run: Run) -> int | None:
+    epochs = {r.get("epochs") for r in run.records.values()}
+    return epochs.pop() if len(epochs) == 1 else None
 
 

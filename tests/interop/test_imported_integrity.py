@@ -106,3 +106,44 @@ def test_the_import_is_written_whole_or_not_at_all(mlp_checkpoints, tmp_path, mo
     monkeypatch.setattr(RunWriter, "write_mask", original)
     run = masklab.import_masks(paths, "hidden-networks", keep=0.9, runs_dir=tmp_path / "runs")
     assert run.ids == [0, 1, 2] and np.asarray(run.masks.bits).shape[0] == 3
+
+
+def test_show_and_runs_describe_an_imported_run_as_imported(imported, capsys):
+    from masklab.cli import main
+
+    assert main(["show", str(imported.path)]) == 0  # masks without a best or a training accuracy
+    out = capsys.readouterr().out
+    masks = out.split("\nmasks:\n")[1].split("\nlayers:")[0]
+    assert "best_test_acc" in masks and "n/a" in masks
+    assert main(["show", str(imported.path), "--mask", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "(none: imported masks)" in out and "test_loss  " in out
+    assert f"{imported.record(0)['test_loss']:.4f}" in out
+    runs = masklab.list_runs(imported.path.parent)
+    assert runs.loc[runs["run_id"] == imported.id, "epochs"].tolist() == [20]  # the checkpoints' own epoch
+
+
+def test_a_damaged_imported_mask_is_restored_by_importing_its_source_again(mlp_checkpoints, imported, tmp_path,
+                                                                           capsys):
+    from masklab.cli import main
+
+    paths, _ = mlp_checkpoints
+    runs = tmp_path / "runs"
+    run = masklab.import_masks(paths[:2], "hidden-networks", keep=0.9, model="mlp", dataset="digits", width=0.25,
+                               runs_dir=runs)
+    mask = run.path / "masks" / "000001.mask"
+    data = bytearray(mask.read_bytes())
+    data[100] ^= 1
+    mask.write_bytes(bytes(data))
+    assert main(["show", str(run.path)]) == 2
+    err = capsys.readouterr().err
+    assert "`masklab import` of the same source files again" in err and "generate --resume" not in err
+    assert main(["verify", str(run.path), "--repair"]) == 0
+    out = capsys.readouterr().out
+    assert "mask 1 moved to" in out and "`masklab import` of the same source files again" in out
+    assert "generate --resume" not in out
+    assert len(Run(run.path)) == 1
+    again = masklab.import_masks(paths[:2], "hidden-networks", keep=0.9, model="mlp", dataset="digits", width=0.25,
+                                 runs_dir=runs)
+    assert again.path == run.path and len(Run(run.path)) == 2
+    np.testing.assert_array_equal(Run(run.path).masks.bits, imported.masks.bits)
