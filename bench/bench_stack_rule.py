@@ -3,7 +3,9 @@
 A mask's bits do not depend on K (tests/train/test_same_bits.py), so `--stack auto` may choose K for speed
 alone. This measures, for a linear-only model (lenet-300-100 on Fashion-MNIST, or digits mlp) and a model
 with convolutions (conv4 on CIFAR-shaped synthetic data), images per second per mask through the trainer's
-one path (`build_training` + `train_step`) at each K, K = 1 being the baseline of every ratio, and prints
+one path (`build_training` + `train_step`) at each K and at the thread count the trainer would use (for a
+small step the faster of one and all threads, as `EpochThreads` finds), K = 1 being the baseline of every
+ratio, and prints
 the K that `auto_stack` picks beside the measured best. PASS when auto's K is at least as fast as K = 1 and
 within 10% of the best K. On a GPU it also measures conv4 up to K = 32.
 
@@ -29,8 +31,11 @@ def measure(label, config, dataset, ks, steps, device, rounds=2) -> None:
     rates = {K: 0.0 for K in ks}
     for _ in range(rounds):  # alternate, keep the best of each (least disturbed by the machine)
         for K in ks:
-            with step_threads(config, dataset, device, K):  # the thread count the trainer would use
-                rates[K] = max(rates[K], stack_rate(config, dataset, range(K), data, device))
+            with step_threads(config, dataset, device, K) as tuner:  # the thread counts the trainer would use
+                # a small step's count is measured while it trains (EpochThreads): the faster of 1 and all
+                for threads in [1, tuner.most] if tuner is not None else [torch.get_num_threads()]:
+                    torch.set_num_threads(threads)
+                    rates[K] = max(rates[K], stack_rate(config, dataset, range(K), data, device))
     auto = auto_stack(config, dataset, device, max(ks))
     best = max(rates, key=rates.get)
     ratios = ", ".join(f"K={K}: {rates[K] / rates[1]:.2f}x" for K in ks)

@@ -31,7 +31,7 @@ from masklab.nn.init import init_model
 from masklab.nn.layers import masked_layers
 from masklab.nn.models import build_model
 from masklab.nn.stacked import stacked_layers
-from masklab.train.device import SMALL_STEP_MACS, macs_per_sample, resolve_device, step_threads
+from masklab.train.device import SMALL_STEP_MACS, EpochThreads, macs_per_sample, resolve_device, step_threads
 from masklab.train.evaluate import evaluate
 from masklab.train.rebuild import rebuild_trained
 from masklab.train.recycling import iterand_apply, iwr_apply, recycles_after
@@ -102,9 +102,9 @@ def train_masks(config: RunConfig, indices: Sequence[int], dataset: Batches | No
     device = resolve_device(config.device) if device is None else torch.device(device)
     if config.method == "dense" and len(indices) > 1:
         return [r for i in indices for r in train_masks(config, [i], dataset, device, on_epoch, snapshot_every)]
-    with step_threads(config, dataset, device, len(indices)):
+    with step_threads(config, dataset, device, len(indices)) as tuner:
         return _train(config, indices, dataset, device, on_epoch,
-                      config.snapshot_every if snapshot_every is None else snapshot_every)
+                      config.snapshot_every if snapshot_every is None else snapshot_every, tuner)
 
 
 def train_mask(config: RunConfig, index: int = 0, dataset: Batches | None = None,
@@ -142,7 +142,7 @@ def build_training(config: RunConfig, dataset: Shaped, indices: list[int], devic
 
 
 def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torch.device, on_epoch,
-           snapshot_every: int) -> list[TrainedMask]:
+           snapshot_every: int, tuner: EpochThreads | None = None) -> list[TrainedMask]:
     K = len(indices)
     seeds = [config.seeds(i) for i in indices]
     dense = config.method == "dense"
@@ -154,11 +154,18 @@ def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torc
     recycle_count = 0
     rows: list[list[dict]] = [[] for _ in range(K)]
     snapshots: list[list] = [[] for _ in range(K)]
+    threads_used = {torch.get_num_threads()}
     for epoch in range(config.epochs):
         lr = cosine_lr(base_lr, epoch, config.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if tuner is not None:
+            torch.set_num_threads(tuner.threads(epoch))
+            threads_used.add(torch.get_num_threads())
+        epoch_start = time.perf_counter()
         train = _train_epoch(model, optimizer, dataset, config, [s[2] for s in seeds], epoch, K, device)
+        if tuner is not None:
+            tuner.record(epoch, torch.get_num_threads(), time.perf_counter() - epoch_start)
         _check_finite(config, indices, epoch, lr, train, layers, dense)
         test = _evaluate(model, dataset, K, device)
         recycled = [0] * K
@@ -176,7 +183,7 @@ def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torc
             for k in range(K):
                 snapshots[k].append((epoch, _masks_of(layers, k, dense)))
     seconds = (time.perf_counter() - start) / K
-    threads = torch.get_num_threads()
+    threads = max(threads_used)  # (the most any epoch used: the bits do not depend on it)
     results = []
     for k in range(K):
         provenance = {"stack": K, "position": k, "device": str(device), "threads": threads, "blas": blas}

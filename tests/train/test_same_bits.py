@@ -89,6 +89,44 @@ def test_thread_count_does_not_change_a_mask(case, monkeypatch):
     assert differences(one[0], two[1]) == [] and differences(one[1], two[0]) == []
 
 
+@pytest.mark.parametrize("case", ["biprop+iwr", "conv2 biprop"])
+def test_measured_thread_counts_switch_mid_run_and_do_not_change_a_mask(case, monkeypatch):
+    config, name, kw = CASES[case]
+    config = config.replace(epochs=6)
+    data = load_dataset(name, **kw)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setattr(device_module, "SMALL_STEP_MACS", 0)  # one thread throughout
+        fixed = train_masks(config, [0, 1], dataset=data)
+        torch.set_num_threads(2)
+        monkeypatch.setattr(device_module, "SMALL_STEP_MACS", float("inf"))  # every step measured
+        monkeypatch.setattr(device_module.EpochThreads, "PROBE_EVERY", 2)  # switch often
+        seen = []
+        real = device_module.EpochThreads.threads
+        monkeypatch.setattr(device_module.EpochThreads, "threads",
+                            lambda self, epoch: seen.append(real(self, epoch)) or seen[-1])
+        tuned = train_masks(config, [0, 1], dataset=data)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(old)
+    assert set(seen) == {1, 2} and seen[:3] == [1, 2, 1]
+    assert fixed[0].trained_with["threads"] == 1 and tuned[0].trained_with["threads"] == 2
+    assert differences(fixed[0], tuned[0]) == [] and differences(fixed[1], tuned[1]) == []
+
+
+def test_epoch_threads_take_the_faster_count_and_probe_the_other():
+    tuner = device_module.EpochThreads(2)
+    assert [tuner.threads(e) for e in range(3)] == [1, 2, 1]
+    tuner.record(0, 1, 0.01)  # the first epoch pays one-time costs: not counted
+    tuner.record(1, 2, 0.5)
+    tuner.record(2, 1, 0.8)
+    assert [tuner.threads(e) for e in (3, 9, 10, 11)] == [2, 2, 1, 2]
+    tuner.record(10, 1, 0.3)  # the machine got busy: one thread is faster now
+    assert [tuner.threads(e) for e in (11, 19, 20)] == [1, 1, 2]
+    assert [device_module.EpochThreads(1).threads(e) for e in range(12)] == [1] * 12
+
+
 def test_batchnorm_statistics_do_not_depend_on_the_stack():
     """ResNet-18's BatchNorm: statistics per mask, equal alone and stacked (torch's own CPU BatchNorm
     reduces differently by channel count and, for 1 x 1 maps, by thread count)."""
