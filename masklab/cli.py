@@ -336,8 +336,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     report = analyze(run, args.figures, quiet=args.quiet, pairs=args.pairs, points=args.points,
                      embedding=not args.no_embedding, formats=_check_formats(args.formats))
     if not args.quiet:
-        with pd_display():
-            print(frame_text(report.summary()))
+        print(pairs_text(report.summary()))
         print(f"tables: {run.path / 'analysis'}  ({len(report.tables)} tables); figures: {len(report.figures)}")
         print(f"seconds: {seconds_text(report.seconds)}")
     print(report.index, flush=True)
@@ -399,13 +398,6 @@ def seconds_text(seconds: dict) -> str:
     from masklab.report import seconds_text as text
 
     return text(seconds)
-
-
-def pd_display():
-    """Print long key numbers whole (pandas would cut them at 50 characters)."""
-    import pandas as pd
-
-    return pd.option_context("display.max_colwidth", None, "display.width", 250)
 
 
 # ---- interpolate ------------------------------------------------------------------------------------------
@@ -768,6 +760,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     run = open_run(args.run, args.runs_dir)
     print(export_mask(run, args.mask, args.format, args.out), flush=True)
     return 0
+
+
+def pairs_text(frame) -> str:
+    """A two-column (name, value) DataFrame as lines "name  value": names right-aligned, values left-aligned
+    (long values stay readable; `to_string` would pad every one to the longest)."""
+    names = [str(v) for v in frame.iloc[:, 0]]
+    width = max((len(n) for n in names), default=0)
+    return "\n".join(f"{n:>{width}}  {v}" for n, v in zip(names, frame.iloc[:, 1]))
 
 
 def frame_text(frame) -> str:
