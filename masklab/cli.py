@@ -128,20 +128,16 @@ def run_options() -> list[tuple[str, str, type | None, str | None, str]]:
 
 def add_run_options(p, skip: tuple[str, ...] = ()) -> None:
     """The RunConfig options (all default None, so that the --config file shows through)."""
+    from masklab.config import parse_bool
+
     for flag, dest, kind, metavar, text in run_options():
         if dest in skip:
             continue
         if kind is None:
             p.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
         else:
-            p.add_argument(flag, dest=dest, type=_bool if kind is bool else kind, metavar=metavar, default=None,
+            p.add_argument(flag, dest=dest, type=parse_bool if kind is bool else kind, metavar=metavar, default=None,
                            help=text)
-
-
-def _bool(text: str) -> bool:
-    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise ValueError(text)
-    return text.lower() in ("true", "1", "yes")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -193,9 +189,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def bytes_text(run) -> str:
-    """Bytes on disk per mask as `generate` and `show` print them (`Run.bytes_per_mask`)."""
-    size = run.bytes_per_mask()
+def bytes_text(run, size: dict | None = None) -> str:
+    """Bytes on disk per mask as `generate` and `show` print them (`Run.bytes_per_mask`, or `size` when the
+    caller has it already)."""
+    size = size or run.bytes_per_mask()
     text = f"{size['mask file']:,.0f} bytes per mask file"
     extras = size["mask with its extras"]
     return text + (f", {extras:,.0f} per mask with its record and extras" if extras == extras else "")
@@ -258,7 +255,7 @@ def add_show(sub) -> None:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from masklab.store.run import open_run
-    from masklab.units import percent, shown_accuracy
+    from masklab.units import shown_accuracy
 
     run = open_run(args.run, args.runs_dir)
     if args.mask is not None:
@@ -266,22 +263,20 @@ def cmd_show(args: argparse.Namespace) -> int:
         history = shown_accuracy(run.history(args.mask), ["train_acc", "test_acc"])
         for key, value in record.items():
             if key not in ("files", "extras"):
-                shown = percent(value) if key.endswith("acc") and isinstance(value, float) else \
-                    f"{value:.4f}" if isinstance(value, float) else value
-                print(f"{key:>14}  {shown}")
+                print(f"{key:>14}  {_value_text(key, value)}")
         print(f"{'extras':>14}  {', '.join(record.get('extras', {})) or '-'}")
         print("\nhistory:")
         print(frame_text(history) if len(history) else
               "  (none: imported masks)" if run.imported is not None else "  (none recorded)")
         return 0
     parts = run.summary()
+    sizes = {}
     for key, value in parts["run"].iloc[0].items():
-        if str(key).startswith("bytes per"):
+        if str(key).startswith("bytes per "):
+            sizes[str(key).removeprefix("bytes per ")] = value
             continue
-        shown = percent(value) if "acc" in str(key) and isinstance(value, float) else \
-            f"{value:.4f}" if isinstance(value, float) else value
-        print(f"{key:>20}  {shown}")
-    print(f"{'on disk':>20}  {bytes_text(run)}")
+        print(f"{key:>20}  {_value_text(str(key), value)}")
+    print(f"{'on disk':>20}  {bytes_text(run, sizes)}")
     config = parts["config"]
     changed = config[[_differs(v, d) for v, d in zip(config["value"], config["default"])]]
     print("\nconfig (fields not at their default; * = part of the hash):")
@@ -297,6 +292,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     print("\nlayers:")
     print(frame_text(parts["layers"][["layer", "shape", "n_bits", "n_keep", "keep", "word_start", "word_stop"]]))
     return 0
+
+
+def _value_text(key: str, value) -> str:
+    """A record or summary value as `show` prints it: accuracies in %, other floats with 4 decimals."""
+    from masklab.units import percent
+
+    if isinstance(value, float):
+        return percent(value) if "acc" in key else f"{value:.4f}"
+    return str(value)
 
 
 def _differs(value, default) -> bool:
@@ -327,14 +331,14 @@ def add_formats_option(p) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from masklab.report import analyze
+    from masklab.report import analyze, check_formats, seconds_text
     from masklab.store.run import open_run
 
     _positive("--points", args.points, 2)
     _positive("--pairs", args.pairs, 0)
     run = open_run(args.run, args.runs_dir)
     report = analyze(run, args.figures, quiet=args.quiet, pairs=args.pairs, points=args.points,
-                     embedding=not args.no_embedding, formats=_check_formats(args.formats))
+                     embedding=not args.no_embedding, formats=check_formats(args.formats))
     if not args.quiet:
         print(pairs_text(report.summary()))
         print(f"tables: {run.path / 'analysis'}  ({len(report.tables)} tables); figures: {len(report.figures)}")
@@ -386,18 +390,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
               f"{restore_hint(path, many)}")
     print("all files verified" if not len(found) else "repaired" if args.repair else "no problems")
     return 0
-
-
-def _check_formats(text: str) -> tuple[str, ...]:
-    from masklab.report import _check_formats as check
-
-    return check(text)
-
-
-def seconds_text(seconds: dict) -> str:
-    from masklab.report import seconds_text as text
-
-    return text(seconds)
 
 
 # ---- interpolate ------------------------------------------------------------------------------------------
@@ -497,11 +489,11 @@ def add_compare(sub) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from masklab.report import compare
+    from masklab.report import check_formats, compare, seconds_text
     from masklab.store.run import open_run
 
     report = compare(open_run(args.run_a, args.runs_dir), open_run(args.run_b, args.runs_dir), args.figures,
-                     quiet=args.quiet, formats=_check_formats(args.formats))
+                     quiet=args.quiet, formats=check_formats(args.formats))
     if not args.quiet:
         from masklab.report import comparison_text
 

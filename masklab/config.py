@@ -411,6 +411,13 @@ def field_type(name: str) -> type:
     return args[0] if args else hint
 
 
+def parse_bool(text: str) -> bool:
+    """true/false, 1/0, yes/no (any case) as a bool; ValueError for anything else."""
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(text)
+    return text.lower() in ("true", "1", "yes")
+
+
 def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
     kind = field_type(f.name)
     if value is None:
@@ -418,9 +425,7 @@ def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
     try:
         if kind is bool:
             if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                return value.lower() in ("true", "1", "yes")
+                return parse_bool(value)
             if not isinstance(value, bool):
                 raise ValueError
             return value

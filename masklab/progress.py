@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 
 from tqdm import tqdm
 
-from masklab.units import ranges
+from masklab.units import percent, ranges
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} mask-epochs [{elapsed}<{eta}{postfix}]"
 
@@ -171,9 +171,9 @@ class TrainProgress:
             ids = sorted(self.training)
             shown = ranges(ids)
             accs = list(self.training.values())
-            parts.append(f"training {shown}: acc {100 * sum(accs) / len(accs):.1f}%")
+            parts.append(f"training {shown}: acc {percent(sum(accs) / len(accs), 1)}")
         if self.accuracies:
-            parts.append(f"finished mean acc {100 * sum(self.accuracies) / len(self.accuracies):.1f}%")
+            parts.append(f"finished mean acc {percent(sum(self.accuracies) / len(self.accuracies), 1)}")
         return ", ".join(parts)
 
     def _refresh(self, advance: int) -> None:

@@ -106,7 +106,7 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
     run = run if isinstance(run, Run) else open_run(run)
     if len(run.ids) == 0:
         raise UserError(f"run {run.id} has no finished masks yet; generate some first (masklab generate --resume)")
-    formats = _check_formats(formats)
+    formats = check_formats(formats)
     figures_root = Path(figures_dir) if figures_dir is not None else run.path.parent.parent / "figures"
     out_tables = F.make_dirs(run.path / "analysis", root=run.path)  # links refused: nothing written outside
     out_figures = F.make_dirs(figures_root / run.id, root=figures_root)
@@ -157,7 +157,7 @@ def _drop_stale_formats(report: Report, formats: tuple[str, ...]) -> None:
 FORMATS = ("png", "svg", "pdf")
 
 
-def _check_formats(formats) -> tuple[str, ...]:
+def check_formats(formats) -> tuple[str, ...]:
     """The figure formats as a tuple: from a sequence or a comma-separated string (e.g. "png,svg")."""
     if isinstance(formats, str):
         formats = [f for f in formats.split(",")]
@@ -519,7 +519,7 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
 
     run_a = run_a if isinstance(run_a, Run) else open_run(run_a)
     run_b = run_b if isinstance(run_b, Run) else open_run(run_b)
-    formats = _check_formats(formats)
+    formats = check_formats(formats)
     check_comparable(run_a, run_b)
     if run_a.config.weight_seed != run_b.config.weight_seed:
         print(f"masklab: note: the runs use different weight seeds ({run_a.config.weight_seed} vs "

@@ -36,10 +36,6 @@ def metric_value(metric: str, value: float) -> str:
     return percent(value) if metric in PERCENT_METRICS else f"{value:.4f}"
 
 
-def metric_unit(metric: str) -> str:
-    return "%" if metric in PERCENT_METRICS else "fraction"
-
-
 def shown_by_metric(table: pd.DataFrame, columns: Sequence[str], metric_column: str = "metric") -> pd.DataFrame:
     """`table` with the value `columns` written out in each row's metric's unit (strings), for printing."""
     out = table.copy()
@@ -59,7 +55,7 @@ def shown_accuracy(table: pd.DataFrame, columns: Sequence[str], kind: str = "per
     return out
 
 
-__all__ = ["PERCENT_METRICS", "metric_unit", "metric_value", "percent", "points", "shown_accuracy",
+__all__ = ["PERCENT_METRICS", "metric_value", "percent", "points", "shown_accuracy",
            "shown_by_metric"]
 
 
