@@ -33,6 +33,12 @@ DONORS = ("top", "next")
 KEEP_RULES = ("masklab", "reference", "stored")
 
 
+def n_keep(n: int, sparsity: float) -> int:
+    """Number of weights kept in a layer of `n` weights at `sparsity`: `n - int(sparsity * n)` (masklab's
+    keep rule, every trained run's)."""
+    return n - int(sparsity * n)
+
+
 def method_label(method: str, recycle: str = "none") -> str:
     """'edge-popup', 'biprop+iwr', 'dense', ...: a method with its recycling, as the published tables name it."""
     return method if recycle == "none" else f"{method}+{recycle}"

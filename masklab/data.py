@@ -313,7 +313,7 @@ def _idx_dataset(name: str, paths: list[Path], mean: float, std: float) -> Datas
                             f"{labels.shape[0]} labels")
         if labels.size and labels.max() >= 10:
             raise DataError(f"{name}: {lab_path} has label {int(labels.max())}; expected classes 0-9")
-        x = torch.from_numpy(images.copy()).unsqueeze(1)
+        x = torch.from_numpy(images).unsqueeze(1)  # (read_idx's array owns a writable buffer: no copy)
         splits.append((x, torch.from_numpy(labels.astype(np.int64))))
     (x_train, y_train), (x_test, y_test) = splits
     if x_train.shape[1:] != x_test.shape[1:]:

@@ -119,8 +119,8 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
                 if writer.created and not writer.done:
                     writer.discard()
                 raise
-    run = Run(writer.path)
-    run.masks  # noqa: B018 -- builds the consolidated bit matrix for the analyses
+    run = Run(writer.path, check="structure")
+    run.masks  # noqa: B018 -- checks every mask file and builds the consolidated bit matrix for the analyses
     return run
 
 

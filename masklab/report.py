@@ -116,8 +116,7 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
                                        ("clustering", lambda r, rep, sh: _clustering(r, rep, sh, n_random))]
     if embedding and len(run.ids) >= 4:
         stages.append(("embedding", lambda r, rep, sh: _embedding(r, rep, sh, embedding_method)))
-    rebuildable = run.imported is None or run.meta["dataset"].get("name") is not None  # (imports without a model)
-    if interpolation and len(run.ids) >= 2 and pairs > 0 and rebuildable:
+    if interpolation and len(run.ids) >= 2 and pairs > 0 and run.has_architecture:
         stages.append(("interpolation", lambda r, rep, sh: _interpolation(r, rep, sh, pairs, points, random_state)))
     if any(run.has_extra(i, "snapshots") for i in run.ids):
         stages.append(("trajectories", _trajectories))

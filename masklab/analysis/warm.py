@@ -54,7 +54,12 @@ def warm_distances() -> None:
     masks = _random_masks(8)
     intersections(masks, per_layer=True, backend="numba")
     intersections(masks, _random_masks(8, 1), per_layer=True, backend="numba")
-    random_masks(masks, 4, random_state=0)  # the count fix-up kernel (masklab.analysis._numba_random)
+    random_masks(masks, 4, random_state=0)
+    # the count fix-up kernel: called directly, since random_masks takes numpy for inputs this small
+    from masklab.analysis._numba_random import flip_to_counts
+
+    flip_to_counts(np.zeros((2, 2), np.uint64), np.zeros(1, np.int64), np.ones(1, np.int64),
+                   np.array([[3, 5]], np.int64))
 
 
 def warm_analysis() -> None:

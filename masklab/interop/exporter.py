@@ -34,12 +34,8 @@ def _as_run(run):
     return run if isinstance(run, Run) else open_run(run)
 
 
-def _rebuildable(run) -> bool:
-    return run.imported is None or run.meta["dataset"].get("name") is not None
-
-
 def _need_model(run, what: str) -> None:
-    if not _rebuildable(run):
+    if not run.has_architecture:
         raise UserError(f"run {run.id} was imported without --model and --dataset, so it has no architecture for "
                         f"{what}; import the files again with --model M --dataset D (or export npz / hidden-networks)")
 
@@ -82,19 +78,20 @@ def plain_model(run, i: int | None = None) -> nn.Module:
                          f"{list(run.layers['layer'])}")
     model = _plainify(masked)
     if i is not None:
-        model.load_state_dict(effective_state(run, i))
+        model.load_state_dict(effective_state(run, i, keys=list(model.state_dict())))
     return model.eval()
 
 
 @torch.no_grad()
-def effective_state(run, i: int) -> OrderedDict:
-    """Mask i's state dict for `plain_model(run)`: each layer's effective weight and the BatchNorm buffers."""
+def effective_state(run, i: int, keys: list[str] | None = None) -> OrderedDict:
+    """Mask i's state dict for `plain_model(run)`: each layer's effective weight and the BatchNorm buffers.
+    `keys`: the plain model's state-dict keys, in its order (default: from `plain_model(run)`)."""
     from masklab.nn.layers import masked_layers
 
     model = run.model(i)
     layers = dict(masked_layers(model))
     state: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for key in plain_model(run).state_dict():  # (the plain model's keys, in its order)
+    for key in keys if keys is not None else plain_model(run).state_dict():
         module = key.rsplit(".", 1)[0]
         if module in layers and key.endswith(".weight"):
             state[key] = layers[module].effective_weight().detach().clone().contiguous()
@@ -112,7 +109,7 @@ def _layers(run, i: int) -> tuple[list[str], list[np.ndarray | None], list[np.nd
 
     names = list(run.layers["layer"])
     masks = run.mask_layers(i)
-    if _rebuildable(run):
+    if run.has_architecture:
         model = run.model(i)
         weights: list[np.ndarray | None] = []
         multiplied: list[np.ndarray | None] = []
@@ -187,12 +184,12 @@ def _hidden_networks(run, i: int) -> bytes:
         if imported.get("format") == "hidden-networks" else {}
 
     def name(ours: str) -> str:
-        return back.get(ours) or (hidden_networks.their_name(cfg.model, ours) if _rebuildable(run) else ours)
+        return back.get(ours) or (hidden_networks.their_name(cfg.model, ours) if run.has_architecture else ours)
 
     layers = []
     for ours, w, m in zip(names, weights, masks):
         assert w is not None
-        if _rebuildable(run) and w.ndim == 2:  # their linear layers are 1x1 convolutions
+        if run.has_architecture and w.ndim == 2:  # their linear layers are 1x1 convolutions
             w, m = w.reshape(*w.shape, 1, 1), m.reshape(*m.shape, 1, 1)
         layers.append((name(ours), w, m))
     theirs_buffers = {}

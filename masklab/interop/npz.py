@@ -89,6 +89,6 @@ def write(layers: list[tuple[str, np.ndarray | None, np.ndarray]], buffers: dict
     for name, value in buffers.items():
         arrays[name] = np.array(value)
     arrays[META] = np.array(json.dumps(meta, sort_keys=True))
-    out = io.BytesIO()
+    out = io.BytesIO()  # (not files.npz_bytes: its ascontiguousarray would turn the 0-d metadata into shape (1,))
     np.savez(out, **arrays)  # type: ignore[arg-type]
     return out.getvalue()

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from masklab.config import n_keep
 from masklab.errors import UserError
 
 TIE_BREAK = ("stable ascending sort of |scores|: among equal |scores| the lower flat index is pruned first "
@@ -34,9 +35,7 @@ def reference_keep_count(n: int, keep: float) -> int:
     return n - int((1 - keep) * n)
 
 
-def masklab_keep_count(n: int, sparsity: float) -> int:
-    """Weights a layer of `n` keeps under masklab's rule (masklab.nn.select.n_keep)."""
-    return n - int(sparsity * n)
+masklab_keep_count = n_keep  # weights a layer of `n` keeps under masklab's rule, `n - int(sparsity * n)`
 
 
 def biprop_gain_count(n: int, keep: float) -> int:

@@ -18,16 +18,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from masklab.config import n_keep  # noqa: F401 - (the keep rule; imported from here too)
+
 try:
     import numba
     from numba import njit, prange
 except ImportError:  # pragma: no cover - numba is a dependency, but keep a pure torch path
     numba = None  # type: ignore[assignment]
-
-
-def n_keep(n: int, sparsity: float) -> int:
-    """Number of weights kept in a layer of `n` weights: `n - int(sparsity * n)` (REFERENCE.md)."""
-    return n - int(sparsity * n)
 
 
 def topk_mask(values: torch.Tensor, k: int, absolute: bool = False) -> torch.Tensor:

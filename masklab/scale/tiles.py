@@ -207,8 +207,8 @@ def distances_to_file(masks, path: str | os.PathLike, metric: str = "hamming", p
     """
     import pandas as pd
 
-    from masklab.analysis.distances import ALL, METRICS, intersections, long_table, metric_values
-    from masklab.analysis.kernels import layer_bounds, row_counts
+    from masklab.analysis.distances import ALL, METRICS, _kept_with_total, intersections, long_table, metric_values
+    from masklab.analysis.kernels import layer_bounds
 
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
@@ -221,19 +221,18 @@ def distances_to_file(masks, path: str | os.PathLike, metric: str = "hamming", p
     layer_bits = masks.layers["n_bits"].to_numpy(np.int64)
     n_bits = np.concatenate([[layer_bits.sum()], layer_bits]) if per_layer else layer_bits.sum(keepdims=True)
     if path.suffix == ".npy":
-        per = row_counts(masks.bits, bounds)
-        kept = np.hstack([per.sum(1, keepdims=True), per]) if per_layer else per.sum(1, keepdims=True)
-
-        def to_metric(tile, rows_a, rows_b):
-            return metric_values(metric, tile, kept[rows_a[0]:rows_a[1]].T[:, :, None],
-                                 kept[rows_b[0]:rows_b[1]].T[:, None, :], n_bits[:, None, None])
-
         dtype = np.int64 if metric == "hamming" else np.float64
         n = masks.n_masks
         stored = np.lib.format.open_memmap(path, mode="w+", dtype=dtype,
                                            shape=(len(names), n, n) if per_layer else (n, n))
         square = stored if per_layer else stored[None]
         if client is not None:
+            kept = _kept_with_total(masks.bits, bounds, per_layer)
+
+            def to_metric(tile, rows_a, rows_b):
+                return metric_values(metric, tile, kept[rows_a[0]:rows_a[1]].T[:, :, None],
+                                     kept[rows_b[0]:rows_b[1]].T[:, None, :], n_bits[:, None, None])
+
             dask_intersection_counts(masks.bits, counts_bounds, client, with_total=per_layer, out=square,
                                      progress=progress, transform=to_metric, dtype=dtype)
         else:

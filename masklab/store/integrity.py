@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from masklab.config import UNHASHED, RunConfig, read_config
+from masklab.config import UNHASHED, RunConfig, n_keep, read_config
 from masklab.errors import StoreError, UserError, write_error
+from masklab.interop.rules import reference_keep_count
 from masklab.store import cache as C
 from masklab.store import files as F
 from masklab.store.bits import BIT_ORDER
@@ -110,38 +111,34 @@ RECORD_FIELDS: dict[str, tuple[str, Any, bool]] = {
 }
 
 
-def _record_fix(path: Path) -> str:
-    return F.repair_hint(path)
-
-
 def check_record(path: Path, record: Any, mask_id: int, layers: pd.DataFrame) -> dict:
     """`record` (read from `path`, the record of mask `mask_id`) if it has every required field with the
     right type and fits the layout; otherwise a StoreError naming the file and the field."""
     if not isinstance(record, dict):
-        raise StoreError(f"record {path} is not a JSON object; {_record_fix(path)}")
+        raise StoreError(f"record {path} is not a JSON object; {F.repair_hint(path)}")
     for name, (what, ok, required) in RECORD_FIELDS.items():
         if name not in record:
             if required:
-                raise StoreError(f"record {path} lacks the field {name!r}; {_record_fix(path)}")
+                raise StoreError(f"record {path} lacks the field {name!r}; {F.repair_hint(path)}")
             continue
         if not ok(record[name]):
             raise StoreError(f"record {path}: field {name!r} = {_short(record[name])} is not {what}; "
-                             f"{_record_fix(path)}")
+                             f"{F.repair_hint(path)}")
     if record["mask_id"] != mask_id:
         raise StoreError(f"record {path} is the record of mask {record['mask_id']}, not of mask {mask_id}; "
-                         f"{_record_fix(path)}")
+                         f"{F.repair_hint(path)}")
     if record["n_keep"] != [int(k) for k in layers["n_keep"]]:
         raise StoreError(f"record {path} keeps {record['n_keep']} weights per layer, the run's layout "
-                         f"{list(layers['n_keep'])}; {_record_fix(path)}")
+                         f"{list(layers['n_keep'])}; {F.repair_hint(path)}")
     for rel in [*record.get("extras", {}).values(), *record.get("files", {})]:
         parts = Path(rel).parts
         if not parts or Path(rel).is_absolute() or ".." in parts:
             raise StoreError(f"record {path}: refusing path {rel!r}: paths in a run must stay inside it; "
-                             f"{_record_fix(path)}")
+                             f"{F.repair_hint(path)}")
     unlisted = sorted(set(record.get("extras", {}).values()) - set(record.get("files", {})))
     if unlisted:
         raise StoreError(f"record {path} names extras without their checksums ({', '.join(unlisted)}); "
-                         f"{_record_fix(path)}")
+                         f"{F.repair_hint(path)}")
     return record
 
 
@@ -224,10 +221,10 @@ def expected_keep(n_bits: int, config: RunConfig) -> int | None:
     if config.keep_rule == "reference":
         if config.keep_fraction is None:
             return None
-        return n_bits - int((1 - config.keep_fraction) * n_bits)
+        return reference_keep_count(n_bits, config.keep_fraction)
     if config.keep_rule == "stored":
         return None
-    return n_bits - int(config.sparsity * n_bits)
+    return n_keep(n_bits, config.sparsity)
 
 
 def keep_rule_text(config: RunConfig) -> str:
@@ -266,10 +263,6 @@ def check_layout(path: Path, layers: pd.DataFrame, config: RunConfig, meta: dict
 # the import is (hashed into the config's `imported` digest, hence into the run id); the others say where it
 # came from (file names as given, what the checkpoints reported) and may differ between two imports of the same
 # files.
-def _str_or_null(v: Any) -> bool:
-    return v is None or isinstance(v, str)
-
-
 def _sources(v: Any) -> bool:
     return isinstance(v, list) and bool(v) and all(
         isinstance(x, dict) and _int(x.get("mask_id")) and _hex(x.get("sha256")) and _str(x.get("file"))

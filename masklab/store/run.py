@@ -220,15 +220,16 @@ class Run:
             return np.zeros((0, w), dtype=np.uint64)
         path = self.path / "masks.bits"
         sums = [r["checksum"] for r in self.records.values()]
-        if not self._contents_checked:  # opened with check="structure": every reader of the bits comes here
-            I.check_contents(self.path, self.records, w)
-            self._contents_checked = True
         bits = C.open_cache(path, self.ids, sums, w)
         if bits is not None:
+            if not self._contents_checked:  # opened with check="structure": every reader of the bits comes here
+                I.check_contents(self.path, self.records, w)
+                self._contents_checked = True
             return bits
         words = np.empty((n, w), dtype=np.uint64)
-        for row, (_, mask) in enumerate(I.checked_masks(self.path, self.records, w)):
+        for row, (_, mask) in enumerate(I.checked_masks(self.path, self.records, w)):  # each file checked once
             words[row] = mask
+        self._contents_checked = True
         try:
             C.write_cache(path, self.path, self.ids, sums, words)
         except WriteError:  # a read-only run or a full disk: keep the matrix in memory
@@ -297,6 +298,12 @@ class Run:
         section = self.meta.get("imported")
         return section if isinstance(section, dict) else None
 
+    @property
+    def has_architecture(self) -> bool:
+        """False only for a run imported without --model and --dataset: masks and weights, no network to
+        rebuild and no dataset."""
+        return self.imported is None or self.meta["dataset"].get("name") is not None
+
     def run_file_bytes(self, rel: str) -> bytes:
         """The bytes of a run-level file (run.json's `files`: an import's shared weights), checked."""
         info = self.meta.get("files", {}).get(rel)
@@ -354,7 +361,7 @@ class Run:
         if self._dataset is None:
             from masklab.data import load_config_dataset
 
-            if self.imported is not None and self.meta["dataset"].get("name") is None:
+            if not self.has_architecture:
                 raise StoreError(f"run {self.id} was imported without --model and --dataset: it holds masks and "
                                  "weights but no dataset; import the files again with --model M --dataset D")
 

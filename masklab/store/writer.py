@@ -16,6 +16,7 @@ import pandas as pd
 
 from masklab.config import RunConfig, read_config, to_toml
 from masklab.errors import StoreError, UserError, write_error
+from masklab.scale.shards import shard_masks
 from masklab.store import files as F
 from masklab.store import integrity as I
 from masklab.store.bits import BIT_ORDER, pack_layers
@@ -98,7 +99,7 @@ class RunWriter:
                 shard_lock = RunLock(path / "locks" / f"shard-{shard[0]}-of-{shard[1]}",
                                      what=f"shard {shard[0]}/{shard[1]} of run {path}").acquire()
             done = _check_existing(path, config, layers) if not created else set()
-            mine = [i for i in range(config.masks) if shard is None or i % shard[1] == shard[0]]
+            mine = list(range(config.masks)) if shard is None else shard_masks(config.masks, *shard)
             missing = [i for i in mine if i not in done]
             held = [i for i in mine if i in done]
             if missing and held and not created and not resume:
@@ -120,13 +121,11 @@ class RunWriter:
                 lock.release()
             raise
 
-    def mine(self, i: int) -> bool:
-        """Whether mask `i` is this writer's to train (every mask, or those of its shard)."""
-        return self.shard is None or i % self.shard[1] == self.shard[0]
-
     @property
     def missing(self) -> list[int]:
-        return [i for i in range(self.config.masks) if i not in self.done and self.mine(i)]
+        """This writer's masks (every mask, or those of its shard) not stored yet."""
+        mine = range(self.config.masks) if self.shard is None else shard_masks(self.config.masks, *self.shard)
+        return [i for i in mine if i not in self.done]
 
     def stored_elsewhere(self) -> set[int]:
         """Masks whose records other writers (other shards) have written since this one opened the run."""
@@ -281,14 +280,8 @@ def _remove_stale_tmp_dirs(runs: Path, run_id: str) -> None:
     """Remove `.tmp-<run_id>-<pid>-*` directories left by creators that were killed (pid gone)."""
     for tmp in runs.glob(f".tmp-{run_id}-*"):
         pid = tmp.name[len(f".tmp-{run_id}-"):].split("-")[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if pid.isdigit() and int(pid) != os.getpid() and not F.pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
-        except OSError:
-            pass
 
 
 def _sparse_map(maps: list[np.ndarray], identity: bool) -> dict[str, np.ndarray]:

@@ -75,7 +75,7 @@ def run_model(run, i: int, device: str | torch.device = "cpu") -> nn.Module:
 
     record, config = run.record(i), run.config
     imported = run.imported
-    if imported is not None and run.meta["dataset"].get("name") is None:
+    if not run.has_architecture:
         raise StoreError(f"run {run.id} was imported without --model and --dataset: it holds masks and weights "
                          "but no architecture to rebuild; import the files again with --model M --dataset D")
     shape = SimpleNamespace(input_shape=tuple(run.meta["dataset"]["input_shape"]),

@@ -282,11 +282,12 @@ def _recycle(config, layers, maps, t) -> list[int]:
     counts = [0] * K
     with torch.no_grad():
         for i, (_, layer) in enumerate(layers):
-            masks = layer.masks().clone()
-            for k in range(K):
-                if config.recycle == "iwr":
+            if config.recycle == "iwr":
+                for k in range(K):
                     counts[k] += iwr_apply(layer.weight[k], layer.scores[k], maps[i][k], rate, config.recycle_donors)
-                else:
+            else:
+                masks = layer.masks().clone()  # IteRand redraws the pruned weights of the masks before this step
+                for k in range(K):
                     counts[k] += iterand_apply(layer.weight[k], masks[k], maps[i][k], rate, i, config.weight_seed, t,
                                                config.resolved("weight_init"), config.resolved("scale_fan"),
                                                config.keep)
