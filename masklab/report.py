@@ -34,7 +34,7 @@ import pandas as pd
 
 from masklab.errors import UserError
 from masklab.store import files as F
-from masklab.units import metric_value, percent, shown_by_metric
+from masklab.units import metric_value, percent, shown_by_metric, signed_sd
 from masklab.units import points as points_text
 
 if TYPE_CHECKING:
@@ -225,12 +225,8 @@ def _distances(run: Run, report: Report, shared: Shared) -> None:
     for row in summary.itertuples():
         report.key_numbers[f"{row.metric} {row.layer}"] = (
             f"{metric_value(str(row.metric), float(row.mean))} (chance "
-            f"{metric_value(str(row.metric), float(row.baseline))}, {_sd(float(row.z_vs_chance))} sd of one "
+            f"{metric_value(str(row.metric), float(row.baseline))}, {signed_sd(float(row.z_vs_chance))} sd of one "
             "random pair)")
-
-
-def _sd(value: float) -> str:
-    return f"{value:+.1f}" if np.isfinite(value) else "n/a"
 
 
 def _consensus(run: Run, report: Report, shared: Shared) -> None:

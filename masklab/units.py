@@ -29,6 +29,11 @@ def points(value: float, digits: int = 2) -> str:
     return f"{100 * value:.{digits}f} points" if np.isfinite(value) else "n/a"
 
 
+def signed_sd(value: float) -> str:
+    """An effect size in standard deviations with its sign: 2.14 -> "+2.1"; "n/a" when not finite."""
+    return f"{value:+.1f}" if np.isfinite(value) else "n/a"
+
+
 def metric_value(metric: str, value: float) -> str:
     """A distance or overlap in its unit: matching in %, Jaccard and the Hamming distances as fractions."""
     if not np.isfinite(value):
@@ -55,7 +60,7 @@ def shown_accuracy(table: pd.DataFrame, columns: Sequence[str], kind: str = "per
     return out
 
 
-__all__ = ["PERCENT_METRICS", "metric_value", "percent", "points", "shown_accuracy",
+__all__ = ["PERCENT_METRICS", "metric_value", "percent", "points", "shown_accuracy", "signed_sd",
            "shown_by_metric"]
 
 

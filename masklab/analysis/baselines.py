@@ -21,14 +21,13 @@ is reported beside it as ``jaccard_iid`` (it and the exact value agree to O(1/n)
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from masklab.analysis.distances import ALL, METRICS, distances, metric_values
-from masklab.analysis.kernels import layer_bounds, row_counts
+from masklab.analysis.kernels import before_load, layer_bounds, row_counts
 from masklab.errors import UserError
 from masklab.store.bits import MaskSet
 
@@ -532,8 +531,7 @@ def _flip_kernel(n_candidates: int | None = None):
     """The numba kernel of `_flip_some`, or None without numba, or for fewer than `SMALL_FLIP_DRAWS`
     candidates while the kernel is not loaded yet (its first use in a process costs ~0.2 s; numpy makes the
     same choice)."""
-    if (n_candidates is not None and n_candidates < SMALL_FLIP_DRAWS
-            and "masklab.analysis._numba_random" not in sys.modules):
+    if n_candidates is not None and before_load(n_candidates, SMALL_FLIP_DRAWS, "masklab.analysis._numba_random"):
         return None
     try:
         from masklab.analysis._numba_random import flip_to_counts

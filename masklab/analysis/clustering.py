@@ -45,6 +45,7 @@ from scipy.spatial.distance import squareform
 from masklab.analysis.hdbscan import hdbscan_labels
 from masklab.errors import UserError
 from masklab.store.bits import MaskSet
+from masklab.units import signed_sd
 
 LINKAGE_METHODS = ("average", "ward", "complete", "single")
 CLUSTER_METHODS = ("average", "ward", "hdbscan")
@@ -452,12 +453,8 @@ class StructureTest:
         # are a few thousandths)
         d = max(3, 1 - int(np.floor(np.log10(sd)))) if np.isfinite(sd) and sd > 0 else 3
         return (f"{self.verdict()}: best silhouette {row['observed']:.{d}f} vs {row['random_mean']:.{d}f} "
-                f"(sd {sd:.{d}f}) for random masks, {_signed(row['effect_sd'])} sd; "
+                f"(sd {sd:.{d}f}) for random masks, {signed_sd(row['effect_sd'])} sd; "
                 f"{format_p(row['p_value'], n_random)}; {n_masks} masks, {n_random} random sets")
-
-
-def _signed(x: float) -> str:
-    return f"{x:+.1f}" if np.isfinite(x) else "n/a"
 
 
 def format_p(p: float, n_random: int) -> str:

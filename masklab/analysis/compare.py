@@ -70,7 +70,7 @@ def compare_runs(run_a: Run, run_b: Run, metrics: tuple[str, ...] = COMPARE_METR
     done("across")
     for label, masks in (("within A", a), ("within B", b)):
         if len(masks) >= 2:
-            parts[label] = with_baseline(distances(masks, metric=list(metrics), per_layer=True), masks)
+            parts[label] = distances(masks, metric=list(metrics), per_layer=True)  # (chance: from `cross`)
         done(label)
     rows = [table.groupby(["layer", "metric"], sort=False)["value"].mean().rename("mean").reset_index()
             .assign(pairs=label) for label, table in parts.items()]

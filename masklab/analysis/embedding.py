@@ -97,7 +97,7 @@ def embed(dist, method: str = "auto", random_state: int = 0, *, n_neighbors: int
     if method == "umap":
         xy = _umap(matrix, random_state, n_neighbors, min_dist)
     elif method == "mds":
-        xy = _mds(matrix, random_state)
+        xy = smacof(matrix)[0]  # deterministic: random_state has nothing to seed
     else:
         xy = _tsne(matrix, random_state, perplexity)
     return pd.DataFrame({"mask_id": ids, "x": xy[:, 0], "y": xy[:, 1], "method": method}, columns=COLUMNS)
@@ -174,10 +174,6 @@ def cache_umap_kernels() -> list[str]:
             continue
         done.append(name)
     return done
-
-
-def _mds(matrix: np.ndarray, random_state: int) -> np.ndarray:
-    return smacof(matrix)[0]
 
 
 def classical_mds(matrix: np.ndarray, n_components: int = 2) -> np.ndarray:

@@ -160,8 +160,7 @@ def _bfs(left: list[int], right: list[int], n: int, root: int) -> list[int]:
 class _Condensed:
     """Rows (parent, child, lambda, size) of the condensed tree, in the order `_condense_tree` appends them."""
 
-    def __init__(self, n_points: int) -> None:
-        self.n_points = n_points
+    def __init__(self) -> None:
         self.parent: list[int] = []
         self.child: list[int] = []
         self.lam: list[float] = []
@@ -180,7 +179,7 @@ def _condense_tree(tree: tuple[list, list, list, list], min_cluster_size: int) -
     left, right, value, sizes = tree
     n = len(left) + 1
     root = 2 * (n - 1)
-    out = _Condensed(n)
+    out = _Condensed()
     relabel = [0] * (root + 1)
     relabel[root] = n
     next_label = n + 1

@@ -56,12 +56,18 @@ def resolve_backend(backend: str, word_pairs: int | None = None) -> str:
         return backend
     if _cuda_available():
         return "torch"
-    if word_pairs is not None and word_pairs < SMALL_WORD_PAIRS and _KERNEL_MODULE not in sys.modules:
+    if word_pairs is not None and before_load(word_pairs, SMALL_WORD_PAIRS, _KERNEL_MODULE):
         return "numpy"
     return "numba" if _numba_available() else "numpy"
 
 
 _KERNEL_MODULE = "masklab.analysis._numba_kernels"
+
+
+def before_load(work: int, small: int, module: str) -> bool:
+    """Whether `work` below `small` should go to numpy because the numba kernel `module` is not loaded yet
+    in this process: loading it (~0.2-0.5 s) costs more than numpy spends on so little."""
+    return work < small and module not in sys.modules
 
 
 def _cuda_available() -> bool:
