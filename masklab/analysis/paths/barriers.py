@@ -100,32 +100,32 @@ def barrier_correlation(df: pd.DataFrame, against: str = "hamming_norm", *,
             if name not in g.columns:
                 continue
             y = g[name].to_numpy(dtype=float)
-            ok = np.isfinite(x) & np.isfinite(y)
-            row = {"path": path, "barrier": name, "against": against, "n": int(ok.sum()), "pearson_r": np.nan,
-                   "pearson_p": np.nan, "spearman_rho": np.nan, "spearman_p": np.nan}
-            if ok.sum() >= max(3, int(min_pairs)) and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
-                from scipy import stats
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    r, p = stats.pearsonr(x[ok], y[ok])
-                    rho, sp = stats.spearmanr(x[ok], y[ok])
-                row.update(pearson_r=float(r), pearson_p=float(p), spearman_rho=float(rho), spearman_p=float(sp))
-            rows.append(row)
+            n, values = _correlations(x, y, min_pairs)
+            rows.append({"path": path, "barrier": name, "against": against, "n": n, **values})
     return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
 
 
 def spearman(x: np.ndarray, y: np.ndarray, *, min_pairs: int = MIN_CORRELATION_PAIRS) -> float:
     """Spearman's rho of finite (x, y) pairs; NaN below `min_pairs` pairs or for a constant column."""
+    return _correlations(x, y, min_pairs)[1]["spearman_rho"]
+
+
+def _correlations(x, y, min_pairs: int) -> tuple[int, dict[str, float]]:
+    """(finite pairs, Pearson r and p, Spearman rho and p): NaN below `min_pairs` (at least 3) pairs or for a
+    constant column."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y)
+    out = dict.fromkeys(("pearson_r", "pearson_p", "spearman_rho", "spearman_p"), float("nan"))
     if ok.sum() < max(3, int(min_pairs)) or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return float("nan")
+        return int(ok.sum()), out
     from scipy import stats
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(stats.spearmanr(x[ok], y[ok])[0])
+        r, p = stats.pearsonr(x[ok], y[ok])
+        rho, sp = stats.spearmanr(x[ok], y[ok])
+    out.update(pearson_r=float(r), pearson_p=float(p), spearman_rho=float(rho), spearman_p=float(sp))
+    return int(ok.sum()), out
 
 
 __all__ = ["BARRIER_COLUMNS", "CURVE_KEYS", "barrier", "barrier_correlation", "curve_barrier", "curve_error",

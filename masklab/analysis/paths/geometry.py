@@ -188,7 +188,7 @@ def path_points(a: Subnet, b: Subnet, path: str = "soft", points: int = DEFAULT_
 def _soft(a, b, wa, wb, differ, points) -> Iterator[PathPoint]:
     fa = [m.float() for m in a.masks]
     fb = [m.float() for m in b.masks]
-    d = sum(int((x != y).sum()) for x, y in zip(a.masks, b.masks))
+    d = distance(a.masks, b.masks)
     for j in range(points):
         t = j / (points - 1)
         masks: list[torch.Tensor] = []
@@ -210,8 +210,7 @@ def distance(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> int:
 
 
 def _distances(masks, a, b) -> tuple[int, int]:
-    return (sum(int((m != x).sum()) for m, x in zip(masks, a.masks)),
-            sum(int((m != y).sum()) for m, y in zip(masks, b.masks)))
+    return distance(masks, a.masks), distance(masks, b.masks)
 
 
 def _hamming(a, b, wa, wb, differ, points, order, order_index, random_state) -> Iterator[PathPoint]:
