@@ -53,7 +53,7 @@ def prepare(config: RunConfig, data=None):
         raise UserError("this config is an imported run's (masklab import): its masks were trained elsewhere and "
                         "masklab cannot train more of them; generate a new run without the import fields")
     config.validate()
-    resolve_device(config.device)
+    resolve_device(config.device)  # a bad --device fails here, before any data is loaded
     if data is None and config.dataset == "synthetic":  # its shape is the config's: check before making the data
         check_fits(config, synthetic_shape(config), 10)
     dataset = data if data is not None else load_config_dataset(config)
@@ -139,7 +139,7 @@ def resume_config(run: str | os.PathLike, runs_dir: str | os.PathLike | None, ch
     `runs_dir`): the run's own config.toml with `changes` applied. A change that would make another run
     (a hashed field, or `name`) is refused naming the fields; `masks` may only be raised (extending
     the run); fields that do not change the masks (device, stack, data_root) are taken as given."""
-    from masklab.store.run import Run, resolve_run
+    from masklab.store.run import resolve_run
 
     path = resolve_run(run, runs_dir)
     stored = Run(path, check="structure").config  # (the writer checks the run in full when it opens it)

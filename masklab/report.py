@@ -79,6 +79,14 @@ class Shared:
     labels: pd.DataFrame | None = None             # clustering: cluster labels per mask_id
     structure: StructureTest | None = None         # clustering: the structure test against random masks
     figure_seconds: float = 0.0                    # time spent drawing and writing figures so far
+    lap_mark: tuple[float, float] = (0.0, 0.0)     # (clock, figure_seconds) at the last `lap`
+
+    def lap(self) -> float:
+        """Seconds since the last call, less the figures drawn meanwhile (counted in `figure_seconds`)."""
+        now, drawn = time.perf_counter(), self.figure_seconds
+        seconds = now - self.lap_mark[0] - (drawn - self.lap_mark[1])
+        self.lap_mark = (now, drawn)
+        return seconds
 
 
 Stage = Callable[["Run", Report, Shared], None]
@@ -124,9 +132,9 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
                leave=False)
     for name, stage in stages:
         bar.set_description(f"analyze: {name}")
-        start, drawn = time.perf_counter(), shared.figure_seconds
+        shared.lap()
         stage(run, report, shared)
-        report.seconds[name] = time.perf_counter() - start - (shared.figure_seconds - drawn)
+        report.seconds[name] = shared.lap()
         bar.update(1)
     report.seconds["figures"] = shared.figure_seconds
     bar.set_description("analyze: tables")
@@ -527,12 +535,10 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
     steps = ["across", "within A", "within B"] + (["embedding"] if embedding and len(run_a) + len(run_b) >= 4
                                                   else []) + ["tables"]
     bar = tqdm(total=len(steps), disable=quiet, unit="step", desc="compare", dynamic_ncols=True, leave=False)
-    clock = [time.perf_counter(), 0.0]
+    shared.lap()
 
     def step(label: str) -> None:
-        now = time.perf_counter()
-        report.seconds[label] = now - clock[0] - (shared.figure_seconds - clock[1])
-        clock[0], clock[1] = now, shared.figure_seconds
+        report.seconds[label] = shared.lap()
         bar.update(1)
         bar.set_description(f"compare: {label} done")
 

@@ -296,9 +296,13 @@ def _cophenetic(matrix: np.ndarray, method: str, squared: bool = True) -> float:
     condensed = _tree_distances(matrix, method, squared)
     if np.ptp(condensed) == 0:
         return float("nan")
+    return _cophenet(_linkage(matrix, method, squared, optimal=False), condensed)
+
+
+def _cophenet(linkage: np.ndarray, condensed: np.ndarray) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return float(hierarchy.cophenet(_linkage(matrix, method, squared, optimal=False), condensed)[0])
+        return float(hierarchy.cophenet(linkage, condensed)[0])
 
 
 def cluster_summary(dist, labels: pd.DataFrame, *, squared: bool = True) -> pd.DataFrame:
@@ -346,11 +350,7 @@ def _statistics(matrix, method, squared, ks) -> dict[str, float]:
         value = _silhouette(matrix, cuts.labels(k))
         if np.isfinite(value) and not value <= best:
             best = value
-    cophenetic = float("nan")
-    if n >= 3 and np.ptp(condensed) > 0:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            cophenetic = float(hierarchy.cophenet(linkage, condensed)[0])
+    cophenetic = _cophenet(linkage, condensed) if n >= 3 and np.ptp(condensed) > 0 else float("nan")
     return {"silhouette": best, "cophenetic": cophenetic}
 
 
