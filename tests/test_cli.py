@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 import masklab
-from masklab import cli
 from masklab import config as config_module
 from masklab.cli import main
+from masklab.cli import runs as cli_runs
+from masklab.cli.text import bytes_text
 from masklab.config import RunConfig
 
 TINY = ["--masks", "2", "--epochs", "1", "--width", "0.25"]
@@ -82,7 +83,7 @@ def test_one_definition_of_bytes_per_mask(made, capsys):
     assert size["mask file"] == 64 + 8 * run.n_words == (run.path / "masks" / "000000.mask").stat().st_size
     extras = run.disk_bytes()["total"].mean()
     assert size["mask with its extras"] == pytest.approx(extras) and extras > size["mask file"]
-    text = cli.bytes_text(run)
+    text = bytes_text(run)
     assert text == (f"{size['mask file']:,.0f} bytes per mask file, {extras:,.0f} per mask with its record and "
                     "extras")
     assert text in out.strip().splitlines()[-2]  # generate's summary line
@@ -527,7 +528,7 @@ def test_an_internal_error_is_exit_1_without_traceback(monkeypatch, capsys):
     def broken(args):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli, "cmd_runs", broken)
+    monkeypatch.setattr(cli_runs, "cmd_runs", broken)
     assert main(["runs"]) == 1
     err = capsys.readouterr().err
     assert err == "masklab: internal error: RuntimeError: boom (rerun with MASKLAB_DEBUG=1 for the traceback)\n"

@@ -185,7 +185,7 @@ def test_the_job_array_carries_its_size_resources_and_setup(tmp_path):
 def test_slurm_options_come_from_the_config_table_and_the_flags(tmp_path):
     import argparse
 
-    from masklab.cli import slurm_options
+    from masklab.cli.options import slurm_options
 
     config = tmp_path / "run.toml"
     config.write_text('masks = 8\n\n[slurm]\npartition = "gpu"\ntime = 120\nsetup = ["module load cuda"]\n')
