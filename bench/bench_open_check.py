@@ -26,8 +26,9 @@ import numpy as np
 from masklab.config import RunConfig
 from masklab.store import files as F
 from masklab.store.bits import make_layout
-from masklab.store.integrity import expected_keep
+from masklab.store.paths import stem
 from masklab.store.run import Run
+from masklab.store.schema import expected_keep
 from masklab.store.writer import _write_new_run
 
 CONV4 = [("conv1", (64, 3, 3, 3)), ("conv2", (64, 64, 3, 3)), ("conv3", (128, 64, 3, 3)), ("conv4", (128, 128, 3, 3)),
@@ -48,11 +49,11 @@ def make_run(root: Path, n_masks: int) -> Path:
     for i in range(n_masks):
         words = rng.integers(0, 2**63, size=n_words, dtype=np.uint64)
         data, checksum = F.mask_bytes(i, words)
-        F.atomic_write(path / "masks" / f"{F.stem(i)}.mask", data, durable=False)
+        F.atomic_write(path / "masks" / f"{stem(i)}.mask", data, durable=False)
         record = {"mask_id": i, "weight_seed": 0, "score_seed": i, "data_seed": 0, "test_acc": 0.5,
                   "best_test_acc": 0.5, "test_loss": 1.0, "seconds": 1.0, "epochs": 1, "checksum": checksum,
                   "n_keep": [int(k) for k in layers["n_keep"]], "extras": {}, "files": {}}
-        F.atomic_write_json(path / "masks" / f"{F.stem(i)}.json", record)
+        F.atomic_write_json(path / "masks" / f"{stem(i)}.json", record)
     Run(path, check="structure").masks  # noqa: B018 -- writes masks.bits
     return path
 

@@ -139,7 +139,7 @@ def resume_config(run: str | os.PathLike, runs_dir: str | os.PathLike | None, ch
     `runs_dir`): the run's own config.toml with `changes` applied. A change that would make another run
     (a hashed field, or `name`) is refused naming the fields; `masks` may only be raised (extending
     the run); fields that do not change the masks (device, stack, data_root) are taken as given."""
-    from masklab.store.run import resolve_run
+    from masklab.store.paths import resolve_run
 
     path = resolve_run(run, runs_dir)
     stored = Run(path, check="structure").config  # (the writer checks the run in full when it opens it)

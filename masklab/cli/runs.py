@@ -8,7 +8,8 @@ from masklab.cli.text import bytes_text, differs, frame_text, value_text
 from masklab.errors import UserError
 from masklab.store.files import restore_hint
 from masklab.store.integrity import verify
-from masklab.store.run import list_runs, open_run, resolve_run
+from masklab.store.paths import resolve_run
+from masklab.store.run import list_runs, open_run
 from masklab.units import shown_accuracy
 
 

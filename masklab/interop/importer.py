@@ -9,7 +9,7 @@ What the run records (run.json's `imported` section, see docs/interop.md): the f
 it came from, the keep rule and its rate, the tie-break, whether the weights are shared, the layer mapping
 (their key -> our layer), the per-layer counts, Biprop's gain counts, and per source its file, size, sha256
 and what the checkpoint reported (epoch, arch, best_acc1, ...). Its digest (sha256 of the sources' sha256s
-and the rule, see store.integrity.import_digest) is the config's `imported` field, so the run id
+and the rule, see store.schema.import_digest) is the config's `imported` field, so the run id
 `<name>-<hash8>` names exactly these files imported this way: importing them again finds the same run.
 """
 
@@ -30,7 +30,7 @@ from masklab.errors import StoreError, UserError
 from masklab.interop import hidden_networks, npz, rules, torch_prune
 from masklab.interop.checkpoint import read_bytes, sha256
 from masklab.interop.source import Source, buffer_base
-from masklab.store import integrity as I
+from masklab.store import schema as S
 from masklab.store.bits import make_layout
 
 READERS: dict[str, Callable[[Path, bytes, str], Source]] = {
@@ -402,7 +402,7 @@ def plan_import(paths, format: str = "hidden-networks", *, keep: float | None = 
                "n_keep": counts, "gain_counts": gain_counts, "weights_dtype": sorted(dtypes),
                "different_weights": None if differs is None else {"file": str(differs[0]), "layer": differs[1]}}
     default = f"import-{format}" + (f"-{model}" if model else "")
-    digest = I.import_digest(section)
+    digest = S.import_digest(section)
     section["digest"] = digest
     config = RunConfig(dataset=dataset or NO_MODEL, model=model or NO_MODEL, width=float(width), method=method,
                        sparsity=shown_sparsity, keep_rule=keep_rule, keep_fraction=keep_fraction,

@@ -1,4 +1,4 @@
-"""Files of a run directory: atomic writes, checksums, the mask file format, safe paths.
+"""Files of a run directory: atomic writes, checksums, the mask file format (names and paths: paths.py).
 
 Every file is written whole or not at all: the bytes go to a hidden temporary file beside the target
 (`.<name>.tmp-<pid>-<random>`), which is fsynced and then renamed over the target, and the directory is
@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import secrets
 import stat
 import struct
@@ -349,34 +348,3 @@ def read_checked(path: Path, size: int, checksum_hex: str, what: str) -> bytes:
     if checksum(data) != checksum_hex:
         raise StoreError(f"{path} fails its checksum (corrupt) ({fix})")
     return data
-
-
-# ---- names and paths ------------------------------------------------------------------------------------
-RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
-
-
-def check_run_id(text: str) -> str:
-    if not RUN_ID_RE.fullmatch(text) or ".." in text:
-        raise StoreError(f"{text!r} is not a run id (letters, digits, '.', '_', '+', '-'; no slashes); "
-                         "pass a run id from `masklab runs` or the path of a run directory")
-    return text
-
-
-def inside(root: Path, relative: str) -> Path:
-    """`root / relative`, refusing absolute paths and anything that leaves `root`."""
-    rel = Path(relative)
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-        raise StoreError(f"refusing path {relative!r} in run {root}: paths in a run must stay inside it")
-    path = root / rel
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        raise StoreError(f"refusing path {relative!r} in run {root}: it leaves the run directory") from None
-    return path
-
-
-def stem(mask_id: int) -> str:
-    """File stem of mask `mask_id`: six digits (more when needed)."""
-    if not isinstance(mask_id, (int, np.integer)) or isinstance(mask_id, bool) or mask_id < 0:
-        raise StoreError(f"mask id {mask_id!r} is invalid: mask ids are integers >= 0")
-    return f"{int(mask_id):06d}"

@@ -1,5 +1,5 @@
-"""Run metadata: the contents of run.json (format, layout records, software versions, git commit)
-and the helpers that read it. Shared by the reader (store/run.py) and the writer (store/writer.py)."""
+"""Run metadata: the contents of run.json (format, layout records, software versions, git commit) and of
+config.toml, and the helpers that read them. Shared by the reader (store/run.py) and the writer (store/writer.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 import masklab
+from masklab.config import RunConfig, to_toml
 from masklab.errors import StoreError
 from masklab.store.bits import make_layout
 
@@ -69,3 +70,9 @@ def layout_frame(records: list[dict], where: str | os.PathLike = "run.json") -> 
             raise StoreError(f"layer {r['layer']!r} in {where} has an inconsistent word range or size; the "
                              "run's metadata is damaged: restore run.json from a copy of the run")
     return layers
+
+
+def config_toml(config: RunConfig) -> str:
+    """The text of a run's config.toml: every field of `config`, defaults included."""
+    head = "# masklab run config: every field, defaults included. Usable as `masklab generate --config`.\n"
+    return head + to_toml(config.to_dict())

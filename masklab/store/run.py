@@ -12,7 +12,7 @@ Layout of `runs/<run_id>/` (all names are fixed; nothing in it is ever unpickled
                             never a link
     masks/000003.mask       mask 3: 64-byte header + packed words (see store/files.py)
     masks/000003.json       mask 3's registry record: seeds, metrics, seconds, checksums of its files
-                            (fields and types: integrity.RECORD_FIELDS). Written last: a mask exists
+                            (fields and types: schema.RECORD_FIELDS). Written last: a mask exists
                             once its record does.
     extras/000003.history.csv         per-epoch metrics
     extras/000003.scores.npy          final scores, float16, all layers concatenated (--keep-scores)
@@ -36,7 +36,7 @@ Layout of `runs/<run_id>/` (all names are fixed; nothing in it is ever unpickled
                             trains mask 3 again. Never read by masklab.
 
 Every open (`Run(path)`) checks the metadata, the records and the words of every mask file and of
-masks.bits (store/integrity.py); `Run.verify()` / `masklab verify RUN [--repair]` checks everything in
+masks.bits (store/schema.py, store/contents.py); `Run.verify()` / `masklab verify RUN [--repair]` checks everything in
 full. Every write goes through store/files.py: whole or not at all, and never through a symbolic link
 (a link where masklab writes is refused, naming it, before anything is written).
 """
@@ -46,7 +46,6 @@ from __future__ import annotations
 import io
 import operator
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +53,16 @@ import numpy as np
 import pandas as pd
 
 from masklab.config import RunConfig, method_label, read_config
-from masklab.errors import StoreError, UserError, WriteError
+from masklab.errors import StoreError, UserError
 from masklab.store import cache as C
+from masklab.store import contents as CT
 from masklab.store import files as F
 from masklab.store import integrity as I
+from masklab.store import schema as S
 from masklab.store.bits import MaskSet, unpack_words
 from masklab.store.meta import RUN_FORMAT, layout_frame, read_json
+from masklab.store.paths import RECORD_RE, inside, resolve_run, stem
 from masklab.units import ranges
-
-RECORD_RE = re.compile(r"(\d{6,})\.json")
 
 # Registry columns shown first, in this order; other scalar fields of a record follow.
 TABLE_COLUMNS = ["mask_id", "weight_seed", "score_seed", "data_seed", "test_acc", "best_test_acc", "best_epoch",
@@ -78,8 +78,8 @@ class Run:
     """
 
     def __init__(self, path: str | os.PathLike, *, check: str = "contents"):
-        """Open the run directory `path`, checking it (see store/integrity.py): its metadata, config and
-        records always; with `check="contents"` (the default) also the words of every mask file and of
+        """Open the run directory `path`, checking it (see store/schema.py and store/contents.py): its metadata,
+        config and records always; with `check="contents"` (the default) also the words of every mask file and of
         masks.bits against the records' checksums. `check="structure"` leaves the words until `masks` is
         first read (they are checked then). Any problem is a StoreError naming the file."""
         if check not in ("contents", "structure"):
@@ -92,18 +92,18 @@ class Run:
         if isinstance(self.meta, dict) and self.meta.get("format") != RUN_FORMAT:
             raise StoreError(f"{self.path}/run.json has format {self.meta.get('format')!r}; this masklab "
                              f"reads format {RUN_FORMAT}")
-        I.check_meta(self.path, self.meta)
+        S.check_meta(self.path, self.meta)
         try:
             self.config: RunConfig = read_config(self.path / "config.toml")
         except UserError as e:
             raise StoreError(f"run {self.path}: {e}; `masklab verify {self.path} --repair` restores it from "
                              "run.json") from None
-        I.check_config(self.path, self.config, self.meta)
+        S.check_config(self.path, self.config, self.meta)
         self.id: str = self.meta["run_id"]
         self.hash: str = self.meta["hash"]
         self.layers: pd.DataFrame = layout_frame(self.meta["layers"], self.path / "run.json")
-        I.check_layout(self.path, self.layers, self.config, self.meta)
-        I.check_run_files(self.path, self.meta)
+        S.check_layout(self.path, self.layers, self.config, self.meta)
+        S.check_run_files(self.path, self.meta)
         self.n_words: int = int(self.meta["n_words"])
         self._check = check
         self._masks: MaskSet | None = None
@@ -120,7 +120,7 @@ class Run:
             m = RECORD_RE.fullmatch(name)
             if not m:
                 continue
-            record = I.check_record(mask_dir / name, read_json(mask_dir / name), int(m.group(1)), self.layers)
+            record = S.check_record(mask_dir / name, read_json(mask_dir / name), int(m.group(1)), self.layers)
             mask_file = mask_dir / f"{m.group(1)}.mask"
             size = mask_file.stat().st_size if mask_file.is_file() else None
             if size != F.mask_file_size(self.n_words):
@@ -137,7 +137,7 @@ class Run:
         self._masks = None
         self._contents_checked = False  # the words of the mask files and masks.bits, since the last refresh
         if self._check == "contents":
-            I.check_contents(self.path, self.records, self.n_words)
+            CT.check_contents(self.path, self.records, self.n_words)
             self._contents_checked = True
         return self
 
@@ -192,7 +192,7 @@ class Run:
     # ---- masks -----------------------------------------------------------------------------------------
     def mask_path(self, i: int) -> Path:
         self.record(i)
-        return self.path / "masks" / f"{F.stem(i)}.mask"
+        return self.path / "masks" / f"{stem(i)}.mask"
 
     def mask_words(self, i: int) -> np.ndarray:
         """Mask `i`'s packed words, read from its own file and checked against its checksum."""
@@ -213,7 +213,7 @@ class Run:
 
     def _bits(self) -> np.ndarray:
         """The N x W words from masks.bits when it is current (checked against the mask files once, see
-        integrity.check_contents), else rebuilt from the checked mask files and written atomically (kept in
+        contents.check_contents), else rebuilt from the checked mask files and written atomically (kept in
         memory where the run cannot be written)."""
         n, w = len(self.records), self.n_words
         if n == 0:
@@ -223,18 +223,12 @@ class Run:
         bits = C.open_cache(path, self.ids, sums, w)
         if bits is not None:
             if not self._contents_checked:  # opened with check="structure": every reader of the bits comes here
-                I.check_contents(self.path, self.records, w)
+                CT.check_contents(self.path, self.records, w)
                 self._contents_checked = True
             return bits
-        words = np.empty((n, w), dtype=np.uint64)
-        for row, (_, mask) in enumerate(I.checked_masks(self.path, self.records, w)):  # each file checked once
-            words[row] = mask
+        words = CT.build_cache(self.path, self.records, w)  # each mask file checked once
         self._contents_checked = True
-        try:
-            C.write_cache(path, self.path, self.ids, sums, words)
-        except WriteError:  # a read-only run or a full disk: keep the matrix in memory
-            return words
-        return np.memmap(path, dtype="<u8", mode="r", offset=C.words_offset(n), shape=(n, w))
+        return words
 
     # ---- extras ---------------------------------------------------------------------------------------
     def _extra_path(self, i: int, kind: str) -> Path:
@@ -244,7 +238,7 @@ class Run:
             hint = {"scores": "generate the run with --keep-scores",
                     "snapshots": "generate the run with --snapshot-every E"}.get(kind, "")
             raise StoreError(f"run {self.id} keeps no {kind} for mask {i}" + (f"; {hint}" if hint else ""))
-        return F.inside(self.path, rel)
+        return inside(self.path, rel)
 
     def _extra_bytes(self, i: int, kind: str) -> bytes:
         """The bytes of mask `i`'s extra `kind`, checked against the size and checksum of its record."""
@@ -309,7 +303,7 @@ class Run:
         info = self.meta.get("files", {}).get(rel)
         if info is None:
             raise StoreError(f"run {self.id} has no file {rel}")
-        return I.read_run_file(self.path, rel, info)
+        return CT.read_run_file(self.path, rel, info)
 
     def weights(self, i: int) -> list[np.ndarray] | None:
         """The stored weights mask `i` computes with, per layer (float32): its own (dense runs, imports of
@@ -392,9 +386,9 @@ class Run:
         rows = []
         for i, record in self.records.items():
             sizes = {"mask": F.mask_file_size(self.n_words),
-                     "record": (self.path / "masks" / f"{F.stem(i)}.json").stat().st_size}
+                     "record": (self.path / "masks" / f"{stem(i)}.json").stat().st_size}
             for kind, rel in record.get("extras", {}).items():
-                sizes[kind] = F.inside(self.path, rel).stat().st_size
+                sizes[kind] = inside(self.path, rel).stat().st_size
             rows.append({"mask_id": i, **sizes, "total": sum(sizes.values())})
         return pd.DataFrame(rows)
 
@@ -433,30 +427,6 @@ class Run:
 
 
 # ---- finding runs -------------------------------------------------------------------------------------------
-def resolve_run(path_or_id: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> Path:
-    """A run directory from a path, a run id under `runs_dir` (default `runs`) or a unique id prefix."""
-    text = os.fspath(path_or_id)
-    path = Path(text)
-    if (path / "run.json").is_file():
-        return path
-    runs = Path(runs_dir if runs_dir is not None else "runs")
-    if os.sep in text or text.startswith("."):
-        if path.exists():
-            raise StoreError(f"{text} is not a masklab run directory (no run.json)")
-        raise StoreError(f"no run directory {text}; `masklab runs` lists the runs under {runs}")
-    F.check_run_id(text)
-    if (runs / text / "run.json").is_file():
-        return runs / text
-    matches = sorted(p.name for p in runs.iterdir() if p.name.startswith(text) and (p / "run.json").is_file()) \
-        if runs.is_dir() else []
-    if len(matches) == 1:
-        return runs / matches[0]
-    if len(matches) > 1:
-        raise StoreError(f"{text!r} matches {len(matches)} runs under {runs} ({', '.join(matches[:5])}); "
-                         "give more of the id")
-    raise StoreError(f"no run {text!r} under {runs}; `masklab runs --runs-dir DIR` lists the runs")
-
-
 def open_run(path_or_id: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> Run:
     """Open a run directory by path or by run id (under `runs_dir`, default `runs`)."""
     return Run(resolve_run(path_or_id, runs_dir))

@@ -14,15 +14,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from masklab.config import RunConfig, read_config, to_toml
+from masklab.config import RunConfig, read_config
 from masklab.errors import StoreError, UserError, write_error
 from masklab.scale.shards import shard_masks
 from masklab.store import files as F
-from masklab.store import integrity as I
+from masklab.store import schema as S
 from masklab.store.bits import BIT_ORDER, pack_layers
 from masklab.store.lock import RunLock
-from masklab.store.meta import RUN_FORMAT, git_commit, layout_frame, layout_records, now, read_json, software_versions
-from masklab.store.run import RECORD_RE, Run
+from masklab.store.meta import (
+    RUN_FORMAT,
+    config_toml,
+    git_commit,
+    layout_frame,
+    layout_records,
+    now,
+    read_json,
+    software_versions,
+)
+from masklab.store.paths import RECORD_RE, check_run_id, stem
+from masklab.store.run import Run
 
 
 class RunWriter:
@@ -51,12 +61,12 @@ class RunWriter:
         the run lock is taken shared and the shard's own lock exclusively, so that the N shards can write
         at once; "incomplete" and "missing" then mean this shard's masks.
 
-        `run_files` (name -> bytes; names from integrity.RUN_FILES) are written into a new run's directory
+        `run_files` (name -> bytes; names from schema.RUN_FILES) are written into a new run's directory
         before it is renamed into place, and listed with their sizes and checksums in run.json's `files`;
         `meta_extra` adds fields to a new run's run.json (an import's `imported` section). Both are for
         `masklab import`; an existing run is opened as it is (its config hash covers them)."""
         runs = Path(runs_dir)
-        path = runs / F.check_run_id(config.run_id)
+        path = runs / check_run_id(config.run_id)
         created, lock = False, None
         if not os.path.lexists(path):
             if resume:
@@ -110,7 +120,7 @@ class RunWriter:
                 F.remove_tmp_files(path)
                 stored = read_config(path / "config.toml")
                 if config.masks > stored.masks:  # extending a run: the only config change allowed
-                    F.atomic_write_text(path / "config.toml", _config_toml(stored.replace(masks=config.masks)),
+                    F.atomic_write_text(path / "config.toml", config_toml(stored.replace(masks=config.masks)),
                                         root=path)
             assert lock is not None
             return cls(path, config, lock, done, created, shard, shard_lock)
@@ -162,14 +172,14 @@ class RunWriter:
         i = int(trained.index)
         if i in self.done:
             raise StoreError(f"mask {i} of run {self.path} is already stored; a finished mask is never rewritten")
-        record_path = self.path / "masks" / f"{F.stem(i)}.json"
+        record_path = self.path / "masks" / f"{stem(i)}.json"
         if record_path.exists():  # another process (an overlapping shard) stored it meanwhile: same bits
             self.done.add(i)
             return read_json(record_path)
         names, shapes = list(self.layers["layer"]), [tuple(s) for s in self.layers["shape"]]
         if list(trained.layer_names) != names or [tuple(s) for s in trained.layer_shapes] != shapes:
             raise StoreError(f"mask {i} has layers {trained.layer_names} but run {self.path} has {names}")
-        s = F.stem(i)
+        s = stem(i)
         files: dict[str, dict] = {}
         extras: dict[str, str] = {}
 
@@ -201,7 +211,7 @@ class RunWriter:
     def _write_files(self, i: int, trained, put, files: dict) -> tuple[str, list[int]]:
         """write_mask's files before the record: extras, then the mask file. Returns the words' checksum and
         the kept count per layer."""
-        s = F.stem(i)
+        s = stem(i)
         put(f"extras/{s}.history.csv", trained.history.to_csv(index=False).encode(), "history")
         if self.config.keep_scores and trained.scores is not None:
             flat = np.concatenate([np.asarray(a, dtype=np.float32).reshape(-1) for a in trained.scores])
@@ -268,7 +278,7 @@ def refuse_other_configs(runs: Path, config: RunConfig) -> None:
             stored = read_config(path / "config.toml").hashed_fields()
         except UserError:
             stored = {}
-        diff = I.field_diff(stored, config.hashed_fields(), "there", "here")
+        diff = S.field_diff(stored, config.hashed_fields(), "there", "here")
         others.append(f"{path.name} ({'; '.join(diff) or 'another hash'})")
     if others:
         raise StoreError(f"--resume: there is no run {config.run_id} under {runs}, but {len(others)} run(s) named "
@@ -297,17 +307,12 @@ def _sparse_map(maps: list[np.ndarray], identity: bool) -> dict[str, np.ndarray]
     return out
 
 
-def _config_toml(config: RunConfig) -> str:
-    head = "# masklab run config: every field, defaults included. Usable as `masklab generate --config`.\n"
-    return head + to_toml(config.to_dict())
-
-
 def _write_new_run(path: Path, config: RunConfig, layers: pd.DataFrame, dataset_info: dict,
                    run_files: dict[str, bytes] | None = None, meta_extra: dict | None = None) -> None:
     files = {}
     for rel, data in (run_files or {}).items():
-        if rel not in I.RUN_FILES:
-            raise StoreError(f"refusing run file {rel!r}: a run holds only {', '.join(I.RUN_FILES)} at its top level")
+        if rel not in S.RUN_FILES:
+            raise StoreError(f"refusing run file {rel!r}: a run holds only {', '.join(S.RUN_FILES)} at its top level")
         F.atomic_write(path / rel, data, root=path)
         files[rel] = {"bytes": len(data), "blake2b": F.checksum(data)}
     meta = {"format": RUN_FORMAT, "run_id": config.run_id, "hash": config.hash,
@@ -325,7 +330,7 @@ def _write_new_run(path: Path, config: RunConfig, layers: pd.DataFrame, dataset_
         meta[key] = value
     for sub in ("masks", "extras", "snapshots"):
         F.make_dirs(path / sub, root=path)
-    F.atomic_write_text(path / "config.toml", _config_toml(config), root=path)
+    F.atomic_write_text(path / "config.toml", config_toml(config), root=path)
     F.atomic_write_json(path / "run.json", meta, root=path)
 
 
@@ -334,7 +339,7 @@ def _check_existing(path: Path, config: RunConfig, layers: pd.DataFrame) -> set[
     meta = read_json(path / "run.json")
     if not isinstance(meta, dict) or meta.get("hash") != config.hash:
         stored = meta.get("hashed_fields", {}) if isinstance(meta, dict) else {}
-        diff = I.field_diff(stored if isinstance(stored, dict) else {}, config.hashed_fields(), "there", "here")
+        diff = S.field_diff(stored if isinstance(stored, dict) else {}, config.hashed_fields(), "there", "here")
         raise StoreError(f"run directory {path} was made by a different config ({'; '.join(diff) or 'hash differs'}); "
                          "use another --name or --runs-dir, or continue that run with its own config: "
                          f"`masklab generate --resume {path}`")

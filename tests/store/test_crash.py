@@ -24,7 +24,8 @@ import masklab
 from masklab.cli import main
 from masklab.store import files as F
 from masklab.store.lock import RunLock
-from masklab.store.run import RECORD_RE, Run
+from masklab.store.paths import RECORD_RE
+from masklab.store.run import Run
 
 REPO = Path(__file__).resolve().parents[2]
 N = 8

@@ -15,6 +15,7 @@ import pytest
 
 from masklab.errors import StoreError
 from masklab.store import files as F
+from masklab.store import paths as P
 from masklab.store.bits import n_words, pack_layers
 from masklab.store.lock import RunLock
 
@@ -93,26 +94,26 @@ def test_npy_files_are_never_unpickled(tmp_path):
 @pytest.mark.parametrize("rel", ["../x", "a/../../x", "/etc/passwd", ""])
 def test_paths_inside_a_run_cannot_escape(tmp_path, rel):
     with pytest.raises(StoreError, match="refusing path"):
-        F.inside(tmp_path, rel)
+        P.inside(tmp_path, rel)
 
 
 def test_paths_inside_a_run_cannot_escape_through_a_link(tmp_path):
     (tmp_path / "extras").symlink_to("/")
     with pytest.raises(StoreError, match="leaves the run directory"):
-        F.inside(tmp_path, "extras/etc/passwd")
-    assert F.inside(tmp_path, "masks/000001.json") == tmp_path / "masks" / "000001.json"
+        P.inside(tmp_path, "extras/etc/passwd")
+    assert P.inside(tmp_path, "masks/000001.json") == tmp_path / "masks" / "000001.json"
 
 
 @pytest.mark.parametrize("text", ["../runs", "a/b", "/abs", ".hidden", "a..b", "", "x" * 200])
 def test_run_ids_are_plain_names(text):
     with pytest.raises(StoreError, match="not a run id"):
-        F.check_run_id(text)
+        P.check_run_id(text)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "3", True])
 def test_mask_ids_are_integers(bad):
     with pytest.raises(StoreError, match="mask id"):
-        F.stem(bad)
+        P.stem(bad)
 
 
 def test_lock_refuses_a_second_holder_and_names_the_first(tmp_path):

@@ -16,8 +16,8 @@ from masklab.data import load_dataset
 from masklab.errors import StoreError
 from masklab.store import cache as C
 from masklab.store import files as F
-from masklab.store.integrity import expected_keep
 from masklab.store.run import Run, open_run
+from masklab.store.schema import expected_keep
 
 TINY = {"width": 0.25, "epochs": 1, "masks": 3, "keep_scores": True}
 
