@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from masklab.config import RunConfig
+from masklab.keep import layer_keep
 from masklab.store import files as F
 from masklab.store.bits import make_layout
 from masklab.store.paths import stem
 from masklab.store.run import Run
-from masklab.store.schema import expected_keep
 from masklab.store.writer import _write_new_run
 
 CONV4 = [("conv1", (64, 3, 3, 3)), ("conv2", (64, 64, 3, 3)), ("conv3", (128, 64, 3, 3)), ("conv4", (128, 128, 3, 3)),
@@ -39,7 +39,7 @@ def make_run(root: Path, n_masks: int) -> Path:
     """A run directory of `n_masks` random masks with valid records (written directly, no training)."""
     config = RunConfig(dataset="cifar10", model="conv4", masks=n_masks)
     layers = make_layout([n for n, _ in CONV4], [s for _, s in CONV4],
-                         [expected_keep(int(np.prod(s)), config) for _, s in CONV4])
+                         [layer_keep(int(np.prod(s)), config) for _, s in CONV4])
     path = root / config.run_id
     path.mkdir(parents=True)
     _write_new_run(path, config, layers, {"name": "cifar10", "input_shape": [3, 32, 32], "n_classes": 10,

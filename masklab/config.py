@@ -24,6 +24,11 @@ from typing import Any
 
 from masklab.errors import UserError
 
+# The names a config may give; the registries that map them to loaders and builders (masklab.data.DATASETS,
+# masklab.nn.models.MODELS) need torch, so the config keeps the names itself (tests/test_config.py keeps both
+# equal).
+DATASET_NAMES = ("digits", "fashion-mnist", "mnist", "cifar10", "synthetic")
+MODEL_NAMES = ("mlp", "lenet-300-100", "conv2", "conv4", "conv6", "conv8", "resnet18")
 METHODS = ("edge-popup", "biprop", "dense")
 RECYCLES = ("none", "iwr", "iterand")
 WEIGHT_INITS = ("signed-constant", "kaiming-normal", "unsigned-constant")
@@ -31,12 +36,6 @@ DONORS = ("top", "next")
 # How many weights each layer keeps (see `RunConfig.keep_rule`): masklab's own rule, the reference code's (runs
 # imported from hidden-networks / Biprop / the IWR code), or the counts the imported masks have.
 KEEP_RULES = ("masklab", "reference", "stored")
-
-
-def n_keep(n: int, sparsity: float) -> int:
-    """Number of weights kept in a layer of `n` weights at `sparsity`: `n - int(sparsity * n)` (masklab's
-    keep rule, every trained run's)."""
-    return n - int(sparsity * n)
 
 
 def method_label(method: str, recycle: str = "none") -> str:
@@ -62,11 +61,11 @@ RECYCLE_FIELDS = ("recycle_rate", "recycle_every", "recycle_warmup", "recycle_do
 
 # Upper limits of the sizes a config may ask for. Past them a value is a typo or cannot run on any machine we
 # target; refusing it up front beats a MemoryError (or a run that never ends) after the run directory exists.
+# (What this machine's memory holds: masklab/limits.py.)
 MAX_MASKS = 1_000_000  # mask files are named by six-digit ids (000000.mask ... 999999.mask)
 MAX_EPOCHS = 100_000  # the papers train 100-250 epochs; more is a typo (and a run that never ends)
 MAX_INT = 2**31 - 1  # every other count (batch size, stack, warm-up, snapshot period): a 32-bit integer
 MAX_INPUT_ELEMENTS = 2**20  # synthetic samples up to 1,048,576 values (3x512x512 fits): 1,280 of them are 5 GiB
-MAX_WEIGHTS = 2**30  # prunable weights of one network: 4 GiB of float32 weights, 128 MiB per packed mask
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; past 1 MiB it is not one
 
 # Per-method defaults from REFERENCE.md, used where the user leaves a field at None.
@@ -182,9 +181,6 @@ class RunConfig:
     # ---- validation -----------------------------------------------------------------------------
     def validate(self) -> RunConfig:
         """Raise UserError naming the field, the value and what is allowed. Returns self."""
-        from masklab.data import DATASETS
-        from masklab.nn.models import MODELS
-
         def bad(name: str, allowed: str) -> UserError:
             return UserError(f"config field '{name}' = {getattr(self, name)!r} is invalid: {allowed}")
 
@@ -192,8 +188,8 @@ class RunConfig:
             if getattr(self, name) not in options:
                 raise bad(name, "choose one of " + ", ".join(map(str, options)))
 
-        choice("dataset", tuple(DATASETS))
-        choice("model", tuple(MODELS))
+        choice("dataset", DATASET_NAMES)
+        choice("model", MODEL_NAMES)
         choice("method", METHODS)
         choice("recycle", RECYCLES)
         choice("recycle_donors", DONORS)
@@ -351,54 +347,6 @@ def default_text(name: str) -> str | None:
     if default is None or default is False:
         return None
     return f"{default:g}" if isinstance(default, float) else str(default)
-
-
-def memory_bytes() -> int | None:
-    """The memory this process may use: physical memory, or the cgroup's limit where that is lower; None if
-    unknown."""
-    try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        total = None
-    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(limit_file).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and (total is None or int(text) < total):
-            total = int(text)
-        break
-    return total
-
-
-def check_fits(config: RunConfig, input_shape: tuple[int, ...], n_classes: int) -> int:
-    """Refuse a model too large to train, before any of it is allocated; returns its prunable weights.
-
-    The model is built on torch's meta device (shapes only, no memory), so the count is exact and cheap.
-    Refused: more than MAX_WEIGHTS prunable weights, or more memory than this machine has for the least a
-    training step needs: the shared float32 weights once plus, per mask trained together (`stack`, at most
-    `masks`; 1 for auto and dense), its scores, their gradients and momentum.
-    """
-    import torch
-
-    from masklab.nn.layers import masked_layers
-    from masklab.nn.models import build_model
-
-    with torch.device("meta"):
-        model = build_model(config.model, tuple(input_shape), n_classes, config.width, config.method,
-                            config.sparsity)
-    weights = sum(m.weight.numel() for _, m in masked_layers(model))
-    what = (f"model {config.model} (width {config.width:g}) on samples of shape "
-            f"{'x'.join(map(str, input_shape))} has {weights:,} prunable weights")
-    if weights > MAX_WEIGHTS:
-        raise UserError(f"{what}, more than the limit of {MAX_WEIGHTS:,}; use a smaller --width or smaller inputs")
-    together = 1 if config.method == "dense" or config.stack == 0 else min(config.stack, config.masks)
-    need = 4 * weights * (1 + 3 * together)
-    have = memory_bytes()
-    if have is not None and need > have:
-        raise UserError(f"{what}: training {together} mask(s) at once needs at least {need / 2**30:,.1f} GiB "
-                        f"but this machine has {have / 2**30:,.1f} GiB; use a smaller --stack, --width or inputs")
-    return weights
 
 
 def _is_number(value: Any) -> bool:

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from masklab.errors import DataError, UserError
+from masklab.limits import check_synthetic_fits
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 ENV_ROOT = "MASKLAB_DATA"
@@ -477,22 +478,13 @@ def _load_synthetic(root: str | None = None, *, input_shape: tuple[int, ...] | N
                     n_classes: int | None = None, **_: object) -> Dataset:
     """Fixed-seed standard normal inputs (1024 train, 256 test) labelled by a random linear teacher
     (argmax of x @ W), so a linear model can learn it. Default shape (3, 32, 32), 10 classes."""
-    from masklab.config import MAX_INPUT_ELEMENTS, memory_bytes
-
     shape = tuple(int(s) for s in (input_shape or SYNTHETIC_SHAPE))
     k = int(n_classes or 10)
     if not shape or min(shape) < 1 or k < 2 or k > 1_000_000:
         raise UserError(f"synthetic: input_shape {shape} and n_classes {k} are invalid: use positive sizes "
                         f"and 2 to 1,000,000 classes")
     n = SYNTHETIC_TRAIN + SYNTHETIC_TEST
-    elements = math.prod(shape)
-    if elements > MAX_INPUT_ELEMENTS:
-        raise UserError(f"synthetic: input_shape {'x'.join(map(str, shape))} has {elements:,} values per sample, "
-                        f"more than the limit of {MAX_INPUT_ELEMENTS:,} (e.g. 3x512x512 fits)")
-    need, have = 4 * elements * (2 * n + k), memory_bytes()  # samples (and their copies into the splits), teacher
-    if have is not None and need > have:
-        raise UserError(f"synthetic: {n:,} samples of shape {'x'.join(map(str, shape))} need {need / 2**30:,.1f} GiB "
-                        f"but this machine has {have / 2**30:,.1f} GiB; use a smaller --input-shape")
+    check_synthetic_fits(shape, n, k)
     gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
     x = torch.randn((n, *shape), generator=gen)
     teacher = torch.randn(x[0].numel(), k, generator=gen)

@@ -43,8 +43,8 @@ def as_config(config: RunConfig | dict | str | os.PathLike | None = None, **over
 def prepare(config: RunConfig, data=None):
     """Validate everything a run needs before anything is written: returns (dataset, layers, dataset_info).
     `data`: the loaded dataset, if the caller has it already."""
-    from masklab.config import check_fits
     from masklab.data import load_config_dataset, synthetic_shape
+    from masklab.limits import check_fits
     from masklab.nn.layers import masked_layers
     from masklab.nn.models import build_model
     from masklab.train.trainer import resolve_device

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import masklab
-from masklab import config as config_module
+from masklab import limits
 from masklab.cli import main
 from masklab.cli import runs as cli_runs
 from masklab.cli.text import bytes_text
@@ -203,7 +203,7 @@ def bad_inputs(in_tmp, monkeypatch):
         (in_tmp / "CIFAR" / name).write_bytes(pickle.dumps({b"data": data, b"labels": [0, 1]}))
     os.mkfifo(in_tmp / "FIFO")
     (in_tmp / "NAN").write_text("width = nan\n")
-    monkeypatch.setattr(config_module, "memory_bytes", lambda: 2**30)  # 1 GiB, whatever the machine has
+    monkeypatch.setattr(limits, "memory_bytes", lambda: 2**30)  # 1 GiB, whatever the machine has
     return in_tmp
 
 

@@ -10,14 +10,13 @@ import re
 
 import pytest
 
-from masklab import config as config_module
 from masklab.config import (
+    DATASET_NAMES,
     MAX_CONFIG_BYTES,
     MAX_INPUT_ELEMENTS,
     MAX_MASKS,
-    MAX_WEIGHTS,
+    MODEL_NAMES,
     RunConfig,
-    check_fits,
     load_toml,
     read_config,
     to_toml,
@@ -271,29 +270,12 @@ def test_a_huge_or_binary_config_file_is_refused(tmp_path):
             load_toml(unreadable)
 
 
-# ---- models too large to train ----------------------------------------------------------------------------
-def test_check_fits_counts_prunable_weights_without_allocating():
-    assert check_fits(RunConfig(model="lenet-300-100"), (1, 28, 28), 10) == 784 * 300 + 300 * 100 + 100 * 10
-    with pytest.raises(UserError, match=r"model conv4 \(width 1\) on samples of shape 1x1000x1000 has "
-                                        r"2,048,326,720 prunable weights, more than the limit of 1,073,741,824"):
-        check_fits(RunConfig(model="conv4"), (1, 1000, 1000), 10)
-    assert MAX_WEIGHTS == 2**30
-    with pytest.raises(UserError, match=r"model mlp \(width 100000\)"):
-        check_fits(RunConfig(width=100_000), (1, 8, 8), 10)
+# ---- names --------------------------------------------------------------------------------------------
+def test_the_name_lists_equal_the_registries():
+    """The config validates dataset and model names without importing torch: its lists must be the keys of
+    the registries that load and build them, in the same order (the order error messages list them in)."""
+    from masklab.data import DATASETS
+    from masklab.nn.models import MODELS
 
-
-def test_check_fits_refuses_what_memory_cannot_hold(monkeypatch):
-    weights = 784 * 300 + 300 * 100 + 100 * 10
-    monkeypatch.setattr(config_module, "memory_bytes", lambda: 4 * weights * 10)
-    check_fits(RunConfig(model="lenet-300-100", stack=3, masks=16), (1, 28, 28), 10)  # 1 + 3 * 3 floats per weight
-    with pytest.raises(UserError, match=r"training 4 mask\(s\) at once needs at least 0\.0 GiB but this machine has "
-                                        r"0\.0 GiB; use a smaller --stack"):
-        check_fits(RunConfig(model="lenet-300-100", stack=4, masks=16), (1, 28, 28), 10)
-    check_fits(RunConfig(model="lenet-300-100", stack=100, masks=3), (1, 28, 28), 10)  # only 3 masks to stack
-    monkeypatch.setattr(config_module, "memory_bytes", lambda: None)  # unknown: only the fixed limit applies
-    check_fits(RunConfig(model="lenet-300-100", stack=10**6, masks=10**6), (1, 28, 28), 10)
-
-
-def test_memory_bytes_is_positive_or_unknown():
-    have = config_module.memory_bytes()
-    assert have is None or have > 2**20
+    assert list(DATASET_NAMES) == list(DATASETS)
+    assert list(MODEL_NAMES) == list(MODELS)

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from masklab import config as config_module
+from masklab import limits
 from masklab.data import (
     DATASETS,
     DEBIAN_FASHION_MNIST,
@@ -407,7 +407,7 @@ def test_synthetic_input_past_the_limit_or_memory_is_refused(monkeypatch):
     with pytest.raises(UserError, match=r"synthetic: input_shape 1000000x1000000x1000 has 1,000,000,000,000,000 values "
                                         r"per sample, more than the limit of 1,048,576"):
         load_dataset("synthetic", input_shape=(10**6, 10**6, 1000))
-    monkeypatch.setattr(config_module, "memory_bytes", lambda: 2**20)
+    monkeypatch.setattr(limits, "memory_bytes", lambda: 2**20)
     with pytest.raises(UserError, match=r"synthetic: 1,280 samples of shape 3x32x32 need 0\.0 GiB but this machine"):
         load_dataset("synthetic")
 

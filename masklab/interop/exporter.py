@@ -24,6 +24,7 @@ from torch import nn
 
 from masklab.errors import StoreError, UserError
 from masklab.interop import hidden_networks, npz, rules, torch_prune
+from masklab.keep import reference_keep_count
 
 EXPORT_FORMATS = ("state-dict", "torch-prune", "hidden-networks", "npz")
 
@@ -175,7 +176,7 @@ def _hidden_networks(run, i: int) -> bytes:
     cfg = run.config
     n_bits, n_keep = [int(n) for n in run.layers["n_bits"]], [int(k) for k in run.layers["n_keep"]]
     keep = cfg.keep_fraction if cfg.keep_rule == "reference" else rules.find_reference_keep(n_bits, n_keep, cfg.keep)
-    if keep is None or [rules.reference_keep_count(n, keep) for n in n_bits] != n_keep:
+    if keep is None or [reference_keep_count(n, keep) for n in n_bits] != n_keep:
         raise UserError(f"run {run.id} keeps different fractions of its layers ({n_keep} of {n_bits}); the "
                         "hidden-networks format has one prune_rate for the whole network and cannot express them: "
                         "export torch-prune or npz")

@@ -30,6 +30,7 @@ from masklab.errors import StoreError, UserError
 from masklab.interop import hidden_networks, npz, rules, torch_prune
 from masklab.interop.checkpoint import read_bytes, sha256
 from masklab.interop.source import Source, buffer_base
+from masklab.keep import biprop_gain_count, n_keep, reference_keep_count
 from masklab.store import schema as S
 from masklab.store.bits import make_layout
 
@@ -359,11 +360,11 @@ def plan_import(paths, format: str = "hidden-networks", *, keep: float | None = 
         keep_rule, keep_fraction = "reference", settled
     elif keep is not None:
         keep_rule, keep_fraction = "reference", float(keep)
-        _check_counts(paths[0], first.keys, n_bits, counts, [rules.reference_keep_count(n, keep) for n in n_bits],
+        _check_counts(paths[0], first.keys, n_bits, counts, [reference_keep_count(n, keep) for n in n_bits],
                       f"the reference rule at --keep {keep!r}")
     elif sparsity is not None:
         keep_rule = "masklab"
-        _check_counts(paths[0], first.keys, n_bits, counts, [rules.masklab_keep_count(n, sparsity) for n in n_bits],
+        _check_counts(paths[0], first.keys, n_bits, counts, [n_keep(n, sparsity) for n in n_bits],
                       f"masklab's rule at --sparsity {sparsity!r}")
     else:
         keep_rule = "stored"
@@ -377,7 +378,7 @@ def plan_import(paths, format: str = "hidden-networks", *, keep: float | None = 
     gain_counts = None
     if method == "biprop" and format == "hidden-networks":
         assert keep_fraction is not None
-        gain_counts = [rules.biprop_gain_count(n, keep_fraction) for n in n_bits]
+        gain_counts = [biprop_gain_count(n, keep_fraction) for n in n_bits]
         if 0 in gain_counts:
             k = gain_counts.index(0)
             raise UserError(f"layer {first.keys[k]} of {n_bits[k]} weights has no Biprop gain at keep "

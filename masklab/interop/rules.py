@@ -1,4 +1,4 @@
-"""The keep rules of other codebases, exactly as they compute them.
+"""The keep rules of other codebases, exactly as they compute them (the counts: masklab/keep.py).
 
 hidden-networks, Biprop and the IWR code (`GetSubnet` in their utils/conv_type.py) take `k` = `prune_rate` =
 the fraction KEPT, sort a layer's |scores| ascending and zero the first `j = int((1 - k) * n)`: a layer keeps
@@ -23,24 +23,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from masklab.config import n_keep
 from masklab.errors import UserError
+from masklab.keep import reference_keep_count
 
 TIE_BREAK = ("stable ascending sort of |scores|: among equal |scores| the lower flat index is pruned first "
              "(the reference's torch.sort is unstable there)")
-
-
-def reference_keep_count(n: int, keep: float) -> int:
-    """Weights a layer of `n` keeps under the reference rule at keep fraction `keep` (their prune_rate)."""
-    return n - int((1 - keep) * n)
-
-
-masklab_keep_count = n_keep  # weights a layer of `n` keeps under masklab's rule, `n - int(sparsity * n)`
-
-
-def biprop_gain_count(n: int, keep: float) -> int:
-    """The denominator of the Biprop code's gain alpha for a layer of `n` at keep fraction `keep`."""
-    return int(keep * n)
 
 
 def reference_mask(scores: np.ndarray, keep: float, where: str = "scores") -> np.ndarray:

@@ -8,7 +8,7 @@ One class per concept: `MaskedLayer` holds the weight, the scores and the method
   d|s| = (dL/dW_eff * sign(W)) * |W|, alpha treated as a constant.
 - "dense": W trained directly (the baseline), no scores.
 
-The straight-through estimator is `masklab.nn.stacked.StraightThrough` (one definition, used here with
+The straight-through estimator is `masklab.nn.straight_through.StraightThrough` (one definition, used here with
 K = 1) and Biprop's gain is `masklab.nn.exact.biprop_alpha`, so that a rebuilt subnetwork computes with
 exactly the numbers its training did. Outside autograd (evaluation, export) the mask is computed once and
 cached until the scores or weights change (tracked by the tensors' version counters), so evaluation does
@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from masklab.config import METHODS
+from masklab.keep import n_keep as count_keep
 from masklab.nn.exact import biprop_alpha, conv2d
-from masklab.nn.select import n_keep as count_keep
 from masklab.nn.select import topk_mask
-from masklab.nn.stacked import straight_through
+from masklab.nn.straight_through import straight_through
 
 
 class MaskedLayer(nn.Module):

@@ -18,8 +18,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from masklab.config import n_keep  # noqa: F401 - (the keep rule; imported from here too)
-
 try:
     import numba
     from numba import njit, prange

@@ -23,9 +23,9 @@ from typing import Any
 
 import pandas as pd
 
-from masklab.config import RunConfig, n_keep
+from masklab.config import RunConfig
 from masklab.errors import StoreError
-from masklab.interop.rules import reference_keep_count
+from masklab.keep import layer_keep, rule_text
 from masklab.store import files as F
 from masklab.store.bits import BIT_ORDER
 
@@ -195,31 +195,6 @@ def check_config(path: Path, config: RunConfig, meta: dict) -> None:
                      f"{meta['hashed_fields']}); the metadata is damaged or from an incompatible masklab version")
 
 
-def expected_keep(n_bits: int, config: RunConfig) -> int | None:
-    """Weights a layer of `n_bits` keeps under `config`: the rule of masklab.nn.select.n_keep (dense: all);
-    for imported runs with keep_rule "reference" the reference code's `n - int((1 - keep_fraction) * n)`
-    (their GetSubnet zeroes the `int((1 - k) * n)` smallest |scores|: one weight more than masklab's rule
-    keeps at rates like k = 0.9); None for keep_rule "stored" (the counts are the import's)."""
-    if config.method == "dense":
-        return n_bits
-    if config.keep_rule == "reference":
-        if config.keep_fraction is None:
-            return None
-        return reference_keep_count(n_bits, config.keep_fraction)
-    if config.keep_rule == "stored":
-        return None
-    return n_keep(n_bits, config.sparsity)
-
-
-def keep_rule_text(config: RunConfig) -> str:
-    """The config's keep rule in words (for messages)."""
-    if config.keep_rule == "reference":
-        return f"the reference rule n - int((1 - k) * n) at keep k = {config.keep_fraction!r}"
-    if config.keep_rule == "stored":
-        return "the imported masks' counts"
-    return f"sparsity {config.sparsity:g} ({config.method})"
-
-
 def check_layout(path: Path, layers: pd.DataFrame, config: RunConfig, meta: dict | None = None) -> None:
     """Each layer's `n_keep` in run.json is what the config's keep rule keeps. For an imported run (the
     config has an `imported` digest) `meta` (run.json) must be given: its import section is checked too
@@ -230,12 +205,12 @@ def check_layout(path: Path, layers: pd.DataFrame, config: RunConfig, meta: dict
             raise ValueError("check_layout needs run.json's contents to check an imported run")
         imported = check_imported(path, meta, config)
     for k, r in enumerate(layers.itertuples()):
-        expect = expected_keep(int(r.n_bits), config)
+        expect = layer_keep(int(r.n_bits), config)
         if expect is None:
             expect = None if imported is None or k >= len(imported["n_keep"]) else int(imported["n_keep"][k])
         if expect is None or int(r.n_keep) != expect:
             raise StoreError(f"{path / 'run.json'}: layer {r.layer} keeps {r.n_keep} of {r.n_bits} weights, but "
-                             f"{keep_rule_text(config)} keeps {expect}: run.json was edited; "
+                             f"{rule_text(config)} keeps {expect}: run.json was edited; "
                              "restore it from a copy of the run")
     if imported is not None and len(imported["n_keep"]) != len(layers):
         raise StoreError(f"{path / 'run.json'}: its import section records {len(imported['n_keep'])} layers, its "

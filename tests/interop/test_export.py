@@ -12,7 +12,7 @@ from torch.nn.utils import prune
 
 import masklab
 from masklab.errors import StoreError, UserError
-from masklab.interop import rules
+from masklab.keep import reference_keep_count
 from masklab.nn.layers import MaskedLayer, masked_layers
 
 TINY = {"width": 0.25, "epochs": 1, "masks": 2}
@@ -75,7 +75,7 @@ def test_a_hidden_networks_export_is_selected_exactly_by_their_rule(runs, tmp_pa
     keep = obj["prune_rate"]
     # masklab's sparsity 0.1 keeps n - int(0.1 n); their rule needs a prune_rate that keeps the same counts
     assert keep != 0.9
-    assert [rules.reference_keep_count(int(n), keep) for n in run.layers["n_bits"]] == list(run.layers["n_keep"])
+    assert [reference_keep_count(int(n), keep) for n in run.layers["n_bits"]] == list(run.layers["n_keep"])
     assert obj["arch"] is None and obj["masklab"]["run"] == run.id
     state = obj["state_dict"]
     assert list(state) == ["linear.0.weight", "linear.0.scores", "linear.2.weight", "linear.2.scores",

@@ -12,7 +12,7 @@ import torch
 
 import masklab
 from masklab.errors import UserError
-from masklab.interop import rules
+from masklab.keep import n_keep, reference_keep_count
 from masklab.nn.layers import masked_layers
 from masklab.store.run import Run
 
@@ -28,9 +28,9 @@ def imported(mlp_checkpoints, tmp_path_factory, digits):
 
 
 def test_their_rule_keeps_one_more_weight_than_masklabs_at_keep_0_9():
-    assert rules.reference_keep_count(1000, 0.9) == 901
-    assert rules.masklab_keep_count(1000, 0.1) == 900
-    assert rules.reference_keep_count(640, 0.9) == 577 and rules.masklab_keep_count(640, 0.1) == 576
+    assert reference_keep_count(1000, 0.9) == 901
+    assert n_keep(1000, 0.1) == 900
+    assert reference_keep_count(640, 0.9) == 577 and n_keep(640, 0.1) == 576
 
 
 def test_each_mask_is_their_top_k_layer_by_layer(imported, mlp_checkpoints, ref):

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from masklab.nn.select import n_keep, topk_mask
+from masklab.keep import n_keep
+from masklab.nn.select import topk_mask
 
 
 @pytest.mark.parametrize("shape", [(1,), (7,), (10, 3), (64, 3, 3, 3), (300, 784), (5, 5, 1, 1)])

@@ -3,7 +3,8 @@ import torch
 
 from masklab.nn import build_model, init_model, masked_layers
 from masklab.nn.select import topk_mask
-from masklab.nn.stacked import StackedLayerMaker, init_stacked, stacked_layers, topk_rows
+from masklab.nn.stacked import StackedLayerMaker, init_stacked, stacked_layers
+from masklab.nn.straight_through import topk_rows
 
 
 def test_topk_rows_equals_per_row_selection_with_ties():

@@ -14,10 +14,10 @@ import masklab
 from masklab.config import RunConfig
 from masklab.data import load_dataset
 from masklab.errors import StoreError
+from masklab.keep import layer_keep
 from masklab.store import cache as C
 from masklab.store import files as F
 from masklab.store.run import Run, open_run
-from masklab.store.schema import expected_keep
 
 TINY = {"width": 0.25, "epochs": 1, "masks": 3, "keep_scores": True}
 
@@ -204,12 +204,12 @@ def test_edits_of_run_json_are_named(copy, edit, message):
 
 
 def test_the_store_keeps_as_many_weights_as_the_layers_do():
-    from masklab.nn.select import n_keep
+    from masklab.keep import n_keep
 
     for sparsity in (0.0, 0.1, 0.5, 0.7, 0.9, 0.99, 1 / 3):
         for n in (1, 7, 640, 4096, 36864, 2097152):
-            assert expected_keep(n, RunConfig(sparsity=sparsity)) == n_keep(n, sparsity)
-    assert expected_keep(100, RunConfig(method="dense", sparsity=0.9)) == 100
+            assert layer_keep(n, RunConfig(sparsity=sparsity)) == n_keep(n, sparsity)
+    assert layer_keep(100, RunConfig(method="dense", sparsity=0.9)) == 100
 
 
 def test_verify_of_a_clean_run(run):
