@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from masklab.errors import UserError
 
 # The names a config may give; the registries that map them to loaders and builders (masklab.data.DATASETS,
@@ -265,6 +267,13 @@ class RunConfig:
             if elements > MAX_INPUT_ELEMENTS:
                 raise bad("input_shape", f"a sample of {elements:,} values is more than the limit of "
                                          f"{MAX_INPUT_ELEMENTS:,} (e.g. 3x512x512 fits)")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str) and not _is_utf8(value):
+                # e.g. a path of bytes that are not UTF-8 (Python keeps them as lone surrogates): config.toml
+                # is UTF-8 and cannot hold it, so the run could not be reopened
+                raise bad(f.name, "it is not UTF-8 text, which config.toml must be; rename the directory (or "
+                                  "link to it from a UTF-8 path)")
         return self
 
     # ---- hashing and ids ------------------------------------------------------------------------
@@ -347,6 +356,14 @@ def default_text(name: str) -> str | None:
     if default is None or default is False:
         return None
     return f"{default:g}" if isinstance(default, float) else str(default)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_number(value: Any) -> bool:
@@ -473,20 +490,11 @@ def read_config(path: str | Path) -> RunConfig:
 
 
 def to_toml(values: dict[str, Any]) -> str:
-    """A small TOML writer for flat dicts of str / int / float / bool (None values are omitted)."""
-    lines = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (int, float)):
-            text = repr(value)
-        elif isinstance(value, str):
-            text = json.dumps(value)
-        elif isinstance(value, (list, tuple)):
-            text = json.dumps(list(value))
-        else:
-            raise TypeError(f"cannot write {key}={value!r} as TOML")
-        lines.append(f"{key} = {text}")
-    return "\n".join(lines) + "\n"
+    """TOML text of a flat dict of str / int / float / bool / list values, None values omitted (`tomli_w`).
+
+    Examples
+    --------
+    >>> to_toml({"masks": 4, "sparsity": 0.9, "data_root": "/data/😀", "name": None})
+    'masks = 4\nsparsity = 0.9\ndata_root = "/data/😀"\n'
+    """
+    return tomli_w.dumps({key: value for key, value in values.items() if value is not None})

@@ -1,5 +1,10 @@
 """Numba kernel: AND-popcount intersections of packed masks, all pairs, per layer, in one pass.
 
+Own kernel because the libraries that compute all-pairs Hamming distances are far slower on packed masks,
+measured by `bench/bench_distances.py` (1,000 Conv-4-sized masks, README "Benchmarks"): 1,109x scipy's
+``pdist(bools, "hamming")`` (which scikit-learn's pairwise Hamming also runs) and 13.9x faiss-cpu's ``hammings``
+per computed pair.
+
 Imported lazily (by `masklab.analysis.kernels`) so that `import masklab` never pays for numba.
 
 The kernel sees both matrices through raw addresses (`carray` over an integer address), so every input

@@ -73,33 +73,6 @@ def intersection_pmf(n_bits: int, count_a: int, count_b: int) -> tuple[int, np.n
     return first, pmf / pmf.sum()
 
 
-def binomial_pmf(k, n: int, p: float) -> np.ndarray:
-    """``P(X = k)`` for X ~ Binomial(n, p), elementwise over the integers `k` (0 outside 0..n): what
-    ``scipy.stats.binom.pmf(k, n, p)`` returns, to about 1e-10 relative, from log-gamma terms (importing
-    scipy.stats costs `analyze` more than half a second).
-
-    Examples
-    --------
-    >>> binomial_pmf([0, 1, 2], 2, 0.5).tolist()
-    [0.25, 0.5, 0.25]
-    """
-    from math import lgamma, log, log1p
-
-    k = np.asarray(k)
-    out = np.zeros(k.shape, dtype=np.float64)
-    n, p = int(n), float(p)
-    for index, value in np.ndenumerate(k):
-        x = int(value)
-        if x < 0 or x > n:
-            continue
-        if p == 0.0 or p == 1.0:
-            out[index] = float(x == (0 if p == 0.0 else n))
-            continue
-        log_choose = lgamma(n + 1) - lgamma(x + 1) - lgamma(n - x + 1)
-        out[index] = np.exp(log_choose + x * log(p) + (n - x) * log1p(-p))
-    return out
-
-
 def _jaccard_of(intersection, count_sum):
     union = count_sum - intersection
     return np.divide(intersection, union, out=np.ones(np.shape(union)), where=union > 0)

@@ -14,9 +14,8 @@ zero diagonal (a distance, not a similarity: pass ``hamming``/``hamming_norm`` o
   matrix already holds Euclidean distances. ``"complete"`` and ``"single"`` are accepted too.
   The tree is cut into `k` clusters (`fcluster`, ``maxclust``) or, with ``k=None``, into the k in
   ``2..min(10, N - 1)`` with the best silhouette.
-- **HDBSCAN**: `masklab.analysis.hdbscan.hdbscan_labels`, our port of scikit-learn's HDBSCAN that gives exactly
-  the labels of `sklearn.cluster.HDBSCAN(metric="precomputed")` without importing scikit-learn; label -1 is
-  noise.
+- **HDBSCAN**: `sklearn.cluster.HDBSCAN(metric="precomputed")` with its other defaults (excess of mass, no
+  single cluster), imported when HDBSCAN runs; label -1 is noise.
 - **Silhouette**: as `sklearn.metrics.silhouette_score(metric="precomputed")` defines it, on the input
   distances (noise left out), computed here in a few numpy operations.
 - **Against random masks** (`structure_vs_random`): the best silhouette and the cophenetic correlation of
@@ -42,7 +41,6 @@ import pandas as pd
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
-from masklab.analysis.hdbscan import hdbscan_labels
 from masklab.errors import UserError
 from masklab.store.bits import MaskSet
 from masklab.units import signed_sd
@@ -259,7 +257,11 @@ def _hdbscan(matrix: np.ndarray, min_cluster_size: int | None, min_samples: int 
     if n < 3:
         return np.full(n, -1, dtype=np.int64)
     size = max(2, min(5, n // 3)) if min_cluster_size is None else int(min_cluster_size)
-    labels = hdbscan_labels(matrix, min_cluster_size=size, min_samples=min_samples)
+    # imported here: sklearn.cluster costs 0.7 s to import, paid only by the stages that cluster by density
+    from sklearn.cluster import HDBSCAN
+
+    labels = HDBSCAN(metric="precomputed", min_cluster_size=size, min_samples=min_samples,
+                     copy=True).fit_predict(matrix).astype(np.int64)
     # number the clusters by their first member in leaf order, like the trees
     return _relabel_in_leaf_order(labels, hierarchy.leaves_list(_linkage(matrix, "average")))
 

@@ -23,11 +23,11 @@ distances (MDS) mean something.
   (`choose_method` says which and why): UMAP's graph of each mask's 15 nearest neighbours is every other
   mask when there are 16, so it carries no neighbourhood information; MDS draws the distances themselves.
   umap is imported only when it is used.
-- ``"mds"``: metric MDS by SMACOF (`smacof`: Guttman transforms from the classical-MDS start until the
-  stress falls by less than 1e-6 of the embedding's sum of squared distances, at most 300 iterations), what
-  ``sklearn.manifold.MDS(metric="precomputed", metric_mds=True, init="classical_mds", n_init=1)`` computes
-  (scikit-learn 1.8+), written here in numpy because importing scikit-learn costs `analyze` half a second.
-  Deterministic: no random start, so `random_state` does not change it.
+- ``"mds"``: metric MDS by SMACOF from the classical (Torgerson) start:
+  ``sklearn.manifold.MDS(metric="precomputed", metric_mds=True, init="classical_mds", n_init=1,
+  normalized_stress=False)``
+  (scikit-learn 1.8+), imported when MDS runs. Deterministic: no random start, so `random_state` does not
+  change it.
 - ``"tsne"``: `sklearn.manifold.TSNE(metric="precomputed", init="random")`, perplexity
   ``min(30, (N - 1) / 3)``, on one thread (Barnes-Hut's OpenMP threads spin-wait: on a busy 2-core machine
   they made it 10-30x slower).
@@ -97,7 +97,7 @@ def embed(dist, method: str = "auto", random_state: int = 0, *, n_neighbors: int
     if method == "umap":
         xy = _umap(matrix, random_state, n_neighbors, min_dist)
     elif method == "mds":
-        xy = smacof(matrix)[0]  # deterministic: random_state has nothing to seed
+        xy = _mds(matrix)  # deterministic: random_state has nothing to seed
     else:
         xy = _tsne(matrix, random_state, perplexity)
     return pd.DataFrame({"mask_id": ids, "x": xy[:, 0], "y": xy[:, 1], "method": method}, columns=COLUMNS)
@@ -176,72 +176,13 @@ def cache_umap_kernels() -> list[str]:
     return done
 
 
-def classical_mds(matrix: np.ndarray, n_components: int = 2) -> np.ndarray:
-    """Classical (Torgerson) MDS: the top eigenvectors of the double-centred ``-D**2 / 2``, scaled by the
-    square roots of their eigenvalues (negative ones count as 0), each vector's sign fixed so that its
-    largest-magnitude entry is positive (scikit-learn's `svd_flip`, so the result is deterministic).
+def _mds(matrix: np.ndarray) -> np.ndarray:
+    # imported here: sklearn.manifold costs 0.7 s to import, paid only when an embedding is drawn by MDS
+    from sklearn.manifold import MDS
 
-    Examples
-    --------
-    >>> import numpy as np
-    >>> points = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
-    >>> d = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1))
-    >>> xy = classical_mds(d)
-    >>> bool(np.allclose(np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1)), d))
-    True
-    """
-    b = np.asarray(matrix, dtype=np.float64) ** 2
-    b -= b.mean(axis=0)
-    b -= b.mean(axis=1, keepdims=True)
-    b *= -0.5
-    w, u = np.linalg.eigh(b)
-    w, u = w[::-1][:n_components], u[:, ::-1][:, :n_components]
-    signs = np.sign(u[np.argmax(np.abs(u), axis=0), np.arange(u.shape[1])])
-    return np.sqrt(np.maximum(w, 0.0)) * (u * signs)
-
-
-def smacof(matrix: np.ndarray, n_components: int = 2, *, max_iter: int = 300,
-           eps: float = 1e-6) -> tuple[np.ndarray, float, int]:
-    """Metric MDS by SMACOF from the classical-MDS start: (coordinates (N, n_components), raw stress,
-    iterations).
-
-    Each iteration is one Guttman transform ``X <- B(X) X / N`` with ``B = -D / d(X)`` off the diagonal
-    (distances of coincident points taken as 1e-5) and row sums on it; the raw stress is
-    ``sum_{i<j} (d_ij(X) - D_ij)**2``. It stops when the stress falls by less than ``eps`` times
-    ``sum_{i<j} d_ij(X)**2`` (scikit-learn's criterion since 1.7) or after `max_iter` iterations.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> points = rng.normal(size=(10, 2))
-    >>> d = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1))
-    >>> xy, stress, n_iter = smacof(d)
-    >>> stress < 1e-9  # a planar configuration is recovered exactly
-    True
-    """
-    dissimilarities = np.asarray(matrix, dtype=np.float64)
-    n = len(dissimilarities)
-    x = classical_mds(dissimilarities, n_components)
-    distances = _euclidean(x)
-    old_stress, stress, n_iter = None, 0.0, 0
-    while n_iter < max_iter:
-        n_iter += 1
-        distances[distances == 0] = 1e-5
-        ratio = dissimilarities / distances
-        b = -ratio
-        b[np.diag_indices(n)] += ratio.sum(axis=1)
-        x = b @ x / n
-        distances = _euclidean(x)
-        stress = float(((distances - dissimilarities) ** 2).sum() / 2)
-        if old_stress is not None and (old_stress - stress) / ((distances ** 2).sum() / 2) < eps:
-            break
-        old_stress = stress
-    return x, stress, n_iter
-
-
-def _euclidean(x: np.ndarray) -> np.ndarray:
-    return np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=-1))
+    model = MDS(n_components=2, metric="precomputed", metric_mds=True, init="classical_mds", n_init=1,
+                normalized_stress=False)
+    return np.asarray(model.fit_transform(matrix), dtype=np.float64)
 
 
 def _tsne(matrix: np.ndarray, random_state: int, perplexity: float | None) -> np.ndarray:
@@ -298,5 +239,5 @@ def embed_with_reference(masks: MaskSet, n_random: int | None = None, method: st
     return out
 
 
-__all__ = ["METHODS", "NAMES", "cache_umap_kernels", "choose_method", "classical_mds", "embed", "embed_all",
-           "embed_with_reference", "knn_from_matrix", "smacof"]
+__all__ = ["METHODS", "NAMES", "cache_umap_kernels", "choose_method", "embed", "embed_all", "embed_with_reference",
+           "knn_from_matrix"]

@@ -14,6 +14,10 @@ process or in one shard of many, on 1 thread or 16. Three kinds of operation bre
   thread (the rest stays parallel): about 1.3x the cost of a Conv-4 step on 2 cores.
 - Long sums (Biprop's gain). torch splits a sum across threads; `masked_abs_sum` adds in a fixed order.
 
+Own code because no library switch gives it: `torch.use_deterministic_algorithms` makes repeated runs at one
+thread count agree, not runs at different thread counts (a Linear's output changes with `torch.set_num_threads`,
+pytorch issue 88718; the weight gradient above, measured). tests/train/test_same_bits.py pins the result.
+
 This holds within one machine and one torch build: other CPUs take other MKL code paths (AVX2 vs
 AVX-512), and CUDA kernels choose algorithms by shape, so a GPU run is reproducible only as far as
 cuDNN/cuBLAS are.

@@ -7,6 +7,11 @@ operating system releases a flock when its holder exits, however it exits (SIGKI
 crashed `generate` never leaves a run locked. An exclusive holder writes its pid into the file, for the
 message a refused writer prints. (flock is advisory, and unreliable on some network file systems: on a
 cluster, use a filesystem with working flock, such as NFSv4 or Lustre with flock enabled.)
+
+Own code (stdlib `fcntl.flock`, under 100 lines) rather than a locking package: `filelock` has no shared mode,
+and `fasteners`' inter-process reader-writer lock takes fcntl record locks, which a process loses as soon as it
+closes any descriptor of the file (its documentation warns so), e.g. when `verify` reads `lock`. This one also
+refuses a `lock` that is a symbolic link (O_NOFOLLOW) and never waits (a second writer is refused at once).
 """
 
 from __future__ import annotations

@@ -255,14 +255,3 @@ def test_the_count_kernel_chooses_the_bits_the_numpy_code_does(monkeypatch):
     assert chosen and all(k is not None for k in chosen)
     monkeypatch.setattr(baselines, "_flip_kernel", lambda n=None: None)
     np.testing.assert_array_equal(random_masks(masks, n_masks=12, random_state=4).bits, compiled)
-
-
-@pytest.mark.parametrize("n", [1, 2, 16, 100, 5000])
-@pytest.mark.parametrize("p", [0.0, 1e-6, 0.1, 0.5, 0.9, 1.0])
-def test_binomial_pmf_equals_scipys(n, p):
-    from scipy.stats import binom
-
-    k = np.arange(-2, n + 3)
-    ours = baselines.binomial_pmf(k, n, p)
-    np.testing.assert_allclose(ours, binom.pmf(k, n, p), rtol=1e-9, atol=0)
-    assert ours.sum() == pytest.approx(1.0, rel=1e-9)

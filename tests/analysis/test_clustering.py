@@ -109,6 +109,42 @@ def test_random_masks_have_no_structure(random_square):
     assert (labels["cluster_hdbscan"] == -1).mean() > 0.5  # mostly noise
 
 
+# ---- HDBSCAN: scikit-learn's, on the precomputed distances, numbered in leaf order ---------------------------
+def _line(points):
+    points = np.asarray(points, dtype=np.float64)
+    return np.abs(points[:, None] - points[None, :])
+
+
+def test_hdbscan_finds_dense_groups_and_leaves_an_outlier_as_noise():
+    d = _line([5.0, 5.1, 5.2, 5.3, 0.0, 0.1, 0.2, 0.3, 20.0])
+    labels = C.hdbscan(d, min_cluster_size=3)["cluster_hdbscan"].tolist()
+    # two groups of four and noise; cluster 0 holds the first leaf of the average-linkage tree
+    leaves = C.dendrogram_order(d).tolist()
+    first_group = 0 if leaves.index(0) < leaves.index(4) else 1
+    assert labels == [first_group] * 4 + [1 - first_group] * 4 + [-1]
+
+
+def test_hdbscan_default_min_cluster_size_is_max_2_min_5_n_over_3():
+    """16 points in four tight groups of four: too small for the default size 5 (all one noisy blob, no
+    single-cluster answer: all noise), four clusters when 4 points may make one."""
+    d = _line(np.repeat([0.0, 10.0, 20.0, 30.0], 4) + np.tile([0.0, 0.1, 0.2, 0.3], 4))
+    assert (C.hdbscan(d)["cluster_hdbscan"] == -1).all()
+    four = C.hdbscan(d, min_cluster_size=4)["cluster_hdbscan"].to_numpy()
+    assert four.tolist() == np.repeat(four[::4], 4).tolist() and sorted(set(four)) == [0, 1, 2, 3]
+    # at N = 6 the default is 2: three pairs are three clusters
+    pairs = C.hdbscan(_line([0.0, 0.1, 10.0, 10.1, 20.0, 20.1]))["cluster_hdbscan"].to_numpy()
+    assert len(set(pairs)) == 3 and (pairs[::2] == pairs[1::2]).all()
+
+
+def test_hdbscan_of_fewer_than_four_masks_is_all_noise_and_the_input_is_left_alone():
+    for n in (1, 2, 3):
+        assert (C.hdbscan(_line(np.arange(n)))["cluster_hdbscan"] == -1).all()
+    d = _line(np.r_[np.zeros(5), np.ones(5) * 3, 9.0])
+    before = d.copy()
+    C.hdbscan(d, min_cluster_size=2, min_samples=2)
+    np.testing.assert_array_equal(d, before)
+
+
 def test_structure_vs_random_separates_planted_from_random():
     masks, _ = planted()
     test = C.structure_vs_random(masks, n_random=19, random_state=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.manifold import trustworthiness
 
@@ -149,50 +150,68 @@ def test_umap_kernels_get_an_on_disk_cache(umap_coords):
     assert isinstance(umap.layouts._nb_optimize_layout_euclidean_single_epoch_parallel._cache, NullCache)
 
 
-# ---- MDS: our SMACOF is scikit-learn's metric MDS from the classical start -------------------------------
+# ---- MDS: scikit-learn's metric MDS (SMACOF) from the classical start ---------------------------------------
 def _hamming_matrix(rng, n, n_bits=400):
     bits = rng.random((n, n_bits)) < rng.uniform(0.1, 0.9)
     return (bits[:, None] != bits[None]).mean(-1)
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_smacof_equals_scikit_learns_metric_mds_from_the_classical_start(seed):
-    from sklearn.manifold import MDS
+def _euclidean(xy):
+    return np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1))
 
-    if "metric_mds" not in __import__("inspect").signature(MDS).parameters:
-        pytest.skip("scikit-learn < 1.8 has no classical-MDS start")
+
+def _stress(xy, d):
+    return ((_euclidean(xy) - d) ** 2).sum() / 2
+
+
+def _classical_start(d):
+    """Torgerson's classical MDS by its definition: top-2 eigenvectors of -J D^2 J / 2, scaled by sqrt(eigenvalue)."""
+    n = len(d)
+    j = np.eye(n) - 1.0 / n
+    w, u = np.linalg.eigh(-j @ (d ** 2) @ j / 2)
+    return u[:, ::-1][:, :2] * np.sqrt(np.maximum(w[::-1][:2], 0.0))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mds_recovers_planar_points_exactly(seed):
     rng = np.random.default_rng(seed)
-    d = _hamming_matrix(rng, int(rng.integers(4, 60)))
-    ours, stress, n_iter = E.smacof(d)
-    ref = MDS(n_components=2, metric="precomputed", metric_mds=True, init="classical_mds", n_init=1,
-              normalized_stress=False).fit(d)
-    np.testing.assert_allclose(ours, ref.embedding_, rtol=0, atol=1e-9 * np.abs(ref.embedding_).max())
-    assert n_iter == ref.n_iter_
-    assert stress == pytest.approx(ref.stress_, rel=1e-9)
+    points = rng.normal(size=(int(rng.integers(4, 30)), 2)) * rng.uniform(0.1, 10)
+    d = _euclidean(points)
+    xy = E.embed(d, "mds")[["x", "y"]].to_numpy()
+    np.testing.assert_allclose(_euclidean(xy), d, atol=1e-6 * d.max())
+
+
+def _smacof(d, max_iter=300, eps=1e-6):
+    """Metric MDS by its definition: Guttman transforms X <- B(X) X / N from the classical start (coincident
+    points at distance 1e-5), stopping when the raw stress falls by less than eps * sum_{i<j} d_ij(X)^2."""
+    n = len(d)
+    x = _classical_start(d)
+    dist, old = _euclidean(x), None
+    for _ in range(max_iter):
+        dist[dist == 0] = 1e-5
+        b = -d / dist
+        b[np.diag_indices(n)] -= b.sum(axis=1)
+        x = b @ x / n
+        dist = _euclidean(x)
+        stress = ((dist - d) ** 2).sum() / 2
+        if old is not None and (old - stress) / ((dist ** 2).sum() / 2) < eps:
+            break
+        old = stress
+    return x
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_classical_mds_equals_scikit_learns_and_recovers_planar_points(seed):
+def test_mds_is_smacof_from_the_classical_start(seed):
+    """embed(method="mds") is SMACOF from Torgerson's start (compared through the pairwise distances of the
+    result, which no reflection of the start changes), and lowers the stress of that start."""
     rng = np.random.default_rng(seed)
-    points = rng.normal(size=(int(rng.integers(3, 30)), 2)) * rng.uniform(0.1, 10)
-    d = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1))
-    xy = E.classical_mds(d)
-    np.testing.assert_allclose(np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1)), d, atol=1e-9 * d.max())
-    xy_smacof, stress, _ = E.smacof(d)
-    assert stress < 1e-12 * (d ** 2).sum()
-    try:
-        from sklearn.manifold import ClassicalMDS
-    except ImportError:
-        return
-    hamming = _hamming_matrix(rng, 20)
-    np.testing.assert_allclose(E.classical_mds(hamming),
-                               ClassicalMDS(metric="precomputed", n_components=2).fit_transform(hamming),
-                               rtol=0, atol=1e-9)
+    d = _hamming_matrix(rng, int(rng.integers(4, 60)))
+    xy = E.embed(d, "mds")[["x", "y"]].to_numpy()
+    np.testing.assert_allclose(_euclidean(xy), _euclidean(_smacof(d)), rtol=0, atol=1e-9 * d.max())
+    assert _stress(xy, d) < _stress(_classical_start(d), d)
 
 
-def test_smacof_lowers_the_stress_of_its_classical_start():
-    d = _hamming_matrix(np.random.default_rng(3), 25)
-    start = E.classical_mds(d)
-    start_stress = ((np.sqrt(((start[:, None] - start[None]) ** 2).sum(-1)) - d) ** 2).sum() / 2
-    _, stress, n_iter = E.smacof(d)
-    assert n_iter > 1 and stress < start_stress
+def test_mds_is_deterministic_and_ignores_random_state():
+    d = _hamming_matrix(np.random.default_rng(7), 20)
+    a = E.embed(d, "mds", random_state=0)
+    pd.testing.assert_frame_equal(a, E.embed(d, "mds", random_state=123))

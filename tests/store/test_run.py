@@ -201,6 +201,22 @@ def test_a_directory_of_another_config_is_refused(run, tmp_path, digits):
         masklab.generate(other, runs_dir=tmp_path, data=digits, resume=True)
 
 
+def test_a_data_root_outside_the_basic_multilingual_plane_reopens(tmp_path, digits):
+    """config.toml holds an emoji as UTF-8 (the hand-written writer escaped it as a surrogate pair, which TOML
+    rejects: the new run then refused to open); a path of non-UTF-8 bytes is refused before any file."""
+    root = str(tmp_path / "données 😀 𝔘")
+    run = masklab.generate(runs_dir=tmp_path / "runs", data=digits, data_root=root, **{**TINY, "masks": 1,
+                                                                                         "epochs": 1})
+    assert open_run(run.path).config.data_root == root
+    assert "😀" in (run.path / "config.toml").read_text(encoding="utf-8")
+    assert len(masklab.generate(runs_dir=tmp_path / "runs", resume=run.path, data=digits)) == 1
+    undecodable = str(tmp_path).encode() + b"/\xff"
+    with pytest.raises(UserError, match="'data_root' = .* is not UTF-8 text"):
+        masklab.generate(runs_dir=tmp_path / "bad", data=digits, data_root=undecodable.decode(errors="surrogateescape"),
+                         **TINY)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_bad_input_leaves_no_run_directory(tmp_path, digits):
     runs = tmp_path / "runs"
     for bad in [{"sparsity": 1.5}, {"masks": 0}, {"model": "vgg"}, {"dataset": "imagenet"},
