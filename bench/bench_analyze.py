@@ -4,7 +4,7 @@ Targets (DESIGN.md, issue 16): a warm `masklab analyze` of the default run (16 d
 the first run after set-up at most 15 s. Scenarios, each printed with its stages and its ratio to the target:
 
 - ``after set-up``: numba's cache emptied (a fresh ``$NUMBA_CACHE_DIR``), the set-up's warm-up step run
-  (``python -m masklab.analysis.warm``, timed apart), then ``masklab analyze`` in a fresh process (cold:
+  (``python -m masklab.warm``, timed apart), then ``masklab analyze`` in a fresh process (cold:
   Python, imports, cache loads). Target 15 s.
 - ``warm CLI``: ``masklab analyze`` again in a fresh process, caches warm: best of ``--repeat``. Target 5 s.
 - ``in-process``: a second `masklab.analyze(run)` in the same Python process (a notebook re-running it).
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(stage_line("no set-up", wall, out["stages"]))
         cache = tempfile.mkdtemp(dir=tmp, prefix="numba-")
         if (ROOT / "masklab" / "analysis" / "warm.py").exists():
-            setup, _ = timed([sys.executable, "-m", "masklab.analysis.warm", "--quiet"], env_with(cache))
-            setup_what = "python -m masklab.analysis.warm"
+            setup, _ = timed([sys.executable, "-m", "masklab.warm", "--quiet"], env_with(cache))
+            setup_what = "python -m masklab.warm"
         else:  # an older masklab without the warm-up step: its first analyze fills the caches
             setup, _ = analyze_child(run, figures, env_with(cache))
             setup_what = "no warm-up step in this version: a first analyze instead"

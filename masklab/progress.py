@@ -3,7 +3,7 @@
 `TrainProgress(total_masks, epochs, quiet)` is driven by the trainer's two callbacks:
 
 - ``on_epoch(row)``: one row per mask per epoch (``row["index"]``, ``row["epoch"]``, ``row["test_acc"]``;
-  what `train_mask` and `train_stack` pass to `on_epoch`). A stack of K masks delivers its K rows of an
+  what `train_mask` and `train_masks` pass to `on_epoch`). A stack of K masks delivers its K rows of an
   epoch together, so the bar advances K mask-epochs at a time; the total is ``total_masks * epochs``.
 - ``mask_done(result)``: a mask is finished (stored); `result` is the `TrainedMask` (its
   ``metrics["test_acc"]`` feeds the running mean), a metrics dict, an accuracy, or None.
@@ -23,7 +23,7 @@ As `masklab.generation._train_all` (which owns the loop) uses it::
     progress = TrainProgress(len(todo), config.epochs, quiet)
     try:
         for chunk in stacks:
-            results = train_stack(config, chunk, ..., on_epoch=progress.on_epoch)   # or train_mask(...)
+            results = train_masks(config, chunk, ..., on_epoch=progress.on_epoch)   # or train_mask(...)
             for trained in results:
                 writer.write_mask(trained, ...)
                 progress.mask_done(trained)

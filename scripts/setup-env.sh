@@ -70,7 +70,7 @@ pip_install -e ".[$extras]"
 # compile masklab's numba kernels (and umap's) into their on-disk caches now, so that the first generate and
 # analyze run at full speed; a failure here is not fatal (the kernels then compile on first use)
 say "warming numba's caches (masklab's kernels, umap's): about 40 s once"
-"$VPY" -m masklab.analysis.warm --quiet || say "warm-up failed; kernels will compile on first use"
+"$VPY" -m masklab.warm --quiet || say "warm-up failed; kernels will compile on first use"
 echo "$want" > "$stamp"
 if [ "$extras" != dev ]; then  # the notebook install is a superset of the plain one
   echo "$want" > "$VENV/.masklab-stamp"

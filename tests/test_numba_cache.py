@@ -1,5 +1,5 @@
 """Every numba kernel masklab owns keeps its compiled code on disk (`cache=True`), so that no process after
-the first (or after `python -m masklab.analysis.warm`) compiles it again."""
+the first (or after `python -m masklab.warm`) compiles it again."""
 
 from __future__ import annotations
 

@@ -231,7 +231,7 @@ def test_demo_stops_when_generate_fails(tmp_path):
 FAKE_PYTHON = """#!/usr/bin/env bash
 # A stand-in for .venv/bin/python: torch is "installed"; pip prints what a real install prints.
 if [ "$1" = "-c" ]; then echo "2.13.0+cpu"; exit 0; fi
-if [ "$1 $2" = "-m masklab.analysis.warm" ]; then echo "warm $*" >> "$(dirname "$0")/../calls"; exit 0; fi
+if [ "$1 $2" = "-m masklab.warm" ]; then echo "warm $*" >> "$(dirname "$0")/../calls"; exit 0; fi
 if [ "$1 $2 $3" = "-m pip install" ]; then
   echo "pip $*" >> "$(dirname "$0")/../calls"
   case " $* " in *" -q "*) exit 0;; esac
@@ -274,7 +274,7 @@ def test_setup_prints_what_it_installs_and_is_quiet_when_done(tmp_path):
     assert lines[7] == "setup: done: .venv is ready" and len(lines) == 8
     calls = (tmp_path / "repo" / ".venv" / "calls").read_text().splitlines()
     assert calls[-2].endswith('install --progress-bar off -e .[dev]')
-    assert calls[-1] == "warm -m masklab.analysis.warm --quiet"  # numba's caches filled once, at set-up
+    assert calls[-1] == "warm -m masklab.warm --quiet"  # numba's caches filled once, at set-up
     assert "Successfully installed" in (tmp_path / "repo" / ".venv" / "setup-pip.log").read_text()
     again = _setup(tmp_path)  # stamped: nothing to do, nothing printed
     assert again.returncode == 0 and again.stderr == ""

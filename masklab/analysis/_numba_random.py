@@ -1,6 +1,6 @@
 """Numba kernel of `masklab.analysis.baselines.random_masks`: bring random rows to their exact counts.
 
-Imported lazily; ``cache=True`` keeps the compiled code on disk (`python -m masklab.analysis.warm` fills it).
+Imported lazily; ``cache=True`` keeps the compiled code on disk (`python -m masklab.warm` fills it).
 """
 
 from __future__ import annotations

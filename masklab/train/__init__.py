@@ -2,7 +2,8 @@
 
 from masklab.train.device import resolve_device
 from masklab.train.evaluate import evaluate, evaluate_batches
-from masklab.train.trainer import TrainedMask, TrainingDiverged, make_model, train_mask, train_masks
+from masklab.train.stacked import make_model
+from masklab.train.trainer import TrainedMask, TrainingDiverged, train_mask, train_masks
 
 __all__ = ["TrainedMask", "TrainingDiverged", "evaluate", "evaluate_batches", "make_model", "resolve_device",
            "train_mask", "train_masks"]

@@ -20,6 +20,7 @@ from masklab.config import RunConfig
 from masklab.data import Shaped
 from masklab.nn.layers import masked_layers
 from masklab.train.recycling import rebuild_weights
+from masklab.train.stacked import make_model
 
 
 def rebuild_subnet(config: RunConfig, dataset: Shaped, weight_seed: int, score_seed: int, masks: Sequence[np.ndarray],
@@ -31,8 +32,6 @@ def rebuild_subnet(config: RunConfig, dataset: Shaped, weight_seed: int, score_s
     the layers' kept counts (imported runs: the layout's) and `gain_counts` the denominators of Biprop's
     gain (imported Biprop runs: the Biprop code's int(keep * n)); their scores are then frozen, so that the
     model computes with the stored mask whether or not autograd is on."""
-    from masklab.train.trainer import make_model
-
     model = make_model(config.replace(weight_seed=weight_seed), dataset, score_seed)
     with torch.no_grad():
         for k, (_, layer) in enumerate(masked_layers(model)):

@@ -1,5 +1,5 @@
-"""Stacking: the model of K masks trained in one pass, its optimiser, and how many masks `--stack auto`
-puts together.
+"""The models a run trains: one mask's (`make_model`) and K masks' trained in one pass, its optimiser, and how
+many masks `--stack auto` puts together.
 
 A mask's result does not depend on the stack (see `masklab.nn.stacked`), so K is chosen for speed
 alone, from the rule `bench/bench_stack_rule.py` measures.
@@ -13,6 +13,7 @@ import torch
 
 from masklab.config import RunConfig
 from masklab.data import Shaped
+from masklab.nn.init import init_model
 from masklab.nn.layers import MaskedConv2d
 from masklab.nn.models import build_model
 from masklab.nn.stacked import StackedLayerMaker, init_stacked
@@ -23,6 +24,14 @@ from masklab.train.score_sgd import FusedScoreSGD, fused_available
 # per mask either way, and the weight gradient runs single-threaded for exactness), so they train alone.
 CPU_CAP = {"linear": 8, "conv": 1}
 CUDA_CAP = 32  # one grouped convolution for the stack: not measured yet (no GPU lent)
+
+
+def make_model(config: RunConfig, dataset: Shaped, score_seed: int | None = None) -> torch.nn.Module:
+    """The run's single-mask model with weights from the weight seed and scores from `score_seed` (CPU)."""
+    model = build_model(config.model, dataset.input_shape, dataset.n_classes, config.width, config.method,
+                        config.sparsity)
+    return init_model(model, config.weight_seed, config.score_seed if score_seed is None else score_seed,
+                      config.resolved("weight_init"), config.resolved("scale_fan"), config.keep)
 
 
 def make_stacked_model(config: RunConfig, dataset: Shaped, indices: list[int]) -> torch.nn.Module:
@@ -80,10 +89,3 @@ def score_optimizer(layers: list, lr: float, momentum: float, weight_decay: floa
         return FusedScoreSGD(layers, lr, momentum, weight_decay)
     return torch.optim.SGD([layer.scores for layer in layers], lr=lr, momentum=momentum, weight_decay=weight_decay)
 
-
-def train_stack(config: RunConfig, indices: list[int], dataset=None, device=None, on_epoch=None,
-                snapshot_every=None):
-    """Train masks `indices` of the run together (`masklab.train.trainer.train_masks`)."""
-    from masklab.train.trainer import train_masks
-
-    return train_masks(config, indices, dataset, device, on_epoch, snapshot_every)

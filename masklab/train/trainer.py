@@ -27,15 +27,13 @@ from masklab.config import RunConfig
 from masklab.data import Batches, Shaped
 from masklab.errors import UserError
 from masklab.nn.exact import reproducible_blas
-from masklab.nn.init import init_model
 from masklab.nn.layers import masked_layers
-from masklab.nn.models import build_model
 from masklab.nn.stacked import stacked_layers
 from masklab.train.device import SMALL_STEP_MACS, EpochThreads, macs_per_sample, resolve_device, step_threads
 from masklab.train.evaluate import evaluate
 from masklab.train.rebuild import rebuild_trained
 from masklab.train.recycling import iterand_apply, iwr_apply, recycles_after
-from masklab.train.stacked import make_stacked_model, score_optimizer
+from masklab.train.stacked import make_model, make_stacked_model, score_optimizer
 
 __all__ = ["SMALL_STEP_MACS", "TrainedMask", "TrainingDiverged", "build_training", "cosine_lr", "macs_per_sample",
            "make_model", "resolve_device", "step_threads", "train_mask", "train_masks", "train_step"]
@@ -67,14 +65,6 @@ class TrainedMask:
     snapshots: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)  # (epoch, masks)
     buffers: dict[str, np.ndarray] = field(default_factory=dict)  # BatchNorm running statistics
     trained_with: dict = field(default_factory=dict)  # stack size, position, device, threads, BLAS mode
-
-
-def make_model(config: RunConfig, dataset: Shaped, score_seed: int | None = None) -> nn.Module:
-    """The run's single-mask model with weights from the weight seed and scores from `score_seed` (CPU)."""
-    model = build_model(config.model, dataset.input_shape, dataset.n_classes, config.width, config.method,
-                        config.sparsity)
-    return init_model(model, config.weight_seed, config.score_seed if score_seed is None else score_seed,
-                      config.resolved("weight_init"), config.resolved("scale_fan"), config.keep)
 
 
 def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:

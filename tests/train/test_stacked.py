@@ -8,7 +8,8 @@ from masklab.nn.stacked import stacked_layers
 from masklab.train import make_model, train_mask
 from masklab.train.recycling import rebuild_weights
 from masklab.train.score_sgd import FusedScoreSGD
-from masklab.train.stacked import make_stacked_model, score_optimizer, train_stack
+from masklab.train.stacked import make_stacked_model, score_optimizer
+from masklab.train.trainer import train_masks
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_one_step_scores_match_separate_optimisers(digits, method, fused):
 @pytest.mark.parametrize("kw", [{}, {"method": "biprop"}, {"vary_data_seed": True}])
 def test_full_stacked_run_equals_separate_runs_exactly(digits, kw):
     config = RunConfig(epochs=5, **kw)
-    stacked = train_stack(config, [0, 1, 2, 3], dataset=digits)
+    stacked = train_masks(config, [0, 1, 2, 3], dataset=digits)
     for result in stacked:
         alone = train_mask(config, result.index, dataset=digits)
         assert (result.score_seed, result.data_seed) == (alone.score_seed, alone.data_seed)
@@ -76,7 +77,7 @@ def test_recycling_inside_a_stack_is_per_mask_and_rebuildable(digits, recycle, m
         return out
 
     monkeypatch.setattr(trainer, "_recycle", spy)
-    results = train_stack(config, [0, 1, 2], dataset=digits)
+    results = train_masks(config, [0, 1, 2], dataset=digits)
     monkeypatch.undo()
     key = "src" if recycle == "iwr" else "draw"
     maps = [getattr(r, key) for r in results]
@@ -100,7 +101,7 @@ def test_stacked_final_metrics_are_exactly_the_rebuilt_subnetworks():
     data = load_dataset("synthetic", input_shape=(3, 8, 8))
     config = RunConfig(dataset="synthetic", input_shape="3x8x8", model="resnet18", width=0.125, epochs=2,
                        batch_size=256)
-    results = train_stack(config, [0, 1], dataset=data)
+    results = train_masks(config, [0, 1], dataset=data)
     assert results[0].buffers and not np.array_equal(results[0].buffers["bn1.running_mean"],
                                                      results[1].buffers["bn1.running_mean"])
     for result in results:

@@ -2,10 +2,10 @@
 
 Run once after set-up (the set-up script can call it)::
 
-    python -m masklab.analysis.warm            # a progress line and one line per step
-    python -m masklab.analysis.warm --quiet    # silent; exit code 0
+    python -m masklab.warm            # a progress line and one line per step
+    python -m masklab.warm --quiet    # silent; exit code 0
 
-or from Python, ``masklab.analysis.warm.warm_caches()``, which returns the seconds each step took.
+or from Python, ``masklab.warm.warm_caches()``, which returns the seconds each step took.
 
 What it warms (each step is independent; a step that fails is reported and the others still run):
 
@@ -31,45 +31,45 @@ numba, or umap) changes; running this again is cheap (each step then just loads 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
+from tqdm import tqdm
+
+from masklab.analysis._numba_random import flip_to_counts
+from masklab.analysis.baselines import random_masks
+from masklab.analysis.clustering import cluster_masks, structure_vs_random
+from masklab.analysis.distances import distances, intersections
+from masklab.analysis.embedding import embed
+from masklab.data import load_dataset
+from masklab.errors import UserError
+from masklab.generation import as_config
+from masklab.plots import embedding_scatter
+from masklab.store.bits import MaskSet
+from masklab.train.trainer import train_mask, train_masks
 
 STEPS = ("distances", "analysis", "training", "umap")
 
 
 def _random_masks(n: int = 60, seed: int = 0):
-    from masklab.store.bits import MaskSet
-
     rng = np.random.default_rng(seed)
     return MaskSet.from_bool(rng.random((n, 700)) < 0.5, layer_sizes=[200, 500])
 
 
 def warm_distances() -> None:
-    from masklab.analysis.baselines import random_masks
-    from masklab.analysis.distances import intersections
-
     masks = _random_masks(8)
     intersections(masks, per_layer=True, backend="numba")
     intersections(masks, _random_masks(8, 1), per_layer=True, backend="numba")
     random_masks(masks, 4, random_state=0)
     # the count fix-up kernel: called directly, since random_masks takes numpy for inputs this small
-    from masklab.analysis._numba_random import flip_to_counts
-
     flip_to_counts(np.zeros((2, 2), np.uint64), np.zeros(1, np.int64), np.ones(1, np.int64),
                    np.array([[3, 5]], np.int64))
 
 
 def warm_analysis() -> None:
-    import io
-
-    from masklab.analysis.clustering import cluster_masks, structure_vs_random
-    from masklab.analysis.distances import distances
-    from masklab.analysis.embedding import embed
-    from masklab.plots import embedding_scatter
-
     masks = _random_masks(12)
     square = distances(masks, metric="hamming_norm", form="square")
     cluster_masks(square)
@@ -79,20 +79,13 @@ def warm_analysis() -> None:
 
 
 def warm_training() -> None:
-    from masklab.data import load_dataset
-    from masklab.generation import as_config
-    from masklab.train.stacked import train_stack
-    from masklab.train.trainer import train_mask
-
     dataset = load_dataset("digits")
     config = as_config(None, masks=2, epochs=1)
     train_mask(config, 0, dataset=dataset, device="cpu")
-    train_stack(config, [0, 1], dataset=dataset, device="cpu")
+    train_masks(config, [0, 1], dataset=dataset, device="cpu")
 
 
 def warm_umap() -> None:
-    from masklab.analysis.embedding import embed
-
     rng = np.random.default_rng(0)
     points = rng.random((60, 5))
     matrix = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(axis=-1))
@@ -107,11 +100,9 @@ def warm_caches(steps=STEPS, *, quiet: bool = True, log: Callable[[str], None] |
     """Run the warm-up `steps` (default all: distances, analysis, training, umap); returns the seconds of
     each step that succeeded. With ``quiet=False`` a progress line (tqdm, stderr) follows the steps; `log`
     receives one line per step (its time, or why it failed)."""
-    from tqdm import tqdm
 
     unknown = [s for s in steps if s not in WARMERS]
     if unknown:
-        from masklab.errors import UserError
 
         raise UserError(f"unknown warm-up steps {unknown}; choose from {', '.join(STEPS)}")
     say = log or (lambda line: None)
@@ -132,7 +123,7 @@ def warm_caches(steps=STEPS, *, quiet: bool = True, log: Callable[[str], None] |
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m masklab.analysis.warm",
+    parser = argparse.ArgumentParser(prog="python -m masklab.warm",
                                      description="Fill numba's on-disk caches (masklab's kernels, umap's and "
                                      "pynndescent's) and the other first-use caches, so that the first "
                                      "`masklab generate` / `masklab analyze` runs at full speed.")
