@@ -44,7 +44,7 @@ def distances(n_masks: int, rounds: int = 3) -> None:
     import numba
 
     from masklab.analysis.kernels import intersection_counts, layer_bounds
-    from masklab.scale.tiles import dask_intersection_counts, local_client
+    from masklab.analysis.tiles import dask_intersection_counts, local_client
     from masklab.store.bits import make_layout
 
     shapes = [(64, 3, 3, 3), (64, 64, 3, 3), (128, 64, 3, 3), (128, 128, 3, 3), (256, 8192), (256, 256), (10, 256)]

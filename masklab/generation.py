@@ -88,11 +88,11 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
     `quiet=False` shows a progress bar on stderr. `data`: the loaded dataset (default: load the config's).
     `log` receives one-line status messages.
     `shard=(I, N)` (or "I/N"): train only shard I of N, the masks i with i % N == I, into the same run
-    directory, beside the other shards' processes (see masklab.scale.shards); every mask is the same as a
+    directory, beside the other shards' processes (see masklab.store.shards); every mask is the same as a
     one-process run would make it.
     """
     if shard is not None:
-        from masklab.scale.shards import parse_shard
+        from masklab.store.shards import parse_shard
 
         shard = parse_shard(shard)
     if resume is not True and resume is not False:

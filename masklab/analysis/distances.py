@@ -14,14 +14,17 @@ arrays for analyses that want matrices (clustering, embeddings); `distances` ret
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
 
 from masklab.analysis.kernels import intersection_counts, layer_bounds, row_counts
+from masklab.analysis.tiles import dask_intersection_counts
 from masklab.errors import UserError
 from masklab.store.bits import MaskSet
 
@@ -122,7 +125,7 @@ def intersections(masks: MaskSet, other: MaskSet | None = None, per_layer: bool 
         Largest block of rows resident at once; matrices larger than this (memory maps larger than RAM)
         are streamed block pair by block pair. Default 1 GiB.
     client : dask.distributed.Client, optional
-        Compute the pairs of one set as tiles on this cluster's workers (`masklab.scale.tiles`); the
+        Compute the pairs of one set as tiles on this cluster's workers (`masklab.analysis.tiles`); the
         workers read the rows of a run's memory-mapped matrix from its file. Same result, exactly.
     out : path, optional
         With `client`: write the (L + 1, N, N) counts into this .npy file (memory-mapped) as tiles finish.
@@ -142,8 +145,6 @@ def intersections(masks: MaskSet, other: MaskSet | None = None, per_layer: bool 
         if other is not None:
             raise UserError("distances on a Dask cluster take the pairs of one mask set; compute cross-run "
                             "distances in process (client=None)")
-        from masklab.scale.tiles import dask_intersection_counts
-
         counts = dask_intersection_counts(masks.bits, count_bounds, client, with_total=per_layer, out=out)
     else:
         counts = intersection_counts(masks.bits, None if other is None else other.bits, count_bounds,
@@ -267,3 +268,54 @@ def long_table(result: Intersections, metric: str) -> pd.DataFrame:
         "metric": metric,
         "value": values.ravel(),
     }, columns=LONG_COLUMNS)
+
+
+def distances_to_file(masks, path: str | os.PathLike, metric: str = "hamming", per_layer: bool = False,
+                      client=None, progress: Callable[[int, int], None] | None = None):
+    """All-pairs `metric` of a MaskSet into `path` and a per-layer summary DataFrame (what `masklab
+    distances` prints: layer, metric, pairs, mean, std, min, max).
+
+    `path` ending in .parquet (or .csv) gets the long table (mask_a, mask_b, layer, metric, value; pairs
+    a < b); .npy gets the square values, shape (N, N), or (L + 1, N, N) with `per_layer` ("all" first),
+    written tile by tile when `client` (a Dask Client) computes it, so that N x N never has to fit in
+    memory twice. Without `client` the numba kernel runs in this process.
+    """
+    if metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    path = Path(path)
+    if path.suffix not in (".parquet", ".csv", ".npy"):
+        raise UserError(f"--out {path}: write .parquet or .csv (long table) or .npy (square matrix)")
+    names = [ALL, *masks.layers["layer"]] if per_layer else [ALL]
+    bounds = layer_bounds(masks.layers["word_start"], masks.layers["word_stop"])
+    counts_bounds = bounds if per_layer else np.array([[0, masks.n_words]], dtype=np.int64)
+    layer_bits = masks.layers["n_bits"].to_numpy(np.int64)
+    n_bits = np.concatenate([[layer_bits.sum()], layer_bits]) if per_layer else layer_bits.sum(keepdims=True)
+    if path.suffix == ".npy":
+        dtype = np.int64 if metric == "hamming" else np.float64
+        n = masks.n_masks
+        stored = np.lib.format.open_memmap(path, mode="w+", dtype=dtype,
+                                           shape=(len(names), n, n) if per_layer else (n, n))
+        square = stored if per_layer else stored[None]
+        if client is not None:
+            kept = _kept_with_total(masks.bits, bounds, per_layer)
+
+            def to_metric(tile, rows_a, rows_b):
+                return metric_values(metric, tile, kept[rows_a[0]:rows_a[1]].T[:, :, None],
+                                     kept[rows_b[0]:rows_b[1]].T[:, None, :], n_bits[:, None, None])
+
+            dask_intersection_counts(masks.bits, counts_bounds, client, with_total=per_layer, out=square,
+                                     progress=progress, transform=to_metric, dtype=dtype)
+        else:
+            square[:] = intersections(masks, per_layer=per_layer).metric(metric)
+        stored.flush()
+        upper = np.triu_indices(n, 1)
+        values = [np.asarray(square[k][upper]) for k in range(len(names))]
+    else:
+        result = intersections(masks, per_layer=per_layer, client=client)
+        table = long_table(result, metric)
+        (table.to_parquet if path.suffix == ".parquet" else lambda p: table.to_csv(p, index=False))(path)
+        values = [table.loc[table["layer"] == name, "value"].to_numpy() for name in names]
+    rows = [{"layer": name, "metric": metric, "pairs": len(v), "mean": float(np.mean(v)) if len(v) else None,
+             "std": float(np.std(v)) if len(v) else None, "min": v.min() if len(v) else None,
+             "max": v.max() if len(v) else None} for name, v in zip(names, values)]
+    return pd.DataFrame(rows)

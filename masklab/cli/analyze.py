@@ -7,13 +7,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from masklab.analysis.distances import distances_to_file
 from masklab.analysis.interpolation import barrier, barrier_correlation, barrier_matrix, interpolate
 from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
+from masklab.analysis.tiles import connect
 from masklab.cli.options import at_least
 from masklab.cli.text import frame_text, order_words, pairs_text, path_words
 from masklab.errors import UserError
 from masklab.report import analyze, check_formats, compare, comparison_text, seconds_text
-from masklab.scale.tiles import connect, distances_to_file
 from masklab.store.run import open_run
 from masklab.units import shown_accuracy
 

@@ -1,2 +1,3 @@
-"""Beyond one machine: Dask tiles for all-pairs distances (tiles.py); sharded generation through submitit
-(shards.py, executors.py). Imported lazily: `import masklab` does not import dask or submitit."""
+"""Beyond one machine: sharded generation through submitit (executors.py; the shard rule: store/shards.py;
+Dask tiles for all-pairs distances: analysis/tiles.py). Imported lazily: `import masklab` does not import
+submitit."""

@@ -16,7 +16,6 @@ import pandas as pd
 
 from masklab.config import RunConfig, read_config
 from masklab.errors import StoreError, UserError, write_error
-from masklab.scale.shards import shard_masks
 from masklab.store import files as F
 from masklab.store import schema as S
 from masklab.store.bits import BIT_ORDER, pack_layers
@@ -33,6 +32,7 @@ from masklab.store.meta import (
 )
 from masklab.store.paths import RECORD_RE, check_run_id, stem
 from masklab.store.run import Run
+from masklab.store.shards import shard_masks
 
 
 class RunWriter:
@@ -57,7 +57,7 @@ class RunWriter:
         named run that does not exist yet is refused when runs of that name with other configs do (see
         `refuse_other_configs`). Links where the run is written are refused before anything is written.
 
-        `shard=(I, N)`: write only shard I of N (the masks i with i % N == I; see masklab.scale.shards):
+        `shard=(I, N)`: write only shard I of N (the masks i with i % N == I; see masklab.store.shards):
         the run lock is taken shared and the shard's own lock exclusively, so that the N shards can write
         at once; "incomplete" and "missing" then mean this shard's masks.
 

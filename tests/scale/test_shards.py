@@ -20,9 +20,9 @@ from masklab.cli import main
 from masklab.config import RunConfig
 from masklab.data import IDX_FILES, read_idx
 from masklab.scale.executors import SlurmOptions, sbatch_script
-from masklab.scale.shards import parse_shard, shard_masks
 from masklab.store.lock import RunLock
 from masklab.store.run import Run
+from masklab.store.shards import parse_shard, shard_masks
 
 pytest.importorskip("submitit")
 

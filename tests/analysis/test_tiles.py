@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 import masklab
+from masklab.analysis import tiles
 from masklab.cli import main
-from masklab.scale import tiles
 from masklab.store.bits import MaskSet
 
 pytest.importorskip("distributed")

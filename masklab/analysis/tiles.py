@@ -1,4 +1,5 @@
-"""All-pairs intersection counts as tiles on a Dask distributed cluster.
+"""All-pairs intersection counts as tiles on a Dask distributed cluster (`distances(..., client=...)`,
+`masklab distances --scheduler`).
 
 The N x N pairs are cut into row block x row block tiles of the upper triangle; each tile is one task
 that runs the in-process numba kernel (`masklab.analysis.kernels.intersection_counts`) on its two row
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from masklab.analysis.kernels import intersection_counts
 from masklab.errors import UserError
 
 DEFAULT_TILE_BYTES = 256 << 20  # rows of one tile side: at most this many bytes of packed words
@@ -50,8 +52,6 @@ def tile_counts(source, rows_a: tuple[int, int], rows_b: tuple[int, int], bounds
                 with_total: bool, threads: int | None = None) -> np.ndarray:
     """One tile on a worker: intersection counts of rows_a x rows_b (a diagonal tile counts its upper
     triangle once and mirrors it), shape (L [+ 1], len a, len b)."""
-    from masklab.analysis.kernels import intersection_counts
-
     a = _rows(source, *rows_a)
     b = None if rows_a == rows_b else _rows(source, *rows_b)
     counts = intersection_counts(a, b, bounds, backend="numba", threads=threads, with_total=with_total)
@@ -193,59 +193,3 @@ def connect(scheduler: str, workers: int | None = None):
     except OSError as e:
         raise UserError(f"cannot reach the Dask scheduler at {scheduler} ({e}); start one (`dask scheduler`) "
                         "or use --scheduler local") from None
-
-
-def distances_to_file(masks, path: str | os.PathLike, metric: str = "hamming", per_layer: bool = False,
-                      client=None, progress: Callable[[int, int], None] | None = None):
-    """All-pairs `metric` of a MaskSet into `path` and a per-layer summary DataFrame (what `masklab
-    distances` prints: layer, metric, pairs, mean, std, min, max).
-
-    `path` ending in .parquet (or .csv) gets the long table (mask_a, mask_b, layer, metric, value; pairs
-    a < b); .npy gets the square values, shape (N, N), or (L + 1, N, N) with `per_layer` ("all" first),
-    written tile by tile when `client` (a Dask Client) computes it, so that N x N never has to fit in
-    memory twice. Without `client` the numba kernel runs in this process.
-    """
-    import pandas as pd
-
-    from masklab.analysis.distances import ALL, METRICS, _kept_with_total, intersections, long_table, metric_values
-    from masklab.analysis.kernels import layer_bounds
-
-    if metric not in METRICS:
-        raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    path = Path(path)
-    if path.suffix not in (".parquet", ".csv", ".npy"):
-        raise UserError(f"--out {path}: write .parquet or .csv (long table) or .npy (square matrix)")
-    names = [ALL, *masks.layers["layer"]] if per_layer else [ALL]
-    bounds = layer_bounds(masks.layers["word_start"], masks.layers["word_stop"])
-    counts_bounds = bounds if per_layer else np.array([[0, masks.n_words]], dtype=np.int64)
-    layer_bits = masks.layers["n_bits"].to_numpy(np.int64)
-    n_bits = np.concatenate([[layer_bits.sum()], layer_bits]) if per_layer else layer_bits.sum(keepdims=True)
-    if path.suffix == ".npy":
-        dtype = np.int64 if metric == "hamming" else np.float64
-        n = masks.n_masks
-        stored = np.lib.format.open_memmap(path, mode="w+", dtype=dtype,
-                                           shape=(len(names), n, n) if per_layer else (n, n))
-        square = stored if per_layer else stored[None]
-        if client is not None:
-            kept = _kept_with_total(masks.bits, bounds, per_layer)
-
-            def to_metric(tile, rows_a, rows_b):
-                return metric_values(metric, tile, kept[rows_a[0]:rows_a[1]].T[:, :, None],
-                                     kept[rows_b[0]:rows_b[1]].T[:, None, :], n_bits[:, None, None])
-
-            dask_intersection_counts(masks.bits, counts_bounds, client, with_total=per_layer, out=square,
-                                     progress=progress, transform=to_metric, dtype=dtype)
-        else:
-            square[:] = intersections(masks, per_layer=per_layer).metric(metric)
-        stored.flush()
-        upper = np.triu_indices(n, 1)
-        values = [np.asarray(square[k][upper]) for k in range(len(names))]
-    else:
-        result = intersections(masks, per_layer=per_layer, client=client)
-        table = long_table(result, metric)
-        (table.to_parquet if path.suffix == ".parquet" else lambda p: table.to_csv(p, index=False))(path)
-        values = [table.loc[table["layer"] == name, "value"].to_numpy() for name in names]
-    rows = [{"layer": name, "metric": metric, "pairs": len(v), "mean": float(np.mean(v)) if len(v) else None,
-             "std": float(np.std(v)) if len(v) else None, "min": v.min() if len(v) else None,
-             "max": v.max() if len(v) else None} for name, v in zip(names, values)]
-    return pd.DataFrame(rows)
