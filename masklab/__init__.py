@@ -6,7 +6,7 @@ The public names are imported lazily (on first use), so `import masklab` stays f
     run = masklab.open_run("runs/<run_id>")        # open one (path or run id)
     run.table, run.masks                           # registry DataFrame, MaskSet (N x W uint64)
     run = masklab.import_masks(["a.pth", "b.pth"], format="hidden-networks", keep=0.5)   # masks from elsewhere
-    run.export(0, "state-dict", "mask0.pt"); masklab.plain_model(run, 0)                # ... and back
+    masklab.export_mask(run, 0, "state-dict", "mask0.pt"); masklab.plain_model(run, 0)  # ... and back
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ _LAZY = {
     "interpolate": "masklab.analysis.interpolation",
     "import_masks": "masklab.interop.importer",
     "plain_model": "masklab.interop.exporter",
+    "export_mask": "masklab.interop.exporter",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -1,4 +1,5 @@
-"""`Run.export(i, format, path)` and `masklab.plain_model(run, i)`: any stored mask, in a form other tools read.
+"""`masklab.export_mask(run, i, format, path)` and `masklab.plain_model(run, i)`: any stored mask, in a form
+other tools read.
 
 Formats (docs/interop.md says what each round trip proves):
 - `state-dict`: the state dict of `plain_model(run)` (plain nn.Linear / nn.Conv2d without bias, nn.BatchNorm2d)

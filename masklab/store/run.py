@@ -325,13 +325,6 @@ class Run:
         return self.config.recycle != "none" or self.config.method == "dense" or \
             (self.imported is not None and self.imported["weights"] == "per-mask")
 
-    def export(self, i: int, format: str, path: str | os.PathLike) -> Path:
-        """Write mask `i` to `path` in `format` (state-dict, torch-prune, hidden-networks or npz; see
-        `masklab.interop.exporter.export_mask`). Returns the path."""
-        from masklab.interop.exporter import export_mask
-
-        return export_mask(self, i, format, path)
-
     def buffers(self, i: int) -> dict[str, np.ndarray] | None:
         """Mask `i`'s BatchNorm buffers (running statistics) by name; None for models without BatchNorm."""
         if not self.has_extra(i, "buffers"):

@@ -1,4 +1,4 @@
-"""`Run.export(i, format, path)`, `masklab.plain_model` and the round trips import(export(x)) == x."""
+"""`masklab.export_mask(run, i, format, path)`, `masklab.plain_model` and the round trips import(export(x)) == x."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ FORMATS = [("torch-prune", "pt"), ("hidden-networks", "pth"), ("npz", "npz")]
 def test_import_of_an_export_gives_back_the_masks_and_weights(runs, kind, fmt, ext, tmp_path, digits):
     run = runs[kind]
     i = run.ids[-1]
-    out = run.export(i, fmt, tmp_path / f"mask.{ext}")
+    out = masklab.export_mask(run, i, fmt, tmp_path / f"mask.{ext}")
     back = masklab.import_masks([out], fmt, model=run.config.model, dataset="digits", width=run.config.width,
                                 runs_dir=tmp_path / "runs")
     assert list(back.layers["layer"]) == list(run.layers["layer"])
@@ -70,7 +70,7 @@ def test_import_of_an_export_gives_back_the_masks_and_weights(runs, kind, fmt, e
 
 def test_a_hidden_networks_export_is_selected_exactly_by_their_rule(runs, tmp_path, ref, digits):
     run = runs["edge-popup"]
-    path = run.export(0, "hidden-networks", tmp_path / "m.pth")
+    path = masklab.export_mask(run, 0, "hidden-networks", tmp_path / "m.pth")
     obj = torch.load(path, weights_only=True)
     keep = obj["prune_rate"]
     # masklab's sparsity 0.1 keeps n - int(0.1 n); their rule needs a prune_rate that keeps the same counts
@@ -88,7 +88,8 @@ def test_a_hidden_networks_export_is_selected_exactly_by_their_rule(runs, tmp_pa
 
 def test_resnet_exports_use_their_names(runs, tmp_path):
     run = runs["resnet18"]
-    state = torch.load(run.export(0, "hidden-networks", tmp_path / "r.pth"), weights_only=True)["state_dict"]
+    path = masklab.export_mask(run, 0, "hidden-networks", tmp_path / "r.pth")
+    state = torch.load(path, weights_only=True)["state_dict"]
     assert "layer2.0.shortcut.0.scores" in state and "layer4.1.conv2.weight" in state
     assert "layer1.0.bn1.running_mean" in state and "fc.weight" in state and state["fc.weight"].ndim == 4
 
@@ -96,7 +97,7 @@ def test_resnet_exports_use_their_names(runs, tmp_path):
 @pytest.mark.parametrize("kind", ["edge-popup", "biprop", "resnet18"])
 def test_the_state_dict_is_a_plain_model_that_computes_the_subnetwork(runs, kind, tmp_path, digits):
     run = runs[kind]
-    path = run.export(0, "state-dict", tmp_path / "sd.pt")
+    path = masklab.export_mask(run, 0, "state-dict", tmp_path / "sd.pt")
     model = masklab.plain_model(run)
     assert not any(isinstance(m, MaskedLayer) for m in model.modules())
     assert all(type(m) in (nn.Linear, nn.Conv2d) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
@@ -113,7 +114,7 @@ def test_the_state_dict_is_a_plain_model_that_computes_the_subnetwork(runs, kind
 @pytest.mark.parametrize("kind", ["edge-popup", "biprop", "resnet18"])
 def test_torch_prune_applied_with_an_exported_mask_gives_the_same_outputs(runs, kind, tmp_path, digits):
     run = runs[kind]
-    state = torch.load(run.export(0, "torch-prune", tmp_path / "tp.pt"), weights_only=True)
+    state = torch.load(masklab.export_mask(run, 0, "torch-prune", tmp_path / "tp.pt"), weights_only=True)
     model = masklab.plain_model(run)
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
@@ -128,15 +129,15 @@ def test_torch_prune_applied_with_an_exported_mask_gives_the_same_outputs(runs, 
 def test_an_imported_run_exports_to_the_keys_it_came_with(mlp_checkpoints, tmp_path):
     paths, states = mlp_checkpoints
     run = masklab.import_masks(paths[1:2], "hidden-networks", keep=0.9, runs_dir=tmp_path / "runs")  # no model
-    obj = torch.load(run.export(0, "hidden-networks", tmp_path / "back.pth"), weights_only=True)
+    obj = torch.load(masklab.export_mask(run, 0, "hidden-networks", tmp_path / "back.pth"), weights_only=True)
     assert obj["prune_rate"] == 0.9 and obj["arch"] == "FC"
     for key in ("linear.0", "linear.2", "linear.4"):
         assert torch.equal(obj["state_dict"][f"{key}.weight"], states[1][f"{key}.weight"])
     back = masklab.import_masks([tmp_path / "back.pth"], "hidden-networks", runs_dir=tmp_path / "runs")
     assert np.array_equal(np.asarray(back.masks.bits), np.asarray(run.masks.bits))
     with pytest.raises(UserError, match="no architecture for a state dict"):
-        run.export(0, "state-dict", tmp_path / "sd.pt")
-    npz = run.export(0, "npz", tmp_path / "m.npz")
+        masklab.export_mask(run, 0, "state-dict", tmp_path / "sd.pt")
+    npz = masklab.export_mask(run, 0, "npz", tmp_path / "m.npz")
     again = masklab.import_masks([npz], "npz", runs_dir=tmp_path / "runs")
     assert np.array_equal(np.asarray(again.masks.bits), np.asarray(run.masks.bits))
     assert all(np.array_equal(a, b) for a, b in zip(again.weights(0), run.weights(0)))
@@ -145,15 +146,15 @@ def test_an_imported_run_exports_to_the_keys_it_came_with(mlp_checkpoints, tmp_p
 def test_export_errors_are_one_line_and_write_nothing(runs, tmp_path):
     run = runs["edge-popup"]
     with pytest.raises(UserError, match="unknown export format 'onnx'"):
-        run.export(0, "onnx", tmp_path / "x")
+        masklab.export_mask(run, 0, "onnx", tmp_path / "x")
     with pytest.raises(StoreError, match="has no mask 9"):
-        run.export(9, "npz", tmp_path / "x.npz")
+        masklab.export_mask(run, 9, "npz", tmp_path / "x.npz")
     with pytest.raises(UserError, match="is a directory"):
-        run.export(0, "npz", tmp_path)
+        masklab.export_mask(run, 0, "npz", tmp_path)
     target = tmp_path / "elsewhere.npz"
     target.write_bytes(b"keep me")
     os.symlink(target, tmp_path / "link.npz")
     with pytest.raises(StoreError, match="symbolic link"):
-        run.export(0, "npz", tmp_path / "link.npz")
+        masklab.export_mask(run, 0, "npz", tmp_path / "link.npz")
     assert target.read_bytes() == b"keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere.npz", "link.npz"]

@@ -74,7 +74,7 @@ def test_torch_prune_without_a_rule_keeps_the_stored_counts(tmp_path, digits):
                                         "--sparsity 0.3 keeps 2868"):
         masklab.import_masks([tmp_path / "global.pt"], "torch-prune", sparsity=0.3, runs_dir=tmp_path / "runs")
     with pytest.raises(UserError, match="different fractions of its layers"):
-        run.export(0, "hidden-networks", tmp_path / "x.pth")
+        masklab.export_mask(run, 0, "hidden-networks", tmp_path / "x.pth")
     assert not (tmp_path / "x.pth").exists()
 
 
