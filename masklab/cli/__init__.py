@@ -1,9 +1,10 @@
 """The `masklab` command: a thin shell over the Python API.
 
 parser.py declares every command and its options; each command runs as `cmd_<command>(args)` in the module
-of its family (COMMANDS below: train.py, runs.py, analyze.py, interop.py), which calls the Python API and
-prints (text.py: the text; options.py: what the parsed options mean). To add a command, declare it in
-parser.py and write its `cmd_` function in its family's module.
+of its family (COMMANDS below: train.py, runs.py, analyze.py, interpolate.py, distances.py, interop.py;
+each imports what its commands run and no more), which calls the Python API and prints (text.py: the text;
+options.py: what the parsed options mean). To add a command, declare it in parser.py and write its `cmd_`
+function in its family's module.
 
 Exit codes: 0 success; 2 bad input (one line `masklab: error: ...` on stderr, no traceback); 1 an
 internal error (a short message; the traceback with MASKLAB_DEBUG=1); 130 interrupted.
@@ -43,9 +44,9 @@ COMMANDS = {
     "show": (add_show, "runs"),
     "analyze": (add_analyze, "analyze"),
     "verify": (add_verify, "runs"),
-    "interpolate": (add_interpolate, "analyze"),
+    "interpolate": (add_interpolate, "interpolate"),
     "compare": (add_compare, "analyze"),
-    "distances": (add_distances, "analyze"),
+    "distances": (add_distances, "distances"),
     "sweep": (add_sweep, "train"),
     "import": (add_import, "interop"),
     "export": (add_export, "interop"),

@@ -161,7 +161,7 @@ def add_verify(sub) -> None:
                    "masks.bits")
 
 
-# ---- analyses: analyze, compare, interpolate, distances (cli/analyze.py) ---------------------------------
+# ---- analyses: analyze, compare (cli/analyze.py), interpolate (cli/interpolate.py), distances (cli/distances.py)
 def add_analyze(sub) -> None:
     p = sub.add_parser("analyze",
                        help="distances, baselines, consensus, clustering, embedding, barriers: tables + figures",

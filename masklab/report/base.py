@@ -1,0 +1,116 @@
+"""What `analyze` and `compare` share: the Report they return, what their stages hand on to each other
+(Shared), the figure formats, and how a figure and a table are written."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from masklab.errors import UserError
+from masklab.plots import save_figure
+from masklab.store import files as F
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from masklab.analysis.clustering import StructureTest
+    from masklab.store.run import Run
+
+DEFAULT_FORMATS = ("png",)
+DEFAULT_N_RANDOM = 99  # random mask sets of the structure test: p down to 0.01
+
+
+@dataclass
+class Report:
+    """What `analyze` produced: tables by name, figure paths by name, the index page, key numbers."""
+
+    run_id: str
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict[str, Path] = field(default_factory=dict)
+    captions: dict[str, str] = field(default_factory=dict)
+    key_numbers: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    index: Path | None = None
+
+    def summary(self) -> pd.DataFrame:
+        """The key numbers as a two-column table (what the index page shows at the top)."""
+        return pd.DataFrame({"quantity": list(self.key_numbers), "value": list(self.key_numbers.values())})
+
+
+@dataclass
+class Shared:
+    """What the stages of one `analyze` hand on to each other and where their figures go. Each field is
+    set by the stage named beside it (None until then, or when that stage does not apply)."""
+
+    figures: Path                                  # the figures folder of this run
+    formats: tuple[str, ...] = DEFAULT_FORMATS     # figure formats
+    square: pd.DataFrame | None = None             # distances: N x N normalised Hamming distances
+    baseline_all: float | None = None              # distances: its random-mask expectation, whole network
+    labels: pd.DataFrame | None = None             # clustering: cluster labels per mask_id
+    structure: StructureTest | None = None         # clustering: the structure test against random masks
+    figure_seconds: float = 0.0                    # time spent drawing and writing figures so far
+    lap_mark: tuple[float, float] = (0.0, 0.0)     # (clock, figure_seconds) at the last `lap`
+
+    def lap(self) -> float:
+        """Seconds since the last call, less the figures drawn meanwhile (counted in `figure_seconds`)."""
+        now, drawn = time.perf_counter(), self.figure_seconds
+        seconds = now - self.lap_mark[0] - (drawn - self.lap_mark[1])
+        self.lap_mark = (now, drawn)
+        return seconds
+
+
+Stage = Callable[["Run", Report, Shared], None]
+
+
+
+FORMATS = ("png", "svg", "pdf")
+
+
+def check_formats(formats) -> tuple[str, ...]:
+    """The figure formats as a tuple: from a sequence or a comma-separated string (e.g. "png,svg")."""
+    if isinstance(formats, str):
+        formats = [f for f in formats.split(",")]
+    out = tuple(dict.fromkeys(str(f).strip().lower().lstrip(".") for f in formats if str(f).strip()))
+    unknown = [f for f in out if f not in FORMATS]
+    if unknown or not out:
+        raise UserError(f"figure formats {', '.join(unknown) or '(none)'} are invalid: use a comma-separated list "
+                        f"of {', '.join(FORMATS)} (e.g. png,svg)")
+    return out
+
+
+def seconds_text(seconds: dict[str, float]) -> str:
+    """Per-stage seconds on one line: "distances 0.41 s, consensus 0.05 s, ...; total 3.20 s"."""
+    parts = ", ".join(f"{name} {value:.2f} s" for name, value in seconds.items())
+    return f"{parts}; total {sum(seconds.values()):.2f} s"
+
+
+def figure(report: Report, shared: Shared, name: str, plot: Callable[..., Figure], args: tuple, caption: str,
+            **kwargs) -> None:
+    """Draw ``plot(*args, **kwargs)`` (a figure function of `masklab.plots`) and write it as `name` in the
+    report's formats, here and now; the time goes to `shared.figure_seconds`."""
+    start = time.perf_counter()
+    paths = save_figure(plot(*args, **kwargs), shared.figures / name, formats=shared.formats)
+    shared.figure_seconds += time.perf_counter() - start
+    report.figures[name] = next((p for p in paths if p.suffix == ".png"), paths[0])
+    report.captions[name] = caption
+
+
+def write_table(table: pd.DataFrame, stem: Path) -> None:
+    table = table.copy()
+    for column in table.columns:  # tuples and mixed objects do not go into Parquet as they are
+        if table[column].dtype == object and table[column].map(lambda v: isinstance(v, (tuple, list))).any():
+            table[column] = table[column].map(lambda v: "x".join(map(str, v)) if isinstance(v, (tuple, list)) else v)
+    F.atomic_write(stem.with_suffix(".csv"), table.to_csv(index=False).encode(), durable=False)
+    try:
+        buffer = io.BytesIO()
+        table.to_parquet(buffer, index=False)
+    except (ImportError, ValueError, TypeError):  # an odd column type: the CSV still has it
+        return
+    F.atomic_write(stem.with_suffix(".parquet"), buffer.getvalue(), durable=False)
+

@@ -1,0 +1,94 @@
+"""`masklab compare`: the masks of two runs of the same network, compared (`masklab.analysis.compare`), with a
+page in `analyze`'s style."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from masklab.analysis.compare import check_comparable, compare_runs, joint_embedding
+from masklab.report.base import DEFAULT_FORMATS, Report, Shared, check_formats, figure, write_table
+from masklab.report.pages import write_compare_index
+from masklab.store import files as F
+from masklab.store.run import Run, open_run
+from masklab.units import metric_value
+
+
+def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embedding: bool = True,
+            quiet: bool = True, formats: tuple[str, ...] | str = DEFAULT_FORMATS,
+            embedding_method: str = "auto") -> Report:
+    """Cross-run distances (e.g. Edge-Popup vs Biprop masks of the same weights) and a joint embedding,
+    computed by `masklab.analysis.compare` and written here with a page in `analyze`'s style.
+
+    Tables: `cross_distances` (every pair across the runs, per layer, with its random baseline),
+    `comparison` (per layer and metric: mean within A, within B, across, and chance; when the runs share
+    score seeds also across pairs of the same score seed and of other seeds) and `joint_embedding` (MDS
+    below 50 masks in all, UMAP from 50: `masklab.analysis.embedding.choose_method`). Figures in `formats`
+    (PNG only by default). Refused with a clear message when the runs' layer layouts differ. With
+    ``quiet=False`` a progress line follows the steps; `Report.seconds` has their times.
+    """
+    run_a = run_a if isinstance(run_a, Run) else open_run(run_a)
+    run_b = run_b if isinstance(run_b, Run) else open_run(run_b)
+    formats = check_formats(formats)
+    check_comparable(run_a, run_b)
+    if run_a.config.weight_seed != run_b.config.weight_seed:
+        print(f"masklab: note: the runs use different weight seeds ({run_a.config.weight_seed} vs "
+              f"{run_b.config.weight_seed}): their masks sit on different random weights", flush=True)
+    name = f"compare-{run_a.id}-vs-{run_b.id}"
+    figures_root = Path(figures_dir) if figures_dir is not None else run_a.path.parent.parent / "figures"
+    out = F.make_dirs(figures_root / name, root=figures_root)
+    report = Report(name)
+    shared = Shared(out, formats)
+    steps = ["across", "within A", "within B"] + (["embedding"] if embedding and len(run_a) + len(run_b) >= 4
+                                                  else []) + ["tables"]
+    bar = tqdm(total=len(steps), disable=quiet, unit="step", desc="compare", dynamic_ncols=True, leave=False)
+    shared.lap()
+
+    def step(label: str) -> None:
+        report.seconds[label] = shared.lap()
+        bar.update(1)
+        bar.set_description(f"compare: {label} done")
+
+    bar.set_description("compare: distances")
+    report.tables.update(compare_runs(run_a, run_b, step=step))
+    comparison = report.tables["comparison"]
+    for row in comparison[comparison["layer"] == "all"].to_dict("records"):
+        metric = str(row["metric"])
+        report.key_numbers[f"{metric} across runs"] = (f"{metric_value(metric, row['across'])} (chance "
+                                                       f"{metric_value(metric, row['chance'])})")
+        for side in ("within A", "within B"):
+            if side in row:
+                report.key_numbers[f"{metric} {side}"] = metric_value(metric, row[side])
+        if "across, same score seed" in row:
+            report.key_numbers[f"{metric} across runs, same score seed"] = (
+                f"{metric_value(metric, row['across, same score seed'])} (other seeds "
+                f"{metric_value(metric, row['across, other seeds'])})")
+    if "embedding" in steps:
+        from masklab.analysis.embedding import NAMES
+        from masklab.plots import embedding_scatter
+
+        bar.set_description("compare: joint embedding")
+        points, used, why = joint_embedding(run_a, run_b, embedding_method)
+        report.tables["joint_embedding"] = points
+        method = NAMES[used]
+        figure(report, shared, f"joint_{used}", embedding_scatter, (points, ["side"]),
+                f"{method} of both runs' masks on their joint normalised Hamming distances, coloured by run "
+                f"(A: {run_a.id}, B: {run_b.id})" + (f"; {why}" if why else "") + ".",
+                title=f"{method} of both runs' {len(points)} masks"
+                + ("\n" + textwrap.fill(f"({why})", 64) if why else ""))
+        report.key_numbers["joint embedding"] = why or method
+        step("embedding")
+    report.seconds["figures"] = shared.figure_seconds
+    bar.set_description("compare: tables and page")
+    start = time.perf_counter()
+    for name_, table in report.tables.items():
+        write_table(table, out / name_)
+    report.index = write_compare_index(run_a, run_b, report, out, formats)
+    report.seconds["tables"] = time.perf_counter() - start
+    bar.update(1)
+    bar.close()
+    return report

@@ -1,0 +1,160 @@
+"""The index pages of `analyze` and `compare`: one look, one writer (`write_page`), every link relative to the
+page."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from masklab.analysis.compare import PAIR_SETS
+from masklab.report.base import DEFAULT_FORMATS, DEFAULT_N_RANDOM, Report
+from masklab.store import files as F
+from masklab.units import percent, shown_by_metric
+
+
+def _reading_notes(report: Report) -> str:
+    """The page's short guide to its numbers (with this report's number of random sets)."""
+    test = report.tables.get("structure_vs_random")
+    sets = int(test["n_random"].iloc[0]) if test is not None and len(test) else DEFAULT_N_RANDOM
+    return _READING_NOTES.format(sets=sets, floor=f"{1 / (1 + sets):.2g}")
+
+
+_READING_NOTES = """<p class="notes"><b>Reading these numbers.</b> <i>sd of one random pair</i>: how far the masks'
+mean overlap lies from chance, in standard deviations of the overlap of ONE pair of independent random masks
+with the same per-layer counts (exact hypergeometric null); it does not grow with the number of masks. The mean
+over all pairs is far more precise than one pair: the table <code>layer_summary</code> also gives the sd of the
+mean under the null (<code>chance_se</code>, exact: overlaps of random pairs that share a mask are
+uncorrelated), the matching test statistic (<code>z_mean_vs_chance</code>) and the jackknife standard error
+over masks (<code>se_masks</code>). <i>Cluster structure</i>: the best silhouette of the masks against {sets} sets
+of random masks; the p-value cannot go below 1 / (1 + sets) = {floor}, the effect is in sd of the random sets,
+and "small but detectable" means p &lt; 0.05 with a silhouette of at most 0.25 (no substantial clusters,
+Kaufman &amp; Rousseeuw). Correlations are only given from 10 pairs.</p>"""
+
+
+def _seconds_html(seconds: dict[str, float]) -> str:
+    if not seconds:
+        return "<p>(not timed)</p>"
+    rows = "".join(f"<tr><th>{html.escape(name)}</th><td>{value:.2f} s</td></tr>" for name, value in seconds.items())
+    return (f"<table>{rows}<tr><th>total</th><td>{sum(seconds.values()):.2f} s</td></tr></table>"
+            "<p class=\"notes\">Stages count their own computation (imports they trigger included); "
+            "<i>figures</i> is drawing and writing the figure files. Starting Python and the first imports come "
+            "before and are not counted.</p>")
+
+
+PAGE_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse}th,td{text-align:left;padding:2px 12px;border-bottom:1px solid #ddd}
+td.num{text-align:right;font-variant-numeric:tabular-nums}thead th{border-bottom:2px solid #999}
+figure{margin:2em 0}img{max-width:100%}figcaption{color:#444}code{background:#f4f4f4}
+.notes{color:#444;font-size:90%;max-width:60em}dl.pairs dt{font-weight:bold}dl.pairs dd{margin:0 0 .4em 1.5em}"""
+
+
+UNITS_NOTE = ("<p class=\"notes\"><b>Units.</b> Percent matching and accuracy in %, accuracy differences and "
+              "error barriers in percentage points, the Jaccard index and normalised Hamming distance as "
+              "fractions, losses and loss barriers in nats (mean cross-entropy). The tables hold fractions "
+              "throughout.</p>")
+
+
+def write_page(path: Path, title: str, body: str) -> Path:
+    """Write an index page (`analyze`'s and `compare`'s alike): the shared style around `body`, atomically
+    (a reader never sees half a page). Every link in `body` must be relative to the page's folder."""
+    page = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>\n"
+            f"<style>{PAGE_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+    F.atomic_write(path, page.encode(), durable=False)
+    return path
+
+
+def relative(target: Path, page_dir: Path) -> str:
+    """`target` as a link from a page in `page_dir` (POSIX separators; never a machine path)."""
+    return Path(os.path.relpath(Path(target).resolve(), Path(page_dir).resolve())).as_posix()
+
+
+def _key_numbers_html(key_numbers: dict[str, str]) -> str:
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in key_numbers.items())
+    return f"<h2>Key numbers</h2><table>{rows}</table>"
+
+
+def _figures_html(report: Report, page_dir: Path, formats: tuple[str, ...]) -> str:
+    def svg_link(path: Path) -> str:
+        svg = path.with_suffix(".svg")
+        return f' (<a href="{html.escape(relative(svg, page_dir))}">SVG</a>)' \
+            if "svg" in formats and svg.exists() else ""
+
+    return "".join(
+        f'<figure><img src="{html.escape(relative(path, page_dir))}" alt="{html.escape(name)}"><figcaption><b>'
+        f"{html.escape(name)}</b>: {html.escape(report.captions[name])}{svg_link(path)}</figcaption></figure>"
+        for name, path in report.figures.items())
+
+
+def _tables_html(report: Report, folder: Path, page_dir: Path) -> str:
+    where = relative(folder, page_dir)
+    items = "".join(f'<li><a href="{html.escape(where)}/{html.escape(name)}.csv">{html.escape(name)}</a>: '
+                    f"{len(t):,} rows</li>" for name, t in report.tables.items())
+    return (f"<h2>Tables</h2><p>Parquet and CSV in <code>{html.escape(where)}/</code> (relative to this page)."
+            f"</p><ul>{items}</ul>")
+
+
+def html_table(table: pd.DataFrame) -> str:
+    """A DataFrame as a plain table in the pages' style (numbers right-aligned), without its index."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    body = "".join("<tr>" + "".join(
+        f'<td class="num">{html.escape(str(v))}</td>' if isinstance(v, (int, float, np.number)) or
+        (isinstance(v, str) and v[:1].isdigit()) else f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+        for row in table.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _config_text(run, page_dir: Path) -> str:
+    """The run's non-default config as JSON, with a data folder given relative to the page."""
+    config = run.config.to_dict(non_default=True)
+    if config.get("data_root"):
+        config["data_root"] = relative(Path(config["data_root"]), page_dir)
+    return json.dumps(config)
+
+
+def write_index(run, report: Report, out: Path, tables: Path, formats: tuple[str, ...] = DEFAULT_FORMATS) -> Path:
+    mean_acc = float(run.table["test_acc"].mean())
+    body = (f"<h1>Mask landscape of {html.escape(run.id)}</h1>\n"
+            f"<p>{len(run.ids)} masks, mean final test accuracy {percent(mean_acc)}. Config (non-default): "
+            f"<code>{html.escape(_config_text(run, out))}</code>.</p>\n"
+            f"{_key_numbers_html(report.key_numbers)}\n{_reading_notes(report)}\n{UNITS_NOTE}\n"
+            f"<h2>Figures</h2>{_figures_html(report, out, formats)}\n"
+            f"{_tables_html(report, tables, out)}\n"
+            f"<h2>Where the time went</h2>{_seconds_html(report.seconds)}")
+    return write_page(out / "index.html", f"masklab: {run.id}", body)
+
+
+def write_compare_index(run_a, run_b, report: Report, out: Path, formats: tuple[str, ...] = DEFAULT_FORMATS
+                         ) -> Path:
+    comparison = report.tables["comparison"]
+    present = [p for p in PAIR_SETS if p in comparison.columns]
+    pairs = "".join(
+        f"<dt>chance</dt><dd>what {html.escape(PAIR_SETS[p])} would give.</dd>" if p == "chance" else
+        f"<dt>{html.escape(p)}</dt><dd>the mean over every pair of {html.escape(PAIR_SETS[p])}.</dd>"
+        for p in present)
+
+    def run_line(side: str, run) -> str:
+        acc = float(run.table["test_acc"].mean()) if len(run.table) else float("nan")
+        return (f"<li><b>{side}</b>: {html.escape(run.id)}: {len(run.ids)} masks, mean final test accuracy "
+                f"{percent(acc)}; config (non-default) <code>{html.escape(_config_text(run, out))}</code></li>")
+
+    body = (f"<h1>{html.escape(run_a.id)} vs {html.escape(run_b.id)}</h1>\n"
+            f"<ul>{run_line('A', run_a)}{run_line('B', run_b)}</ul>\n"
+            f"{_key_numbers_html(report.key_numbers)}\n"
+            f"<h2>Per layer</h2><p>Percent matching (%) and Jaccard index (fraction), each the mean over a set of "
+            f"mask pairs:</p><dl class=\"pairs\">{pairs}</dl>{html_table(comparison_text(comparison))}\n{UNITS_NOTE}\n"
+            f"<h2>Figures</h2>{_figures_html(report, out, formats)}\n"
+            f"{_tables_html(report, out, out)}\n"
+            f"<h2>Where the time went</h2>{_seconds_html(report.seconds)}")
+    return write_page(out / "index.html", f"masklab compare: {run_a.id} vs {run_b.id}", body)
+
+
+def comparison_text(comparison: pd.DataFrame) -> pd.DataFrame:
+    """The comparison table as shown (pages, command line): matching in %, Jaccard as a fraction."""
+    shown = shown_by_metric(comparison, [c for c in comparison.columns if c in PAIR_SETS])
+    shown["layer"] = ["whole network" if str(v) == "all" else str(v) for v in shown["layer"]]
+    return shown

@@ -1,0 +1,303 @@
+"""`masklab analyze`: every analysis that fits a run, its tables, figures and index page.
+
+Tables (Parquet and CSV) go to `<run>/analysis/`, figures (PNG by default; `formats=("png", "svg")` for
+more) to `figures/<run id>/`, and `figures/<run id>/index.html` shows every figure with a one-line caption,
+the key numbers and where the time went. Each stage is a short function from the run (or earlier tables)
+to DataFrames (the analyses live in `masklab.analysis`; a stage runs them, draws their figures here, in
+this process, and notes the key numbers); stages hand intermediates on through `Shared`. `analyze(run)`
+returns everything in a `Report`, so a notebook gets the same results as the command line. `compare` does
+the same for two runs (`masklab.analysis.compare`); both pages come from one writer (`write_page`), in one
+style, with every link relative to the page.
+
+The key numbers say only what the numbers carry: every comparison with chance gives the effect in standard
+deviations of its null (one random pair for overlaps, the random sets for the structure test), every
+p-value the resolution its null allows, and every figure the n it rests on; a correlation is only given
+from 10 pairs (`masklab.analysis.thresholds`), and clusters are only coloured when the structure test
+finds them (p < 0.05 and a silhouette above 0.25).
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from masklab.analysis import (
+    consensus,
+    consensus_histogram,
+    intersections,
+    layer_summary,
+    random_baseline,
+    random_baseline_samples,
+    union_coverage,
+    with_baseline,
+)
+from masklab.analysis.clustering import cluster_masks, cluster_summary, linkage_matrix, structure_vs_random
+from masklab.analysis.distances import long_table, square_table
+from masklab.analysis.embedding import NAMES, choose_method, embed
+from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
+from masklab.analysis.trajectories import settling, trajectories
+from masklab.errors import UserError
+from masklab.plots import (
+    barrier_vs_distance,
+    distance_heatmap,
+    distance_histogram,
+    embedding_scatter,
+    interpolation_curves,
+    per_layer_similarity,
+)
+from masklab.plots import consensus_histogram as plot_consensus
+from masklab.plots import trajectories as plot_trajectories
+from masklab.report.base import (
+    DEFAULT_FORMATS,
+    DEFAULT_N_RANDOM,
+    FORMATS,
+    Report,
+    Shared,
+    Stage,
+    check_formats,
+    figure,
+    write_table,
+)
+from masklab.report.pages import write_index
+from masklab.store import files as F
+from masklab.store.run import Run, open_run
+from masklab.units import metric_value, signed_sd
+from masklab.units import points as points_text
+
+DEFAULT_PAIRS = 3  # interpolation pairs sampled by default
+DEFAULT_POINTS = 30
+STRUCTURE_MAX_MASKS = 200  # larger runs: the structure test uses a seeded random subset of this many masks
+
+
+def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = True, pairs: int = DEFAULT_PAIRS,
+            points: int = DEFAULT_POINTS, embedding: bool = True, interpolation: bool = True,
+            random_state: int = 0, formats: tuple[str, ...] | str = DEFAULT_FORMATS, embedding_method: str = "auto",
+            n_random: int = DEFAULT_N_RANDOM) -> Report:
+    """Analyse `run` (a Run, path or run id) and write its tables, figures and index page.
+
+    `figures_dir` defaults to `figures/` beside the run's `runs/` folder; figures land in
+    `<figures_dir>/<run id>/` in each of `formats` (PNG only by default: each SVG costs as much again).
+    `pairs` mask pairs are interpolated (soft path, `points` points each). The embedding is MDS below 50
+    masks and UMAP from 50 (`embedding_method="auto"`, see `masklab.analysis.embedding.choose_method`).
+    The cluster-structure test draws `n_random` random mask sets (p-value resolution 1 / (1 + n_random)).
+
+    `Report.seconds` splits the wall time: each stage (its own computation), "figures" (drawing and writing
+    every figure file), "tables" (writing them), "index" (the page).
+    """
+    run = run if isinstance(run, Run) else open_run(run)
+    if len(run.ids) == 0:
+        raise UserError(f"run {run.id} has no finished masks yet; generate some first (masklab generate --resume)")
+    formats = check_formats(formats)
+    figures_root = Path(figures_dir) if figures_dir is not None else run.path.parent.parent / "figures"
+    out_tables = F.make_dirs(run.path / "analysis", root=run.path)  # links refused: nothing written outside
+    out_figures = F.make_dirs(figures_root / run.id, root=figures_root)
+    report = Report(run.id)
+    shared = Shared(out_figures, formats)
+    stages: list[tuple[str, Stage]] = [("distances", _distances), ("consensus", _consensus),
+                                       ("clustering", lambda r, rep, sh: _clustering(r, rep, sh, n_random))]
+    if embedding and len(run.ids) >= 4:
+        stages.append(("embedding", lambda r, rep, sh: _embedding(r, rep, sh, embedding_method)))
+    if interpolation and len(run.ids) >= 2 and pairs > 0 and run.has_architecture:
+        stages.append(("interpolation", lambda r, rep, sh: _interpolation(r, rep, sh, pairs, points, random_state)))
+    if any(run.has_extra(i, "snapshots") for i in run.ids):
+        stages.append(("trajectories", _trajectories))
+    bar = tqdm(total=len(stages) + 1, disable=quiet, unit="stage", desc="analyze", dynamic_ncols=True,
+               leave=False)
+    for name, stage in stages:
+        bar.set_description(f"analyze: {name}")
+        shared.lap()
+        stage(run, report, shared)
+        report.seconds[name] = shared.lap()
+        bar.update(1)
+    report.seconds["figures"] = shared.figure_seconds
+    bar.set_description("analyze: tables")
+    start = time.perf_counter()
+    for name, table in report.tables.items():
+        write_table(table, out_tables / name)
+    report.seconds["tables"] = time.perf_counter() - start
+    bar.update(1)
+    bar.close()
+    start = time.perf_counter()
+    _drop_stale_formats(report, formats)
+    report.index = write_index(run, report, out_figures, out_tables, formats)
+    report.seconds["index"] = time.perf_counter() - start
+    return report
+
+
+def _drop_stale_formats(report: Report, formats: tuple[str, ...]) -> None:
+    """Remove other-format copies of the figures just written (an SVG left by an earlier `--formats png,svg`
+    run would no longer match its PNG)."""
+    for path in report.figures.values():
+        for fmt in FORMATS:
+            stale = path.with_suffix(f".{fmt}")
+            if fmt not in formats and stale.is_file() and not stale.is_symlink():
+                stale.unlink()
+
+
+def _distances(run: Run, report: Report, shared: Shared) -> None:
+    masks = run.masks
+    counts = intersections(masks, per_layer=True)
+    long = pd.concat([long_table(counts, m) for m in ("hamming_norm", "matching", "jaccard")], ignore_index=True)
+    long = with_baseline(long, masks)
+    baseline = random_baseline(masks)
+    shared.square = square_table(counts, "hamming_norm")
+    shared.baseline_all = float(baseline.loc[baseline["layer"] == "all", "hamming_norm"].iloc[0])
+    report.tables["distances"] = long
+    report.tables["baseline"] = baseline
+    overlap = long[long["metric"].isin(["matching", "jaccard"])]
+    summary = layer_summary(overlap, baseline)
+    report.tables["layer_summary"] = summary
+    n_random = max(len(masks), 8)
+    random = random_baseline_samples(masks, n_samples=n_random, metric="hamming_norm", per_layer=False,
+                                     random_state=0)
+    report.tables["random_distances"] = random
+    if len(masks) < 2:
+        return
+    figure(report, shared, "per_layer_similarity", per_layer_similarity, (summary,),
+            "Percent matching and Jaccard index per layer (mean and range over mask pairs) beside the "
+            "random-mask baseline with the same per-layer counts.")
+    whole = long[(long["layer"] == "all") & (long["metric"] == "hamming_norm")]
+    figure(report, shared, "distance_histogram", distance_histogram, (whole, random, shared.baseline_all),
+            "Normalised Hamming distance of every mask pair against random masks with the same per-layer "
+            "counts (histogram) and the closed-form expectation (line).", metric="hamming_norm")
+    first = summary.iloc[0]
+    report.key_numbers["pairs compared"] = (f"{int(first['n_pairs']):,} pairs of {int(first['n_masks'])} masks "
+                                            "(chance: two independent random masks with the same per-layer "
+                                            "counts)")
+    for row in summary.itertuples():
+        report.key_numbers[f"{row.metric} {row.layer}"] = (
+            f"{metric_value(str(row.metric), float(row.mean))} (chance "
+            f"{metric_value(str(row.metric), float(row.baseline))}, {signed_sd(float(row.z_vs_chance))} sd of one "
+            "random pair)")
+
+
+def _consensus(run: Run, report: Report, shared: Shared) -> None:
+    masks = run.masks
+    report.tables["consensus"] = consensus(masks)
+    hist = consensus_histogram(masks)
+    report.tables["consensus_histogram"] = hist
+    report.tables["union_coverage"] = union_coverage(masks)
+    figure(report, shared, "consensus_histogram", plot_consensus, (hist,),
+            f"How many of the {len(masks)} masks keep each weight, against Binomial(N, k) for independent random "
+            "masks.")
+    row = report.tables["consensus"].iloc[0]  # the whole network ("all")
+    for column, words in (("kept_by_all", "kept by all masks"), ("kept_by_none", "kept by no mask")):
+        report.key_numbers[f"weights {words}"] = (
+            f"{int(row[column]):,} of {int(row['n_bits']):,} (chance {row['expected_' + column]:,.1f})")
+
+
+def _clustering(run: Run, report: Report, shared: Shared, n_random: int = DEFAULT_N_RANDOM) -> None:
+    square = _need(shared.square, "distances")
+    n = len(square)
+    if n >= 2:
+        link = linkage_matrix(square, "average")
+        figure(report, shared, "distance_heatmap", distance_heatmap, (square, link),
+                "Pairwise normalised Hamming distances ordered by average-linkage clustering (dendrogram on "
+                "top, its axis zoomed to the merges); the dashed lines mark the random-mask expectation.",
+                metric="hamming_norm", baseline=shared.baseline_all)
+    if n < 4:
+        return
+    labels = cluster_masks(square)
+    shared.labels = labels
+    report.tables["clusters"] = run.table.merge(labels, on="mask_id")
+    summary = cluster_summary(square, labels)
+    report.tables["cluster_summary"] = summary
+    test = structure_vs_random(run.masks, n_random=n_random, random_state=0, max_masks=STRUCTURE_MAX_MASKS)
+    shared.structure = test
+    report.tables["structure_vs_random"] = test.summary
+    report.key_numbers["cluster structure vs random masks"] = test.describe()
+    for row in summary.itertuples():
+        report.key_numbers[f"clusters ({row.method})"] = (
+            f"{row.n_clusters} (silhouette {row.silhouette:.3f}; a tree cut always gives clusters: the structure "
+            "test says whether they mean anything)" if row.method != "hdbscan"
+            else f"none: all {row.n_noise} masks are noise" if row.n_clusters == 0
+            else f"{row.n_clusters}, {row.n_noise} masks noise (silhouette {row.silhouette:.3f})")
+
+
+def _need(value, stage: str):
+    """An intermediate of an earlier stage (`Shared`), which must have run."""
+    if value is None:
+        raise RuntimeError(f"the {stage} stage must run before this one")
+    return value
+
+
+def _embedding(run: Run, report: Report, shared: Shared, method: str = "auto") -> None:
+    square = _need(shared.square, "distances")
+    n = len(square)
+    used, why = choose_method(n, method)
+    points = embed(square, used, random_state=0)
+    table = run.table.merge(points, on="mask_id")
+    if shared.labels is not None:
+        table = table.merge(shared.labels, on="mask_id")
+    report.tables["embedding"] = table
+    test = shared.structure
+    by_cluster = test is not None and test.finds_structure and "cluster_average" in table.columns
+    color_by = ["test_acc"] + (["cluster_average"] if by_cluster else [])
+    name = NAMES[used]
+    title = f"{name} of the {n} masks" + ("\n" + textwrap.fill(f"({why})", 64) if why else "")
+    if test is None:
+        colours = "coloured by test accuracy"
+    elif by_cluster:
+        colours = f"coloured by test accuracy and by cluster (the structure test: {test.verdict()})"
+    else:
+        colours = (f"coloured by test accuracy only: the structure test finds no substantial cluster structure "
+                   f"({test.verdict()}), so cluster colours would only show an arbitrary cut")
+    report.key_numbers["embedding"] = why or name
+    figure(report, shared, used, embedding_scatter, (table, color_by),
+            f"{name} of the masks on their normalised Hamming distances" + (f" ({why})" if why else "") +
+            f", {colours}.", title=title)
+
+
+def _interpolation(run: Run, report: Report, shared: Shared, pairs: int, points: int, random_state: int) -> None:
+    # imported here: it brings torch (1.7 s of import, median of 5), which `analyze --pairs 0` and runs imported
+    # without a model never need
+    from masklab.analysis.interpolation import barrier_correlation, barrier_matrix
+    n_pairs = min(pairs, len(run.ids) * (len(run.ids) - 1) // 2)
+    barriers, curves = barrier_matrix(run, pairs=n_pairs, path="soft", points=points, random_state=random_state,
+                                      return_curves=True)
+    report.tables["barriers"] = barriers
+    report.tables["interpolation"] = curves
+    a, b = barriers["mask_a"].iloc[0], barriers["mask_b"].iloc[0]
+    first = curves[(curves["mask_a"] == a) & (curves["mask_b"] == b)]
+    figure(report, shared, "interpolation", interpolation_curves, (first,),
+            "Loss and accuracy along the soft path W * ((1 - t) m_a + t m_b) between two masks; the dashed line "
+            "joins the ends and the arrow marks the barrier (error barrier in percentage points).")
+    correlation = barrier_correlation(barriers)
+    report.tables["barrier_correlation"] = correlation
+    if len(barriers) >= 3:
+        shown = "with Spearman's rank correlation" if len(barriers) >= MIN_CORRELATION_PAIRS else \
+            f"(points only: a correlation needs at least {MIN_CORRELATION_PAIRS} pairs)"
+        figure(report, shared, "barrier_vs_distance", barrier_vs_distance, (barriers,),
+                f"Loss and error barrier of each of the {len(barriers)} sampled pairs against its Hamming distance "
+                f"{shown}.")
+    loss, error = barriers["loss_barrier"], barriers["error_barrier"]
+    report.key_numbers["loss barrier (soft path)"] = (f"mean {loss.mean():.4f} nats, max {loss.max():.4f} nats "
+                                                      f"({len(loss)} pairs)")
+    report.key_numbers["error barrier (soft path)"] = (f"mean {points_text(error.mean())}, max "
+                                                       f"{points_text(error.max())} ({len(error)} pairs)")
+    rows = correlation.set_index("barrier")
+    if len(barriers) >= MIN_CORRELATION_PAIRS and rows["spearman_rho"].notna().any():
+        parts = [f"{label} rho {rows.loc[b, 'spearman_rho']:+.2f} (p = {rows.loc[b, 'spearman_p']:.2g})"
+                 for b, label in (("loss_barrier", "loss"), ("error_barrier", "error"))
+                 if b in rows.index and np.isfinite(rows.loc[b, "spearman_rho"])]
+        report.key_numbers["barrier vs Hamming distance"] = f"Spearman {', '.join(parts)}; n = {len(barriers)} pairs"
+    else:
+        report.key_numbers["barrier vs Hamming distance"] = (
+            f"not estimated: {len(barriers)} pairs, a correlation needs at least {MIN_CORRELATION_PAIRS} "
+            "(analyze --pairs)")
+
+
+def _trajectories(run: Run, report: Report, shared: Shared) -> None:
+    traj = trajectories(run)
+    report.tables["trajectories"] = traj
+    report.tables["settling"] = settling(traj)
+    figure(report, shared, "trajectories", plot_trajectories, (traj,),
+            "Distance of each mask's snapshots to its final mask, and to the other masks at the same epoch.",
+            baseline=shared.baseline_all)
+
