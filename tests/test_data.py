@@ -34,11 +34,6 @@ def _no_env_root(monkeypatch):
     monkeypatch.delenv(ENV_ROOT, raising=False)
 
 
-@pytest.fixture(scope="module")
-def digits() -> Dataset:
-    return load_dataset("digits")
-
-
 # ---- registry -----------------------------------------------------------------------------------------
 def test_registry_names():
     assert dataset_names() == ["digits", "fashion-mnist", "mnist", "cifar10", "synthetic"]

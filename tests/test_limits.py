@@ -8,16 +8,23 @@ import pytest
 from masklab import limits
 from masklab.config import RunConfig
 from masklab.errors import UserError
-from masklab.limits import MAX_WEIGHTS, check_fits
+from masklab.limits import check_fits
 
 
 # ---- models too large to train ----------------------------------------------------------------------------
-def test_check_fits_counts_prunable_weights_without_allocating():
+def test_check_fits_counts_prunable_weights_without_allocating(monkeypatch):
     assert check_fits(RunConfig(model="lenet-300-100"), (1, 28, 28), 10) == 784 * 300 + 300 * 100 + 100 * 10
     with pytest.raises(UserError, match=r"model conv4 \(width 1\) on samples of shape 1x1000x1000 has "
                                         r"2,048,326,720 prunable weights, more than the limit of 1,073,741,824"):
         check_fits(RunConfig(model="conv4"), (1, 1000, 1000), 10)
-    assert MAX_WEIGHTS == 2**30
+    # the limit is inclusive: a model of exactly MAX_WEIGHTS prunable weights passes, one more is refused
+    lenet = 784 * 300 + 300 * 100 + 100 * 10
+    monkeypatch.setattr(limits, "MAX_WEIGHTS", lenet)
+    assert check_fits(RunConfig(model="lenet-300-100"), (1, 28, 28), 10) == lenet
+    monkeypatch.setattr(limits, "MAX_WEIGHTS", lenet - 1)
+    with pytest.raises(UserError, match="more than the limit of 266,199"):
+        check_fits(RunConfig(model="lenet-300-100"), (1, 28, 28), 10)
+    monkeypatch.undo()
     with pytest.raises(UserError, match=r"model mlp \(width 100000\)"):
         check_fits(RunConfig(width=100_000), (1, 8, 8), 10)
 

@@ -5,16 +5,10 @@ import pytest
 
 import masklab
 from masklab.cli import main
-from masklab.data import load_dataset
 from masklab.errors import UserError
 from masklab.report import analyze, compare
 
 TINY = dict(masks=5, epochs=3, width=0.25, snapshot_every=1)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 @pytest.fixture(scope="module")

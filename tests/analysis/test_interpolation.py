@@ -28,11 +28,6 @@ IWR = RunConfig(recycle="iwr", recycle_every=1, epochs=4, width=0.25, device="cp
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
 def trained(digits):
     """Three edge-popup masks, two biprop masks, two IWR masks (edge-popup and biprop)."""
     out = {}

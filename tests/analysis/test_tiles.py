@@ -64,8 +64,8 @@ def test_many_small_tiles_and_a_memory_mapped_result(client, masks, tmp_path):
         assert np.array_equal(np.load(tmp_path / f"counts{rows}.npy"), expected)
 
 
-def test_workers_read_a_run_matrix_by_path(client, tmp_path):
-    run = masklab.generate(runs_dir=tmp_path, masks=6, epochs=1, width=0.25)
+def test_workers_read_a_run_matrix_by_path(client, tiny_runs):
+    run = tiny_runs(keep_scores=False, masks=6)
     source = tiles.bits_source(run.masks.bits)
     assert source is not None and source[0] == "file" and source[1].endswith("masks.bits")
     here = masklab.distances(run.masks, metric="jaccard", per_layer=True)
@@ -94,8 +94,8 @@ def test_a_worker_killed_mid_computation_still_gives_the_exact_result(client, ma
     assert np.array_equal(got, intersection_counts(masks.bits, None, bounds))
 
 
-def test_distances_command_on_a_local_cluster(tmp_path, capsys):
-    run = masklab.generate(runs_dir=tmp_path / "runs", masks=5, epochs=1, width=0.25)
+def test_distances_command_on_a_local_cluster(tmp_path, capsys, tiny_runs):
+    run = tiny_runs(keep_scores=False, masks=6)
     out_local = tmp_path / "here.npy"
     assert main(["distances", str(run.path), "--per-layer", "--metric", "jaccard", "--out", str(out_local),
                  "--quiet"]) == 0
@@ -105,7 +105,7 @@ def test_distances_command_on_a_local_cluster(tmp_path, capsys):
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == str(out_dask) and any(line.split()[0] == "fc1" for line in printed)
     here, there = np.load(out_local), np.load(out_dask)
-    assert here.shape == (4, 5, 5) and np.array_equal(here, there)
+    assert here.shape == (4, 6, 6) and np.array_equal(here, there)
     square = masklab.distances(run.masks, metric="jaccard", per_layer=True, form="square")
     assert np.array_equal(here[1], square["fc1"].to_numpy())
     parquet = tmp_path / "long.parquet"
@@ -113,8 +113,8 @@ def test_distances_command_on_a_local_cluster(tmp_path, capsys):
     assert pd.read_parquet(parquet).equals(masklab.distances(run.masks, metric="hamming_norm"))
 
 
-def test_distances_command_bad_input_is_one_line(tmp_path, capsys):
-    run = masklab.generate(runs_dir=tmp_path / "runs", masks=2, epochs=1, width=0.25)
+def test_distances_command_bad_input_is_one_line(tmp_path, capsys, tiny_run):
+    run = tiny_run
     assert main(["distances", str(run.path), "--out", str(tmp_path / "x.txt")]) == 2
     assert main(["distances", str(run.path), "--scheduler", "tcp://127.0.0.1:1", "--out",
                  str(tmp_path / "x.npy")]) == 2

@@ -14,8 +14,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from masklab.data import load_dataset
-
 
 # ---- the reference code, from its description -------------------------------------------------------------
 def get_subnet(scores: torch.Tensor, k: float) -> torch.Tensor:
@@ -101,11 +99,6 @@ def biprop_extra(prune_rate: float, in_args: bool = False) -> dict:
     else:
         extra["prune_rate"] = np.float64(prune_rate)
     return extra
-
-
-@pytest.fixture(scope="session")
-def digits():
-    return load_dataset("digits")
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ def test_exact_count_and_top_values(shape, sparsity):
     values = torch.randn(shape, generator=g).abs()
     n = values.numel()
     k = n_keep(n, sparsity)
-    assert k == n - int(sparsity * n)
     mask = topk_mask(values, k)
     assert mask.shape == values.shape and mask.dtype == torch.bool
     assert int(mask.sum()) == k
@@ -33,10 +32,16 @@ def test_edge_counts():
 
 
 def test_n_keep_matches_reference_rounding():
-    # int() truncates: 0.95 * 1728 = 1641.6 -> 1641 removed, 87 kept
-    assert n_keep(1728, 0.95) == 87
+    # counts worked out by hand: the removed count int(sparsity * n) truncates the float product
+    assert n_keep(1728, 0.95) == 87  # 0.95 * 1728 = 1641.6 -> 1641 removed
     assert n_keep(2560, 0.5) == 1280
     assert n_keep(10, 0.0) == 10
+    assert n_keep(1, 0.99) == 1  # 0.99 -> 0 removed: a one-weight layer keeps its weight
+    assert n_keep(7, 0.9) == 1  # 6.3 -> 6 removed
+    # the float product falls just below the integer: 0.29 * 100 = 28.999999999999996 -> 28 removed, not 29
+    assert n_keep(100, 0.29) == 72
+    assert n_keep(100, 0.57) == 44  # 56.99999999999999 -> 56 removed
+    assert n_keep(300 * 784, 0.99) == 2352  # 232848 removed
 
 
 @pytest.mark.parametrize("n", [4096, 5000, 70_001, 300_000])

@@ -213,28 +213,13 @@ def test_a_full_disk_is_a_write_error_naming_the_path_and_the_remedy(tmp_path, m
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["000001.mask"]
 
 
-def read_only_is_enforced(directory: Path) -> bool:
-    """Whether this process is refused writes into a 0o555 directory (root, with CAP_DAC_OVERRIDE, is not)."""
-    directory.chmod(0o555)
-    try:
-        (directory / ".probe").touch()
-    except PermissionError:
-        return True
-    (directory / ".probe").unlink()
-    directory.chmod(0o755)
-    return False
-
-
-def test_a_read_only_directory_is_a_write_error(tmp_path):
+def test_a_read_only_directory_is_a_write_error(tmp_path, read_only):
     from masklab.errors import WriteError
 
     (tmp_path / "ro").mkdir()
-    if not read_only_is_enforced(tmp_path / "ro"):
-        pytest.skip("this user writes into read-only directories (root)")
-    try:
-        with pytest.raises(WriteError, match=r"cannot write .*ro/x: Permission denied; you may not write there"):
-            F.atomic_write(tmp_path / "ro" / "x", b"x")
-        with pytest.raises(WriteError, match="Permission denied"):
-            RunLock(tmp_path / "ro" / "lock").acquire()
-    finally:
-        (tmp_path / "ro").chmod(0o755)
+    read_only(tmp_path / "ro")  # as chmod 0o555 does, for root too
+    with pytest.raises(WriteError, match=r"cannot write .*ro/x: Permission denied; you may not write there"):
+        F.atomic_write(tmp_path / "ro" / "x", b"x")
+    with pytest.raises(WriteError, match="Permission denied"):
+        RunLock(tmp_path / "ro" / "lock").acquire()
+    assert list((tmp_path / "ro").iterdir()) == []

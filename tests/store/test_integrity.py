@@ -12,24 +12,17 @@ import pytest
 
 import masklab
 from masklab.config import RunConfig
-from masklab.data import load_dataset
 from masklab.errors import StoreError
 from masklab.keep import layer_keep
 from masklab.store import cache as C
 from masklab.store import files as F
 from masklab.store.run import Run, open_run
 
-TINY = {"width": 0.25, "epochs": 1, "masks": 3, "keep_scores": True}
-
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, digits) -> Run:
-    return masklab.generate(runs_dir=tmp_path_factory.mktemp("runs"), data=digits, **TINY)
+def run(tiny_run) -> Run:
+    """The session's shared tiny run (TINY): read only; the tests damage `copy`."""
+    return tiny_run
 
 
 @pytest.fixture
@@ -192,7 +185,7 @@ def test_an_edited_config_is_named_on_open_and_restored_by_repair(run, copy):
     (lambda m: m.update(hash="0" * 64), r"run id .* does not end in its hash"),
     (lambda m: m.update(n_words=3), r"n_words / n_bits do not match its layers"),
     (lambda m: m.pop("layers"), r"lacks the field 'layers'"),
-    (lambda m: m["hashed_fields"].update(epochs=4), r"config\.toml was edited .*epochs: 1 in config\.toml, 4 in run"),
+    (lambda m: m["hashed_fields"].update(epochs=4), r"config\.toml was edited .*epochs: 2 in config\.toml, 4 in run"),
 ])
 def test_edits_of_run_json_are_named(copy, edit, message):
     path = copy / "run.json"

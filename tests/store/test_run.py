@@ -11,24 +11,17 @@ import pytest
 
 import masklab
 from masklab.config import RunConfig, read_config
-from masklab.data import load_dataset
 from masklab.errors import StoreError, UserError
 from masklab.store import files as F
 from masklab.store.bits import BIT_ORDER, MaskSet
 from masklab.store.run import Run, list_runs, open_run
-
-TINY = {"width": 0.25, "epochs": 2, "masks": 3}
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
+from tests.conftest import TINY_RUN as TINY
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, digits) -> Run:
-    runs = tmp_path_factory.mktemp("runs")
-    return masklab.generate(runs_dir=runs, data=digits, **TINY)
+def run(tiny_run) -> Run:
+    """The session's shared tiny run (TINY): read only; the tests copy it to change it."""
+    return tiny_run
 
 
 def _files(run: Run) -> dict[str, bytes]:
@@ -53,7 +46,7 @@ def test_run_metadata(run):
     assert run.id == config.run_id and run.hash == config.hash and run.path.name == run.id
     assert run.config == config and read_config(run.path / "config.toml") == config
     meta = json.loads((run.path / "run.json").read_text())
-    assert meta["bit_order"] == BIT_ORDER and meta["hashed_fields"] == {"width": 0.25, "epochs": 2}
+    assert meta["bit_order"] == BIT_ORDER and meta["hashed_fields"] == {"width": 0.25, "epochs": 2, "keep_scores": True}
     assert meta["dataset"] == {"name": "digits", "input_shape": [1, 8, 8], "n_classes": 10, "n_train": 1347,
                                "n_test": 450}
     assert {"masklab", "python", "torch", "numpy"} <= set(meta["software"])
@@ -85,7 +78,7 @@ def test_storage_per_mask_is_the_packed_size_plus_a_header(run):
     assert not list(run.path.rglob(f"*{F.TMP_MARK}*"))
     table = run.verify()
     assert (table["status"] == "ok").all()
-    assert table["kind"].value_counts()[["mask", "extra", "record"]].tolist() == [3, 3, 3]  # + 3 histories
+    assert table["kind"].value_counts()[["mask", "extra", "record"]].tolist() == [3, 6, 3]  # histories, scores
 
 
 def test_history(run):
@@ -115,13 +108,13 @@ def test_open_run_refuses_bad_names(run, bad, message):
         open_run(bad, run.path.parent)
 
 
-def test_unknown_mask_id(run):
+def test_unknown_mask_id(run, tiny_runs):
     with pytest.raises(StoreError, match=r"has no mask 7; its mask ids are 0\.\.2"):
         run.record(7)
     with pytest.raises(StoreError, match="mask id"):
         run.record("1")
     with pytest.raises(StoreError, match="keeps no scores"):
-        run.scores(0)
+        tiny_runs(keep_scores=False, masks=6).scores(0)  # the scale tests' run
 
 
 # ---- exact rebuilding -------------------------------------------------------------------------------------
@@ -155,7 +148,7 @@ def test_model_rebuilds_the_recorded_accuracy_exactly(tmp_path, digits, changes)
 
 
 def test_scores_and_snapshots(tmp_path, digits):
-    run = masklab.generate(runs_dir=tmp_path, data=digits, keep_scores=True, snapshot_every=1, **{**TINY,
+    run = masklab.generate(runs_dir=tmp_path, data=digits, snapshot_every=1, **{**TINY,
                            "masks": 1, "epochs": 3})
     scores = run.scores(0)
     assert [s.shape for s in scores] == [tuple(s) for s in run.layers["shape"]]

@@ -12,11 +12,6 @@ from masklab.train.stacked import make_stacked_model, score_optimizer
 from masklab.train.trainer import train_masks
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
 @pytest.mark.parametrize("method", ["edge-popup", "biprop"])
 @pytest.mark.parametrize("fused", [False, True])
 def test_one_step_scores_match_separate_optimisers(digits, method, fused):

@@ -4,17 +4,11 @@ import numpy as np
 import pytest
 
 from masklab.config import RunConfig
-from masklab.data import load_dataset
 from masklab.errors import UserError
 from masklab.train import train_mask
 from masklab.train.trainer import cosine_lr
 
 FASHION = "/usr/share/datasets/fashion-mnist"
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def test_same_seeds_give_bit_identical_masks(digits):

@@ -1,0 +1,78 @@
+"""Fixtures shared by the whole suite: the digits data, tiny trained runs made once per session, and
+read-only directories that hold for root too."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import masklab
+from masklab.data import load_dataset
+
+# The tiny run most store and analysis tests need: 3 digits masks of the mlp at width 0.25, two epochs, with scores.
+TINY_RUN = {"width": 0.25, "epochs": 2, "masks": 3, "keep_scores": True}
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, digits) -> Callable[..., masklab.Run]:
+    """`tiny_runs(**changes)`: the run of TINY_RUN with `changes`, trained once per session and shared by every
+    test that asks for the same changes. Shared: read it, never write it (copy it first, e.g. with
+    shutil.copytree, to change it)."""
+    root = tmp_path_factory.mktemp("shared-runs")
+    made: dict[tuple, masklab.Run] = {}
+
+    def make(**changes) -> masklab.Run:
+        key = tuple(sorted(changes.items()))
+        if key not in made:
+            made[key] = masklab.generate(runs_dir=root, data=digits, quiet=True, **{**TINY_RUN, **changes})
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_runs) -> masklab.Run:
+    """The run of TINY_RUN (shared: read it, never write it)."""
+    return tiny_runs()
+
+
+@pytest.fixture
+def read_only(monkeypatch) -> Callable[[Path], None]:
+    """`read_only(directory)` makes `directory` read-only for this process, root included: opening a file under
+    it for writing, creating one or making a directory fails with EACCES, as chmod 0o555 does for anyone but root
+    (root, with CAP_DAC_OVERRIDE, writes anyway, and CI runs as root). Undone when the test ends."""
+    roots: list[str] = []
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def where(path, dir_fd) -> str:
+        path = os.fspath(path)
+        if dir_fd is not None and not os.path.isabs(path):
+            path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
+        return os.path.abspath(path)
+
+    def refuse(path, dir_fd) -> None:
+        full = where(path, dir_fd)
+        if any(full == root or full.startswith(root + os.sep) for root in roots):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+
+    def open_(path, flags, *args, dir_fd=None, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            refuse(path, dir_fd)
+        return real_open(path, flags, *args, dir_fd=dir_fd, **kwargs)
+
+    def mkdir_(path, *args, dir_fd=None, **kwargs):
+        refuse(path, dir_fd)
+        return real_mkdir(path, *args, dir_fd=dir_fd, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "mkdir", mkdir_)
+    return lambda directory: roots.append(os.path.abspath(directory))
