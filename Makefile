@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SETUP := .venv/.masklab-stamp
 
-.PHONY: demo test lint bench env notebook clean
+.PHONY: demo test test-fast test-min lint bench env notebook clean
 
 $(SETUP): pyproject.toml scripts/setup-env.sh
 	bash scripts/setup-env.sh
@@ -15,6 +15,14 @@ demo: $(SETUP)
 
 test: $(SETUP)
 	$(PY) -m pytest -q
+
+# The inner loop: the tests not marked `slow` (under 2 minutes on 2 idle cores); `make test` runs them all.
+test-fast: $(SETUP)
+	$(PY) -m pytest -q -m "not slow"
+
+# The suite against the dependency floors of pyproject.toml, in a second venv (.venv-min; not CI).
+test-min:
+	bash scripts/test-min.sh
 
 lint: $(SETUP)
 	.venv/bin/ruff check .
@@ -31,7 +39,7 @@ notebook: $(SETUP)
 # Removes .venv and what runs/ and figures/ hold that git does not track: the committed study
 # (figures/README.md, figures/fashion-mnist/) stays. Outside a git checkout, everything but those goes.
 clean:
-	rm -rf .venv
+	rm -rf .venv .venv-min
 	@if [ "$$(git rev-parse --show-toplevel 2>/dev/null)" = "$$(pwd -P)" ]; then \
 	  echo "git clean -fdx -- runs figures"; git clean -fdx -- runs figures; \
 	else \

@@ -76,3 +76,25 @@ def read_only(monkeypatch) -> Callable[[Path], None]:
     monkeypatch.setattr(os, "open", open_)
     monkeypatch.setattr(os, "mkdir", mkdir_)
     return lambda directory: roots.append(os.path.abspath(directory))
+
+
+# `make test-fast` (pytest -m "not slow") leaves these out: the modules and tests that train for longest (each
+# well over a second on 2 idle cores; together about three quarters of `make test`), besides the tests marked
+# @pytest.mark.slow where they are defined. Paths are relative to tests/.
+SLOW_MODULES = ("train/test_same_bits.py", "scale/test_shards.py", "store/test_crash.py", "test_golden_bits.py",
+                "test_notebook.py", "test_report.py", "analysis/test_interpolation.py", "analysis/test_real_masks.py",
+                "train/test_stacked.py")
+SLOW_TESTS = ("scale/test_tiles.py::test_many_small_tiles_and_a_memory_mapped_result",
+              "analysis/test_clustering.py::test_p_values_of_random_masks_are_roughly_uniform_and_never_below_the_floor",
+              "nn/test_models.py::test_resnet18_forward_and_nonaffine_bn",
+              "test_sweep.py::test_sweep_on_digits_completes_and_resumes_without_training",
+              "interop/test_import_hidden_networks.py::"
+              "test_a_hidden_networks_fc_checkpoint_on_fashion_mnist_is_lenet_300_100")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        module = Path(item.path).relative_to(tests).as_posix()
+        if module in SLOW_MODULES or f"{module}::{item.originalname}" in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

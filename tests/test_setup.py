@@ -139,7 +139,7 @@ def _replica(tmp_path: Path, git: bool) -> Path:
     return root
 
 
-UNTRACKED = [".venv/bin/python", "runs/digits-mlp-edge-popup-s0.5-12345678/masks/000000.mask",
+UNTRACKED = [".venv/bin/python", ".venv-min/bin/python", "runs/digits-mlp-edge-popup-s0.5-12345678/masks/000000.mask",
              "figures/digits-mlp-edge-popup-s0.5-12345678/index.html", "figures/stray.png",
              "figures/fashion-mnist/regenerated-not-committed.png"]
 
