@@ -84,7 +84,7 @@ def read_only(monkeypatch) -> Callable[[Path], None]:
 SLOW_MODULES = ("train/test_same_bits.py", "scale/test_shards.py", "store/test_crash.py", "test_golden_bits.py",
                 "test_notebook.py", "test_report.py", "analysis/test_interpolation.py", "analysis/test_real_masks.py",
                 "train/test_stacked.py")
-SLOW_TESTS = ("scale/test_tiles.py::test_many_small_tiles_and_a_memory_mapped_result",
+SLOW_TESTS = ("analysis/test_tiles.py::test_many_small_tiles_and_a_memory_mapped_result",
               "analysis/test_clustering.py::test_p_values_of_random_masks_are_roughly_uniform_and_never_below_the_floor",
               "nn/test_models.py::test_resnet18_forward_and_nonaffine_bn",
               "test_sweep.py::test_sweep_on_digits_completes_and_resumes_without_training",
