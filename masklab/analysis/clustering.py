@@ -358,9 +358,10 @@ def _statistics(matrix, method, squared, ks) -> dict[str, float]:
 
 class _MaxclustCuts:
     """Flat clusters of a tree cut into at most k clusters, the same partitions as
-    ``scipy.cluster.hierarchy.fcluster(linkage, k, criterion="maxclust")`` (ties in merge height give fewer
-    clusters), without scipy's input validation, which costs ten times the cut on the structure test's small
-    trees. Labels are arbitrary integers (only the partition is used)."""
+    ``scipy.cluster.hierarchy.fcluster(linkage, k, criterion="maxclust")`` of scipy 1.15 and later (ties in
+    merge height give fewer clusters; scipy 1.14 cut tied heights otherwise), without scipy's input
+    validation, which costs ten times the cut on the structure test's small trees. Labels are arbitrary
+    integers (only the partition is used)."""
 
     def __init__(self, linkage: np.ndarray):
         n = len(linkage) + 1
