@@ -14,6 +14,7 @@ arrays for analyses that want matrices (clustering, embeddings); `distances` ret
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from masklab.analysis.kernels import intersection_counts, layer_bounds, row_counts
+from masklab.analysis.pairs import INTERSECTION, PairStore, count_dtype, upper_blocks
 from masklab.analysis.tiles import dask_intersection_counts
 from masklab.errors import UserError
 from masklab.store.bits import MaskSet
@@ -55,8 +57,10 @@ class Intersections:
 
     Attributes
     ----------
-    counts : int64 array (L + 1, Na, Nb)
+    counts : int64 array (L + 1, Na, Nb), or a tuple of L + 1 (Na, Nb) arrays
         ``counts[k, i, j] = |a_i AND b_j|`` over layer ``layers[k]``; k = 0 is the whole mask ("all").
+        From a pair folder (`stored_intersections`) each layer is its own memory-mapped matrix of
+        unsigned integers (the tuple form); `metric` gives the same values from either.
         For one set (`symmetric`) the matrices are symmetric and the diagonal holds the kept counts.
     layers : tuple of str
         ``("all", name_1, ..., name_L)``, or ``("all",)`` when computed without per-layer counts.
@@ -70,7 +74,7 @@ class Intersections:
         True when both sides are the same set.
     """
 
-    counts: np.ndarray
+    counts: np.ndarray | tuple[np.ndarray, ...]
     layers: tuple[str, ...]
     n_bits: np.ndarray
     kept_a: np.ndarray
@@ -90,18 +94,33 @@ class Intersections:
     def metric(self, metric: str, layer: str | int | None = None) -> np.ndarray:
         """`metric` for every pair: (L + 1, Na, Nb), or (Na, Nb) for one `layer`."""
         if layer is None:
-            return metric_values(metric, self.counts, self.kept_a.T[:, :, None], self.kept_b.T[:, None, :],
-                                 self.n_bits[:, None, None])
+            return np.stack([self.metric(metric, k) for k in range(len(self.layers))])
         k = self.layer_index(layer)
-        return metric_values(metric, self.counts[k], self.kept_a[:, k, None], self.kept_b[None, :, k],
+        return self.block(metric, k, 0, len(self.ids_a))
+
+    def block(self, metric: str, layer: str | int, start: int, stop: int) -> np.ndarray:
+        """`metric` of the rows start..stop (all columns) of one `layer`: what a stage reads at a time when
+        the whole N x N would be too much to hold as float64."""
+        k = self.layer_index(layer)
+        counts = np.asarray(self.counts[k][start:stop], dtype=np.int64)
+        return metric_values(metric, counts, self.kept_a[start:stop, k, None], self.kept_b[None, :, k],
                              self.n_bits[k])
 
     def condensed(self, metric: str = "hamming", layer: str | int = ALL) -> np.ndarray:
         """The upper triangle of one layer's matrix in scipy's condensed order (one set only)."""
         if not self.symmetric:
             raise UserError("condensed distances need the pairs of one mask set, not two")
-        upper_i, upper_j = np.triu_indices(self.counts.shape[1], 1)
-        return self.metric(metric, layer)[upper_i, upper_j]
+        n = len(self.ids_a)
+        dtype = np.int64 if metric == "hamming" else np.float64
+        out = np.empty(n * (n - 1) // 2, dtype=dtype)
+        at = 0
+        for start, stop in upper_blocks(n, max(1, (32 << 20) // max(1, 8 * n))):
+            values = self.block(metric, layer, start, stop)
+            for r in range(stop - start):
+                row = values[r, start + r + 1:]
+                out[at:at + len(row)] = row
+                at += len(row)
+        return out
 
 
 def intersections(masks: MaskSet, other: MaskSet | None = None, per_layer: bool = True, *,
@@ -245,7 +264,7 @@ def square_tables(result: Intersections, metric: str) -> dict[str, pd.DataFrame]
 
 def pair_indices(result: Intersections) -> tuple[np.ndarray, np.ndarray]:
     """Row and column positions of the pairs a long table lists (upper triangle for one set)."""
-    n_a, n_b = result.counts.shape[1:]
+    n_a, n_b = len(result.ids_a), len(result.ids_b)
     if result.symmetric:
         return np.triu_indices(n_a, 1)
     rows, cols = np.indices((n_a, n_b))
@@ -258,7 +277,7 @@ def long_table(result: Intersections, metric: str) -> pd.DataFrame:
     n_layers, n_pairs = len(result.layers), len(rows)
     values = np.empty((n_layers, n_pairs), dtype=np.int64 if metric == "hamming" else np.float64)
     for k in range(n_layers):
-        intersection = result.counts[k][rows, cols]
+        intersection = np.asarray(result.counts[k][rows, cols], dtype=np.int64)
         values[k] = metric_values(metric, intersection, result.kept_a[rows, k], result.kept_b[cols, k],
                                   result.n_bits[k])
     return pd.DataFrame({
@@ -268,6 +287,59 @@ def long_table(result: Intersections, metric: str) -> pd.DataFrame:
         "metric": metric,
         "value": values.ravel(),
     }, columns=LONG_COLUMNS)
+
+
+STORE_BLOCK_BYTES = 128 << 20  # int64 counts of one row block while the pair matrices are filled
+
+
+def store_intersections(masks: MaskSet, store: PairStore, *, threads: int | None = None,
+                        block_bytes: int = STORE_BLOCK_BYTES,
+                        progress: Callable[[int, int], None] | None = None) -> Intersections:
+    """Count ``|a AND b|`` for every pair of `masks`, whole and per layer, into `store` (a `PairStore` over the
+    same mask ids, in the same order): one N x N matrix of unsigned integers per layer, quantity
+    `INTERSECTION`, with the layer's bits as attribute ``n_bits``. Returns the `Intersections` read back from
+    the store (`stored_intersections`), whose metrics equal `intersections(masks)`'s exactly.
+
+    The pairs are computed by row blocks (rows i0..i1 against rows i0..N, the numba kernel of
+    `intersections`) written straight into the memory-mapped matrices, so that memory holds one block of
+    int64 counts (at most `block_bytes`) and never the (L + 1) x N x N of them. `progress(done, total)`
+    is called after each block (rows done, N)."""
+    if not np.array_equal(store.ids, masks.ids):
+        raise UserError("the pair store is for other masks (its ids differ from the mask set's)")
+    n = masks.n_masks
+    bounds = layer_bounds(masks.layers["word_start"], masks.layers["word_stop"])
+    names = [ALL, *(str(x) for x in masks.layers["layer"])]
+    layer_bits = masks.layers["n_bits"].to_numpy(np.int64)
+    n_bits = np.concatenate([[layer_bits.sum()], layer_bits])
+    kept = _kept_with_total(masks.bits, bounds, True)
+    rows = max(1, int(block_bytes) // max(1, 8 * len(names) * n))
+    with contextlib.ExitStack() as stack:
+        outs = [stack.enter_context(store.writer(
+            INTERSECTION, name, count_dtype(int(kept[:, k].max(initial=0))), unit="bits",
+            description=f"|a AND b|: bits kept by both masks in layer {name}",
+            attrs={"n_bits": int(n_bits[k])})) for k, name in enumerate(names)]
+        for start, stop in upper_blocks(n, rows):
+            counts = intersection_counts(masks.bits[start:stop], masks.bits[start:], bounds, threads=threads,
+                                         with_total=True)
+            for k, out in enumerate(outs):
+                out[start:stop, start:] = counts[k]
+                out[start:, start:stop] = counts[k].T
+            del counts
+            if progress is not None:
+                progress(stop, n)
+    return stored_intersections(store)
+
+
+def stored_intersections(store: PairStore) -> Intersections:
+    """The `Intersections` of a pair folder written by `store_intersections`: each layer a read-only memory
+    map, the kept counts from the diagonals."""
+    layers = store.layers(INTERSECTION)
+    if not layers or layers[0] != ALL:
+        raise UserError(f"{store.folder} holds no intersection counts; compute them with store_intersections")
+    counts = tuple(store.read(INTERSECTION, layer) for layer in layers)
+    kept = np.column_stack([np.diagonal(c).astype(np.int64) for c in counts])
+    n_bits = np.array([int(store.attrs(INTERSECTION, layer)["n_bits"]) for layer in layers], dtype=np.int64)
+    return Intersections(counts, tuple(layers), n_bits, kept, kept, store.ids, store.ids, True)
 
 
 def distances_to_file(masks, path: str | os.PathLike, metric: str = "hamming", per_layer: bool = False,

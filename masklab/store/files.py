@@ -13,6 +13,7 @@ So a mask of W words takes 64 + 8 W bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -20,6 +21,7 @@ import os
 import secrets
 import stat
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +162,49 @@ def atomic_write(path: Path, data: bytes | memoryview | list, sync_dir: bool = T
             raise write_error(path, e) from None
         raise
     if sync_dir and durable:
+        fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_npy(path: Path, dtype, shape: tuple[int, ...], *, root: Path | None = None,
+               durable: bool = False) -> Iterator[np.ndarray]:
+    """A new .npy file of `dtype` and `shape`, filled through a writable memory map and put in place whole.
+
+    Yields the memory map (zero-filled); when the block ends without an exception the data are flushed
+    (and fsynced with `durable`) and the file renamed over `path`, so a reader sees the old file or the
+    new one, never half of it; on an exception the temporary file is removed. The header is written
+    through the file descriptor opened with O_EXCL | O_NOFOLLOW, never by reopening a name, and links
+    are refused as for `atomic_write`. For arrays too large to build as bytes first (N x N pair
+    matrices): only the pages being written are resident."""
+    path = Path(path)
+    check_no_links(path, root)
+    tmp = tmp_path(path)
+    dtype = np.dtype(dtype)
+    shape = tuple(int(s) for s in shape)
+    array = None
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        with os.fdopen(fd, "w+b") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                     "fortran_order": False, "shape": shape})
+            offset = f.tell()
+            size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            f.truncate(offset + size)
+            array = np.memmap(f, dtype=dtype, mode="r+", offset=offset, shape=shape) if size else \
+                np.zeros(shape, dtype=dtype)
+            yield array
+            if isinstance(array, np.memmap):
+                array.flush()
+            if durable:
+                os.fsync(f.fileno())
+        del array
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from None
+        raise
+    if durable:
         fsync_dir(path.parent)
 
 
