@@ -23,7 +23,7 @@ from typing import Literal, overload
 import numpy as np
 import pandas as pd
 
-from masklab.analysis.paths.barriers import barrier, barrier_correlation, curve_barrier
+from masklab.analysis.paths.barriers import barrier, barrier_correlation
 from masklab.analysis.paths.evaluation import (
     CURVE_COLUMNS,
     DEFAULT_BN_SAMPLES,
@@ -35,22 +35,15 @@ from masklab.analysis.paths.evaluation import (
     recompute_batchnorm,
     torch_threads,
 )
-from masklab.analysis.paths.geometry import DEFAULT_POINTS, PATHS, PathPoint, Subnet, check_args, distance, path_points
+from masklab.analysis.paths.geometry import DEFAULT_POINTS, PATHS, PathPoint, Subnet, check_args, path_points
+from masklab.analysis.paths.jobs import build_evaluator, evaluate_pair
 from masklab.analysis.paths.sources import MaskSource, RunSource, TrainedSource, as_source, from_trained
 from masklab.errors import UserError
 
 
 def _evaluator(source: MaskSource, model_id: int, eval_samples: int | None, bn_samples: int, recompute_bn: bool,
                device: str) -> PathEvaluator:
-    from masklab.train.trainer import resolve_device
-
-    where = resolve_device(str(device))
-    dataset = source.dataset()
-    model = source.model(where, model_id)
-    bn = None
-    if recompute_bn and batchnorm_modules(model):
-        bn = batchnorm_batches(dataset, bn_samples, int(source.config.batch_size), where)
-    return PathEvaluator(model, evaluation_batches(dataset, eval_samples, where), bn)
+    return build_evaluator(source, model_id, eval_samples, bn_samples, recompute_bn, device)
 
 
 def interpolate(run: object, a: int, b: int, path: str = "soft", *, points: int = DEFAULT_POINTS, orders: int = 1,
@@ -118,34 +111,44 @@ def barrier_matrix(run: object, pairs: int | None = 10, path: str = "soft", *, p
     source = as_source(run)
     chosen = sample_pairs(source.ids, pairs, random_state)
     evaluator = _evaluator(source, chosen[0][0], eval_samples, bn_samples, recompute_bn, device)
-    cache: dict[int, Subnet] = {}  # the few most recently used ends (pairs come sorted, so `a` repeats)
-
-    def get(i: int) -> Subnet:
-        subnet = cache.pop(i) if i in cache else source.subnet(i)
-        cache[i] = subnet
-        if len(cache) > 4:
-            cache.pop(next(iter(cache)))
-        return subnet
-
     from tqdm.auto import tqdm
 
     rows: list[dict] = []
     curves: list[pd.DataFrame] = []
+    cached = _Cached(source)
     with torch_threads(evaluator.threads):
         for i, j in tqdm(chosen, disable=not progress, desc=f"{path} barriers", unit="pair"):
-            sa, sb = get(i), get(j)
-            d = distance(sa.masks, sb.masks)
-            n_bits = sum(m.numel() for m in sa.masks)
-            curve = evaluator.curve(sa, sb, path, points, orders, order, random_state, ids=(i, j))
-            for k, g in curve.groupby("order", sort=True):
-                rows.append({"mask_a": i, "mask_b": j, "path": path, "order": int(k), "hamming": d,
-                             "hamming_norm": d / n_bits, **curve_barrier(g)})
+            pair_rows, curve = evaluate_pair(cached, evaluator, i, j, path=path, points=points, orders=orders,
+                                             order=order, random_state=random_state)
+            rows += pair_rows
             if return_curves:
                 curves.append(curve)
     out = pd.DataFrame(rows)
     if return_curves:
         return out, pd.concat(curves, ignore_index=True)
     return out
+
+
+class _Cached:
+    """A MaskSource that keeps the few most recently used ends (pairs come sorted, so `a` repeats)."""
+
+    def __init__(self, source: MaskSource, size: int = 4):
+        self.source, self.size = source, size
+        self.config, self.ids = source.config, source.ids
+        self.cache: dict[int, Subnet] = {}
+
+    def dataset(self):
+        return self.source.dataset()
+
+    def model(self, device="cpu", i: int | None = None):
+        return self.source.model(device, i)
+
+    def subnet(self, i: int) -> Subnet:
+        subnet = self.cache.pop(i) if i in self.cache else self.source.subnet(i)
+        self.cache[i] = subnet
+        if len(self.cache) > self.size:
+            self.cache.pop(next(iter(self.cache)))
+        return subnet
 
 
 __all__ = ["CURVE_COLUMNS", "PATHS", "MaskSource", "PathEvaluator", "PathPoint", "RunSource", "Subnet",

@@ -70,3 +70,18 @@ def test_a_failed_write_leaves_nothing(masks, tmp_path):
             raise RuntimeError("killed")
     assert not store.has("half") and not PairStore.open(tmp_path / "p").has("half")
     assert [p.name for p in (tmp_path / "p").rglob("*.npy")] == ["ids.npy"]
+
+
+def test_the_summary_from_matrices_equals_the_long_tables(masks, tmp_path):
+    from masklab.analysis import layer_summary, random_baseline, with_baseline
+    from masklab.analysis.summary import pair_summary
+
+    # masks whose per-layer counts differ: several nulls, weighted by how many pairs share them
+    long = masklab.distances(masks, metric=["matching", "jaccard"], per_layer=True)
+    baseline = random_baseline(masks)
+    expected = layer_summary(with_baseline(long, masks), baseline)
+    store = PairStore.create(tmp_path / "pairs", masks.ids)
+    stored = store_intersections(masks, store)
+    got = pair_summary(stored, baseline, block_bytes=8 * len(masks) * 4)  # several row blocks
+    assert list(got.columns) == list(expected.columns)
+    pd.testing.assert_frame_equal(got, expected, rtol=1e-12, check_dtype=False)
