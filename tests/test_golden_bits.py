@@ -75,8 +75,8 @@ GOLDEN = {
         "draw": "482b0c101b034e70", "figures": "bc864fecac088c69",
     },
     "mlp dense": {
-        "masks": "ee4ed1078527b164", "weights": "c963e2e4974e432c",
-        "figures": "1e409ae35a44041c",
+        "masks": "ee4ed1078527b164", "weights": "b400e9bb4dc219e6",
+        "figures": "ae8a53d8be1f92f5",
     },
     "conv2 edge-popup": {
         "masks": "4aca21bde7eaea98", "scores": "44d05b045c105fb9",

@@ -3,12 +3,17 @@
 A mask must come out the same, bit for bit, whether it trains alone or beside K - 1 others, in one
 process or in one shard of many, on 1 thread or 16. Three kinds of operation break that on a CPU:
 
-- Matrix products. MKL splits some products' reductions across threads (a 128 x 100 x 10 weight
-  gradient differs between 1 and 2 threads). Its Conditional Numerical Reproducibility in strict mode
-  (`MKL_CBWR=AUTO,STRICT`, which `import masklab` sets before MKL starts, see `reproducible_blas`) makes
-  gemm and batched gemm give the same bits at any thread count. The stacked layers give every mask its
-  own product of the same shape as a lone mask's (batched, never one product whose columns span several
-  masks), so a mask's numbers do not depend on its neighbours either.
+- Matrix products. MKL splits some products' reductions across threads, and its Conditional Numerical
+  Reproducibility in strict mode (`MKL_CBWR=AUTO,STRICT`, which `import masklab` sets before MKL starts,
+  see `reproducible_blas`) does not prevent it for every shape: with MKL 2024.2 in torch 2.13, 101 of 720
+  (M, K, N) products scanned differ between 1 and 2 threads (a 10 x 64 x 16 weight gradient among them,
+  which made dense MLPs thread-dependent), and a batched product of 2 or 3 matrices of 10 x 128 x 100
+  (lenet-300-100's last weight gradient) differs between 1 and 8 threads. So training runs MKL on one
+  thread per calling thread (`blas_one_thread`, MKL's thread-local setting): a product's bits are then
+  those of one thread, whatever torch's thread count; strict CNR still pins the code path (alignment,
+  CPU dispatch). Stacked training gets its parallelism over masks instead (`masklab.train.substacks`).
+  The stacked layers give every mask its own product of the same shape as a lone mask's (batched, never
+  one product whose columns span several masks), so a mask's numbers do not depend on its neighbours.
 - Convolutions. oneDNN splits the weight gradient's reduction over the batch across threads; the
   forward pass and the input gradient split only their outputs. `conv2d` runs the weight gradient on one
   thread (the rest stays parallel): about 1.3x the cost of a Conv-4 step on 2 cores.
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 import warnings
 from contextlib import contextmanager
 
@@ -76,17 +82,65 @@ def reproducible_blas() -> str:
     return "mkl-free"
 
 
+def _mkl_local():
+    """MKL's `MKL_Set_Num_Threads_Local` inside torch's CPU library, or None."""
+    if "local" not in _state:
+        _state["local"] = None
+        path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+        try:
+            func = ctypes.CDLL(path).MKL_Set_Num_Threads_Local
+        except (OSError, AttributeError):
+            return None
+        func.restype = ctypes.c_int
+        func.argtypes = [ctypes.c_int]
+        _state["local"] = func
+    return _state["local"]
+
+
+class _Depth(threading.local):
+    depth = 0  # how many blas_one_thread blocks the calling thread is in
+
+
+_local = _Depth()
+
+
+@contextmanager
+def blas_one_thread():
+    """Run the block's MKL products on one thread (in the calling thread only; torch's own parallel loops
+    keep their thread count): their bits then do not depend on the thread count (see the module docstring).
+    torch.set_num_threads resets MKL's thread-local count, so code inside the block changes torch's thread
+    count through `set_threads`."""
+    local = _mkl_local()
+    previous = local(1) if local is not None else 0
+    _local.depth += 1
+    try:
+        yield
+    finally:
+        _local.depth -= 1
+        if local is not None:
+            local(previous)  # 0: back to the global setting
+
+
+def set_threads(threads: int) -> None:
+    """torch.set_num_threads(threads), keeping MKL on one thread inside `blas_one_thread` (torch's call sets
+    MKL's thread-local count to `threads`: a 2-thread epoch between 1-thread ones made dense MLPs differ)."""
+    torch.set_num_threads(threads)
+    local = _mkl_local()
+    if local is not None and _local.depth:
+        local(1)
+
+
 @contextmanager
 def one_thread():
     """Run the block on one torch (OpenMP) thread."""
     old = torch.get_num_threads()
     if old > 1:
-        torch.set_num_threads(1)
+        set_threads(1)
     try:
         yield
     finally:
         if old > 1:
-            torch.set_num_threads(old)
+            set_threads(old)
 
 
 class _Conv2d(torch.autograd.Function):

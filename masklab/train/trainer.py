@@ -26,7 +26,7 @@ from torch import nn
 from masklab.config import RunConfig
 from masklab.data import Batches, Shaped
 from masklab.errors import UserError
-from masklab.nn.exact import reproducible_blas
+from masklab.nn.exact import blas_one_thread, reproducible_blas, set_threads
 from masklab.nn.layers import masked_layers
 from masklab.nn.stacked import stacked_layers
 from masklab.train.device import SMALL_STEP_MACS, EpochThreads, macs_per_sample, resolve_device, step_threads
@@ -92,7 +92,7 @@ def train_masks(config: RunConfig, indices: Sequence[int], dataset: Batches | No
     device = resolve_device(config.device) if device is None else torch.device(device)
     if config.method == "dense" and len(indices) > 1:
         return [r for i in indices for r in train_masks(config, [i], dataset, device, on_epoch, snapshot_every)]
-    with step_threads(config, dataset, device, len(indices)) as tuner:
+    with step_threads(config, dataset, device, len(indices)) as tuner, blas_one_thread():
         return _train(config, indices, dataset, device, on_epoch,
                       config.snapshot_every if snapshot_every is None else snapshot_every, tuner)
 
@@ -150,7 +150,7 @@ def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torc
         for group in optimizer.param_groups:
             group["lr"] = lr
         if tuner is not None:
-            torch.set_num_threads(tuner.threads(epoch))
+            set_threads(tuner.threads(epoch))
             threads_used.add(torch.get_num_threads())
         epoch_start = time.perf_counter()
         train = _train_epoch(model, optimizer, dataset, config, [s[2] for s in seeds], epoch, K, device)

@@ -220,3 +220,42 @@ def test_generate_gives_the_same_run_for_every_stack_and_after_a_kill(small_fash
     resumed = masklab.generate(config.replace(stack=2), runs_dir=killed, data=data, resume=True)
     assert resumed.complete
     assert_same_runs(runs[1], fingerprint(resumed))
+
+
+# ---- the same bits in processes started with one and with two threads -------------------------------------
+THREAD_CASES = {  # small layers: MKL split the reductions of 10- and 16-wide products across threads
+    "mlp dense, 16 wide": {"method": "dense", "width": 0.0625},
+    "mlp dense, 10 wide": {"method": "dense", "width": 0.0390625},
+    "mlp edge-popup, 16 wide, stack 1": {"width": 0.0625, "stack": 1},
+    "mlp biprop, 10 wide, stack 2": {"method": "biprop", "width": 0.0390625, "stack": 2},
+    "conv2 edge-popup": {"dataset": "synthetic", "input_shape": "3x8x8", "model": "conv2", "width": 0.125},
+}
+_FINGERPRINTS = """
+import json, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+import masklab
+from test_golden_bits import fingerprint
+cases = json.loads(sys.argv[2])
+out = {}
+for name, fields in cases.items():
+    with tempfile.TemporaryDirectory() as runs:
+        fields = {"dataset": "digits", "model": "mlp", "masks": 2, "epochs": 3, "batch_size": 64,
+                  "keep_scores": True, "device": "cpu", **fields}
+        out[name] = fingerprint(masklab.generate(**fields, runs_dir=runs))
+print(json.dumps(out))
+"""
+
+
+def test_processes_with_one_and_two_threads_make_the_same_runs():
+    """Golden fingerprints of small runs (dense included; 16- and 10-wide layers) in processes started with
+    OMP_NUM_THREADS=1 and =2: in the second the trainer also switches thread counts between epochs."""
+    import json
+
+    results = {}
+    for threads in ("1", "2"):
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": str(REPO)}
+        done = subprocess.run([sys.executable, "-c", _FINGERPRINTS, str(REPO / "tests"), json.dumps(THREAD_CASES)],
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[threads] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results["1"] == results["2"]
