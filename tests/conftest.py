@@ -33,7 +33,9 @@ def tiny_runs(tmp_path_factory, digits) -> Callable[..., masklab.Run]:
     def make(**changes) -> masklab.Run:
         key = tuple(sorted(changes.items()))
         if key not in made:
-            made[key] = masklab.generate(runs_dir=root, data=digits, quiet=True, **{**TINY_RUN, **changes})
+            # each in a runs directory of its own: a test may list the runs beside its run
+            made[key] = masklab.generate(runs_dir=root / f"runs{len(made)}", data=digits, quiet=True,
+                                         **{**TINY_RUN, **changes})
         return made[key]
 
     return make
