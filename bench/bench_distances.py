@@ -159,7 +159,7 @@ def main() -> None:
     pairs = n * (n - 1) / 2
     rss_data = max_rss_mib()
     t0 = time.perf_counter()
-    intersections(masks.subset(masks.ids[:8]), threads=args.threads)
+    intersections(masks.subset(masks.ids[:8]), per_layer=True, threads=args.threads)
     print(f"{n} masks x {n_bits:,} bits ({n_layers} layers), {pairs:,.0f} pairs, {args.threads} threads "
           f"({numba.threading_layer()}); kernel load/compile {time.perf_counter() - t0:.2f} s")
 

@@ -32,6 +32,7 @@ _LAZY = {
     "UserError": "masklab.errors",
     "distances": "masklab.analysis.distances",
     "intersections": "masklab.analysis.distances",
+    "distance_matrices": "masklab.analysis.distances",
     "random_baseline": "masklab.analysis.baselines",
     "analyze": "masklab.report",
     "compare": "masklab.report",
@@ -55,4 +56,5 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    """The public API only (not the module's machinery: importlib, os, _LAZY, ...)."""
+    return sorted(__all__)

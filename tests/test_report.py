@@ -1,5 +1,6 @@
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -85,7 +86,7 @@ def test_compare_two_methods_on_the_same_weights(runs, tmp_path):
                                              + n * (n - 1) * whole["across, other seeds"]) / n ** 2)
     assert set(report.tables["joint_embedding"]["run"]) == {a.id, b.id}
     assert report.index.exists() and "joint_mds" in report.figures  # 10 masks in all: MDS, not UMAP
-    assert "MDS, not UMAP" in report.key_numbers["joint embedding"]
+    assert "MDS, not UMAP" in report.key_numbers.set_index("name").loc["joint embedding", "text"]
 
 
 def test_compare_refuses_different_layouts(runs, tmp_path, digits):
@@ -134,7 +135,17 @@ def test_interpolate_prints_a_header_and_one_unit_per_quantity(runs, capsys):
 def test_key_numbers_say_what_the_numbers_carry(runs, tmp_path):
     _, run, _ = runs
     report = analyze(run, tmp_path, pairs=3, points=3)
-    keys = report.key_numbers
+    table = report.key_numbers
+    assert list(table.columns) == ["name", "value", "unit", "chance", "sd_from_chance", "n", "text"]
+    numbers = table.set_index("name")
+    assert (numbers.loc["pairs compared", "value"], numbers.loc["pairs compared", "n"]) == (10, 5)
+    matching = numbers.loc["matching fc1"]  # the one number behind the sentence, as the tables hold it
+    layer = report.tables["layer_summary"].set_index(["metric", "layer"]).loc[("matching", "fc1")]
+    assert (matching["unit"], matching["n"]) == ("fraction", 10)
+    assert (matching["value"], matching["chance"], matching["sd_from_chance"]) == \
+        pytest.approx((layer["mean"], layer["baseline"], layer["z_vs_chance"]))
+    assert np.isnan(numbers.loc["embedding", "value"]) and numbers.loc["embedding", "n"] == 5  # words only
+    keys = table.set_index("name")["text"]
     assert keys["pairs compared"].startswith("10 pairs of 5 masks")
     assert "sd of one random pair" in keys["matching fc1"] and "chance" in keys["jaccard all"]
     structure = keys["cluster structure vs random masks"]
@@ -222,7 +233,7 @@ def test_compare_page_has_the_analyze_look_and_says_what_the_columns_are(runs, t
     assert "SVG</a>" in page and 'href="joint_mds.svg"' in page
     assert re.search(r"<td class=\"num\">\d+\.\d{2}%</td>", page)  # matching in %
     assert re.search(r"<td class=\"num\">0\.\d{4}</td>", page)  # Jaccard as a fraction
-    keys = report.key_numbers
+    keys = report.key_numbers.set_index("name")["text"]
     assert keys["matching across runs"].endswith("%)") and "%" not in keys["jaccard across runs"]
     # the joint embedding's legend is short: A and B with their method, not the run ids
     assert set(report.tables["joint_embedding"]["side"]) == {"A: edge-popup s0.5", "B: biprop s0.5"}
@@ -254,7 +265,7 @@ def test_compare_command_prints_matching_in_percent(runs, tmp_path, capsys):
 
 def test_consensus_key_numbers_say_no_mask(runs, tmp_path):
     _, run, _ = runs
-    keys = analyze(run, tmp_path, pairs=0, points=3, embedding=False).key_numbers
+    keys = list(analyze(run, tmp_path, pairs=0, points=3, embedding=False).key_numbers["name"])
     assert "weights kept by no mask" in keys and "weights kept by all masks" in keys
     assert not [k for k in keys if "none masks" in k]
 

@@ -1,6 +1,7 @@
 """Analyses of a MaskSet; every public function returns pandas DataFrames (or numpy arrays for reuse).
 
-- distances: `distances`, `intersections` (raw all-pairs counts, whole and per layer);
+- distances: `distances` (one DataFrame), `distance_matrices` (one square DataFrame per layer),
+  `intersections` (raw all-pairs counts, whole and per layer);
 - baselines: `random_baseline`, `with_baseline`, `random_masks`, `random_baseline_samples`;
 - consensus: `keep_counts`, `consensus`, `consensus_histogram`, `union_coverage`, `core_weights`;
 - summary: `layer_summary` (per layer and metric: the pairs' mean beside chance, in sd of the null);
@@ -19,7 +20,7 @@ from masklab.analysis.consensus import (
     keep_counts,
     union_coverage,
 )
-from masklab.analysis.distances import METRICS, Intersections, distances, intersections
+from masklab.analysis.distances import METRICS, Intersections, distance_matrices, distances, intersections
 from masklab.analysis.summary import layer_summary
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "consensus",
     "consensus_histogram",
     "core_weights",
+    "distance_matrices",
     "distances",
     "intersections",
     "keep_counts",

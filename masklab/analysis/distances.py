@@ -9,7 +9,8 @@ For masks a and b over a layer of n bits with kept counts c_a, c_b and intersect
 - ``jaccard``      = I / (c_a + c_b - I)                   (1.0 when both masks are empty)
 
 Layer ``"all"`` is the whole mask (n = all prunable weights). `intersections` returns the raw counts as
-arrays for analyses that want matrices (clustering, embeddings); `distances` returns DataFrames.
+arrays for analyses that want matrices (clustering, embeddings); `distances` returns one DataFrame,
+`distance_matrices` one square DataFrame per layer.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -123,7 +124,7 @@ class Intersections:
         return out
 
 
-def intersections(masks: MaskSet, other: MaskSet | None = None, per_layer: bool = True, *,
+def intersections(masks: MaskSet, other: MaskSet | None = None, per_layer: bool = False, *,
                   backend: str = "auto", threads: int | None = None,
                   block_bytes: int | None = None, client=None, out=None) -> Intersections:
     """Count ``|a AND b|`` for all pairs of masks, whole and (if `per_layer`) per layer, in one pass.
@@ -135,7 +136,8 @@ def intersections(masks: MaskSet, other: MaskSet | None = None, per_layer: bool 
         A second set over the same layer layout (cross-run distances); default: pairs within `masks`,
         of which only the upper triangle is computed.
     per_layer : bool
-        Also count per layer (costs about nothing extra: layers are word ranges of the same pass).
+        Also count per layer (costs about nothing extra: layers are word ranges of the same pass). Default
+        False, as in `distances`.
     backend : {"auto", "numba", "numpy", "torch"}
         "auto": torch on a CUDA device, else the numba kernel, else numpy.
     threads : int, optional
@@ -188,28 +190,11 @@ def _kept_with_total(bits: np.ndarray, bounds: np.ndarray, per_layer: bool) -> n
     return np.hstack([total, per_layer_counts]) if per_layer else total
 
 
-@overload
-def distances(masks: MaskSet, other: MaskSet | None = ..., metric: str | Sequence[str] = ...,
-              per_layer: Literal[False] = ..., form: str = ..., *, backend: str = ..., threads: int | None = ...,
-              block_bytes: int | None = ..., client: Any = ...) -> pd.DataFrame: ...
-
-
-@overload
-def distances(masks: MaskSet, other: MaskSet | None = ..., metric: str | Sequence[str] = ...,
-              per_layer: bool = ..., form: Literal["long"] = ..., *, backend: str = ..., threads: int | None = ...,
-              block_bytes: int | None = ..., client: Any = ...) -> pd.DataFrame: ...
-
-
-@overload
-def distances(masks: MaskSet, other: MaskSet | None = ..., metric: str | Sequence[str] = ...,
-              per_layer: bool = ..., form: str = ..., *, backend: str = ..., threads: int | None = ...,
-              block_bytes: int | None = ..., client: Any = ...) -> pd.DataFrame | dict: ...
-
-
 def distances(masks: MaskSet, other: MaskSet | None = None, metric: str | Sequence[str] = "hamming",
               per_layer: bool = False, form: str = "long", *, backend: str = "auto",
-              threads: int | None = None, block_bytes: int | None = None, client: Any = None) -> pd.DataFrame | dict:
-    """Distances between all pairs of masks (of one set, or across two sets of the same layout).
+              threads: int | None = None, block_bytes: int | None = None, client: Any = None) -> pd.DataFrame:
+    """Distances between all pairs of masks (of one set, or across two sets of the same layout), as one
+    DataFrame (the square matrix of every layer: `distance_matrices`).
 
     Parameters
     ----------
@@ -219,21 +204,31 @@ def distances(masks: MaskSet, other: MaskSet | None = None, metric: str | Sequen
     metric : {"hamming", "hamming_norm", "matching", "jaccard"} or a list of them
         See the module docstring. A list is only allowed with ``form="long"``.
     per_layer : bool
-        Add one row (long) or one matrix (square) per layer beside the whole mask ("all").
+        Long form only: add the rows of every layer beside the whole mask ("all").
     form : {"long", "square"}
         ``"long"``: a tidy DataFrame with columns mask_a, mask_b, layer, metric, value; for one set only
         pairs with mask_a before mask_b (in the set's order) are listed, no self-pairs; layer "all"
         first, then the layers in model order.
-        ``"square"``: an Na x Nb DataFrame indexed by mask ids (index "mask_a", columns "mask_b"); for one
-        set it is symmetric with the self-distance on the diagonal (hamming 0, matching 1, jaccard 1).
-        With ``per_layer=True`` a dict ``{layer: square DataFrame}``, "all" first.
+        ``"square"``: the whole masks' Na x Nb DataFrame indexed by mask ids (index "mask_a", columns
+        "mask_b"); for one set it is symmetric with the self-distance on the diagonal (hamming 0, matching
+        1, jaccard 1).
     backend, threads, block_bytes, client
         See `intersections` (`client`: a dask.distributed.Client computes the pairs as tiles on its workers).
 
     Returns
     -------
-    pandas.DataFrame or dict of str to DataFrame
+    pandas.DataFrame
         Hamming values are int64, the others float64 (a long table of several metrics is float64).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from masklab import MaskSet, distances
+    >>> masks = MaskSet.from_bool(np.array([[1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 0]], dtype=bool))
+    >>> distances(masks)["value"].tolist()
+    [2, 0, 2]
+    >>> float(distances(masks, metric="jaccard", form="square").loc[0, 1])
+    0.3333333333333333
     """
     metrics = [metric] if isinstance(metric, str) else list(metric)
     for name in metrics:
@@ -243,12 +238,28 @@ def distances(masks: MaskSet, other: MaskSet | None = None, metric: str | Sequen
         raise UserError(f"unknown form {form!r}; choose 'long' or 'square'")
     if form == "square" and len(metrics) != 1:
         raise UserError("the square form takes one metric; use form='long' for several")
+    if form == "square" and per_layer:
+        raise UserError("the square form is one matrix, of the whole masks; distance_matrices(masks, other, metric) "
+                        "gives one per layer")
     result = intersections(masks, other, per_layer, backend=backend, threads=threads, block_bytes=block_bytes,
                            client=client)
     if form == "square":
-        return square_tables(result, metrics[0]) if per_layer else square_table(result, metrics[0], ALL)
+        return square_table(result, metrics[0], ALL)
     return pd.concat([long_table(result, name) for name in metrics], ignore_index=True) \
         if len(metrics) > 1 else long_table(result, metrics[0])
+
+
+def distance_matrices(masks: MaskSet, other: MaskSet | None = None, metric: str = "hamming", *,
+                      backend: str = "auto", threads: int | None = None, block_bytes: int | None = None,
+                      client: Any = None) -> dict[str, pd.DataFrame]:
+    """The square matrix of `metric` for the whole masks and every layer: ``{layer: Na x Nb DataFrame}``
+    ("all" first, then the layers in model order), each as `distances(..., form="square")` gives the whole
+    masks'. Parameters as for `distances`; one pass over the bits for all layers."""
+    if metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    result = intersections(masks, other, True, backend=backend, threads=threads, block_bytes=block_bytes,
+                           client=client)
+    return square_tables(result, metric)
 
 
 def square_table(result: Intersections, metric: str, layer: str | int = ALL) -> pd.DataFrame:

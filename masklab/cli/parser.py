@@ -221,8 +221,8 @@ def add_distances(sub) -> None:
                        "from the shared filesystem. Prints a per-layer summary; the last line is the file.",
                        parents=[RUNS_DIR(), QUIET()])
     p.add_argument("run", metavar="RUN", help="a run directory or a run id under --runs-dir")
-    p.add_argument("--metric", default="hamming_norm", choices=["hamming", "hamming_norm", "matching", "jaccard"],
-                   help="default hamming_norm")
+    p.add_argument("--metric", default="hamming", choices=["hamming", "hamming_norm", "matching", "jaccard"],
+                   help="default hamming, as masklab.distances: bits that differ")
     p.add_argument("--per-layer", action="store_true", help="also every layer, beside the whole mask")
     p.add_argument("--scheduler", metavar="S", help="local, or the address of a Dask scheduler (default: no Dask, "
                    "the numba kernel in this process)")

@@ -472,7 +472,7 @@ CONSENSUS_COLUMNS = 2
 
 
 @styled
-def consensus_histogram(counts: pd.DataFrame, *, layers: Sequence[str] | None = None, log: bool = True,
+def consensus_bars(counts: pd.DataFrame, *, layers: Sequence[str] | None = None, log: bool = True,
                         title: str | None = None) -> Figure:
     """How many of the N masks keep each weight, against independent random masks (Binomial(N, k)).
 
@@ -487,7 +487,7 @@ def consensus_histogram(counts: pd.DataFrame, *, layers: Sequence[str] | None = 
         "all"), else the whole network only.
     log : log-scaled counts (expected counts below half a weight are off the scale).
     """
-    require(counts, ["layer", "n_masks_keeping", "n_weights"], "consensus_histogram")
+    require(counts, ["layer", "n_masks_keeping", "n_weights"], "consensus_bars")
     present = list(dict.fromkeys(counts["layer"]))
     if layers is None:
         names = present if len(present) <= MAX_CONSENSUS_PANELS else [n for n in present if str(n) == "all"][:1] \
@@ -496,9 +496,9 @@ def consensus_histogram(counts: pd.DataFrame, *, layers: Sequence[str] | None = 
         names = list(layers)
         unknown = [n for n in names if n not in present]
         if unknown:
-            raise UserError(f"consensus_histogram: no rows for layers {unknown}; the table has {present}")
+            raise UserError(f"consensus_bars: no rows for layers {unknown}; the table has {present}")
         if len(names) > MAX_CONSENSUS_PANELS:
-            raise UserError(f"consensus_histogram draws at most {MAX_CONSENSUS_PANELS} panels; "
+            raise UserError(f"consensus_bars draws at most {MAX_CONSENSUS_PANELS} panels; "
                             f"{len(names)} layers given")
     # at most two panels a row: the figure stays about as wide as a page (1100 px at 150 dpi) and its labels
     # readable there; four in a row made a 2040 x 525 strip whose labels shrank to nothing on the page
@@ -545,5 +545,5 @@ def _count_label(value: float, _position) -> str:
     return f"{value:,.0f}" if value >= 1 else f"{value:g}"
 
 
-__all__ = ["consensus_histogram", "distance_heatmap", "distance_histogram",
+__all__ = ["consensus_bars", "distance_heatmap", "distance_histogram",
            "embedding_scatter", "per_layer_similarity", "similarity_by_group"]

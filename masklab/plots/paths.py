@@ -186,7 +186,7 @@ def barrier_vs_distance(barriers: pd.DataFrame, *, x: str | None = None, group: 
 
 # ---- trajectories -------------------------------------------------------------------------------------------
 @styled
-def trajectories(traj: pd.DataFrame, *, metric: str = "hamming_norm", baseline: float | None = None,
+def trajectory_curves(traj: pd.DataFrame, *, metric: str = "hamming_norm", baseline: float | None = None,
                  title: str | None = None) -> Figure:
     """Distance of each mask's training snapshots to its final mask (and to the other masks) against epoch.
 
@@ -199,7 +199,7 @@ def trajectories(traj: pd.DataFrame, *, metric: str = "hamming_norm", baseline: 
     baseline : float, optional
         Random-mask expectation of the distance, drawn dashed (where two independent masks would be).
     """
-    require(traj, ["mask_id", "epoch", "distance_to_final"], "trajectories")
+    require(traj, ["mask_id", "epoch", "distance_to_final"], "trajectory_curves")
     others = "distance_to_others_mean" in traj.columns and traj["distance_to_others_mean"].notna().any()
     columns = [("distance_to_final", "Distance to the mask's own final mask")]
     if others:
@@ -227,4 +227,4 @@ def trajectories(traj: pd.DataFrame, *, metric: str = "hamming_norm", baseline: 
     return fig
 
 
-__all__ = ["barrier_vs_distance", "interpolation_curves", "trajectories"]
+__all__ = ["barrier_vs_distance", "interpolation_curves", "trajectory_curves"]

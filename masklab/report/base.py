@@ -26,21 +26,42 @@ DEFAULT_FORMATS = ("png",)
 DEFAULT_N_RANDOM = 99  # random mask sets of the structure test: p down to 0.01
 
 
+# The key numbers' columns: `value` and `chance` in `unit` (fractions as the tables hold them: "fraction";
+# "nats", "weights", "pairs", "clusters", "silhouette"), `sd_from_chance` the effect in sd of the null, `n` what
+# the number rests on (pairs, masks), `text` the sentence the page and the command line show (in the units of
+# masklab.units). A key number that is only words (which embedding, a correlation not estimated) has no value.
+KEY_COLUMNS = ["name", "value", "unit", "chance", "sd_from_chance", "n", "text"]
+
+
 @dataclass
 class Report:
-    """What `analyze` produced: tables by name, figure paths by name, the index page, key numbers."""
+    """What `analyze` (or `compare`) produced: tables by name, figure paths by name, the index page, the key
+    numbers (a DataFrame, see KEY_COLUMNS) and the seconds each stage took."""
 
     run_id: str
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
     captions: dict[str, str] = field(default_factory=dict)
-    key_numbers: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     index: Path | None = None
+    keys: list[dict] = field(default_factory=list, repr=False)  # the rows of key_numbers, in order
+
+    def note(self, name: str, text: str, *, value: float | None = None, unit: str | None = None,
+             chance: float | None = None, sd_from_chance: float | None = None, n: int | None = None) -> None:
+        """Add key number `name`: the sentence shown (`text`) and, where it is one number, that number."""
+        self.keys.append({"name": name, "value": value, "unit": unit, "chance": chance,
+                          "sd_from_chance": sd_from_chance, "n": n, "text": text})
+
+    @property
+    def key_numbers(self) -> pd.DataFrame:
+        """One row per key number: name, value, unit, chance, sd_from_chance, n, text (KEY_COLUMNS)."""
+        table = pd.DataFrame(self.keys, columns=KEY_COLUMNS)
+        return table.astype({"value": float, "chance": float, "sd_from_chance": float, "n": "Int64"})
 
     def summary(self) -> pd.DataFrame:
-        """The key numbers as a two-column table (what the index page shows at the top)."""
-        return pd.DataFrame({"quantity": list(self.key_numbers), "value": list(self.key_numbers.values())})
+        """The key numbers as the command line prints them: (quantity, value) = (name, text)."""
+        keys = self.key_numbers
+        return pd.DataFrame({"quantity": keys["name"], "value": keys["text"]})
 
 
 @dataclass

@@ -58,15 +58,18 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
     comparison = report.tables["comparison"]
     for row in comparison[comparison["layer"] == "all"].to_dict("records"):
         metric = str(row["metric"])
-        report.key_numbers[f"{metric} across runs"] = (f"{metric_value(metric, row['across'])} (chance "
-                                                       f"{metric_value(metric, row['chance'])})")
+        report.note(f"{metric} across runs", f"{metric_value(metric, row['across'])} (chance "
+                    f"{metric_value(metric, row['chance'])})", value=float(row["across"]), unit="fraction",
+                    chance=float(row["chance"]))
         for side in ("within A", "within B"):
             if side in row:
-                report.key_numbers[f"{metric} {side}"] = metric_value(metric, row[side])
+                report.note(f"{metric} {side}", metric_value(metric, row[side]), value=float(row[side]),
+                            unit="fraction")
         if "across, same score seed" in row:
-            report.key_numbers[f"{metric} across runs, same score seed"] = (
-                f"{metric_value(metric, row['across, same score seed'])} (other seeds "
-                f"{metric_value(metric, row['across, other seeds'])})")
+            report.note(f"{metric} across runs, same score seed",
+                        f"{metric_value(metric, row['across, same score seed'])} (other seeds "
+                        f"{metric_value(metric, row['across, other seeds'])})",
+                        value=float(row["across, same score seed"]), unit="fraction")
     if "embedding" in steps:
         from masklab.analysis.embedding import NAMES
         from masklab.plots import embedding_scatter
@@ -80,7 +83,7 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
                 f"(A: {run_a.id}, B: {run_b.id})" + (f"; {why}" if why else "") + ".",
                 title=f"{method} of both runs' {len(points)} masks"
                 + ("\n" + textwrap.fill(f"({why})", 64) if why else ""))
-        report.key_numbers["joint embedding"] = why or method
+        report.note("joint embedding", why or method, n=len(points))
         step("embedding")
     report.seconds["figures"] = shared.figure_seconds
     bar.set_description("compare: tables and page")

@@ -73,8 +73,9 @@ def relative(target: Path, page_dir: Path) -> str:
     return Path(os.path.relpath(Path(target).resolve(), Path(page_dir).resolve())).as_posix()
 
 
-def _key_numbers_html(key_numbers: dict[str, str]) -> str:
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in key_numbers.items())
+def _key_numbers_html(key_numbers: pd.DataFrame) -> str:
+    rows = "".join(f"<tr><th>{html.escape(str(name))}</th><td>{html.escape(str(text))}</td></tr>"
+                   for name, text in zip(key_numbers["name"], key_numbers["text"]))
     return f"<h2>Key numbers</h2><table>{rows}</table>"
 
 

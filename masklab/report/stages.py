@@ -45,14 +45,14 @@ from masklab.analysis.trajectories import settling, trajectories
 from masklab.errors import UserError
 from masklab.plots import (
     barrier_vs_distance,
+    consensus_bars,
     distance_heatmap,
     distance_histogram,
     embedding_scatter,
     interpolation_curves,
     per_layer_similarity,
+    trajectory_curves,
 )
-from masklab.plots import consensus_histogram as plot_consensus
-from masklab.plots import trajectories as plot_trajectories
 from masklab.report.base import (
     DEFAULT_FORMATS,
     DEFAULT_N_RANDOM,
@@ -167,14 +167,14 @@ def _distances(run: Run, report: Report, shared: Shared) -> None:
             "Normalised Hamming distance of every mask pair against random masks with the same per-layer "
             "counts (histogram) and the closed-form expectation (line).", metric="hamming_norm")
     first = summary.iloc[0]
-    report.key_numbers["pairs compared"] = (f"{int(first['n_pairs']):,} pairs of {int(first['n_masks'])} masks "
-                                            "(chance: two independent random masks with the same per-layer "
-                                            "counts)")
+    report.note("pairs compared", f"{int(first['n_pairs']):,} pairs of {int(first['n_masks'])} masks (chance: two "
+                "independent random masks with the same per-layer counts)", value=int(first["n_pairs"]),
+                unit="pairs", n=int(first["n_masks"]))
     for row in summary.itertuples():
-        report.key_numbers[f"{row.metric} {row.layer}"] = (
-            f"{metric_value(str(row.metric), float(row.mean))} (chance "
-            f"{metric_value(str(row.metric), float(row.baseline))}, {signed_sd(float(row.z_vs_chance))} sd of one "
-            "random pair)")
+        report.note(f"{row.metric} {row.layer}", f"{metric_value(str(row.metric), float(row.mean))} (chance "
+                    f"{metric_value(str(row.metric), float(row.baseline))}, {signed_sd(float(row.z_vs_chance))} sd of "
+                    "one random pair)", value=float(row.mean), unit="fraction", chance=float(row.baseline),
+                    sd_from_chance=float(row.z_vs_chance), n=int(row.n_pairs))
 
 
 def _consensus(run: Run, report: Report, shared: Shared) -> None:
@@ -183,13 +183,14 @@ def _consensus(run: Run, report: Report, shared: Shared) -> None:
     hist = consensus_histogram(masks)
     report.tables["consensus_histogram"] = hist
     report.tables["union_coverage"] = union_coverage(masks)
-    figure(report, shared, "consensus_histogram", plot_consensus, (hist,),
+    figure(report, shared, "consensus_histogram", consensus_bars, (hist,),
             f"How many of the {len(masks)} masks keep each weight, against Binomial(N, k) for independent random "
             "masks.")
     row = report.tables["consensus"].iloc[0]  # the whole network ("all")
     for column, words in (("kept_by_all", "kept by all masks"), ("kept_by_none", "kept by no mask")):
-        report.key_numbers[f"weights {words}"] = (
-            f"{int(row[column]):,} of {int(row['n_bits']):,} (chance {row['expected_' + column]:,.1f})")
+        report.note(f"weights {words}", f"{int(row[column]):,} of {int(row['n_bits']):,} (chance "
+                    f"{row['expected_' + column]:,.1f})", value=int(row[column]), unit="weights",
+                    chance=float(row["expected_" + column]), n=len(masks))
 
 
 def _clustering(run: Run, report: Report, shared: Shared, n_random: int = DEFAULT_N_RANDOM) -> None:
@@ -211,13 +212,17 @@ def _clustering(run: Run, report: Report, shared: Shared, n_random: int = DEFAUL
     test = structure_vs_random(run.masks, n_random=n_random, random_state=0, max_masks=STRUCTURE_MAX_MASKS)
     shared.structure = test
     report.tables["structure_vs_random"] = test.summary
-    report.key_numbers["cluster structure vs random masks"] = test.describe()
+    silhouette = test.row("silhouette")
+    report.note("cluster structure vs random masks", test.describe(), value=float(silhouette["observed"]),
+                unit="silhouette", chance=float(silhouette["random_mean"]),
+                sd_from_chance=float(silhouette["effect_sd"]), n=int(silhouette["n_masks"]))
     for row in summary.itertuples():
-        report.key_numbers[f"clusters ({row.method})"] = (
-            f"{row.n_clusters} (silhouette {row.silhouette:.3f}; a tree cut always gives clusters: the structure "
-            "test says whether they mean anything)" if row.method != "hdbscan"
-            else f"none: all {row.n_noise} masks are noise" if row.n_clusters == 0
-            else f"{row.n_clusters}, {row.n_noise} masks noise (silhouette {row.silhouette:.3f})")
+        report.note(f"clusters ({row.method})",
+                    f"{row.n_clusters} (silhouette {row.silhouette:.3f}; a tree cut always gives clusters: the "
+                    "structure test says whether they mean anything)" if row.method != "hdbscan"
+                    else f"none: all {row.n_noise} masks are noise" if row.n_clusters == 0
+                    else f"{row.n_clusters}, {row.n_noise} masks noise (silhouette {row.silhouette:.3f})",
+                    value=int(row.n_clusters), unit="clusters", n=n)
 
 
 def _need(value, stage: str):
@@ -248,7 +253,7 @@ def _embedding(run: Run, report: Report, shared: Shared, method: str = "auto") -
     else:
         colours = (f"coloured by test accuracy only: the structure test finds no substantial cluster structure "
                    f"({test.verdict()}), so cluster colours would only show an arbitrary cut")
-    report.key_numbers["embedding"] = why or name
+    report.note("embedding", why or name, n=n)
     figure(report, shared, used, embedding_scatter, (table, color_by),
             f"{name} of the masks on their normalised Hamming distances" + (f" ({why})" if why else "") +
             f", {colours}.", title=title)
@@ -277,27 +282,27 @@ def _interpolation(run: Run, report: Report, shared: Shared, pairs: int, points:
                 f"Loss and error barrier of each of the {len(barriers)} sampled pairs against its Hamming distance "
                 f"{shown}.")
     loss, error = barriers["loss_barrier"], barriers["error_barrier"]
-    report.key_numbers["loss barrier (soft path)"] = (f"mean {loss.mean():.4f} nats, max {loss.max():.4f} nats "
-                                                      f"({len(loss)} pairs)")
-    report.key_numbers["error barrier (soft path)"] = (f"mean {points_text(error.mean())}, max "
-                                                       f"{points_text(error.max())} ({len(error)} pairs)")
+    report.note("loss barrier (soft path)", f"mean {loss.mean():.4f} nats, max {loss.max():.4f} nats ({len(loss)} "
+                "pairs)", value=float(loss.mean()), unit="nats", n=len(loss))
+    report.note("error barrier (soft path)", f"mean {points_text(error.mean())}, max {points_text(error.max())} "
+                f"({len(error)} pairs)", value=float(error.mean()), unit="fraction", n=len(error))
     rows = correlation.set_index("barrier")
     if len(barriers) >= MIN_CORRELATION_PAIRS and rows["spearman_rho"].notna().any():
         parts = [f"{label} rho {rows.loc[b, 'spearman_rho']:+.2f} (p = {rows.loc[b, 'spearman_p']:.2g})"
                  for b, label in (("loss_barrier", "loss"), ("error_barrier", "error"))
                  if b in rows.index and np.isfinite(rows.loc[b, "spearman_rho"])]
-        report.key_numbers["barrier vs Hamming distance"] = f"Spearman {', '.join(parts)}; n = {len(barriers)} pairs"
+        report.note("barrier vs Hamming distance", f"Spearman {', '.join(parts)}; n = {len(barriers)} pairs",
+                    n=len(barriers))
     else:
-        report.key_numbers["barrier vs Hamming distance"] = (
-            f"not estimated: {len(barriers)} pairs, a correlation needs at least {MIN_CORRELATION_PAIRS} "
-            "(analyze --pairs)")
+        report.note("barrier vs Hamming distance", f"not estimated: {len(barriers)} pairs, a correlation needs at "
+                    f"least {MIN_CORRELATION_PAIRS} (analyze --pairs)", n=len(barriers))
 
 
 def _trajectories(run: Run, report: Report, shared: Shared) -> None:
     traj = trajectories(run)
     report.tables["trajectories"] = traj
     report.tables["settling"] = settling(traj)
-    figure(report, shared, "trajectories", plot_trajectories, (traj,),
+    figure(report, shared, "trajectories", trajectory_curves, (traj,),
             "Distance of each mask's snapshots to its final mask, and to the other masks at the same epoch.",
             baseline=shared.baseline_all)
 

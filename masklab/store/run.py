@@ -47,7 +47,7 @@ import io
 import operator
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -63,6 +63,9 @@ from masklab.store.bits import MaskSet, unpack_words
 from masklab.store.meta import RUN_FORMAT, layout_frame, read_json
 from masklab.store.paths import RECORD_RE, inside, resolve_run, stem
 from masklab.units import ranges
+
+if TYPE_CHECKING:
+    from masklab.train.evaluate import Evaluation
 
 # Registry columns shown first, in this order; other scalar fields of a record follow.
 TABLE_COLUMNS = ["mask_id", "weight_seed", "score_seed", "data_seed", "test_acc", "best_test_acc", "best_epoch",
@@ -337,6 +340,8 @@ class Run:
         return MaskSet(z["bits"].astype(np.uint64), self.layers.copy(), z["epochs"])
 
     # ---- subnetworks (built by masklab.train.rebuild: the store only reads) ---------------------------------
+    # The training code and the datasets are imported by the methods that need them: they bring torch (1.7 s
+    # of import, median of 5), which reading a run (`masklab runs`, `show`, `verify`, the analyses) never needs.
     def model(self, i: int, device: str = "cpu"):
         """Mask `i`'s subnetwork, rebuilt exactly (`masklab.train.rebuild.run_model`). In eval mode."""
         from masklab.train.rebuild import run_model
@@ -355,9 +360,10 @@ class Run:
             self._dataset = load_config_dataset(self.config)
         return self._dataset
 
-    def evaluate(self, i: int, data=None, device: str = "cpu") -> tuple[float, float]:
-        """(test loss, test accuracy) of mask `i`'s rebuilt subnetwork on the test split of `data` (default:
-        the run's dataset); equals the recorded final figures (`masklab.train.rebuild.evaluate_mask`)."""
+    def evaluate(self, i: int, data=None, device: str = "cpu") -> Evaluation:
+        """`Evaluation(loss, acc)`, a named tuple: the test loss (nats) and accuracy (fraction) of mask `i`'s
+        rebuilt subnetwork on the test split of `data` (default: the run's dataset); equals the recorded final
+        figures (`masklab.train.rebuild.evaluate_mask`)."""
         from masklab.train.rebuild import evaluate_mask
 
         return evaluate_mask(self, i, data, device)

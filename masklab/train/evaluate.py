@@ -7,6 +7,7 @@ thread count.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -14,8 +15,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class Evaluation(NamedTuple):
+    """A network's figures on a test split: `loss`, the mean cross-entropy in nats, and `acc`, the accuracy
+    as a fraction. A tuple: `loss, acc = run.evaluate(i)` unpacks it."""
+
+    loss: float
+    acc: float
+
+
 @torch.no_grad()
-def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Evaluation:
     """(mean loss, accuracy) over the batches, in eval mode. Masks are computed once and reused."""
     was_training = model.training
     model.eval()
@@ -26,10 +35,10 @@ def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
     model.train(was_training)
-    return total_loss / seen, correct / seen
+    return Evaluation(total_loss / seen, correct / seen)
 
 
 def evaluate(model: nn.Module, dataset, device: str | torch.device = "cpu",
-             batch_size: int = 1000) -> tuple[float, float]:
+             batch_size: int = 1000) -> Evaluation:
     """(mean loss, accuracy) on the dataset's test split."""
     return evaluate_batches(model, dataset.test_batches(batch_size, device=device))

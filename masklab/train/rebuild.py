@@ -11,6 +11,7 @@ code's own count (see masklab/interop).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -18,7 +19,9 @@ from torch import nn
 
 from masklab.config import RunConfig
 from masklab.data import Shaped
+from masklab.errors import StoreError
 from masklab.nn.layers import masked_layers
+from masklab.train.evaluate import Evaluation, evaluate
 from masklab.train.recycling import rebuild_weights
 from masklab.train.stacked import make_model
 
@@ -68,10 +71,6 @@ def run_model(run, i: int, device: str | torch.device = "cpu") -> nn.Module:
     IWR / IteRand map applied (dense runs: the stored weights), BatchNorm buffers as stored, and every
     masked layer's scores set to its stored mask, so that the layer's own top-k selects exactly that mask.
     In eval mode. A model whose layers or kept counts disagree with the run is a StoreError."""
-    from types import SimpleNamespace
-
-    from masklab.errors import StoreError
-
     record, config = run.record(i), run.config
     imported = run.imported
     if not run.has_architecture:
@@ -99,9 +98,8 @@ def run_model(run, i: int, device: str | torch.device = "cpu") -> nn.Module:
     return model.to(device).eval()
 
 
-def evaluate_mask(run, i: int, data=None, device: str | torch.device = "cpu") -> tuple[float, float]:
-    """(test loss, test accuracy) of mask `i`'s rebuilt subnetwork on the test split of `data` (default: the
-    run's dataset); equals the figures recorded when it was trained."""
-    from masklab.train.evaluate import evaluate
-
+def evaluate_mask(run, i: int, data=None, device: str | torch.device = "cpu") -> Evaluation:
+    """`Evaluation(loss, acc)`: the test loss (nats) and accuracy (fraction) of mask `i`'s rebuilt subnetwork
+    on the test split of `data` (default: the run's dataset); equals the figures recorded when it was
+    trained."""
     return evaluate(run_model(run, i, device), data if data is not None else run.dataset(), device)

@@ -8,7 +8,7 @@ import pytest
 from scipy.spatial.distance import cdist, pdist, squareform
 
 import masklab.analysis.kernels as kernels
-from masklab.analysis import METRICS, distances, intersections
+from masklab.analysis import METRICS, distance_matrices, distances, intersections
 from masklab.errors import UserError
 from masklab.store.bits import MaskSet
 
@@ -55,7 +55,7 @@ def check_square(table: pd.DataFrame, expected: np.ndarray, metric: str) -> None
 def test_square_matches_scipy_whole_and_per_layer(n_masks, metric):
     x = random_bools(n_masks, AWKWARD_SIZES, seed=n_masks)
     masks = MaskSet.from_bool(x, AWKWARD_SIZES)
-    tables = distances(masks, metric=metric, per_layer=True, form="square")
+    tables = distance_matrices(masks, metric=metric)
     assert list(tables) == ["all", *layer_columns(AWKWARD_SIZES)]
     check_square(tables["all"], scipy_metric(metric, x), metric)
     for name, columns in layer_columns(AWKWARD_SIZES).items():
@@ -102,7 +102,7 @@ def test_cross_run_matches_cdist(metric):
     x, y = random_bools(5, AWKWARD_SIZES, seed=5), random_bools(67, AWKWARD_SIZES, seed=6)
     a = MaskSet.from_bool(x, AWKWARD_SIZES, ids=range(100, 105))
     b = MaskSet.from_bool(y, AWKWARD_SIZES)
-    tables = distances(a, b, metric=metric, per_layer=True, form="square")
+    tables = distance_matrices(a, b, metric=metric)
     assert tables["all"].shape == (5, 67)
     assert list(tables["all"].index) == list(range(100, 105))
     check_square(tables["all"], scipy_metric(metric, x, y), metric)
@@ -118,7 +118,7 @@ def test_square_form_is_symmetric_with_self_distance_on_the_diagonal():
     x = random_bools(65, AWKWARD_SIZES, seed=7)
     masks = MaskSet.from_bool(x, AWKWARD_SIZES, ids=np.arange(65)[::-1])
     for metric, diagonal in [("hamming", 0), ("hamming_norm", 0), ("matching", 1), ("jaccard", 1)]:
-        for name, table in distances(masks, metric=metric, per_layer=True, form="square").items():
+        for name, table in distance_matrices(masks, metric=metric).items():
             matrix = table.to_numpy()
             np.testing.assert_array_equal(matrix, matrix.T, err_msg=f"{metric} {name}")
             np.testing.assert_array_equal(np.diag(matrix), diagonal, err_msg=f"{metric} {name}")
@@ -160,8 +160,8 @@ def test_kernel_counts_against_brute_force_with_tiny_blocks(monkeypatch):
     expected_cross = (x[:, None, :] & y[None, :, :]).sum(axis=2)
     for block_bytes in (None, 8 * 24 * 10):   # 10 words per row: row blocks of 16 rows
         a, b = MaskSet.from_bool(x, sizes), MaskSet.from_bool(y, sizes)
-        self_counts = intersections(a, backend="numba", block_bytes=block_bytes).counts
-        cross_counts = intersections(a, b, backend="numba", block_bytes=block_bytes).counts
+        self_counts = intersections(a, per_layer=True, backend="numba", block_bytes=block_bytes).counts
+        cross_counts = intersections(a, b, per_layer=True, backend="numba", block_bytes=block_bytes).counts
         np.testing.assert_array_equal(self_counts[0], expected_self)
         np.testing.assert_array_equal(cross_counts[0], expected_cross)
         offsets = np.cumsum([0, *sizes])
@@ -178,10 +178,10 @@ def test_read_only_memory_map_streamed_in_blocks(tmp_path):
     in_memory.bits.tofile(path)
     mapped = np.memmap(path, dtype=np.uint64, mode="r", shape=in_memory.bits.shape)
     masks = MaskSet(mapped, in_memory.layers)
-    expected = intersections(in_memory).counts
+    expected = intersections(in_memory, per_layer=True).counts
     for block_bytes in (None, 16 * 8 * in_memory.n_words):
-        np.testing.assert_array_equal(intersections(masks, block_bytes=block_bytes).counts, expected)
-    cross = intersections(masks, in_memory, block_bytes=16 * 8 * in_memory.n_words).counts
+        np.testing.assert_array_equal(intersections(masks, per_layer=True, block_bytes=block_bytes).counts, expected)
+    cross = intersections(masks, in_memory, per_layer=True, block_bytes=16 * 8 * in_memory.n_words).counts
     np.testing.assert_array_equal(cross, expected)
 
 
@@ -189,12 +189,13 @@ def test_non_contiguous_bits_are_handled():
     x = random_bools(20, AWKWARD_SIZES, seed=41)
     contiguous = MaskSet.from_bool(x, AWKWARD_SIZES)
     fortran = MaskSet(np.asfortranarray(contiguous.bits), contiguous.layers)
-    np.testing.assert_array_equal(intersections(fortran).counts, intersections(contiguous).counts)
+    np.testing.assert_array_equal(intersections(fortran, per_layer=True).counts,
+                                  intersections(contiguous, per_layer=True).counts)
 
 
 def test_intersections_arrays_for_reuse():
     x = random_bools(12, AWKWARD_SIZES, seed=50)
-    result = intersections(MaskSet.from_bool(x, AWKWARD_SIZES))
+    result = intersections(MaskSet.from_bool(x, AWKWARD_SIZES), per_layer=True)
     assert result.counts.shape == (len(AWKWARD_SIZES) + 1, 12, 12)
     assert result.layers[0] == "all" and result.n_bits[0] == sum(AWKWARD_SIZES)
     np.testing.assert_array_equal(result.kept_a[:, 0], x.sum(axis=1))
@@ -258,3 +259,24 @@ def test_auto_takes_numpy_for_small_inputs_until_the_numba_kernel_is_loaded(monk
     assert kernels.resolve_backend("auto", small) == "numba"
     x = random_bools(10, AWKWARD_SIZES, seed=61)
     np.testing.assert_array_equal(backend_counts("numpy", x), backend_counts("numba", x))
+
+
+def test_distances_returns_one_dataframe_and_its_docstring_examples_hold():
+    import doctest
+    import importlib
+
+    masks = MaskSet.from_bool(random_bools(4, AWKWARD_SIZES, seed=70), AWKWARD_SIZES)
+    for kwargs in ({}, {"per_layer": True}, {"form": "square"}, {"metric": ["jaccard", "matching"]}):
+        assert isinstance(distances(masks, **kwargs), pd.DataFrame)
+    with pytest.raises(UserError, match="distance_matrices"):
+        distances(masks, per_layer=True, form="square")
+    module = importlib.import_module("masklab.analysis.distances")
+    assert doctest.testmod(module).failed == 0
+
+
+def test_intersections_and_distances_default_alike():
+    import inspect
+
+    same = ("other", "per_layer", "backend", "threads", "block_bytes", "client")
+    a, b = inspect.signature(intersections).parameters, inspect.signature(distances).parameters
+    assert {k: a[k].default for k in same} == {k: b[k].default for k in same}

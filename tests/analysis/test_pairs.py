@@ -26,7 +26,7 @@ def test_stored_distances_equal_the_long_form_exactly(masks, tmp_path):
         expected = masklab.distances(masks, metric=metric, per_layer=True)
         pd.testing.assert_frame_equal(long_table(result, metric), expected, check_exact=True)
         pd.testing.assert_frame_equal(long_table(reopened, metric), expected, check_exact=True)
-    direct = intersections(masks)
+    direct = intersections(masks, per_layer=True)
     for k, layer in enumerate(direct.layers):
         assert np.array_equal(np.asarray(reopened.counts[k]), direct.counts[k]), layer
         assert reopened.counts[k].dtype == count_dtype(int(direct.kept_a[:, k].max()))

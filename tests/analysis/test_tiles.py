@@ -45,11 +45,12 @@ def equal(a, b) -> bool:
 
 @pytest.mark.parametrize("metric", ["hamming", "hamming_norm", "matching", "jaccard"])
 def test_dask_tiles_equal_the_in_process_kernel(client, masks, metric):
-    for form in ("long", "square"):
-        for per_layer in (False, True):
-            here = masklab.distances(masks, metric=metric, per_layer=per_layer, form=form)
-            there = masklab.distances(masks, metric=metric, per_layer=per_layer, form=form, client=client)
-            assert equal(here, there), (form, per_layer)
+    for form, per_layer in (("long", False), ("long", True), ("square", False)):
+        here = masklab.distances(masks, metric=metric, per_layer=per_layer, form=form)
+        there = masklab.distances(masks, metric=metric, per_layer=per_layer, form=form, client=client)
+        assert equal(here, there), (form, per_layer)
+    here = masklab.distance_matrices(masks, metric=metric)
+    assert equal(here, masklab.distance_matrices(masks, metric=metric, client=client))
 
 
 def test_many_small_tiles_and_a_memory_mapped_result(client, masks, tmp_path):
@@ -106,11 +107,11 @@ def test_distances_command_on_a_local_cluster(tmp_path, capsys, tiny_runs):
     assert printed[-1] == str(out_dask) and any(line.split()[0] == "fc1" for line in printed)
     here, there = np.load(out_local), np.load(out_dask)
     assert here.shape == (4, 6, 6) and np.array_equal(here, there)
-    square = masklab.distances(run.masks, metric="jaccard", per_layer=True, form="square")
+    square = masklab.distance_matrices(run.masks, metric="jaccard")
     assert np.array_equal(here[1], square["fc1"].to_numpy())
     parquet = tmp_path / "long.parquet"
     assert main(["distances", str(run.path), "--out", str(parquet), "--quiet"]) == 0
-    assert pd.read_parquet(parquet).equals(masklab.distances(run.masks, metric="hamming_norm"))
+    assert pd.read_parquet(parquet).equals(masklab.distances(run.masks))  # the same default metric
 
 
 def test_distances_command_bad_input_is_one_line(tmp_path, capsys, tiny_run):

@@ -110,7 +110,7 @@ def make(name: str):
     if name == "embedding":
         return P.embedding_scatter(embedding_points(), color_by=("test_acc", "cluster_average", "cluster_hdbscan"))
     if name == "consensus":
-        return P.consensus_histogram(consensus_table(), layers=["conv1", "fc1"])
+        return P.consensus_bars(consensus_table(), layers=["conv1", "fc1"])
     if name == "interpolation":
         return P.interpolation_curves(curve_table())
     if name == "interpolation_one":
@@ -118,7 +118,7 @@ def make(name: str):
     if name == "barrier":
         return P.barrier_vs_distance(barrier_table())
     if name == "trajectories":
-        return P.trajectories(trajectory_table(), baseline=0.5)
+        return P.trajectory_curves(trajectory_table(), baseline=0.5)
     if name == "sweep":
         return P.accuracy_vs_sparsity(sweep_table())
     if name == "sweep_dense":  # and a long title, which must wrap rather than leave the figure
@@ -270,7 +270,7 @@ def test_random_baselines_are_drawn():
     labels = hist.axes[0].get_legend_handles_labels()[1]
     assert any(label.startswith("random-mask pairs") for label in labels)
     assert any(label.startswith("random expectation") for label in labels)
-    cons = P.consensus_histogram(consensus_table())
+    cons = P.consensus_bars(consensus_table())
     assert cons.axes[0].get_yscale() == "log"
     assert any("Binomial(12, k)" in t.get_text() for t in cons.legends[0].get_texts())
     assert [ax.get_title() for ax in cons.axes if ax.get_visible()] == ["whole network", "conv1", "fc1"]
@@ -331,7 +331,7 @@ def test_missing_columns_are_named():
     with pytest.raises(UserError, match="acc_mean"):
         P.accuracy_vs_sparsity(pd.DataFrame({"method": ["a"], "sparsity": [0.5]}))
     with pytest.raises(UserError, match="distance_to_final"):
-        P.trajectories(pd.DataFrame({"mask_id": [0], "epoch": [1]}))
+        P.trajectory_curves(pd.DataFrame({"mask_id": [0], "epoch": [1]}))
 
 
 def test_figures_take_the_analysis_tables_as_they_come():
@@ -357,7 +357,7 @@ def test_figures_take_the_analysis_tables_as_they_come():
     expected = float(baseline.set_index("layer").loc["all", "hamming_norm"])
     figures.append(P.distance_histogram(distances(masks, metric="hamming_norm"), samples, expected,
                                         metric="hamming_norm"))
-    figures.append(P.consensus_histogram(keep_count_histogram(masks)))
+    figures.append(P.consensus_bars(keep_count_histogram(masks)))
     square = distances(masks, metric="hamming_norm", form="square")
     figures.append(P.distance_heatmap(square, C.linkage_matrix(square), baseline=expected))
     for fig in figures:
@@ -425,7 +425,7 @@ def test_consensus_figure_fits_the_page():
         expected = stats.binom.pmf(np.arange(17), 16, 0.5) * 5000
         rows += [{"layer": layer, "n_masks_keeping": m, "n_weights": int(expected[m]), "expected": expected[m]}
                  for m in range(17)]
-    fig = P.consensus_histogram(pd.DataFrame(rows))
+    fig = P.consensus_bars(pd.DataFrame(rows))
     width, height = fig.get_size_inches() * P._style.DPI
     assert width <= 1150 and 0.5 < height / width < 1.2, (width, height)
     assert [ax.get_yaxis().get_minor_locator().__class__.__name__ for ax in fig.axes][:1] == ["NullLocator"]

@@ -128,9 +128,10 @@ def test_model_rebuilds_the_recorded_accuracy_exactly(tmp_path, digits, changes)
     config = {**TINY, "masks": 2, **changes}
     run = masklab.generate(config, runs_dir=tmp_path, data=digits)
     for i in run.ids:
-        loss, acc = run.evaluate(i, data=digits)
-        assert acc == run.record(i)["test_acc"]
-        assert loss == run.record(i)["test_loss"]
+        result = run.evaluate(i, data=digits)
+        assert (result.loss, result.acc) == (run.record(i)["test_loss"], run.record(i)["test_acc"])
+        loss, acc = result  # a named tuple: unpacks as (loss, acc)
+        assert (loss, acc) == (result.loss, result.acc)
         model = run.model(i)
         from masklab.nn.layers import masked_layers
 
