@@ -40,10 +40,10 @@ import numpy as np
 from tqdm import tqdm
 
 from masklab.analysis._numba_random import flip_to_counts
-from masklab.analysis.baselines import random_masks
 from masklab.analysis.clustering import cluster_masks, structure_vs_random
 from masklab.analysis.distances import distances, intersections
 from masklab.analysis.embedding import embed
+from masklab.analysis.random_sets import random_masks
 from masklab.data import load_dataset
 from masklab.errors import UserError
 from masklab.generation import as_config

@@ -2,7 +2,9 @@
 
 - distances: `distances` (one DataFrame), `distance_matrices` (one square DataFrame per layer),
   `intersections` (raw all-pairs counts, whole and per layer);
-- baselines: `random_baseline`, `with_baseline`, `random_masks`, `random_baseline_samples`;
+- null: the null model (hypergeometric moments of two random masks' intersection);
+- baselines: `random_baseline`, `with_baseline` (the null as tables);
+- random_sets: `random_masks`, `random_baseline_samples` (sampled random masks);
 - consensus: `keep_counts`, `consensus`, `consensus_histogram`, `union_coverage`, `core_weights`;
 - summary: `layer_summary` (per layer and metric: the pairs' mean beside chance, in sd of the null);
 - in their own modules: `masklab.analysis.compare` (two runs: within each, across, chance),
@@ -12,7 +14,7 @@
 Numba, scipy and torch are imported only when a function needs them.
 """
 
-from masklab.analysis.baselines import random_baseline, random_baseline_samples, random_masks, with_baseline
+from masklab.analysis.baselines import random_baseline, with_baseline
 from masklab.analysis.consensus import (
     consensus,
     consensus_histogram,
@@ -21,6 +23,7 @@ from masklab.analysis.consensus import (
     union_coverage,
 )
 from masklab.analysis.distances import METRICS, Intersections, distance_matrices, distances, intersections
+from masklab.analysis.random_sets import random_baseline_samples, random_masks
 from masklab.analysis.summary import layer_summary
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Numba kernel of `masklab.analysis.baselines.random_masks`: bring random rows to their exact counts.
+"""Numba kernel of `masklab.analysis.random_sets.random_masks`: bring random rows to their exact counts.
 
 Imported lazily; ``cache=True`` keeps the compiled code on disk (`python -m masklab.warm` fills it).
 """
@@ -14,7 +14,7 @@ def flip_to_counts(words, rows, excess, candidates):
     """For each row ``rows[i]`` of the packed `words` (R, W uint64), walk through its candidate positions
     ``candidates[i]`` in order and flip each one that is in the state to remove (1 when ``excess[i] > 0``,
     0 when below), until ``|excess[i]|`` bits are flipped or the candidates run out. The same bits as
-    `baselines._flip_some`'s numpy code chooses from the same candidates (a position drawn again after its
+    `random_sets._flip_some`'s numpy code chooses from the same candidates (a position drawn again after its
     flip is in the other state, so it is skipped, as a repeat is there)."""
     one = np.uint64(1)
     for i in range(rows.shape[0]):

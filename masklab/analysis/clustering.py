@@ -20,7 +20,7 @@ zero diagonal (a distance, not a similarity: pass ``hamming``/``hamming_norm`` o
   distances (noise left out), computed here in a few numpy operations.
 - **Against random masks** (`structure_vs_random`): the best silhouette and the cophenetic correlation of
   the real masks against the same statistics on R sets of random masks, each random mask with exactly the
-  per-layer kept counts of one real mask (`masklab.analysis.baselines.random_masks`); a Monte Carlo one-sided
+  per-layer kept counts of one real mask (`masklab.analysis.random_sets.random_masks`); a Monte Carlo one-sided
   p-value (99 random sets by default: resolution 0.01) says whether the real masks have more cluster
   structure than chance, and the effect size (in sd of the random sets) how much more. (A tree cut always yields
   clusters, and the best-silhouette k is at least 2: only this comparison says whether they mean anything.)
@@ -478,7 +478,7 @@ def structure_vs_random(masks: MaskSet, n_random: int = DEFAULT_N_RANDOM, *, met
     """Is there more cluster structure among `masks` than among random masks of the same per-layer counts?
 
     Computes the best silhouette and the cophenetic correlation of the `method` tree on the `metric`
-    distances of `masks`, then of `n_random` random mask sets (`baselines.random_masks`, each random mask
+    distances of `masks`, then of `n_random` random mask sets (`random_sets.random_masks`, each random mask
     with the per-layer counts of one real mask, all drawn from one generator seeded by `random_state`), and
     compares (see `StructureTest`). The smallest p-value is 1 / (1 + n_random): the default 99 sets resolve
     p down to 0.01.
@@ -487,8 +487,8 @@ def structure_vs_random(masks: MaskSet, n_random: int = DEFAULT_N_RANDOM, *, met
     a tree and ten silhouettes each: about 0.3 s for 16 digits masks. With `max_masks`, a seeded random
     subset of that many masks is tested (and random sets of that size), for very large runs.
     """
-    from masklab.analysis.baselines import _per_layer_counts, random_mask_bits
     from masklab.analysis.distances import ALL, distances, intersections
+    from masklab.analysis.random_sets import layer_counts, random_mask_bits
 
     if method not in LINKAGE_METHODS:
         raise UserError(f"unknown linkage method {method!r}; choose one of {', '.join(LINKAGE_METHODS)}")
@@ -502,7 +502,7 @@ def structure_vs_random(masks: MaskSet, n_random: int = DEFAULT_N_RANDOM, *, met
     matrix, _ = as_square(distances(masks, metric=metric, form="square"))
     rows = [{"source": "mask", "replicate": -1, "statistic": s, "value": v}
             for s, v in _statistics(matrix, method, squared, ks).items()]
-    counts = _per_layer_counts(masks)
+    counts = layer_counts(masks)
     for r in range(int(n_random)):
         random = MaskSet(random_mask_bits(masks.layers, counts, len(masks), rng), masks.layers)
         random_matrix = intersections(random, per_layer=False).metric(metric, ALL)

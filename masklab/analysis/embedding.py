@@ -32,7 +32,7 @@ distances (MDS) mean something.
   ``min(30, (N - 1) / 3)``, on one thread (Barnes-Hut's OpenMP threads spin-wait: on a busy 2-core machine
   they made it 10-30x slower).
 
-`embed_with_reference` adds random masks with the same per-layer counts (`baselines.random_masks`) and embeds
+`embed_with_reference` adds random masks with the same per-layer counts (`random_sets.random_masks`) and embeds
 real and random masks together: the random cloud shows what "no structure" looks like at this scale.
 """
 
@@ -216,12 +216,12 @@ def embed_with_reference(masks: MaskSet, n_random: int | None = None, method: st
 
     Returns mask_id, x, y, method, source: ``source == "mask"`` rows carry the real mask ids; ``"random"``
     rows have ids -1, -2, ... (never a real id, so a merge with the mask table leaves them out). Random mask
-    r has the per-layer counts of mask ``r % N`` (`baselines.random_masks`, seeded from `random_state`); the
+    r has the per-layer counts of mask ``r % N`` (`random_sets.random_masks`, seeded from `random_state`); the
     joint distances come from `masklab.analysis.distances`.
     `kwargs` go to `embed`.
     """
-    from masklab.analysis.baselines import random_masks
     from masklab.analysis.distances import distances
+    from masklab.analysis.random_sets import random_masks
 
     if not isinstance(masks, MaskSet):
         raise UserError("embed_with_reference takes a MaskSet (see MaskSet.from_bool)")

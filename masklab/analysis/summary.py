@@ -8,8 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from masklab.analysis.baselines import VS_CHANCE_COLUMNS, _null_stats, _pair_weights, null_metric, vs_chance
+from masklab.analysis.baselines import VS_CHANCE_COLUMNS, vs_chance
 from masklab.analysis.distances import Intersections
+from masklab.analysis.null import null_metric, null_stats, pair_weights
 from masklab.analysis.pairs import upper_blocks
 from masklab.errors import UserError
 
@@ -140,8 +141,8 @@ def pair_summary(result: Intersections, baseline: pd.DataFrame | None = None,
     layers = result.layers
     # the null of a pair depends only on the two masks' per-layer count vectors
     vectors, multiplicity = np.unique(result.kept_a[:, 1:], axis=0, return_counts=True)
-    u, v, weights = _pair_weights(n, multiplicity)
-    stats = _null_stats(result.n_bits[1:], vectors[u], vectors[v])
+    u, v, weights = pair_weights(n, multiplicity)
+    stats = null_stats(result.n_bits[1:], vectors[u], vectors[v])
     moments = {(k, m): _Moments() for k in range(len(layers)) for m in metrics}
     row_sums = {(k, m): np.zeros(n) for k in range(len(layers)) for m in metrics}
     rows = max(1, int(block_bytes) // max(1, 8 * n))

@@ -331,7 +331,7 @@ def distance_histogram(observed, random=None, expected: float | None = None, *, 
         `layer` and of other metrics than `metric` are dropped.
     random : same form, optional
         Pair distances of random masks with the same per-layer counts
-        (``masklab.analysis.baselines.random_baseline_samples(masks)``).
+        (``masklab.analysis.random_sets.random_baseline_samples(masks)``).
     expected : float, optional
         The closed-form random expectation of the metric for that layer (the `metric` column of
         ``masklab.random_baseline(masks)`` at that layer, e.g. normalised Hamming ``1 - k^2 - (1-k)^2``).

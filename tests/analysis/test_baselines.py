@@ -1,64 +1,20 @@
-"""Random baselines: closed and exact forms against brute force and against sampled random masks."""
+"""The random baseline as tables (masklab.analysis.baselines): closed forms, exact forms against sampled random
+masks, the baseline beside every pair (with_baseline) and the distance from chance (vs_chance)."""
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import pytest
 
 import masklab.analysis.baselines as baselines
-from masklab.analysis import distances, random_baseline, random_baseline_samples, random_masks, with_baseline
+from masklab.analysis import METRICS, distances, random_baseline, random_baseline_samples, random_masks, with_baseline
 from masklab.errors import UserError
 from masklab.store.bits import MaskSet
 
 SIZES = [100, 37, 500, 1, 64]
 
 
-def fixed_count_masks(n_masks: int, sizes, density: float, seed: int) -> MaskSet:
-    rng = np.random.default_rng(seed)
-    matrix = np.zeros((n_masks, sum(sizes)), dtype=bool)
-    offsets = np.cumsum([0, *sizes])
-    for row in range(n_masks):
-        for k, n in enumerate(sizes):
-            matrix[row, offsets[k] + rng.permutation(n)[:round(density * n)]] = True
-    return MaskSet.from_bool(matrix, sizes)
-
-
-def brute_force_jaccard(n: int, count_a: int, count_b: int) -> tuple[float, float]:
-    """E and sd of the Jaccard index over every pair of subsets of sizes count_a, count_b of n items."""
-    values = []
-    for a in itertools.combinations(range(n), count_a):
-        for b in itertools.combinations(range(n), count_b):
-            union = len(set(a) | set(b))
-            values.append(len(set(a) & set(b)) / union if union else 1.0)
-    return float(np.mean(values)), float(np.std(values))
-
-
-@pytest.mark.parametrize("n, count_a, count_b", [(6, 3, 2), (7, 3, 3), (5, 0, 0), (5, 5, 2), (8, 1, 6)])
-def test_exact_jaccard_expectation_against_enumeration(n, count_a, count_b):
-    mean, std, exact = baselines.layer_jaccard_moments(n, count_a, count_b)
-    assert exact
-    expected_mean, expected_std = brute_force_jaccard(n, count_a, count_b)
-    assert mean[0] == pytest.approx(expected_mean, abs=1e-12)
-    assert std[0] == pytest.approx(expected_std, abs=1e-12)
-
-
-def test_delta_method_is_tight_for_large_layers(monkeypatch):
-    n, counts = np.array([5000, 20000]), np.array([[2500, 5000]])
-    exact_mean, exact_std, exact = baselines.layer_jaccard_moments(n, counts, counts)
-    total_mean, total_std, total_exact = baselines.total_jaccard_moments(n, counts, counts)
-    assert exact and total_exact
-    monkeypatch.setattr(baselines, "EXACT_PMF_POINTS", 0)
-    delta_mean, delta_std, exact = baselines.layer_jaccard_moments(n, counts, counts)
-    total_delta_mean, total_delta_std, total_exact = baselines.total_jaccard_moments(n, counts, counts)
-    assert not exact and not total_exact
-    np.testing.assert_allclose(delta_mean, exact_mean, rtol=1e-7)
-    np.testing.assert_allclose(delta_std, exact_std, rtol=1e-2)
-    np.testing.assert_allclose(total_delta_mean, total_mean, rtol=1e-7)
-
-
-def test_fixed_count_closed_forms():
+def test_fixed_count_closed_forms(fixed_count_masks):
     masks = fixed_count_masks(4, [1000, 64], density=0.25, seed=0)
     table = random_baseline(masks).set_index("layer")
     for layer in ("layer0", "layer1"):
@@ -73,12 +29,12 @@ def test_fixed_count_closed_forms():
     assert table.loc["layer0", "jaccard"] == pytest.approx(1 / 7, abs=2e-3)
 
 
-def test_closed_form_against_sampled_random_masks():
+def test_closed_form_against_sampled_random_masks(fixed_count_masks):
     masks = fixed_count_masks(3, SIZES, density=0.3, seed=1)
     expected = random_baseline(masks).set_index("layer")
     samples = random_baseline_samples(masks, n_samples=240, random_state=2)
     n_pairs = 240 * 239 // 2
-    assert len(samples) == n_pairs * len(baselines.METRICS) * (len(SIZES) + 1)
+    assert len(samples) == n_pairs * len(METRICS) * (len(SIZES) + 1)
     observed = samples.groupby(["layer", "metric"])["value"].agg(["mean", "std"])
     for layer, metric in observed.index:
         mean, std = observed.loc[(layer, metric)]
@@ -89,18 +45,7 @@ def test_closed_form_against_sampled_random_masks():
         assert std == pytest.approx(expected_std, rel=0.05, abs=1e-12), (layer, metric)
 
 
-def test_random_masks_keep_layout_and_per_layer_counts():
-    masks = fixed_count_masks(3, SIZES, density=0.4, seed=3)
-    sampled = random_masks(masks, n_masks=7, random_state=0)
-    assert sampled.same_layout(masks) and len(sampled) == 7
-    source_rows = [0, 1, 2, 0, 1, 2, 0]
-    expected_counts = masks.popcounts(per_layer=True)[source_rows]
-    np.testing.assert_array_equal(sampled.popcounts(per_layer=True), expected_counts)
-    again = random_masks(masks, n_masks=7, random_state=0)
-    np.testing.assert_array_equal(sampled.bits, again.bits)
-
-
-def test_with_baseline_columns_and_z_of_random_masks():
+def test_with_baseline_columns_and_z_of_random_masks(fixed_count_masks):
     masks = fixed_count_masks(120, SIZES, density=0.5, seed=4)
     table = with_baseline(distances(masks, metric=["hamming", "matching", "jaccard"], per_layer=True), masks)
     expected = random_baseline(masks).set_index("layer")
@@ -117,7 +62,7 @@ def test_with_baseline_columns_and_z_of_random_masks():
     assert table[table["layer"] == "layer3"]["z"].isna().all()   # one bit, none kept: no spread
 
 
-def test_with_baseline_flags_planted_overlap():
+def test_with_baseline_flags_planted_overlap(fixed_count_masks):
     masks = fixed_count_masks(10, [2000], density=0.5, seed=5)
     bits = masks.bits.copy()
     bits[1] = bits[0]                                          # two identical masks
@@ -127,7 +72,7 @@ def test_with_baseline_flags_planted_overlap():
     assert twin["value"] == 1.0 and twin["z"] > 40 and twin["ratio_to_chance"] == pytest.approx(3, rel=0.01)
 
 
-def test_with_baseline_cross_run_and_unequal_counts():
+def test_with_baseline_cross_run_and_unequal_counts(fixed_count_masks):
     a = fixed_count_masks(4, SIZES, density=0.2, seed=6)
     b = fixed_count_masks(5, SIZES, density=0.6, seed=7)
     table = with_baseline(distances(a, b, metric="matching", per_layer=True), a, b)
@@ -147,44 +92,7 @@ def test_random_baseline_of_masks_with_differing_counts_averages_over_pairs():
     assert table.loc["all", "matching"] == pytest.approx(observed["baseline"].mean(), rel=1e-12)
 
 
-# ---- exact pmf, fast random masks, distance from chance (issue 16) ------------------------------------------
-@pytest.mark.parametrize("n, count_a, count_b", [(65536, 32768, 32768), (2560, 256, 1280), (100, 99, 3),
-                                                 (10, 10, 4), (7, 0, 3), (500, 2, 498)])
-def test_intersection_pmf_against_scipy(n, count_a, count_b):
-    from scipy.stats import hypergeom
-
-    first, pmf = baselines.intersection_pmf(n, count_a, count_b)
-    support = np.arange(first, first + len(pmf))
-    expected = hypergeom.pmf(support, n, count_a, count_b)
-    np.testing.assert_allclose(pmf, expected / expected.sum(), rtol=1e-9, atol=1e-300)
-    assert expected.sum() == pytest.approx(1.0, abs=1e-12)   # the window holds all of the probability
-
-
-def test_random_masks_are_uniform_over_subsets_of_the_count():
-    from math import comb
-
-    from scipy.stats import chi2
-
-    n, c, draws = 7, 3, 35_000
-    layout = MaskSet.from_bool(np.zeros((1, n), dtype=bool)).layers
-    bits = baselines.random_mask_bits(layout, np.array([[c]]), draws, np.random.default_rng(0))
-    assert (np.bitwise_count(bits).sum(axis=1) == c).all()
-    _, observed = np.unique(bits[:, 0], return_counts=True)
-    assert len(observed) == comb(n, c)
-    expected = draws / comb(n, c)
-    statistic = ((observed - expected) ** 2 / expected).sum()
-    assert chi2.sf(statistic, comb(n, c) - 1) > 0.001
-
-
-@pytest.mark.parametrize("density", [0.0, 1.0, 0.001, 0.999, 0.1, 0.5, 0.77])
-def test_random_masks_have_exact_counts_and_clean_padding(density):
-    masks = fixed_count_masks(3, [1000, 130, 64, 1], density=density, seed=9)
-    sampled = random_masks(masks, n_masks=9, random_state=1)
-    np.testing.assert_array_equal(sampled.popcounts(per_layer=True), masks.popcounts(per_layer=True)[[0, 1, 2] * 3])
-    for i in range(9):  # no bit beyond a layer's end
-        assert sampled.unpack(i).sum() == sampled.popcounts()[i]
-    frequency = np.mean([sampled.unpack(i)[:1000] for i in range(9)], axis=0)
-    assert frequency.mean() == pytest.approx(round(density * 1000) / 1000)
+# ---- distance from chance (issue 16) -------------------------------------------------------------------------
 
 
 def test_vs_chance_against_the_closed_form_on_a_small_case():
@@ -220,7 +128,7 @@ def test_vs_chance_against_the_closed_form_on_a_small_case():
     assert match["se_masks"] == pytest.approx(np.sqrt(4 / 5 * ((np.array(loo) - np.mean(loo)) ** 2).sum()))
 
 
-def test_chance_se_is_the_spread_of_the_mean_over_pairs_of_random_masks():
+def test_chance_se_is_the_spread_of_the_mean_over_pairs_of_random_masks(fixed_count_masks):
     masks = fixed_count_masks(6, [1000], density=0.5, seed=10)
     table = with_baseline(distances(masks, metric="matching"), masks)
     expected = baselines.vs_chance(table).iloc[0]
@@ -230,7 +138,7 @@ def test_chance_se_is_the_spread_of_the_mean_over_pairs_of_random_masks():
     assert np.mean(means) == pytest.approx(expected["chance"], abs=4 * expected["chance_se"] / np.sqrt(400))
 
 
-def test_vs_chance_of_planted_overlap_and_of_cross_tables():
+def test_vs_chance_of_planted_overlap_and_of_cross_tables(fixed_count_masks):
     masks = fixed_count_masks(8, [2000], density=0.5, seed=11)
     bits = masks.bits.copy()
     bits[1] = bits[0]
@@ -244,14 +152,3 @@ def test_vs_chance_of_planted_overlap_and_of_cross_tables():
         baselines.vs_chance(distances(masks, metric="matching"))
 
 
-def test_the_count_kernel_chooses_the_bits_the_numpy_code_does(monkeypatch):
-    pytest.importorskip("numba")
-    masks = fixed_count_masks(5, [1000, 130, 64], density=0.3, seed=13)
-    chosen = []
-    kernel_of = baselines._flip_kernel
-    monkeypatch.setattr(baselines, "SMALL_FLIP_DRAWS", 0)  # the kernel even for these few draws
-    monkeypatch.setattr(baselines, "_flip_kernel", lambda n=None: chosen.append(kernel_of(n)) or chosen[-1])
-    compiled = random_masks(masks, n_masks=12, random_state=4).bits
-    assert chosen and all(k is not None for k in chosen)
-    monkeypatch.setattr(baselines, "_flip_kernel", lambda n=None: None)
-    np.testing.assert_array_equal(random_masks(masks, n_masks=12, random_state=4).bits, compiled)

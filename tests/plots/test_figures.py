@@ -337,8 +337,8 @@ def test_missing_columns_are_named():
 def test_figures_take_the_analysis_tables_as_they_come():
     """The plots read the DataFrames of masklab.analysis directly (formats shared with other modules)."""
     from masklab.analysis import distances, random_baseline
-    from masklab.analysis.baselines import random_baseline_samples
     from masklab.analysis.consensus import consensus_histogram as keep_count_histogram
+    from masklab.analysis.random_sets import random_baseline_samples
     from masklab.store.bits import MaskSet
 
     rng = np.random.default_rng(5)
