@@ -40,7 +40,8 @@ import numpy as np
 from tqdm import tqdm
 
 from masklab.analysis._numba_random import flip_to_counts
-from masklab.analysis.clustering import cluster_masks, structure_vs_random
+from masklab.analysis.cluster_structure import structure_vs_random
+from masklab.analysis.clustering import cluster_masks
 from masklab.analysis.distances import distances, intersections
 from masklab.analysis.embedding import embed
 from masklab.analysis.random_sets import random_masks

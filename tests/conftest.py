@@ -87,7 +87,7 @@ SLOW_MODULES = ("train/test_same_bits.py", "scale/test_shards.py", "store/test_c
                 "test_notebook.py", "test_report.py", "analysis/test_interpolation.py", "analysis/test_real_masks.py",
                 "train/test_stacked.py")
 SLOW_TESTS = ("analysis/test_tiles.py::test_many_small_tiles_and_a_memory_mapped_result",
-              "analysis/test_clustering.py::test_p_values_of_random_masks_are_roughly_uniform_and_never_below_the_floor",
+              "analysis/test_cluster_structure.py::test_p_values_of_random_masks_are_roughly_uniform_and_never_below_the_floor",
               "nn/test_models.py::test_resnet18_forward_and_nonaffine_bn",
               "test_sweep.py::test_sweep_on_digits_completes_and_resumes_without_training",
               "interop/test_import_hidden_networks.py::"

@@ -165,17 +165,17 @@ def test_key_numbers_say_what_the_numbers_carry(runs, tmp_path):
 
 
 def test_embedding_coloured_by_cluster_only_when_the_structure_test_finds_it(runs, tmp_path, monkeypatch):
-    from masklab.analysis import clustering
+    from masklab.analysis import cluster_structure
 
     _, run, _ = runs
     plain = analyze(run, tmp_path / "a", pairs=0, points=3)
-    test = clustering.StructureTest(plain.tables["structure_vs_random"], pd.DataFrame())
+    test = cluster_structure.StructureTest(plain.tables["structure_vs_random"], pd.DataFrame())
     if not test.finds_structure:
         assert "coloured by test accuracy only" in plain.captions["mds"]
-    monkeypatch.setattr(clustering.StructureTest, "finds_structure", property(lambda self: True))
+    monkeypatch.setattr(cluster_structure.StructureTest, "finds_structure", property(lambda self: True))
     found = analyze(run, tmp_path / "b", pairs=0, points=3)
     assert "and by cluster" in found.captions["mds"]
-    monkeypatch.setattr(clustering.StructureTest, "finds_structure", property(lambda self: False))
+    monkeypatch.setattr(cluster_structure.StructureTest, "finds_structure", property(lambda self: False))
     none = analyze(run, tmp_path / "c", pairs=0, points=3)
     assert "coloured by test accuracy only" in none.captions["mds"]
 

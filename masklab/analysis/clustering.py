@@ -1,5 +1,4 @@
-"""Clustering of masks from their pairwise distances: hierarchical trees, HDBSCAN, silhouettes, and a test
-against random masks of the same per-layer counts.
+"""Clustering of masks from their pairwise distances: hierarchical trees, HDBSCAN, silhouettes.
 
 Input: a square distance matrix, either a numpy array (ids 0..N-1) or the square DataFrame of
 ``masklab.analysis.distances.distances(masks, metric="hamming_norm", form="square")`` (indexed by mask id),
@@ -18,12 +17,9 @@ zero diagonal (a distance, not a similarity: pass ``hamming``/``hamming_norm`` o
   single cluster), imported when HDBSCAN runs; label -1 is noise.
 - **Silhouette**: as `sklearn.metrics.silhouette_score(metric="precomputed")` defines it, on the input
   distances (noise left out), computed here in a few numpy operations.
-- **Against random masks** (`structure_vs_random`): the best silhouette and the cophenetic correlation of
-  the real masks against the same statistics on R sets of random masks, each random mask with exactly the
-  per-layer kept counts of one real mask (`masklab.analysis.random_sets.random_masks`); a Monte Carlo one-sided
-  p-value (99 random sets by default: resolution 0.01) says whether the real masks have more cluster
-  structure than chance, and the effect size (in sd of the random sets) how much more. (A tree cut always yields
-  clusters, and the best-silhouette k is at least 2: only this comparison says whether they mean anything.)
+
+Whether the clusters mean anything (a tree cut always yields clusters, and the best-silhouette k is at least
+2) is the structure test's question: `masklab.analysis.cluster_structure`.
 
 Cluster labels are 0-based and numbered in dendrogram leaf order (cluster 0 holds the first leaf), so that
 colours follow the ordered heatmap. Label tables have one row per mask in the matrix's order and a
@@ -34,16 +30,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
+from masklab.analysis.distances import distances
 from masklab.errors import UserError
 from masklab.store.bits import MaskSet
-from masklab.units import signed_sd
 
 LINKAGE_METHODS = ("average", "ward", "complete", "single")
 CLUSTER_METHODS = ("average", "ward", "hdbscan")
@@ -59,8 +54,6 @@ def as_square(dist, metric: str = DEFAULT_METRIC) -> tuple[np.ndarray, np.ndarra
     Checks the matrix is square, finite, non-negative, symmetric (to 1e-9 relative) and has a zero diagonal.
     """
     if isinstance(dist, MaskSet):
-        from masklab.analysis.distances import distances
-
         dist = distances(dist, metric=metric, form="square")
     if isinstance(dist, pd.DataFrame):
         ids = np.asarray(dist.index, dtype=np.int64)
@@ -86,7 +79,8 @@ def as_square(dist, metric: str = DEFAULT_METRIC) -> tuple[np.ndarray, np.ndarra
     return matrix, ids
 
 
-def _need(n: int, at_least: int, what: str) -> None:
+def require_masks(n: int, at_least: int, what: str) -> None:
+    """A UserError naming `what` when fewer than `at_least` masks are given."""
     if n < at_least:
         raise UserError(f"{what} needs at least {at_least} masks; got {n}")
 
@@ -109,14 +103,14 @@ def linkage_matrix(dist, method: str = "average", *, squared: bool = True,
         Default: when N <= 1024 (it is about cubic in N: 0.4 s for 1,000 masks).
     """
     matrix, _ = as_square(dist)
-    _need(len(matrix), 2, "a hierarchical clustering")
+    require_masks(len(matrix), 2, "a hierarchical clustering")
     return _linkage(matrix, method, squared, optimal)
 
 
 def _linkage(matrix: np.ndarray, method: str, squared: bool = True, optimal: bool | None = None) -> np.ndarray:
     if method not in LINKAGE_METHODS:
         raise UserError(f"unknown linkage method {method!r}; choose one of {', '.join(LINKAGE_METHODS)}")
-    condensed = _tree_distances(matrix, method, squared)
+    condensed = tree_distances(matrix, method, squared)
     linkage = hierarchy.linkage(condensed, method=method)
     if optimal is None:
         optimal = len(matrix) <= OPTIMAL_ORDER_MAX
@@ -125,7 +119,7 @@ def _linkage(matrix: np.ndarray, method: str, squared: bool = True, optimal: boo
     return linkage
 
 
-def _tree_distances(matrix: np.ndarray, method: str, squared: bool) -> np.ndarray:
+def tree_distances(matrix: np.ndarray, method: str, squared: bool) -> np.ndarray:
     """The condensed distances the tree of `method` is built on."""
     condensed = squareform(matrix, checks=False)
     return np.sqrt(condensed) if method == "ward" and squared else condensed
@@ -159,7 +153,8 @@ def cut_tree(linkage: np.ndarray, k: int) -> np.ndarray:
     return _relabel_in_leaf_order(raw, hierarchy.leaves_list(linkage))
 
 
-def _k_range(n: int, ks: Sequence[int] | None) -> list[int]:
+def k_range(n: int, ks: Sequence[int] | None) -> list[int]:
+    """The cuts k tried for N masks: `ks` (default 2..min(10, N - 1)) within 2..N - 1."""
     if ks is None:
         return list(range(2, min(MAX_K, n - 1) + 1))
     return [int(k) for k in ks if 2 <= int(k) <= n - 1]
@@ -169,10 +164,10 @@ def silhouette(dist, labels) -> float:
     """Mean silhouette of `labels` on the precomputed distances, noise (-1) left out; NaN unless there are
     2..n-1 clusters among the n labelled masks."""
     matrix, _ = as_square(dist)
-    return _silhouette(matrix, np.asarray(labels))
+    return matrix_silhouette(matrix, np.asarray(labels))
 
 
-def _silhouette(matrix: np.ndarray, labels: np.ndarray) -> float:
+def matrix_silhouette(matrix: np.ndarray, labels: np.ndarray) -> float:
     """Mean silhouette on a precomputed matrix, exactly as `sklearn.metrics.silhouette_score` defines it
     (a singleton's silhouette is 0; 0 / 0 is 0), in a few numpy operations: the structure test calls it
     hundreds of times, and scikit-learn's input checks cost more than the arithmetic here."""
@@ -211,10 +206,10 @@ def silhouette_curve(dist, method: str = "average", ks: Sequence[int] | None = N
 def _silhouette_curve(matrix: np.ndarray, linkage: np.ndarray, method: str,
                       ks: Sequence[int] | None) -> pd.DataFrame:
     rows = []
-    for k in _k_range(len(matrix), ks):
+    for k in k_range(len(matrix), ks):
         labels = cut_tree(linkage, k)
         rows.append({"method": method, "k": k, "n_clusters": len(np.unique(labels)),
-                     "silhouette": _silhouette(matrix, labels)})
+                     "silhouette": matrix_silhouette(matrix, labels)})
     return pd.DataFrame(rows, columns=["method", "k", "n_clusters", "silhouette"])
 
 
@@ -295,13 +290,14 @@ def cophenetic_correlation(dist, method: str = "average", *, squared: bool = Tru
 def _cophenetic(matrix: np.ndarray, method: str, squared: bool = True) -> float:
     if len(matrix) < 3:
         return float("nan")
-    condensed = _tree_distances(matrix, method, squared)
+    condensed = tree_distances(matrix, method, squared)
     if np.ptp(condensed) == 0:
         return float("nan")
-    return _cophenet(_linkage(matrix, method, squared, optimal=False), condensed)
+    return cophenet(_linkage(matrix, method, squared, optimal=False), condensed)
 
 
-def _cophenet(linkage: np.ndarray, condensed: np.ndarray) -> float:
+def cophenet(linkage: np.ndarray, condensed: np.ndarray) -> float:
+    """scipy's cophenetic correlation of a tree and its condensed distances (NaN, unwarned, when constant)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(hierarchy.cophenet(linkage, condensed)[0])
@@ -318,219 +314,12 @@ def cluster_summary(dist, labels: pd.DataFrame, *, squared: bool = True) -> pd.D
         method = str(column)[len("cluster_"):]
         lab = table[column].to_numpy(dtype=np.int64)
         rows.append({"method": method, "n_clusters": int(len(np.unique(lab[lab >= 0]))),
-                     "n_noise": int((lab < 0).sum()), "silhouette": _silhouette(matrix, lab),
+                     "n_noise": int((lab < 0).sum()), "silhouette": matrix_silhouette(matrix, lab),
                      "cophenetic": _cophenetic(matrix, method, squared) if method in LINKAGE_METHODS
                      else float("nan")})
     return pd.DataFrame(rows, columns=["method", "n_clusters", "n_noise", "silhouette", "cophenetic"])
 
 
-# ---- against random masks -----------------------------------------------------------------------------------
-STATISTICS = ("silhouette", "cophenetic")
-DEFAULT_N_RANDOM = 99        # p can reach 1 / (1 + 99) = 0.01
-STRUCTURE_ALPHA = 0.05       # "detected": p below this
-# Kaufman & Rousseeuw's reading of the average silhouette (Finding Groups in Data, 1990): up to 0.25 no
-# substantial structure, 0.26-0.50 weak (possibly artificial), 0.51-0.70 reasonable, above 0.70 strong
-SILHOUETTE_WEAK, SILHOUETTE_REASONABLE, SILHOUETTE_STRONG = 0.25, 0.50, 0.70
-
-
-def structure_statistics(dist, method: str = "average", *, squared: bool = True,
-                         ks: Sequence[int] | None = None) -> dict[str, float]:
-    """``{"silhouette": best silhouette of the `method` tree over ks, "cophenetic": its cophenetic
-    correlation}``: both near 0 / low for structureless masks."""
-    matrix, _ = as_square(dist)
-    return _statistics(matrix, method, squared, ks)
-
-
-def _statistics(matrix, method, squared, ks) -> dict[str, float]:
-    """The two statistics from one tree: best silhouette over the cuts k of `ks`, cophenetic correlation."""
-    n = len(matrix)
-    condensed = _tree_distances(matrix, method, squared)
-    linkage = hierarchy.linkage(condensed, method=method)
-    best = float("nan")
-    cuts = _MaxclustCuts(linkage)
-    for k in _k_range(n, ks):
-        value = _silhouette(matrix, cuts.labels(k))
-        if np.isfinite(value) and not value <= best:
-            best = value
-    cophenetic = _cophenet(linkage, condensed) if n >= 3 and np.ptp(condensed) > 0 else float("nan")
-    return {"silhouette": best, "cophenetic": cophenetic}
-
-
-class _MaxclustCuts:
-    """Flat clusters of a tree cut into at most k clusters, the same partitions as
-    ``scipy.cluster.hierarchy.fcluster(linkage, k, criterion="maxclust")`` of scipy 1.15 and later (ties in
-    merge height give fewer clusters; scipy 1.14 cut tied heights otherwise), without scipy's input
-    validation, which costs ten times the cut on the structure test's small trees. Labels are arbitrary
-    integers (only the partition is used)."""
-
-    def __init__(self, linkage: np.ndarray):
-        n = len(linkage) + 1
-        self.n = n
-        self.children = linkage[:, :2].astype(np.int64)
-        # the highest merge inside each node's subtree (fcluster's monocrit for maxclust)
-        top = linkage[:, 2].astype(np.float64).copy()
-        for i, (a, b) in enumerate(self.children):
-            for child in (a, b):
-                if child >= n:
-                    top[i] = max(top[i], top[child - n])
-        self.top = top
-        self.sorted_top = np.sort(top)
-
-    def labels(self, k: int) -> np.ndarray:
-        n = self.n
-        if k >= n:
-            return np.arange(n)
-        threshold = self.sorted_top[n - k - 1]   # the least height that leaves at most k clusters
-        merged = self.top <= threshold
-        label = np.arange(2 * n - 1)
-        # top-down: a merged node passes its label to its children
-        for i in range(n - 2, -1, -1):
-            if merged[i]:
-                node = n + i
-                a, b = self.children[i]
-                label[a] = label[b] = label[node]
-        return label[:n]
-
-
-SUMMARY_COLUMNS = ["statistic", "observed", "random_mean", "random_std", "random_min", "random_max", "effect_sd",
-                   "z", "p_value", "p_floor", "n_random", "n_masks"]
-
-
-@dataclass(frozen=True)
-class StructureTest:
-    """Observed cluster statistics against those of random masks with the same per-layer counts.
-
-    summary : DataFrame, one row per statistic (silhouette, cophenetic):
-
-        - observed; random_mean, random_std (ddof 1), random_min, random_max over the random sets;
-        - effect_sd = (observed - random_mean) / random_std: the effect size, in standard deviations of the
-          random sets' values (``z`` is the same number, kept under its old name);
-        - p_value: one-sided Monte Carlo p-value, ``(1 + #{random >= observed}) / (1 + n_random)``: exact
-          under the null (the observed set is one more draw exchangeable with the random sets), and never
-          below p_floor = 1 / (1 + n_random), the test's resolution (0.01 for the default 99 sets);
-        - n_random (random sets with a finite value), n_masks (masks per set).
-    samples : DataFrame, long: source ("mask" | "random"), replicate (-1 for the real masks, 0..R-1),
-        statistic, value. Ready for a histogram of the random distribution with the observed value marked.
-
-    `verdict` and `describe` word the silhouette's result as the numbers allow; `finds_structure` is what the
-    report uses to decide whether clusters are worth colouring.
-    """
-
-    summary: pd.DataFrame
-    samples: pd.DataFrame
-
-    def row(self, statistic: str = "silhouette") -> pd.Series:
-        """The summary row of one statistic."""
-        return self.summary.set_index("statistic").loc[statistic]
-
-    @property
-    def finds_structure(self) -> bool:
-        """True when the silhouette beats random masks (p < 0.05) AND is large enough to mean clusters
-        (above 0.25, Kaufman & Rousseeuw's "no substantial structure" bound)."""
-        row = self.row()
-        return bool(row["p_value"] < STRUCTURE_ALPHA and row["observed"] > SILHOUETTE_WEAK)
-
-    def verdict(self) -> str:
-        """A few words for the silhouette's result: "not detected", "small but detectable" (p < 0.05 but
-        silhouette <= 0.25: the masks differ from random ones in a way a clustering picks up, yet form no
-        substantial clusters), "weak", "reasonable" or "strong cluster structure" (Kaufman & Rousseeuw)."""
-        row = self.row()
-        p, sil = row["p_value"], row["observed"]
-        if not (np.isfinite(p) and p < STRUCTURE_ALPHA):
-            return "not detected"
-        if sil <= SILHOUETTE_WEAK:
-            return "small but detectable"
-        if sil <= SILHOUETTE_REASONABLE:
-            return "weak cluster structure"
-        if sil <= SILHOUETTE_STRONG:
-            return "reasonable cluster structure"
-        return "strong cluster structure"
-
-    def describe(self) -> str:
-        """The verdict with the numbers it rests on: observed vs random silhouette, the effect in random sd,
-        the p-value with the resolution its null allows, and n."""
-        row = self.row()
-        n_random, n_masks = int(row["n_random"]), int(row["n_masks"])
-        sd = row["random_std"]
-        # enough decimals to show the random sd with two significant digits (silhouettes of near-random masks
-        # are a few thousandths)
-        d = max(3, 1 - int(np.floor(np.log10(sd)))) if np.isfinite(sd) and sd > 0 else 3
-        return (f"{self.verdict()}: best silhouette {row['observed']:.{d}f} vs {row['random_mean']:.{d}f} "
-                f"(sd {sd:.{d}f}) for random masks, {signed_sd(row['effect_sd'])} sd; "
-                f"{format_p(row['p_value'], n_random)}; {n_masks} masks, {n_random} random sets")
-
-
-def format_p(p: float, n_random: int) -> str:
-    """A Monte Carlo p-value with the digits its resolution 1 / (1 + n_random) carries; at the floor it says
-    so (no random set reached the observed value, and the test can say no more than p <= floor)."""
-    if not np.isfinite(p):
-        return "p = n/a"
-    floor = 1.0 / (1 + n_random)
-    digits = max(2, int(np.ceil(np.log10(1 + n_random))))
-    if p <= floor * (1 + 1e-9):
-        return f"p = {floor:.{digits}f} (the floor for {n_random} random sets: none reached the masks)"
-    return f"p = {p:.{digits}f}"
-
-
-def structure_vs_random(masks: MaskSet, n_random: int = DEFAULT_N_RANDOM, *, metric: str = DEFAULT_METRIC,
-                        method: str = "average", random_state=0, ks: Sequence[int] | None = None,
-                        squared: bool = True, max_masks: int | None = None) -> StructureTest:
-    """Is there more cluster structure among `masks` than among random masks of the same per-layer counts?
-
-    Computes the best silhouette and the cophenetic correlation of the `method` tree on the `metric`
-    distances of `masks`, then of `n_random` random mask sets (`random_sets.random_masks`, each random mask
-    with the per-layer counts of one real mask, all drawn from one generator seeded by `random_state`), and
-    compares (see `StructureTest`). The smallest p-value is 1 / (1 + n_random): the default 99 sets resolve
-    p down to 0.01.
-
-    Cost: `n_random` sets of N random masks and their distances (the same numba kernel as `distances`) plus
-    a tree and ten silhouettes each: about 0.3 s for 16 digits masks. With `max_masks`, a seeded random
-    subset of that many masks is tested (and random sets of that size), for very large runs.
-    """
-    from masklab.analysis.distances import ALL, distances, intersections
-    from masklab.analysis.random_sets import layer_counts, random_mask_bits
-
-    if method not in LINKAGE_METHODS:
-        raise UserError(f"unknown linkage method {method!r}; choose one of {', '.join(LINKAGE_METHODS)}")
-    _need(len(masks), 4, "a structure test")
-    if int(n_random) < 1:
-        raise UserError(f"n_random = {n_random} is invalid: use at least 1 random mask set")
-    rng = np.random.default_rng(random_state)
-    if max_masks is not None and len(masks) > int(max_masks):
-        _need(int(max_masks), 4, "a structure test (max_masks)")
-        masks = masks.subset(masks.ids[np.sort(rng.choice(len(masks), int(max_masks), replace=False))].tolist())
-    matrix, _ = as_square(distances(masks, metric=metric, form="square"))
-    rows = [{"source": "mask", "replicate": -1, "statistic": s, "value": v}
-            for s, v in _statistics(matrix, method, squared, ks).items()]
-    counts = layer_counts(masks)
-    for r in range(int(n_random)):
-        random = MaskSet(random_mask_bits(masks.layers, counts, len(masks), rng), masks.layers)
-        random_matrix = intersections(random, per_layer=False).metric(metric, ALL)
-        rows += [{"source": "random", "replicate": r, "statistic": s, "value": v}
-                 for s, v in _statistics(np.asarray(random_matrix, dtype=np.float64), method, squared, ks).items()]
-    samples = pd.DataFrame(rows, columns=["source", "replicate", "statistic", "value"])
-    summary = []
-    for stat in STATISTICS:
-        mine = samples[(samples["source"] == "mask") & (samples["statistic"] == stat)]
-        observed = float(mine["value"].iloc[0])
-        rand = samples.loc[(samples["source"] == "random") & (samples["statistic"] == stat), "value"]
-        rand = rand.to_numpy(dtype=float)
-        rand = rand[np.isfinite(rand)]
-        std = float(rand.std(ddof=1)) if len(rand) > 1 else float("nan")
-        effect = (observed - rand.mean()) / std if len(rand) > 1 and std > 0 else float("nan")
-        summary.append({
-            "statistic": stat, "observed": observed,
-            "random_mean": float(rand.mean()) if len(rand) else float("nan"), "random_std": std,
-            "random_min": float(rand.min()) if len(rand) else float("nan"),
-            "random_max": float(rand.max()) if len(rand) else float("nan"),
-            "effect_sd": effect, "z": effect,
-            "p_value": (1 + int((rand >= observed).sum())) / (len(rand) + 1) if np.isfinite(observed)
-            else float("nan"),
-            "p_floor": 1.0 / (len(rand) + 1), "n_random": len(rand), "n_masks": len(masks)})
-    return StructureTest(pd.DataFrame(summary, columns=SUMMARY_COLUMNS), samples)
-
-
-__all__ = ["CLUSTER_METHODS", "LINKAGE_METHODS", "StructureTest", "as_square", "cluster_masks", "cluster_summary",
-           "cophenetic_correlation", "cut_tree", "dendrogram_order", "format_p", "hdbscan", "hierarchical",
-           "linkage_matrix", "silhouette", "silhouette_curve", "structure_statistics",
-           "structure_vs_random"]
+__all__ = ["CLUSTER_METHODS", "LINKAGE_METHODS", "as_square", "cluster_masks", "cluster_summary",
+           "cophenetic_correlation", "cut_tree", "dendrogram_order", "hdbscan", "hierarchical", "linkage_matrix",
+           "silhouette", "silhouette_curve"]

@@ -19,7 +19,7 @@ from masklab.store import files as F
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from masklab.analysis.clustering import StructureTest
+    from masklab.analysis.cluster_structure import StructureTest
     from masklab.store.run import Run
 
 DEFAULT_FORMATS = ("png",)

@@ -37,7 +37,8 @@ from masklab.analysis import (
     union_coverage,
     with_baseline,
 )
-from masklab.analysis.clustering import cluster_masks, cluster_summary, linkage_matrix, structure_vs_random
+from masklab.analysis.cluster_structure import structure_vs_random
+from masklab.analysis.clustering import cluster_masks, cluster_summary, linkage_matrix
 from masklab.analysis.distances import long_table, square_table
 from masklab.analysis.embedding import NAMES, choose_method, embed
 from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
