@@ -36,6 +36,11 @@ METRIC_AXES = {
 }
 
 
+def sentence(text: str) -> str:
+    """`text` with its first letter capitalised (a title made from a label)."""
+    return text[:1].upper() + text[1:]
+
+
 def metric_axis(metric: str | None) -> tuple[float, str]:
     """(scale, axis label) for a distance metric; unknown names are shown as given."""
     if metric is None:

@@ -187,7 +187,7 @@ def barrier_vs_distance(barriers: pd.DataFrame, *, x: str | None = None, group: 
 # ---- trajectories -------------------------------------------------------------------------------------------
 @styled
 def trajectory_curves(traj: pd.DataFrame, *, metric: str = "hamming_norm", baseline: float | None = None,
-                 title: str | None = None) -> Figure:
+                      title: str | None = None) -> Figure:
     """Distance of each mask's training snapshots to its final mask (and to the other masks) against epoch.
 
     Parameters
