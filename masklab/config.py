@@ -1,4 +1,4 @@
-"""Run configuration: one dataclass, TOML in and out, validation, and a canonical hash.
+"""Run configuration: one dataclass, validation, and a canonical hash (TOML files: masklab/config_file.py).
 
 The hash covers only the fields that decide what the masks are, and only those set away from their
 defaults (open_lth's rule): adding an option later with a default that keeps the old behaviour does not
@@ -13,17 +13,13 @@ import functools
 import hashlib
 import json
 import math
-import os
 import re
-import stat
-import tomllib
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
+from masklab.config_file import load_toml
 from masklab.errors import UserError
 
 # The names a config may give; the registries that map them to loaders and builders (masklab.data.DATASETS,
@@ -68,7 +64,6 @@ MAX_MASKS = 1_000_000  # mask files are named by six-digit ids (000000.mask ... 
 MAX_EPOCHS = 100_000  # the papers train 100-250 epochs; more is a typo (and a run that never ends)
 MAX_INT = 2**31 - 1  # every other count (batch size, stack, warm-up, snapshot period): a 32-bit integer
 MAX_INPUT_ELEMENTS = 2**20  # synthetic samples up to 1,048,576 values (3x512x512 fits): 1,280 of them are 5 GiB
-MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; past 1 MiB it is not one
 
 # Per-method defaults from REFERENCE.md, used where the user leaves a field at None.
 _METHOD_DEFAULTS = {
@@ -416,85 +411,6 @@ def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
         raise UserError(f"{source}: key '{key}' = {value!r} is not a valid {expected}") from None
 
 
-# Tables a config file may hold beside the run's keys; they configure how a run is executed, not what it is.
-TABLES = ("slurm",)
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file into a flat dict of run keys (a [run] table, if present, is flattened;
-    the TABLES, such as [slurm], are left out: `load_tables` reads them)."""
-    data = _load_toml_document(path)
-    for name in TABLES:
-        data.pop(name, None)
-    return data
-
-
-def load_tables(path: str | Path) -> dict[str, dict[str, Any]]:
-    """The execution tables of a config file ([slurm]: the job array's resources), by name."""
-    data = _load_toml_document(path)
-    return {name: data[name] for name in TABLES if isinstance(data.get(name), dict)}
-
-
-def _load_toml_document(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        data = tomllib.loads(_read_config_text(path))
-    except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist; pass the path of a TOML file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"config file {path} is not valid TOML ({e}); fix the syntax") from None
-    except UnicodeDecodeError:
-        raise UserError(f"config file {path} is not UTF-8 text; pass the path of a TOML file") from None
-    except OSError as e:
-        raise UserError(f"config file {path} cannot be read: {e.strerror or e}") from None
-    if "run" in data and isinstance(data["run"], dict):
-        data = {**{k: v for k, v in data.items() if k != "run"}, **data["run"]}
-    for key, value in data.items():
-        if isinstance(value, dict) and key not in TABLES:
-            raise UserError(f"config file {path}: unexpected table [{key}]; write run keys at the top level "
-                            f"(tables allowed: {', '.join(f'[{t}]' for t in TABLES)})")
-    return data
-
-
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
-
-
-def _read_config_text(path: Path) -> str:
-    """The text of a config file, refusing anything but a regular file of at most MAX_CONFIG_BYTES.
-
-    Opened non-blocking (a FIFO would otherwise wait for a writer forever) and checked with fstat on the
-    open descriptor, so a device such as /dev/zero is refused instead of read without end.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-            raise UserError(f"config file {path} is {kind}, not a regular file; pass the path of a TOML file")
-        os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb", closefd=True) as f:
-            fd = -1
-            data = f.read(MAX_CONFIG_BYTES + 1)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise UserError(f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes: not a run config; pass the "
-                        "path of a TOML file")
-    return data.decode("utf-8")
-
-
 def read_config(path: str | Path) -> RunConfig:
+    """The RunConfig of a TOML config file (`masklab.config_file.load_toml`), validated key by key."""
     return RunConfig.from_dict(load_toml(path), source=f"config file {path}")
-
-
-def to_toml(values: dict[str, Any]) -> str:
-    """TOML text of a flat dict of str / int / float / bool / list values, None values omitted (`tomli_w`).
-
-    Examples
-    --------
-    >>> to_toml({"masks": 4, "sparsity": 0.9, "data_root": "/data/😀", "name": None})
-    'masks = 4\nsparsity = 0.9\ndata_root = "/data/😀"\n'
-    """
-    return tomli_w.dumps({key: value for key, value in values.items() if value is not None})

@@ -25,7 +25,7 @@ from masklab.store.writer import RunWriter
 
 def as_config(config: RunConfig | dict | str | os.PathLike | None = None, **overrides: Any) -> RunConfig:
     """A RunConfig from a RunConfig, a dict of fields, a TOML path or None (the defaults), with overrides."""
-    from masklab.config import load_toml
+    from masklab.config_file import load_toml
 
     if config is None:
         values: dict = {}

@@ -2,7 +2,7 @@
 TYPE_CHECKING included, since they are dependencies all the same), has no cycle, and every import runs down
 the data flow (docs/design.md, "Data flow"):
 
-    base (errors, units, config, keep, published, progress) -> nn -> limits -> data -> train -> store
+    base (errors, units, config, config_file, keep, published, progress) -> nn -> limits -> data -> train -> store
     -> analysis -> plots -> runs in and out (generation, interop, report) -> scale (executors, sweep)
     -> tools (warm, cli)
 
@@ -18,8 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "masklab"
 
 # Bottom to top. A module belongs to the layer of the longest prefix that names it (a module or a package).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("masklab", "masklab.errors", "masklab.units", "masklab.config", "masklab.keep", "masklab.published",
-              "masklab.progress")),
+    ("base", ("masklab", "masklab.errors", "masklab.units", "masklab.config", "masklab.config_file", "masklab.keep",
+              "masklab.published", "masklab.progress")),
     ("nn", ("masklab.nn",)),
     ("limits", ("masklab.limits",)),
     ("data", ("masklab.data",)),

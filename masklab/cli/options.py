@@ -7,7 +7,8 @@ import argparse
 import re
 
 from masklab.cli.parser import run_options
-from masklab.config import RunConfig, load_tables, read_config
+from masklab.config import RunConfig, read_config
+from masklab.config_file import load_tables
 from masklab.errors import UserError
 from masklab.scale.executors import SlurmOptions
 

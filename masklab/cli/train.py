@@ -18,7 +18,8 @@ from masklab.cli.options import (
 )
 from masklab.cli.parser import SWEEP_VARIES
 from masklab.cli.text import bytes_text, frame_text
-from masklab.config import MAX_MASKS, load_toml
+from masklab.config import MAX_MASKS
+from masklab.config_file import load_toml
 from masklab.errors import UserError
 from masklab.generation import banner, generate, prepare, resume_config
 from masklab.plots import accuracy_vs_sparsity, save_figure

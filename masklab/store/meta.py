@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 import masklab
-from masklab.config import RunConfig, to_toml
+from masklab.config import RunConfig
+from masklab.config_file import to_toml
 from masklab.errors import StoreError
 from masklab.store.bits import make_layout
 
