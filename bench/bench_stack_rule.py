@@ -22,7 +22,6 @@ from bench_stack import batches, stack_rate  # bench/ is on sys.path when a benc
 
 from masklab.config import RunConfig
 from masklab.data import load_dataset
-from masklab.train.device import step_threads
 from masklab.train.stacked import auto_stack
 
 
@@ -30,12 +29,13 @@ def measure(label, config, dataset, ks, steps, device, rounds=2) -> None:
     data = batches(dataset, config.batch_size, steps, device)
     rates = {K: 0.0 for K in ks}
     for _ in range(rounds):  # alternate, keep the best of each (least disturbed by the machine)
+        most = torch.get_num_threads()
         for K in ks:
-            with step_threads(config, dataset, device, K) as tuner:  # the thread counts the trainer would use
-                # a small step's count is measured while it trains (EpochThreads): the faster of 1 and all
-                for threads in [1, tuner.most] if tuner is not None else [torch.get_num_threads()]:
-                    torch.set_num_threads(threads)
-                    rates[K] = max(rates[K], stack_rate(config, dataset, range(K), data, device))
+            # the thread counts the trainer measures while it trains (masklab.train.plan): 1 and all
+            for threads in (1, most) if device.type == "cpu" else (most,):
+                torch.set_num_threads(threads)
+                rates[K] = max(rates[K], stack_rate(config, dataset, range(K), data, device))
+            torch.set_num_threads(most)
     auto = auto_stack(config, dataset, device, max(ks))
     best = max(rates, key=rates.get)
     ratios = ", ".join(f"K={K}: {rates[K] / rates[1]:.2f}x" for K in ks)

@@ -112,7 +112,7 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
             if writer.done:
                 say(f"resuming: {len(writer.done)} masks stored, training {len(todo)} more")
             try:
-                _train_all(config, dataset, writer, todo, quiet)
+                _train_all(config, dataset, writer, todo, quiet, say)
             except UserError:
                 # bad input found only by training (an lr that diverges): leave no run behind that this
                 # call created and that holds nothing
@@ -165,34 +165,73 @@ def resume_config(run: str | os.PathLike, runs_dir: str | os.PathLike | None, ch
     return config, path.parent
 
 
-def _train_all(config: RunConfig, dataset, writer: RunWriter, todo: list[int], quiet: bool) -> None:
+def _train_all(config: RunConfig, dataset, writer: RunWriter, todo: list[int], quiet: bool,
+               say: Callable[[str], None] = lambda line: None) -> None:
+    """Train the masks `todo` in stacks and store each; at each epoch's end every mask's training state is
+    checkpointed in the run, so that a killed or interrupted run continues from its masks' last finished
+    epochs, with the bits of an uninterrupted run."""
     from masklab.progress import TrainProgress
     from masklab.train.device import resolve_device
-    from masklab.train.trainer import train_masks
+    from masklab.train.trainer import Checkpoint, train_masks
 
     device = resolve_device(config.device)
-    with TrainProgress(len(todo), config.epochs, quiet) as progress:
-        for chunk in _stacks(config, dataset, device, todo):
+    saved = {}
+    for i, arrays in writer.read_checkpoints().items():
+        try:
+            checkpoint = Checkpoint.from_arrays(arrays)
+        except (KeyError, ValueError):  # not a checkpoint this masklab can read: train the mask from its start
+            continue
+        if checkpoint.index == i and checkpoint.epoch + 1 < config.epochs:
+            saved[i] = checkpoint
+    if saved:
+        from masklab.units import ranges
+
+        epochs = sorted({c.epoch + 1 for c in saved.values()})
+        say(f"continuing mask{'s' if len(saved) > 1 else ''} {ranges(sorted(saved))} from their checkpoints "
+            f"(epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))} of {config.epochs} done)")
+    steps = -(-int(dataset.n_train) // config.batch_size)
+    done = float(sum(c.epoch + 1 for c in saved.values()))
+
+    def keep(checkpoints) -> None:
+        for checkpoint in checkpoints:
+            writer.write_checkpoint(checkpoint.index, checkpoint.to_arrays())
+
+    with TrainProgress(len(todo), config.epochs, quiet, steps_per_epoch=steps, done=done) as progress:
+        for chunk, measured in _stacks(config, dataset, device, todo, saved):
             if writer.shard is not None:  # an overlapping shard (another N) may have stored some meanwhile
                 elsewhere = writer.stored_elsewhere()
                 chunk = [i for i in chunk if i not in elsewhere]
                 if not chunk:
                     continue
-            for trained in train_masks(config, chunk, dataset=dataset, device=device, on_epoch=progress.on_epoch):
+            resume = [saved[i] for i in chunk] if chunk[0] in saved else None
+            for trained in train_masks(config, chunk, dataset=dataset, device=device, on_epoch=progress.on_epoch,
+                                       on_steps=progress.on_steps, on_checkpoint=keep, resume=resume,
+                                       stacks=measured):
                 writer.write_mask(trained, device=str(device))
                 progress.mask_done(trained)
 
 
-def _stacks(config: RunConfig, dataset, device, todo: list[int]) -> list[list[int]]:
-    """The masks still to train, in chunks of the stack size (auto: `auto_stack`; dense: one at a time).
-    Mask i's result depends on its own seeds only, so any chunking gives the same masks."""
+def _stacks(config: RunConfig, dataset, device, todo: list[int], saved: dict | None = None
+            ) -> list[tuple[list[int], tuple[int, ...] | None]]:
+    """The masks still to train, in chunks of the stack size (auto: `auto_stack`; dense: one at a time),
+    each with the sub-stack sizes the trainer measures (`--stack auto`: the chunk's and 1, see
+    masklab.train.plan; None: the chunk's alone). Masks with a checkpoint come first, in chunks of one
+    epoch each. Mask i's result depends on its own seeds only, so any chunking gives the same masks."""
     from masklab.train.stacked import auto_stack
 
+    saved = saved or {}
     if config.method == "dense":
         size = 1
     else:
         size = auto_stack(config, dataset, device, len(todo)) if config.stack == 0 else config.stack
-    return [todo[i:i + size] for i in range(0, len(todo), size)]
+    groups: dict[int, list[int]] = {}
+    for i in todo:
+        groups.setdefault(saved[i].epoch if i in saved else -1, []).append(i)
+    chunks = []
+    for epoch in sorted(groups, reverse=True):  # the furthest first; fresh masks (-1) last
+        masks = groups[epoch]
+        chunks += [masks[i:i + size] for i in range(0, len(masks), size)]
+    return [(chunk, (len(chunk), 1) if config.stack == 0 and len(chunk) > 1 else None) for chunk in chunks]
 
 
 def banner(config: RunConfig, runs_dir: str | os.PathLike) -> list[str]:

@@ -5,6 +5,10 @@
 - ``on_epoch(row)``: one row per mask per epoch (``row["index"]``, ``row["epoch"]``, ``row["test_acc"]``;
   what `train_mask` and `train_masks` pass to `on_epoch`). A stack of K masks delivers its K rows of an
   epoch together, so the bar advances K mask-epochs at a time; the total is ``total_masks * epochs``.
+- ``on_steps(mask_steps)`` (with ``steps_per_epoch`` given, as `generate` does): a block of training steps
+  is done; the bar then moves within epochs (mask-epochs to one decimal), and ``on_epoch`` only updates
+  the accuracies. The clock starts at the first block (after data loading and numba's first compile) and
+  the ETA is known from the second block on, about a second into training.
 - ``mask_done(result)``: a mask is finished (stored); `result` is the `TrainedMask` (its
   ``metrics["test_acc"]`` feeds the running mean), a metrics dict, an accuracy, or None.
 
@@ -54,6 +58,9 @@ class _Bar(tqdm):
     def format_dict(self):
         d = super().format_dict
         d["eta"] = self.eta_source() if self.eta_source is not None else "?"
+        if isinstance(d["n"], float):  # within epochs: mask-epochs to one decimal, the total as it is
+            d["n_fmt"] = f"{d['n']:.1f}"
+            d["total_fmt"] = f"{d['total']:g}"
         return d
 
 
@@ -75,12 +82,15 @@ class TrainProgress:
     """
 
     def __init__(self, total_masks: int, epochs: int, quiet: bool = False, *, file=None,
-                 clock: Callable[[], float] | None = None, mininterval: float = 0.2, desc: str = "masks"):
+                 clock: Callable[[], float] | None = None, mininterval: float = 0.2, desc: str = "masks",
+                 steps_per_epoch: int | None = None, done: float = 0.0):
         if total_masks < 0 or epochs < 1:
             raise ValueError(f"total_masks {total_masks} and epochs {epochs}: need total_masks >= 0, epochs >= 1")
         self.total_masks = int(total_masks)
         self.epochs = int(epochs)
         self.total = self.total_masks * self.epochs
+        self.steps_per_epoch = steps_per_epoch  # given: the bar moves with each block of steps (`on_steps`)
+        self.position = float(done)   # mask-epochs done, fractions of epochs included (`done`: resumed ones)
         self.done_epochs = 0          # mask-epochs reported
         self.done_masks = 0           # masks finished
         self.accuracies: list[float] = []
@@ -88,17 +98,39 @@ class TrainProgress:
         self.desc = desc
         self._clock = clock or time.perf_counter
         self._start_time: float | None = None  # when the first epoch was reported
-        self._start_count = 0                  # mask-epochs reported by then
+        self._start_count = 0.0                # mask-epochs done by then
         self._first_batch: set[int] = set()      # masks reporting their first epoch before the clock starts
         self._last_time: float | None = None
         self.bar = _Bar(total=self.total, disable=quiet, file=file if file is not None else sys.stderr,
                         dynamic_ncols=True, leave=True, mininterval=mininterval, bar_format=BAR_FORMAT,
                         desc=self.label())
         self.bar.eta_source = self.eta_text
+        if done:
+            self.bar.update(float(done) if steps_per_epoch else int(done))
 
     # ---- callbacks --------------------------------------------------------------------------------------
+    def on_steps(self, mask_steps: int) -> None:
+        """`mask_steps` training steps were done (a block of steps of a stack of K masks: K per step). The
+        clock starts at the first report: what came before (data, model, numba's first compile) says
+        nothing about the speed of training."""
+        if not self.steps_per_epoch:
+            return
+        now = self._clock()
+        advance = mask_steps / self.steps_per_epoch
+        self.position += advance
+        if self._start_time is None:  # the first block counts as done before the clock started
+            self._start_time, self._start_count = now, self.position
+        self._last_time = now
+        self._refresh(advance)
+
     def on_epoch(self, row: Mapping) -> None:
         """One mask finished one epoch (a stack reports one row per mask)."""
+        if self.steps_per_epoch:  # the bar moved with the steps already: accuracy only
+            self.done_epochs += 1
+            if row.get("test_acc") is not None:
+                self.training[int(row.get("index", -1))] = float(row["test_acc"])
+            self._refresh(0)
+            return
         now = self._clock()
         index = int(row.get("index", -1))
         if self._start_time is None:
@@ -106,11 +138,12 @@ class TrainProgress:
                 # the first epoch's rows are all in (a mask reports again, or the next stack begins): the clock
                 # starts at the last of them, which count as done before it started
                 self._start_time = self._last_time
-                self._start_count = self.done_epochs
+                self._start_count = self.position
             else:
                 self._first_batch.add(index)
         self._last_time = now
         self.done_epochs += 1
+        self.position += 1
         if "test_acc" in row and row["test_acc"] is not None:
             self.training[index] = float(row["test_acc"])
         self._refresh(1)
@@ -146,7 +179,7 @@ class TrainProgress:
         """Mask-epochs per second since the clock started; None until a second epoch was reported."""
         if self._start_time is None or self._last_time is None:
             return None
-        counted = self.done_epochs - self._start_count
+        counted = self.position - self._start_count
         elapsed = self._last_time - self._start_time
         if counted <= 0 or elapsed <= 0:
             return None
@@ -157,7 +190,7 @@ class TrainProgress:
         rate = self.rate()
         if rate is None or self._last_time is None:  # (a rate implies a last report)
             return None
-        remaining = (self.total - self.done_epochs) / rate
+        remaining = (self.total - self.position) / rate
         since_last = self._clock() - self._last_time
         return max(0.0, remaining - since_last)
 
@@ -176,7 +209,7 @@ class TrainProgress:
             parts.append(f"finished mean acc {percent(sum(self.accuracies) / len(self.accuracies), 1)}")
         return ", ".join(parts)
 
-    def _refresh(self, advance: int) -> None:
+    def _refresh(self, advance: float) -> None:
         self.bar.set_description_str(self.label(), refresh=False)
         text = self.postfix()
         self.bar.set_postfix_str(text, refresh=False)

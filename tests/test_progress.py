@@ -105,3 +105,27 @@ def test_quiet_prints_nothing_and_results_of_any_form_are_taken():
     assert out.getvalue() == "" and progress.accuracies == [0.5, 0.7] and progress.label() == "masks 3/3"
     with pytest.raises(ValueError):
         TrainProgress(3, 0)
+
+
+def test_the_bar_moves_within_an_epoch_with_a_sane_first_eta():
+    """A long epoch (conv2 on Fashion-MNIST: minutes) moves the bar with each block of steps, and the ETA is
+    known from the second block, from the steps' own rate (set-up before the first block not counted)."""
+    out, clock = io.StringIO(), Clock()
+    progress = TrainProgress(2, 1, file=out, clock=clock, mininterval=0, steps_per_epoch=469)
+    clock.now = 300.0  # data, model, numba's first compile
+    progress.on_steps(2 * 4)  # a stack of 2 masks, a block of 4 steps
+    assert progress.eta_seconds() is None
+    clock.now += 1.0
+    progress.on_steps(2 * 20)  # 20 steps a second
+    assert progress.position == pytest.approx(48 / 469)
+    assert progress.eta_seconds() == pytest.approx((469 - 24) / 20, rel=0.01)  # not the 300 s of set-up
+    text = out.getvalue()
+    assert "0.0/2 mask-epochs" in text and "0.1/2 mask-epochs" in text, text
+    for _ in range(22):
+        clock.now += 1.0
+        progress.on_steps(2 * 20)
+    progress.on_epoch({"index": 0, "epoch": 0, "test_acc": 0.8})  # the rows only update the accuracy
+    assert progress.position == pytest.approx(928 / 469) and "acc 80.0%" in progress.postfix()
+    resumed = TrainProgress(2, 4, file=io.StringIO(), steps_per_epoch=10, done=3)  # masks continued from checkpoints
+    assert resumed.position == 3 and resumed.bar.n == 3
+    progress.close()

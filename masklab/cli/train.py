@@ -49,8 +49,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         run = generate(config, runs_dir=args.runs_dir, resume=bool(args.resume), quiet=args.quiet, data=dataset,
                        log=say, shard=args.shard)
     except KeyboardInterrupt:
-        print(f"masklab: interrupted; the finished masks are kept: rerun with --resume to continue "
-              f"{os.path.join(args.runs_dir, config.run_id)}", file=sys.stderr)
+        print(f"masklab: interrupted; the finished masks and the others' last finished epochs are kept: run the "
+              f"same command again to continue {os.path.join(args.runs_dir, config.run_id)}", file=sys.stderr)
         return 130
     table = run.table
     if len(table):

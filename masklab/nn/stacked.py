@@ -70,8 +70,11 @@ class StackedLayer(nn.Module):
                 self.generation)
 
     def invalidate(self) -> None:
+        """Forget what was computed from the scores and weights (also sign(W): a sub-stack's weights are views
+        whose version counter does not see writes through the stack's, see masklab.train.substacks)."""
         self._cache = None
         self._w_eff_key = None
+        self._sign = None
 
     # ---- fused mode -----------------------------------------------------------------------------
     def set_fused(self, on: bool) -> None:

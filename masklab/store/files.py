@@ -21,6 +21,7 @@ import os
 import secrets
 import stat
 import struct
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -257,7 +258,7 @@ def load_npz(path: Path, data: bytes | None = None) -> dict[str, np.ndarray]:
     try:
         with np.load(path if data is None else io.BytesIO(data), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, KeyError) as e:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise StoreError(f"{path} is unreadable ({e}); the run's extras for this mask are damaged") from None
 
 

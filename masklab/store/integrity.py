@@ -27,7 +27,8 @@ from masklab.store.paths import RECORD_RE, inside, resolve_run, stem
 from masklab.store.schema import check_config, check_layout, check_meta, check_record
 
 LINKABLE = {"lock": "remove", "masks.bits": "remove", "analysis": "remove", "masks": None, "extras": None,
-            "snapshots": None, "quarantine": None, "run.json": None, "config.toml": None, "weights.npy": None}
+            "snapshots": None, "checkpoints": None, "quarantine": None, "run.json": None, "config.toml": None,
+            "weights.npy": None}
 
 
 def verify(run, repair: bool = False, runs_dir: str | os.PathLike | None = None) -> pd.DataFrame:

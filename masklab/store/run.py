@@ -22,6 +22,10 @@ Layout of `runs/<run_id>/` (all names are fixed; nothing in it is ever unpickled
                                       (--allow-different-weights): the weights, float32, all layers concatenated
     extras/000003.buffers.npz         models with BatchNorm: the buffers (running statistics)
     snapshots/000003.npz              `epochs` (S,) and packed `bits` (S x W) every E epochs
+    checkpoints/000003.npz  mask 3 while it trains: its whole training state at the end of its last
+                            finished epoch (masklab.train.trainer.Checkpoint), replaced atomically each
+                            epoch and removed once the mask is stored; `generate` continues from it with
+                            the bits of an uninterrupted run. Never read by the analyses.
     weights.npy             imported runs whose masks share their weights: those weights, float32, all layers
                             concatenated (run.json's `files` gives its size and checksum; `imported` says what
                             was imported: formats, sources' sha256s, keep rule, layer mapping; see

@@ -112,7 +112,9 @@ class RunWriter:
             mine = list(range(config.masks)) if shard is None else shard_masks(config.masks, *shard)
             missing = [i for i in mine if i not in done]
             held = [i for i in mine if i in done]
-            if missing and held and not created and not resume:
+            if missing and held and not created and not resume and \
+                    config.masks > read_config(path / "config.toml").masks:
+                # the same command again continues its run; more masks than the run plans extend it: asked for
                 what = "" if shard is None else f" (shard {shard[0]}/{shard[1]}: {len(held)} of its {len(mine)})"
                 raise StoreError(f"run {path} already holds {len(done)} of {config.masks} masks{what}; pass "
                                  "--resume to train the missing ones")
@@ -166,6 +168,38 @@ class RunWriter:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # ---- checkpoints of masks in training --------------------------------------------------------------
+    def write_checkpoint(self, i: int, arrays: dict[str, np.ndarray]) -> None:
+        """Mask i's training state (arrays, see masklab.train.trainer.Checkpoint) as checkpoints/<id>.npz,
+        replacing the previous one atomically (a crash leaves the old one or the new one, whole)."""
+        F.make_dirs(self.path / "checkpoints", root=self.path)
+        F.atomic_write(self.path / "checkpoints" / f"{stem(int(i))}.npz", F.npz_bytes(arrays), root=self.path)
+
+    def read_checkpoints(self) -> dict[int, dict[str, np.ndarray]]:
+        """The checkpoints of this writer's missing masks, by mask id; an unreadable one (a file damaged
+        outside masklab) is removed: that mask trains from its start."""
+        folder = self.path / "checkpoints"
+        out: dict[int, dict[str, np.ndarray]] = {}
+        for i in self.missing:
+            path = folder / f"{stem(i)}.npz"
+            if not path.is_file():
+                continue
+            try:
+                out[i] = F.load_npz(path)
+            except StoreError:
+                path.unlink(missing_ok=True)
+        return out
+
+    def drop_checkpoint(self, i: int) -> None:
+        """Remove mask i's checkpoint (once the mask is stored)."""
+        folder = self.path / "checkpoints"
+        (folder / f"{stem(int(i))}.npz").unlink(missing_ok=True)
+        if self.shard is None:  # (shards write beside each other: one would remove the folder another writes into)
+            try:
+                folder.rmdir()  # the last one: no empty folder left in a finished run
+            except OSError:
+                pass
+
     def write_mask(self, trained, device: str = "cpu") -> dict:
         """Store one `TrainedMask`: extras first, then the mask file, then its record (the commit point).
         Each file is written atomically; returns the record."""
@@ -206,6 +240,7 @@ class RunWriter:
                   "extras": extras, "files": files}
         F.atomic_write_json(self.path / "masks" / f"{s}.json", record, root=self.path)
         self.done.add(i)
+        self.drop_checkpoint(i)
         return record
 
     def _write_files(self, i: int, trained, put, files: dict) -> tuple[str, list[int]]:
@@ -251,7 +286,7 @@ def _make_runs_dir(runs: Path) -> None:
 
 
 # What a writer writes into, below the run directory: none of these may be a link.
-WRITTEN = ("lock", "locks", "config.toml", "masks", "extras", "snapshots")
+WRITTEN = ("lock", "locks", "config.toml", "masks", "extras", "snapshots", "checkpoints")
 
 
 def refuse_links(path: Path) -> None:

@@ -74,10 +74,13 @@ class FusedScoreSGD:
     gradient and the next selection. Same interface as the trainer uses: `param_groups[0]["lr"]`,
     `zero_grad()`, `step()`. Turns the layers' fused mode on (see `StackedLayer.effective_weight`)."""
 
-    def __init__(self, layers: list, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+    def __init__(self, layers: list, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                 buffers: list[torch.Tensor] | None = None):
         self.layers = list(layers)
         self.param_groups = [{"lr": lr, "momentum": momentum, "weight_decay": weight_decay}]
-        self.buffers = [torch.zeros_like(layer.scores, memory_format=torch.contiguous_format) for layer in self.layers]
+        # the momentum buffers: zeros, or given (rows of a stack's buffers, see masklab.train.substacks)
+        self.buffers = buffers if buffers is not None else \
+            [torch.zeros_like(layer.scores, memory_format=torch.contiguous_format) for layer in self.layers]
         for layer in self.layers:
             if layer.scores.device.type != "cpu" or layer.scores.dtype != torch.float32:
                 raise ValueError("FusedScoreSGD runs on CPU float32 scores only; use torch.optim.SGD elsewhere")

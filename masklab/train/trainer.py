@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 import pandas as pd
@@ -29,14 +30,17 @@ from masklab.errors import UserError
 from masklab.nn.exact import blas_one_thread, reproducible_blas, set_threads
 from masklab.nn.layers import masked_layers
 from masklab.nn.stacked import stacked_layers
-from masklab.train.device import SMALL_STEP_MACS, EpochThreads, macs_per_sample, resolve_device, step_threads
+from masklab.train.device import macs_per_sample, resolve_device
 from masklab.train.evaluate import evaluate
+from masklab.train.plan import StepPlan
 from masklab.train.rebuild import rebuild_trained
 from masklab.train.recycling import iterand_apply, iwr_apply, recycles_after
+from masklab.train.score_sgd import FusedScoreSGD
 from masklab.train.stacked import make_model, make_stacked_model, score_optimizer
+from masklab.train.substacks import SubStacks
 
-__all__ = ["SMALL_STEP_MACS", "TrainedMask", "TrainingDiverged", "build_training", "cosine_lr", "macs_per_sample",
-           "make_model", "resolve_device", "step_threads", "train_mask", "train_masks", "train_step"]
+__all__ = ["Checkpoint", "TrainedMask", "TrainingDiverged", "build_training", "cosine_lr", "macs_per_sample",
+           "make_model", "resolve_device", "train_mask", "train_masks", "train_step"]
 
 
 class TrainingDiverged(UserError):
@@ -67,6 +71,45 @@ class TrainedMask:
     trained_with: dict = field(default_factory=dict)  # stack size, position, device, threads, BLAS mode
 
 
+@dataclass
+class Checkpoint:
+    """One mask's whole training state at the end of epoch `epoch`: what continuing it needs to give the
+    bits an uninterrupted run gives. `arrays` (name -> array): per prunable layer i `scores/i` and
+    `momentum/i` (the optimiser's buffer), `weights/i` (dense runs, or once recycling changed them),
+    `src/i` / `draw/i` (recycling maps), `buffer/NAME` (BatchNorm statistics), `snapshot/j/i` (kept
+    masks). `meta`: the history rows, recycling count, seconds and threads so far, snapshot epochs. The
+    data order needs nothing: epoch e's batches come from (data seed, e). The selection's bracket state
+    only makes selections faster and is not kept."""
+
+    index: int
+    epoch: int
+    arrays: dict[str, np.ndarray]
+    meta: dict
+
+    def snapshots(self) -> list[tuple[int, list[np.ndarray]]]:
+        out = []
+        for j, epoch in enumerate(self.meta.get("snapshot_epochs", [])):
+            layers = sorted((int(k.split("/")[2]), v) for k, v in self.arrays.items()
+                            if k.startswith(f"snapshot/{j}/"))
+            out.append((int(epoch), [v for _, v in layers]))
+        return out
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Everything as arrays (the meta as UTF-8 JSON bytes under "meta"), for an .npz file."""
+        import json
+
+        meta = {**self.meta, "index": self.index, "epoch": self.epoch}
+        return {**self.arrays, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Checkpoint:
+        import json
+
+        meta = json.loads(bytes(arrays["meta"]).decode())
+        index, epoch = int(meta.pop("index")), int(meta.pop("epoch"))
+        return cls(index, epoch, {k: v for k, v in arrays.items() if k != "meta"}, meta)
+
+
 def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
     """Learning rate of epoch `epoch` (from 0): 0.5 * (1 + cos(pi * e / E)) * base."""
     return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)) * base_lr
@@ -75,12 +118,21 @@ def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
 def train_masks(config: RunConfig, indices: Sequence[int], dataset: Batches | None = None,
                 device: str | torch.device | None = None,
                 on_epoch: Callable[[dict], None] | None = None,
-                snapshot_every: int | None = None) -> list[TrainedMask]:
+                snapshot_every: int | None = None, *,
+                on_steps: Callable[[int], None] | None = None,
+                on_checkpoint: Callable[[list[Checkpoint]], None] | None = None,
+                resume: Sequence[Checkpoint] | None = None,
+                stacks: Sequence[int] | None = None) -> list[TrainedMask]:
     """Train masks `indices` of the run `config` together; one TrainedMask per index, in order.
 
     `dataset` defaults to loading `config.dataset`; `on_epoch` receives each mask's row of each epoch
-    (the K rows of an epoch one after another, for progress bars); `snapshot_every` (default: the
-    config's) keeps the masks every E epochs. Dense runs train their networks one after another.
+    (the K rows of an epoch one after another, for progress bars); `on_steps(n)` is told after each block
+    of training steps that n mask-steps were done (K per step); `snapshot_every` (default: the config's)
+    keeps the masks every E epochs. `on_checkpoint` receives every mask's `Checkpoint` at the end of each
+    epoch but the last, and `resume` (one Checkpoint per index, all of the same epoch) continues the masks
+    from them: the result is bit for bit that of an uninterrupted run. `stacks`: the sub-stack sizes
+    whose speed a CPU run measures (default: K alone; `--stack auto` gives (K, 1)), see
+    `masklab.train.plan`. Dense runs train their networks one after another.
     """
     from masklab.data import load_config_dataset
 
@@ -91,10 +143,23 @@ def train_masks(config: RunConfig, indices: Sequence[int], dataset: Batches | No
     dataset = dataset if dataset is not None else load_config_dataset(config)
     device = resolve_device(config.device) if device is None else torch.device(device)
     if config.method == "dense" and len(indices) > 1:
-        return [r for i in indices for r in train_masks(config, [i], dataset, device, on_epoch, snapshot_every)]
-    with step_threads(config, dataset, device, len(indices)) as tuner, blas_one_thread():
-        return _train(config, indices, dataset, device, on_epoch,
-                      config.snapshot_every if snapshot_every is None else snapshot_every, tuner)
+        by_index = {c.index: c for c in resume or []}
+        return [r for i in indices for r in train_masks(
+            config, [i], dataset, device, on_epoch, snapshot_every, on_steps=on_steps, on_checkpoint=on_checkpoint,
+            resume=[by_index[i]] if i in by_index else None)]
+    if resume is not None:
+        resume = _order_checkpoints(resume, indices)
+    most = torch.get_num_threads()
+    threads = (1, most) if device.type == "cpu" else (most,)
+    mask_stacks = tuple(stacks) if stacks and device.type == "cpu" and config.method != "dense" else None
+    plan = StepPlan(len(indices), threads, mask_stacks)
+    try:
+        with blas_one_thread():
+            return _train(config, indices, dataset, device, on_epoch,
+                          config.snapshot_every if snapshot_every is None else snapshot_every, plan,
+                          on_steps, on_checkpoint, resume)
+    finally:
+        torch.set_num_threads(most)
 
 
 def train_mask(config: RunConfig, index: int = 0, dataset: Batches | None = None,
@@ -132,7 +197,8 @@ def build_training(config: RunConfig, dataset: Shaped, indices: list[int], devic
 
 
 def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torch.device, on_epoch,
-           snapshot_every: int, tuner: EpochThreads | None = None) -> list[TrainedMask]:
+           snapshot_every: int, plan: StepPlan, on_steps=None, on_checkpoint=None,
+           resume: list[Checkpoint] | None = None) -> list[TrainedMask]:
     K = len(indices)
     seeds = [config.seeds(i) for i in indices]
     dense = config.method == "dense"
@@ -141,21 +207,25 @@ def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torc
     model, layers, optimizer = build_training(config, dataset, indices, device)
     base_lr = config.resolved("lr")
     maps = _recycle_maps(config, layers, device)
-    recycle_count = 0
+    recycle_count, first_epoch, earlier_seconds = 0, 0, 0.0
     rows: list[list[dict]] = [[] for _ in range(K)]
     snapshots: list[list] = [[] for _ in range(K)]
     threads_used = {torch.get_num_threads()}
-    for epoch in range(config.epochs):
+    if resume is not None:
+        first_epoch, recycle_count, earlier_seconds = _restore(resume, model, layers, optimizer, maps, dense)
+        rows = [list(c.meta["history"]) for c in resume]
+        snapshots = [c.snapshots() for c in resume]
+        threads_used = {int(c.meta["threads"]) for c in resume}
+    subs = SubStacks(config, dataset, model, optimizer) if isinstance(optimizer, FusedScoreSGD) else None
+    for epoch in range(first_epoch, config.epochs):
         lr = cosine_lr(base_lr, epoch, config.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if tuner is not None:
-            set_threads(tuner.threads(epoch))
-            threads_used.add(torch.get_num_threads())
-        epoch_start = time.perf_counter()
-        train = _train_epoch(model, optimizer, dataset, config, [s[2] for s in seeds], epoch, K, device)
-        if tuner is not None:
-            tuner.record(epoch, torch.get_num_threads(), time.perf_counter() - epoch_start)
+        train = _train_epoch(model, optimizer, subs, dataset, config, [s[2] for s in seeds], epoch, K, device,
+                             plan, on_steps)
+        threads_used |= {c.threads for c in plan.used}
+        if subs is not None:  # the stack's cached effective weights are stale once sub-stacks trained
+            subs.invalidate()
         _check_finite(config, indices, epoch, lr, train, layers, dense)
         test = _evaluate(model, dataset, K, device)
         recycled = [0] * K
@@ -163,6 +233,8 @@ def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torc
                                                        config.recycle_warmup):
             recycle_count += 1
             recycled = _recycle(config, layers, maps, recycle_count)
+            if subs is not None:
+                subs.invalidate()
         for k in range(K):
             row = {"epoch": epoch, "lr": lr, "train_loss": train[k][0], "train_acc": train[k][1],
                    "test_loss": test[k][0], "test_acc": test[k][1], "recycled": recycled[k]}
@@ -172,11 +244,17 @@ def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torc
         if snapshot_every and (epoch + 1) % snapshot_every == 0 and epoch + 1 < config.epochs:
             for k in range(K):
                 snapshots[k].append((epoch, _masks_of(layers, k, dense)))
-    seconds = (time.perf_counter() - start) / K
-    threads = max(threads_used)  # (the most any epoch used: the bits do not depend on it)
+        if on_checkpoint is not None and epoch + 1 < config.epochs:
+            seconds = earlier_seconds + (time.perf_counter() - start) / K
+            on_checkpoint([_checkpoint(indices[k], k, epoch, model, layers, optimizer, maps, dense, rows[k],
+                                       snapshots[k], recycle_count, seconds, max(threads_used)) for k in range(K)])
+    seconds = earlier_seconds + (time.perf_counter() - start) / K
+    threads = max(threads_used)  # (the most any block used: the bits do not depend on it)
+    stack_sizes = sorted({c.stack for c in plan.used}) or [K]
     results = []
     for k in range(K):
-        provenance = {"stack": K, "position": k, "device": str(device), "threads": threads, "blas": blas}
+        provenance = {"stack": K, "position": k, "device": str(device), "threads": threads, "blas": blas,
+                      "substacks": stack_sizes}
         results.append(_result(config, indices[k], seeds[k], k, layers, maps, snapshots[k], recycle_count,
                                seconds, dense, provenance))
     _split_buffers(model, results)
@@ -198,30 +276,62 @@ def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor) -> tuple[torc
     return per_sample, logits
 
 
-def _train_epoch(model, optimizer, dataset, config, data_seeds, epoch, K, device) -> list[tuple[float, float]]:
+def _train_epoch(model, optimizer, subs: SubStacks | None, dataset, config, data_seeds, epoch, K, device,
+                 plan: StepPlan, on_steps=None) -> list[tuple[float, float]]:
+    """One epoch in blocks of steps, each run as `plan` chooses (sub-stack size, threads): every sub-stack
+    takes the block's batches in order, so each mask sees the batches it would see in any stack."""
     model.train()
     total = np.zeros(K, dtype=np.float64)
     correct = np.zeros(K, dtype=np.int64)
     seen = 0
-    for x, y in _batches(dataset, config, data_seeds, epoch, K, device):
-        per_sample, logits = train_step(model, optimizer, x, y)
-        total += per_sample.detach().cpu().numpy().astype(np.float64).sum(1)
-        correct += (logits.detach().argmax(2) == y).sum(1).cpu().numpy()
-        seen += y.shape[1]
+    batches = _batches(dataset, config, data_seeds, epoch, K, device)
+    left = -(-dataset.n_train // config.batch_size)
+    while left > 0:
+        choice = plan.next()
+        block = list(islice(batches, plan.block_steps(left)))
+        if not block:
+            break
+        left -= len(block)
+        if device.type == "cpu":
+            set_threads(choice.threads)
+        begin = time.perf_counter()
+        parts = subs.parts(choice.stack) if subs is not None else [(0, K, model, optimizer)]
+        if subs is not None:
+            subs.start_block(choice.stack)
+        for a, b, part, part_optimizer in parts:
+            for xs, y in block:
+                per_sample, logits = train_step(part, part_optimizer, _inputs(xs, a, b), y[a:b])
+                total[a:b] += per_sample.detach().cpu().numpy().astype(np.float64).sum(1)
+                correct[a:b] += (logits.detach().argmax(2) == y[a:b]).sum(1).cpu().numpy()
+        if subs is not None:
+            subs.sync_batchnorm(choice.stack)
+        plan.record(choice, (time.perf_counter() - begin) / (len(block) * K))
+        seen += sum(int(y.shape[1]) for _, y in block)
+        if on_steps is not None:
+            on_steps(len(block) * K)
     return [(float(total[k]) / seen, int(correct[k]) / seen) for k in range(K)]
 
 
 def _batches(dataset, config, data_seeds, epoch, K, device):
-    """(x, y) with y of shape (K, B): one shared batch, or each mask its own when data seeds differ."""
+    """(xs, y) with y of shape (K, B): xs one shared batch, or when data seeds differ the K masks' own
+    batches (a list; `_inputs` puts a sub-stack's side by side)."""
     if len(set(data_seeds)) == 1:
         for x, y in dataset.train_batches(config.batch_size, data_seeds[0], epoch, device=device):
             yield x, y.expand(K, -1)
         return
     streams = [dataset.train_batches(config.batch_size, s, epoch, device=device) for s in data_seeds]
     for parts in zip(*streams):
-        xs = torch.stack([x for x, _ in parts], 1)  # (B, K, *input_shape)
-        yield xs.reshape(xs.shape[0], -1, *xs.shape[3:]) if xs.dim() > 3 else xs.reshape(xs.shape[0], -1), \
-            torch.stack([y for _, y in parts])
+        yield [x for x, _ in parts], torch.stack([y for _, y in parts])
+
+
+def _inputs(xs, a: int, b: int) -> torch.Tensor:
+    """The input of masks a..b: the shared batch, or their own batches side by side, (B, k*C, H, W) resp.
+    (B, k*F), mask-major (what the stacked layers read)."""
+    if isinstance(xs, torch.Tensor):
+        return xs
+    stacked = torch.stack(xs[a:b], 1)  # (B, k, *input_shape)
+    return stacked.reshape(stacked.shape[0], -1, *stacked.shape[3:]) if stacked.dim() > 3 else \
+        stacked.reshape(stacked.shape[0], -1)
 
 
 @torch.no_grad()
@@ -326,3 +436,93 @@ def _finish(result: TrainedMask, rows: list[dict], config, recycle_count: int, s
                       "best_epoch": int(history["epoch"].iloc[best]), "test_loss": last["test_loss"],
                       "train_acc": last["train_acc"], "train_loss": last["train_loss"], "epochs": config.epochs,
                       "seconds": seconds, "recycled": recycle_count}
+
+
+def _order_checkpoints(resume, indices: list[int]) -> list[Checkpoint]:
+    by_index = {c.index: c for c in resume}
+    if sorted(by_index) != sorted(indices) or len({c.epoch for c in resume}) != 1:
+        raise ValueError(f"resume: one checkpoint per mask {indices}, all of one epoch, expected; got "
+                         f"{sorted((c.index, c.epoch) for c in resume)}")
+    return [by_index[i] for i in indices]
+
+
+def _inner(model) -> nn.Module:
+    return model.net if isinstance(model, _Lone) else model
+
+
+def _checkpoint(index, k, epoch, model, layers, optimizer, maps, dense, rows, snapshots, recycle_count, seconds,
+                threads) -> Checkpoint:
+    """Mask k's state (see `Checkpoint`), copied."""
+    arrays: dict[str, np.ndarray] = {}
+    for i, (_, layer) in enumerate(layers):
+        if dense:
+            arrays[f"weights/{i}"] = layer.weight.detach().cpu().numpy().copy()
+            buf = optimizer.state.get(layer.weight, {}).get("momentum_buffer")
+            if buf is not None:
+                arrays[f"momentum/{i}"] = buf.detach().cpu().numpy().copy()
+            continue
+        arrays[f"scores/{i}"] = layer.scores[k].detach().cpu().numpy().copy()
+        if isinstance(optimizer, FusedScoreSGD):
+            arrays[f"momentum/{i}"] = optimizer.buffers[i][k].detach().cpu().numpy().copy()
+        else:
+            buf = optimizer.state.get(layer.scores, {}).get("momentum_buffer")
+            if buf is not None:
+                arrays[f"momentum/{i}"] = buf[k].detach().cpu().numpy().copy()
+        if layer.per_mask_weights:
+            arrays[f"weights/{i}"] = layer.weight[k].detach().cpu().numpy().copy()
+    if maps is not None:
+        kind = "src" if maps[0][0].dtype == torch.int64 else "draw"
+        for i, per_mask in enumerate(maps):
+            arrays[f"{kind}/{i}"] = per_mask[k].cpu().numpy().copy()
+    K = 1 if dense else layers[0][1].K
+    for name, buffer in _inner(model).named_buffers():
+        value = buffer.detach().cpu()
+        arrays[f"buffer/{name}"] = (value.view(K, -1)[k] if value.dim() else value).numpy().copy()
+    for j, (_, masks) in enumerate(snapshots):
+        for i, mask in enumerate(masks):
+            arrays[f"snapshot/{j}/{i}"] = np.asarray(mask)
+    meta = {"history": [{key: (v.item() if isinstance(v, np.generic) else v) for key, v in row.items()}
+                        for row in rows],
+            "recycle_count": int(recycle_count), "seconds": float(seconds), "threads": int(threads),
+            "snapshot_epochs": [int(e) for e, _ in snapshots]}
+    return Checkpoint(int(index), int(epoch), arrays, meta)
+
+
+@torch.no_grad()
+def _restore(resume: list[Checkpoint], model, layers, optimizer, maps, dense) -> tuple[int, int, float]:
+    """Put the checkpoints' states into a freshly built stack; returns (first epoch to train, recycling
+    count, seconds so far per mask)."""
+    K = len(resume)
+    for k, c in enumerate(resume):
+        a = c.arrays
+        for i, (_, layer) in enumerate(layers):
+            if dense:
+                layer.weight.copy_(torch.from_numpy(a[f"weights/{i}"]))
+                if f"momentum/{i}" in a:
+                    optimizer.state[layer.weight]["momentum_buffer"] = \
+                        torch.from_numpy(a[f"momentum/{i}"].copy()).to(layer.weight.device)
+                continue
+            layer.scores[k].copy_(torch.from_numpy(a[f"scores/{i}"]))
+            if f"momentum/{i}" in a:
+                if isinstance(optimizer, FusedScoreSGD):
+                    optimizer.buffers[i][k].copy_(torch.from_numpy(a[f"momentum/{i}"]))
+                else:
+                    state = optimizer.state[layer.scores]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(layer.scores)
+                    state["momentum_buffer"][k].copy_(torch.from_numpy(a[f"momentum/{i}"]))
+            if layer.per_mask_weights:
+                layer.weight[k].copy_(torch.from_numpy(a[f"weights/{i}"]))
+            layer.invalidate()
+        if maps is not None:
+            for i, per_mask in enumerate(maps):
+                kind = "src" if per_mask[k].dtype == torch.int64 else "draw"
+                per_mask[k].copy_(torch.from_numpy(a[f"{kind}/{i}"]))
+        for name, buffer in _inner(model).named_buffers():
+            value = torch.from_numpy(a[f"buffer/{name}"])
+            if buffer.dim():
+                buffer.view(K, -1)[k].copy_(value)
+            else:
+                buffer.copy_(value)
+    first = resume[0]
+    return first.epoch + 1, int(first.meta["recycle_count"]), float(first.meta["seconds"])

@@ -287,3 +287,16 @@ def test_registry_paths_cannot_leave_the_run(run, tmp_path):
     record.write_text(json.dumps(value))
     with pytest.raises(StoreError, match="refusing path"):
         open_run(path).history(0)
+
+
+def test_the_same_generate_again_continues_an_incomplete_run(run, tmp_path, digits):
+    """An interrupted run (here: its last mask's record gone) is continued by the identical call, without
+    --resume; a damaged checkpoint is not an error: that mask trains from its start."""
+    path = tmp_path / run.id
+    shutil.copytree(run.path, path)
+    (path / "masks" / "000002.json").unlink()
+    (path / "checkpoints").mkdir()
+    (path / "checkpoints" / "000002.npz").write_bytes(b"not a zip file")
+    again = masklab.generate(runs_dir=tmp_path, data=digits, **TINY)
+    assert again.complete and np.array_equal(np.asarray(again.masks.bits), np.asarray(run.masks.bits))
+    assert not (path / "checkpoints").exists()

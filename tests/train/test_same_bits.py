@@ -19,11 +19,12 @@ import torch
 import masklab
 from masklab.config import RunConfig
 from masklab.data import IDX_FILES, load_dataset, read_idx
-from masklab.train import device as device_module
+from masklab.train import plan as plan_module
 from masklab.train.stacked import auto_stack
 from masklab.train.trainer import train_masks
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))  # test_golden_bits.fingerprint
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 
@@ -73,10 +74,9 @@ def test_stack_size_and_neighbours_do_not_change_a_mask(case):
 
 
 @pytest.mark.parametrize("case", ["biprop+iwr", "conv2 biprop", "dense"])
-def test_thread_count_does_not_change_a_mask(case, monkeypatch):
+def test_thread_count_does_not_change_a_mask(case):
     config, name, kw = CASES[case]
     data = load_dataset(name, **kw)
-    monkeypatch.setattr(device_module, "SMALL_STEP_MACS", 0)  # keep the thread count the test sets
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -89,42 +89,56 @@ def test_thread_count_does_not_change_a_mask(case, monkeypatch):
     assert differences(one[0], two[1]) == [] and differences(one[1], two[0]) == []
 
 
-@pytest.mark.parametrize("case", ["biprop+iwr", "conv2 biprop"])
-def test_measured_thread_counts_switch_mid_run_and_do_not_change_a_mask(case, monkeypatch):
+@pytest.mark.parametrize("case", ["biprop+iwr", "conv2 biprop", "iterand, own data seeds"])
+def test_measured_threads_and_stack_sizes_switch_mid_run_and_do_not_change_a_mask(case, monkeypatch):
+    """`--stack auto` on CPU: blocks of steps run as sub-stacks of 3 or 1 masks on 1 or 2 threads, as measured
+    (here switched every other block); every mask equals the mask trained alone on one thread."""
     config, name, kw = CASES[case]
-    config = config.replace(epochs=6)
+    config = config.replace(epochs=4)
     data = load_dataset(name, **kw)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        monkeypatch.setattr(device_module, "SMALL_STEP_MACS", 0)  # one thread throughout
-        fixed = train_masks(config, [0, 1], dataset=data)
+        fixed = [train_masks(config, [i], dataset=data)[0] for i in range(3)]
         torch.set_num_threads(2)
-        monkeypatch.setattr(device_module, "SMALL_STEP_MACS", float("inf"))  # every step measured
-        monkeypatch.setattr(device_module.EpochThreads, "PROBE_EVERY", 2)  # switch often
+        monkeypatch.setattr(plan_module.StepPlan, "PROBE_EVERY", 2)  # switch often
+        monkeypatch.setattr(plan_module.StepPlan, "BLOCK_SECONDS", 0.0)  # blocks of one step
         seen = []
-        real = device_module.EpochThreads.threads
-        monkeypatch.setattr(device_module.EpochThreads, "threads",
-                            lambda self, epoch: seen.append(real(self, epoch)) or seen[-1])
-        tuned = train_masks(config, [0, 1], dataset=data)
+        real = plan_module.StepPlan.next
+        monkeypatch.setattr(plan_module.StepPlan, "next", lambda self: seen.append(real(self)) or seen[-1])
+        tuned = train_masks(config, [0, 1, 2], dataset=data, stacks=(3, 1))
         assert torch.get_num_threads() == 2  # restored
     finally:
         torch.set_num_threads(old)
-    assert set(seen) == {1, 2} and seen[:3] == [1, 2, 1]
-    assert fixed[0].trained_with["threads"] == 1 and tuned[0].trained_with["threads"] == 2
-    assert differences(fixed[0], tuned[0]) == [] and differences(fixed[1], tuned[1]) == []
+    assert {(c.stack, c.threads) for c in seen} == {(3, 1), (3, 2), (1, 1), (1, 2)}
+    switches = sum(a != b for a, b in zip(seen, seen[1:]))
+    assert switches > 10, switches
+    assert tuned[0].trained_with["substacks"] == [1, 3] and tuned[0].trained_with["threads"] == 2
+    assert [differences(a, b) for a, b in zip(fixed, tuned)] == [[], [], []]
 
 
-def test_epoch_threads_take_the_faster_count_and_probe_the_other():
-    tuner = device_module.EpochThreads(2)
-    assert [tuner.threads(e) for e in range(3)] == [1, 2, 1]
-    tuner.record(0, 1, 0.01)  # the first epoch pays one-time costs: not counted
-    tuner.record(1, 2, 0.5)
-    tuner.record(2, 1, 0.8)
-    assert [tuner.threads(e) for e in (3, 9, 10, 11)] == [2, 2, 1, 2]
-    tuner.record(10, 1, 0.3)  # the machine got busy: one thread is faster now
-    assert [tuner.threads(e) for e in (11, 19, 20)] == [1, 1, 2]
-    assert [device_module.EpochThreads(1).threads(e) for e in range(12)] == [1] * 12
+def test_step_plan_takes_the_fastest_and_probes_the_others():
+    plan = plan_module.StepPlan(8, threads=(1, 2), stacks=(8, 1))
+    first = plan.next()
+    assert first == plan_module.Choice(8, 1)
+    plan.record(first, 1.0)  # the warm-up block pays one-time costs: not counted
+    times = {(8, 1): 0.004, (8, 2): 0.002, (1, 1): 0.006, (1, 2): 0.005}
+    for _ in range(4):  # each candidate once
+        choice = plan.next()
+        plan.record(choice, times[(choice.stack, choice.threads)])
+    assert set(plan.seconds) == set(plan.candidates) and plan.best() == plan_module.Choice(8, 2)
+    choices = []
+    for _ in range(3 * plan.PROBE_EVERY):
+        choice = plan.next()
+        choices.append(choice)
+        plan.record(choice, times[(choice.stack, choice.threads)])
+    assert choices.count(plan_module.Choice(8, 2)) == len(choices) - 3  # one probe every PROBE_EVERY blocks
+    times[(8, 2)] = 0.05  # the machine got busy: two threads are slow now
+    for _ in range(3 * plan.PROBE_EVERY):
+        choice = plan.next()
+        plan.record(choice, times[(choice.stack, choice.threads)])
+    assert plan.best() == plan_module.Choice(8, 1)
+    assert plan_module.StepPlan(3, threads=(1,)).candidates == [plan_module.Choice(3, 1)]
 
 
 def test_batchnorm_statistics_do_not_depend_on_the_stack():
@@ -259,3 +273,84 @@ def test_processes_with_one_and_two_threads_make_the_same_runs():
         assert done.returncode == 0, done.stderr[-2000:]
         results[threads] = json.loads(done.stdout.strip().splitlines()[-1])
     assert results["1"] == results["2"]
+
+
+# ---- checkpoints: a mask continued from the end of any epoch is the mask trained without a stop ------------
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_mask_continued_from_a_checkpoint_is_the_uninterrupted_mask(case):
+    """Every epoch's checkpoints (through their stored form, `to_arrays`), continued in another stack: the
+    same masks, scores, maps, gains, BatchNorm statistics, history and figures as without a stop."""
+    from masklab.train.trainer import Checkpoint
+
+    config, name, kw = CASES[case]
+    config = config.replace(epochs=4, snapshot_every=2)
+    data = load_dataset(name, **kw)
+    saved: list[list] = []
+    whole = train_masks(config, [0, 1, 2], dataset=data, on_checkpoint=saved.append)
+    by_epoch: dict[int, dict] = {}  # (dense networks train one after another: their checkpoints come in turn)
+    for c in (c for checkpoints in saved for c in checkpoints):
+        by_epoch.setdefault(c.epoch, {})[c.index] = Checkpoint.from_arrays(c.to_arrays())
+    assert sorted(by_epoch) == [0, 1, 2] and all(sorted(v) == [0, 1, 2] for v in by_epoch.values())  # not the last
+    for epoch, stored in by_epoch.items():
+        again = train_masks(config, [2, 0], dataset=data, resume=[stored[2], stored[0]])
+        assert differences(whole[2], again[0]) == [] and differences(whole[0], again[1]) == [], (case, epoch)
+        assert again[0].snapshots and all(np.array_equal(p, q) for (_, a), (_, b) in
+                                           zip(whole[2].snapshots, again[0].snapshots) for p, q in zip(a, b))
+
+
+def _checkpoint_epoch(run_dir: Path) -> int:
+    """The furthest epoch any checkpoint of the run holds (-1: none)."""
+    import json
+
+    best = -1
+    for path in (run_dir / "checkpoints").glob("*.npz") if (run_dir / "checkpoints").is_dir() else []:
+        try:
+            with np.load(path) as z:
+                best = max(best, int(json.loads(bytes(z["meta"]).decode())["epoch"]))
+        except (OSError, ValueError, KeyError):
+            pass  # replaced while read
+    return best
+
+
+KILL_POINTS = {  # when to stop the run: (what is on disk by then, whether a mask in flight has a checkpoint)
+    "first checkpoint": (lambda run: _checkpoint_epoch(run) >= 0, True),
+    "epoch 4 checkpoint": (lambda run: _checkpoint_epoch(run) >= 3, True),
+    "first mask stored": (lambda run: (run / "masks" / "000000.json").exists(), False),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_the_same_command_again_continues_a_stopped_run_with_the_same_bits(tmp_path, sig, point):
+    """`masklab generate` stopped by Ctrl-C or SIGKILL, then the identical command again: it continues (no
+    --resume), the masks in flight from their last finished epoch, and the run equals one never stopped."""
+    from test_golden_bits import fingerprint as golden_fingerprint
+
+    fields = {"dataset": "digits", "model": "mlp", "masks": 3, "epochs": 8, "stack": 2, "keep_scores": True,
+              "recycle": "iwr", "recycle_every": 2}
+    reference = golden_fingerprint(masklab.generate(**fields, runs_dir=tmp_path / "reference"))
+    config = RunConfig(**fields)
+    runs = tmp_path / "runs"
+    argv = [sys.executable, "-m", "masklab", "generate", "--dataset", "digits", "--masks", "3", "--epochs", "8",
+            "--stack", "2", "--keep-scores", "--recycle", "iwr", "--recycle-every", "2", "--runs-dir", str(runs)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    reached, in_flight = KILL_POINTS[point]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not reached(runs / config.run_id) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before the point to stop it at"
+    proc.send_signal(sig)
+    out = proc.communicate(timeout=120)[0].decode()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "run the same command again to continue" in out, out[-2000:]
+    left = _checkpoint_epoch(runs / config.run_id)
+    assert (left >= 0) == in_flight or not in_flight
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    if left >= 0:
+        assert "from their checkpoints" in again.stdout, again.stdout
+    run = masklab.Run(runs / config.run_id)
+    assert run.complete and not (run.path / "checkpoints").exists()
+    assert golden_fingerprint(run) == reference

@@ -73,3 +73,16 @@ def test_edge_popup_learns_fashion_mnist():
     config = RunConfig(dataset="fashion-mnist", model="lenet-300-100", sparsity=0.5, epochs=3)
     result = train_mask(config, 0)
     assert result.metrics["test_acc"] >= 0.84, result.metrics
+
+
+def test_steps_are_reported_within_epochs(digits, monkeypatch):
+    """`on_steps` hears every block of steps (so that progress moves inside long epochs): K per step in all."""
+    from masklab.train.plan import StepPlan
+    from masklab.train.trainer import train_masks
+
+    monkeypatch.setattr(StepPlan, "BLOCK_SECONDS", 0.0)  # blocks of one step, as in an epoch of minutes
+    config = RunConfig(epochs=2, width=0.25)
+    blocks: list[int] = []
+    train_masks(config, [0, 1], dataset=digits, on_steps=blocks.append)
+    steps = -(-digits.n_train // config.batch_size)
+    assert sum(blocks) == 2 * 2 * steps and set(blocks[1:]) == {2}  # (the first block: 2 steps, unmeasured)
