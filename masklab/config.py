@@ -170,6 +170,29 @@ class RunConfig:
             return _RECYCLE_DEFAULTS.get((self.method, self.recycle), {}).get(key)
         return _METHOD_DEFAULTS.get(self.method, {}).get(key)
 
+    def resolved_config(self) -> dict[str, Any]:
+        """Every field with the value the run uses: each method-dependent field (RESOLVED: `lr`, `weight_init`,
+        `scale_fan`, `recycle_rate`, `recycle_every`) left at None is the method's default; the rest as set.
+        The hash stays over what the user set (`hashed_fields`): `RunConfig(**resolved_config())` has this
+        config's hash. An imported run (masklab import) was not trained by masklab: its training fields stay as
+        set (None), since no masklab default produced its masks.
+
+        Examples
+        --------
+        >>> RunConfig(method="biprop").resolved_config()["lr"], RunConfig(lr=0.05).resolved_config()["lr"]
+        (0.1, 0.05)
+        """
+        values = self.to_dict()
+        if self.imported is None:
+            for key in RESOLVED:
+                values[key] = self.resolved(key)
+        return values
+
+    def resolve(self) -> RunConfig:
+        """This config with every method-dependent field at the value the run uses (`resolved_config`); same hash
+        and run id."""
+        return self.replace(**{key: self.resolved_config()[key] for key in RESOLVED})
+
     def seeds(self, i: int) -> tuple[int, int, int]:
         """(weight_seed, score_seed, data_seed) of mask i."""
         data_seed = self.data_seed + i if self.vary_data_seed else self.data_seed

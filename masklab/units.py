@@ -60,8 +60,36 @@ def shown_accuracy(table: pd.DataFrame, columns: Sequence[str], kind: str = "per
     return out
 
 
-__all__ = ["PERCENT_METRICS", "metric_value", "percent", "points", "shown_accuracy", "signed_sd",
-           "shown_by_metric"]
+def sparsity_text(value: float) -> str:
+    """A sparsity (the fraction removed) in percent, as many digits as it has: 0.5 -> "50%", 0.995 -> "99.5%"."""
+    return f"{100 * value:.6g}%" if np.isfinite(value) else "n/a"
+
+
+def missing(value) -> bool:
+    """Whether a shown value is absent (None or NaN): shown as "n/a" everywhere."""
+    return value is None or (isinstance(value, float) and not np.isfinite(value)) or value is pd.NA
+
+
+def setting_text(setting: str, value) -> str:
+    """A run setting (`Run.settings`) as shown: sparsity in %, other numbers as given, absent values "n/a"."""
+    if missing(value):
+        return "n/a"
+    if setting == "sparsity":
+        return sparsity_text(float(value))
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def shown_settings(table: pd.DataFrame) -> pd.DataFrame:
+    """A settings table (`Run.settings`) with its values as text (`setting_text`), for printing."""
+    return table.assign(value=[setting_text(s, v) for s, v in zip(table["setting"], table["value"])])
+
+
+__all__ = ["PERCENT_METRICS", "metric_value", "missing", "percent", "points", "setting_text", "shown_accuracy",
+           "shown_by_metric", "shown_settings", "signed_sd", "sparsity_text"]
 
 
 def ranges(ids: Sequence[int], dash: str = "-") -> str:

@@ -70,9 +70,11 @@ def test_runs_lists_the_run(made, capsys):
     runs, _ = made
     assert main(["runs", "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["run_id", "model", "dataset", "method", "sparsity", "epochs", "masks", "test_acc"]
-    assert out[1].split()[:7] == [RunConfig(masks=2, epochs=1, width=0.25).run_id, "mlp", "digits", "edge-popup",
-                                  "0.5000", "1", "2"]
+    assert out[0].split() == ["run_id", "model", "dataset", "method", "sparsity", "epochs", "lr", "weight", "init",
+                              "weight", "seed", "masks", "test_acc"]
+    # the values used (method defaults resolved), sparsity in % as every figure has it, epochs an integer
+    assert out[1].split()[:10] == [RunConfig(masks=2, epochs=1, width=0.25).run_id, "mlp", "digits", "edge-popup",
+                                   "50%", "1", "0.1", "signed-constant", "0", "2"]
 
 
 def test_one_definition_of_bytes_per_mask(made, capsys):
@@ -117,9 +119,13 @@ def test_show_by_id_and_by_path(made, capsys):
     run_id = RunConfig(masks=2, epochs=1, width=0.25).run_id
     assert main(["show", run_id, "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out
-    for needle in [run_id, "config (fields not at their default", "* width = 0.25", "masks:", "layers:",
-                   "word_start", "test_acc"]:
+    for needle in [run_id, "settings (", "masks:", "layers:", "word_start", "test_acc"]:
         assert needle in out
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    for line in ["* width 0.25", "* epochs 1", "m lr 0.1", "m weight init signed-constant", "sparsity 50%",
+                 "batch size 128", "weight seed 0", "score seeds 0..1", "data seed 0", "method edge-popup"]:
+        assert line in lines, line  # the values the run used, not "(all defaults)"
+    assert "None" not in out
     assert main(["show", str(runs / run_id)]) == 0
     assert capsys.readouterr().out == out
     assert main(["show", run_id, "--runs-dir", str(runs), "--mask", "1"]) == 0
@@ -145,7 +151,7 @@ def test_config_file_with_flags_overriding(in_tmp, capsys):
     (in_tmp / "c.toml").write_text("masks = 3\nepochs = 1\nwidth = 0.25\nsparsity = 0.7\n")
     assert main(["generate", "--config", "c.toml", "--masks", "1", "--quiet"]) == 0
     run = masklab.open_run(capsys.readouterr().out.strip())
-    assert run.config == RunConfig(masks=1, epochs=1, width=0.25, sparsity=0.7)
+    assert run.config == RunConfig(masks=1, epochs=1, width=0.25, sparsity=0.7).resolve()
     # a run's own config.toml is a valid --config file: it names the same run
     assert main(["generate", "--config", str(run.path / "config.toml"), "--quiet"]) == 0
     assert capsys.readouterr().out.strip() == str(run.path)

@@ -252,3 +252,21 @@ def test_the_name_lists_equal_the_registries():
 
     assert list(DATASET_NAMES) == list(DATASETS)
     assert list(MODEL_NAMES) == list(MODELS)
+
+
+@pytest.mark.parametrize("changes, expect", [
+    ({}, {"lr": 0.1, "weight_init": "signed-constant", "scale_fan": False}),
+    ({"method": "biprop"}, {"lr": 0.1, "weight_init": "kaiming-normal", "scale_fan": True}),
+    ({"method": "dense"}, {"lr": 0.01, "weight_init": "kaiming-normal", "scale_fan": False}),
+    ({"method": "biprop", "recycle": "iwr"}, {"recycle_rate": 0.2, "recycle_every": 10}),
+    ({"recycle": "iterand", "lr": 0.05}, {"lr": 0.05, "recycle_rate": 0.1, "recycle_every": 1}),
+])
+def test_resolved_config_gives_every_field_the_value_used_and_keeps_the_hash(changes, expect):
+    config = RunConfig(**changes)
+    values = config.resolved_config()
+    assert set(values) == set(config.to_dict())
+    assert {k: values[k] for k in expect} == expect
+    assert all(values[k] == v for k, v in config.to_dict().items() if v is not None)  # what was set stays
+    resolved = config.resolve()
+    assert RunConfig(**values) == resolved and resolved.hash == config.hash and resolved.run_id == config.run_id
+    assert resolved.hashed_fields() == config.hashed_fields()

@@ -219,6 +219,21 @@ def test_written_pages_hold_no_machine_paths(runs, tmp_path):
     assert f"{a.id}/analysis/" in report.index.read_text()  # where the tables are, relative to the page
 
 
+def test_index_page_shows_a_readable_settings_table_not_raw_json(runs, tmp_path):
+    _, a, b = runs
+    page = analyze(a, tmp_path, pairs=0, points=3, embedding=False).index.read_text()
+    assert "Config (non-default)" not in page and "{" not in page.split("<body>")[1]  # no JSON dump
+    settings = page.split("<h2>Settings</h2>")[1].split("</table>")[0]
+    rows = dict(re.findall(r"<tr><td>([^<]+)</td><td(?: class=\"num\")?>([^<]+)</td>", settings))
+    assert rows["method"] == "edge-popup" and rows["sparsity"] == "50%" and rows["epochs"] == "3"
+    assert rows["lr"] == "0.1" and rows["batch size"] == "128" and rows["weight init"] == "signed-constant"
+    assert rows["dataset"] == "digits" and rows["model"] == "mlp" and rows["score seeds"] == "0..4"
+    assert rows["weight seed"] == "0" and rows["data seed"] == "0"
+    assert "the method&#x27;s default" in settings
+    both = compare(a, b, tmp_path / "cmp").index.read_text().split("<h2>Settings</h2>")[1].split("</table>")[0]
+    assert "<td>weight init</td><td>signed-constant</td><td>kaiming-normal</td>" in both
+
+
 def test_compare_page_has_the_analyze_look_and_says_what_the_columns_are(runs, tmp_path):
     from masklab.report import PAGE_STYLE
 

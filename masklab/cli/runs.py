@@ -9,8 +9,8 @@ from masklab.errors import UserError
 from masklab.store.files import restore_hint
 from masklab.store.integrity import verify
 from masklab.store.paths import resolve_run
-from masklab.store.run import list_runs, open_run
-from masklab.units import shown_accuracy
+from masklab.store.run import SETTING_FIELDS, list_runs, open_run
+from masklab.units import setting_text, shown_accuracy, shown_settings
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -20,7 +20,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 0
     ok = table[table["error"].isna()].copy()
     ok["masks"] = [f"{m}" if m == p else f"{m}/{p}" for m, p in zip(ok["masks"], ok["planned"])]
-    cols = ["run_id", "model", "dataset", "method", "sparsity", "epochs", "masks", "test_acc"]
+    for column in ("sparsity", "epochs", "lr", "weight_init", "weight_seed"):
+        ok[column] = [setting_text(column, v) for v in ok[column]]
+    ok = ok.rename(columns={"weight_init": "weight init", "weight_seed": "weight seed"})
+    cols = ["run_id", "model", "dataset", "method", "sparsity", "epochs", "lr", "weight init", "weight seed", "masks",
+            "test_acc"]
     if len(ok):
         print(frame_text(shown_accuracy(ok[cols], ["test_acc"])))
     for row in table[table["error"].notna()].itertuples():
@@ -49,13 +53,18 @@ def cmd_show(args: argparse.Namespace) -> int:
             continue
         print(f"{key:>20}  {value_text(str(key), value)}")
     print(f"{'on disk':>20}  {bytes_text(run, sizes)}")
+    print("\nsettings (* = set by the config: part of the hash; m = the method's default; else the default):")
+    settings = shown_settings(parts["settings"])
+    marks = {"set": "*", "method": "m"}
+    width = max(len(s) for s in settings["setting"])
+    for row in settings.itertuples():
+        print(f"  {marks.get(row.source, ' ')} {row.setting:>{width}}  {row.value}")
     config = parts["config"]
-    changed = config[[differs(v, d) for v, d in zip(config["value"], config["default"])]]
-    print("\nconfig (fields not at their default; * = part of the hash):")
-    if changed.empty:
-        print("  (all defaults)")
-    for row in changed.itertuples():
-        print(f"  {'*' if row.hashed else ' '} {row.field} = {row.value!r}")
+    shown = set(SETTING_FIELDS)
+    other = config[[f not in shown and differs(v, d) for f, v, d in zip(config["field"], config["value"],
+                                                                          config["default"])]]
+    if len(other):
+        print("  also: " + ", ".join(f"{r.field} = {setting_text(r.field, r.value)}" for r in other.itertuples()))
     print("\nmasks:")
     cols = ["mask_id", "score_seed", "data_seed", "test_acc", "best_test_acc", "test_loss", "train_acc",
             "epochs", "seconds"]

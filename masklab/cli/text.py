@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from masklab.units import percent
+from masklab.units import missing, percent
 
 
 def frame_text(frame) -> str:
@@ -31,7 +31,10 @@ def bytes_text(run, size: dict | None = None) -> str:
 
 
 def value_text(key: str, value) -> str:
-    """A record or summary value as `show` prints it: accuracies in %, other floats with 4 decimals."""
+    """A record or summary value as `show` prints it: accuracies in %, other floats with 4 decimals, a missing
+    value "n/a" (as `percent` writes a missing accuracy)."""
+    if missing(value):
+        return "n/a"
     if isinstance(value, float):
         return percent(value) if "acc" in key else f"{value:.4f}"
     return str(value)

@@ -4,7 +4,6 @@ page."""
 from __future__ import annotations
 
 import html
-import json
 import os
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pandas as pd
 from masklab.analysis.compare import PAIR_SETS
 from masklab.report.base import DEFAULT_FORMATS, DEFAULT_N_RANDOM, Report
 from masklab.store import files as F
-from masklab.units import percent, shown_by_metric
+from masklab.units import percent, shown_by_metric, shown_settings
 
 
 def _reading_notes(report: Report) -> str:
@@ -109,19 +108,22 @@ def html_table(table: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _config_text(run, page_dir: Path) -> str:
-    """The run's non-default config as JSON, with a data folder given relative to the page."""
-    config = run.config.to_dict(non_default=True)
-    if config.get("data_root"):
-        config["data_root"] = relative(Path(config["data_root"]), page_dir)
-    return json.dumps(config)
+SOURCE_WORDS = {"set": "set", "method": "the method's default", "default": "default"}
+
+
+def settings_html(run) -> str:
+    """The run's settings (`Run.settings`: method, sparsity, epochs, lr, batch size, seeds, dataset, model, ...)
+    as a readable table: the value used and where it comes from."""
+    table = shown_settings(run.settings())
+    table = table.assign(source=[SOURCE_WORDS[s] for s in table["source"]])
+    return html_table(table.rename(columns={"source": "from"}))
 
 
 def write_index(run, report: Report, out: Path, tables: Path, formats: tuple[str, ...] = DEFAULT_FORMATS) -> Path:
     mean_acc = float(run.table["test_acc"].mean())
     body = (f"<h1>Mask landscape of {html.escape(run.id)}</h1>\n"
-            f"<p>{len(run.ids)} masks, mean final test accuracy {percent(mean_acc)}. Config (non-default): "
-            f"<code>{html.escape(_config_text(run, out))}</code>.</p>\n"
+            f"<p>{len(run.ids)} masks, mean final test accuracy {percent(mean_acc)}.</p>\n"
+            f"<h2>Settings</h2>{settings_html(run)}\n"
             f"{_key_numbers_html(report.key_numbers)}\n{_reading_notes(report)}\n{UNITS_NOTE}\n"
             f"<h2>Figures</h2>{_figures_html(report, out, formats)}\n"
             f"{_tables_html(report, tables, out)}\n"
@@ -141,10 +143,11 @@ def write_compare_index(run_a, run_b, report: Report, out: Path, formats: tuple[
     def run_line(side: str, run) -> str:
         acc = float(run.table["test_acc"].mean()) if len(run.table) else float("nan")
         return (f"<li><b>{side}</b>: {html.escape(run.id)}: {len(run.ids)} masks, mean final test accuracy "
-                f"{percent(acc)}; config (non-default) <code>{html.escape(_config_text(run, out))}</code></li>")
+                f"{percent(acc)}</li>")
 
     body = (f"<h1>{html.escape(run_a.id)} vs {html.escape(run_b.id)}</h1>\n"
             f"<ul>{run_line('A', run_a)}{run_line('B', run_b)}</ul>\n"
+            f"<h2>Settings</h2>{html_table(settings_side_by_side(run_a, run_b))}\n"
             f"{_key_numbers_html(report.key_numbers)}\n"
             f"<h2>Per layer</h2><p>Percent matching (%) and Jaccard index (fraction), each the mean over a set of "
             f"mask pairs:</p><dl class=\"pairs\">{pairs}</dl>{html_table(comparison_text(comparison))}\n{UNITS_NOTE}\n"
@@ -152,6 +155,15 @@ def write_compare_index(run_a, run_b, report: Report, out: Path, formats: tuple[
             f"{_tables_html(report, out, out)}\n"
             f"<h2>Where the time went</h2>{_seconds_html(report.seconds)}")
     return write_page(out / "index.html", f"masklab compare: {run_a.id} vs {run_b.id}", body)
+
+
+def settings_side_by_side(run_a, run_b) -> pd.DataFrame:
+    """Both runs' settings as text, one row per setting, columns A and B (blank where a run has no such
+    setting)."""
+    a = shown_settings(run_a.settings()).set_index("setting")["value"]
+    b = shown_settings(run_b.settings()).set_index("setting")["value"]
+    order = list(a.index) + [s for s in b.index if s not in a.index]
+    return pd.DataFrame({"setting": order, "A": [a.get(s, "") for s in order], "B": [b.get(s, "") for s in order]})
 
 
 def comparison_text(comparison: pd.DataFrame) -> pd.DataFrame:

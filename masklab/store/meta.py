@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 import masklab
-from masklab.config import RunConfig
+from masklab.config import RESOLVED, RunConfig, method_label
 from masklab.config_file import to_toml
 from masklab.errors import StoreError
 from masklab.store.bits import make_layout
@@ -74,6 +74,27 @@ def layout_frame(records: list[dict], where: str | os.PathLike = "run.json") -> 
 
 
 def config_toml(config: RunConfig) -> str:
-    """The text of a run's config.toml: every field of `config`, defaults included."""
-    head = "# masklab run config: every field, defaults included. Usable as `masklab generate --config`.\n"
-    return head + to_toml(config.to_dict())
+    """The text of a run's config.toml: every field of `config` that has a value, defaults included; then,
+    as comments, the method-dependent fields left unset (`lr`, `weight_init`, ...) with the value the method
+    gives them (`RunConfig.resolved_config`). Comments, so that the file still says what the user set: the
+    hash is over that, and run.json's `resolved` records the values used.
+
+    Examples
+    --------
+    >>> print(config_toml(RunConfig(masks=2)).splitlines()[-4])
+    # lr = 0.1
+    """
+    head = ("# masklab run config: what was set, every other field at its default. Usable as "
+            "`masklab generate --config`.\n")
+    text = head + to_toml(config.to_dict())
+    unset = {key: value for key, value in resolved_values(config).items() if getattr(config, key) is None}
+    if any(value is not None for value in unset.values()):
+        text += f"\n# Set by the method ({method_label(config.method, config.recycle)}), not by this file:\n"
+        text += "".join(f"# {line}\n" for line in to_toml(unset).splitlines())
+    return text
+
+
+def resolved_values(config: RunConfig) -> dict[str, Any]:
+    """run.json's `resolved`: the value of each method-dependent field (RESOLVED) the run uses."""
+    values = config.resolved_config()
+    return {key: values[key] for key in RESOLVED}

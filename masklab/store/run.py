@@ -3,11 +3,13 @@
 
 Layout of `runs/<run_id>/` (all names are fixed; nothing in it is ever unpickled):
 
-    config.toml             the full RunConfig (every field, defaults included); a valid `--config` file.
-                            Its canonical hash must be run.json's (checked on every open: an edited
-                            hashed field is refused; `masks` is not hashed and is raised to extend a run)
-    run.json                run id, config hash and hashed fields, layer layout, bit order, dataset
-                            shape, software versions, git commit, mask-file format
+    config.toml             the RunConfig as set (every other field at its default; the method-decided
+                            fields as comments); a valid `--config` file. Its canonical hash must be
+                            run.json's (checked on every open: an edited hashed field is refused; `masks`
+                            is not hashed and is raised to extend a run)
+    run.json                run id, config hash and hashed fields, `resolved` (the values the method gave
+                            lr, weight_init, scale_fan, recycle_rate, recycle_every), layer layout, bit order,
+                            dataset shape, software versions, git commit, mask-file format
     lock                    flock'ed by the one process writing the run (holds its pid); a plain file,
                             never a link
     masks/000003.mask       mask 3: 64-byte header + packed words (see store/files.py)
@@ -47,6 +49,7 @@ full. Every write goes through store/files.py: whole or not at all, and never th
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import operator
 import os
@@ -56,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from masklab.config import RunConfig, method_label, read_config
+from masklab.config import RESOLVED, RunConfig, method_label, read_config
 from masklab.errors import StoreError, UserError
 from masklab.store import cache as C
 from masklab.store import contents as CT
@@ -106,6 +109,8 @@ class Run:
             raise StoreError(f"run {self.path}: {e}; `masklab verify {self.path} --repair` restores it from "
                              "run.json") from None
         S.check_config(self.path, self.config, self.meta)
+        # what the run used: the method's defaults resolved (config.toml holds what the user set, the hash too)
+        self.config = S.resolved_config(self.path, self.config, self.meta)
         self.id: str = self.meta["run_id"]
         self.hash: str = self.meta["hash"]
         self.layers: pd.DataFrame = layout_frame(self.meta["layers"], self.path / "run.json")
@@ -407,9 +412,18 @@ class Run:
         return {"mask file": float(F.mask_file_size(self.n_words)),
                 "mask with its extras": float(sizes["total"].mean()) if len(sizes) else float("nan")}
 
+    def settings(self) -> pd.DataFrame:
+        """The settings the run's masks were made with, as a person reads them (`show`, the index page, the
+        notebook): one row per `setting` (dataset, model, method, sparsity, epochs, lr, batch size, ..., the
+        seeds) with its `value` (the value used: method defaults resolved; sparsity a fraction) and `source`:
+        "set" (the config sets it away from its default: part of the hash), "method" (the method's default)
+        or "default". See `settings_table`."""
+        return settings_table(self.config, self.meta["hashed_fields"], imported=self.imported)
+
     def summary(self) -> dict[str, pd.DataFrame]:
-        """What `masklab show` prints: `run` (id, path, hash, counts, accuracy, versions), `config` (every
-        field with its default), `masks` (the registry) and `layers` (the layout)."""
+        """What `masklab show` prints: `run` (id, path, hash, counts, accuracy, versions), `settings` (see
+        `settings`), `config` (every field: `value` the value used, its `default`, `source` as in `settings`,
+        `hashed`), `masks` (the registry) and `layers` (the layout)."""
         cfg, software = self.config, self.meta.get("software", {})
         acc = self.table["test_acc"] if len(self.table) else pd.Series(dtype=float)
         run = {"run_id": self.id, "path": str(self.path), "hash": self.hash[:16], "created": self.meta.get("created"),
@@ -419,12 +433,84 @@ class Run:
                "test_acc_std": float(acc.std(ddof=0)) if len(acc) else None,
                "masklab": software.get("masklab"), "torch": software.get("torch"),
                "git_commit": self.meta.get("git", {}).get("commit")}
-        defaults = RunConfig()
+        defaults, hashed = RunConfig(), self.meta["hashed_fields"]
         config = pd.DataFrame([{"field": k, "value": v, "default": getattr(defaults, k),
-                                "hashed": k in self.meta["hashed_fields"]} for k, v in cfg.to_dict().items()])
+                                "source": _source(k, hashed, v, getattr(defaults, k)), "hashed": k in hashed}
+                               for k, v in cfg.to_dict().items()])
         layers = self.layers.assign(keep=self.layers["n_keep"] / self.layers["n_bits"],
                                     words=self.layers["word_stop"] - self.layers["word_start"])
-        return {"run": pd.DataFrame([run]), "config": config, "masks": self.table, "layers": layers}
+        return {"run": pd.DataFrame([run]), "settings": self.settings(), "config": config, "masks": self.table,
+                "layers": layers}
+
+
+# The config fields that `settings_table` shows (the others: `show` lists those set away from their default).
+SETTING_FIELDS = ("dataset", "input_shape", "model", "width", "method", "recycle", "sparsity", "keep_rule", "imported",
+                  "epochs", "lr", "batch_size", "momentum", "weight_decay", "weight_init", "scale_fan", "recycle_rate",
+                  "recycle_every", "recycle_warmup", "recycle_donors", "weight_seed", "score_seed", "data_seed",
+                  "vary_data_seed", "masks")
+
+
+def _source(key: str, hashed: dict, value: Any, default: Any) -> str:
+    if key in hashed or (key not in RESOLVED and value != default):
+        return "set"
+    return "method" if key in RESOLVED and value is not None else "default"
+
+
+def settings_table(config: RunConfig, hashed: dict | None = None, *, imported: dict | None = None
+                   ) -> pd.DataFrame:
+    """The settings of a run with config `config` as a person reads them: columns `setting`, `value` (the value
+    used, method defaults resolved; sparsity and rates as fractions, seeds as integers or an inclusive range
+    "first..last"), `source` ("set", "method" or "default": whether `hashed`, the run's hashed fields, holds it,
+    or the method or the dataclass gives it). Imported runs (`imported`: run.json's import section) list what
+    was imported instead of the training settings masklab did not choose.
+
+    Examples
+    --------
+    >>> settings_table(RunConfig(masks=4, lr=0.05)).set_index("setting").loc[["lr", "score seeds"], "value"].tolist()
+    [0.05, '0..3']
+    """
+    cfg = config.resolve()
+    hashed = config.hashed_fields() if hashed is None else hashed
+    rows: list[tuple[str, Any, str]] = []
+
+    def add(setting: str, key: str, value: Any = None) -> None:
+        actual = getattr(cfg, key) if value is None else value
+        default = next(f.default for f in dataclasses.fields(RunConfig) if f.name == key)
+        rows.append((setting, actual, _source(key, hashed, getattr(cfg, key), default)))
+
+    def seeds(key: str, varies: bool) -> str | int:
+        first = getattr(cfg, key)
+        return f"{first}..{first + cfg.masks - 1}" if varies and cfg.masks > 1 else first
+
+    add("dataset", "dataset")
+    if cfg.input_shape is not None:
+        add("input shape", "input_shape")
+    add("model", "model")
+    if cfg.width != 1:
+        add("width", "width")
+    add("method", "method", method_label(cfg.method, cfg.recycle))
+    add("sparsity", "sparsity")
+    if imported is not None:
+        rows.append(("imported from", f"{imported.get('format')} ({len(imported.get('sources', []))} files)",
+                     "set"))
+        add("keep rule", "keep_rule")
+        return pd.DataFrame(rows, columns=["setting", "value", "source"])
+    add("epochs", "epochs")
+    add("lr", "lr")
+    add("batch size", "batch_size")
+    add("momentum", "momentum")
+    add("weight decay", "weight_decay")
+    add("weight init", "weight_init")
+    add("fan scaled by keep", "scale_fan")
+    if cfg.recycle != "none":
+        add("recycle rate", "recycle_rate")
+        add("recycle every (epochs)", "recycle_every")
+        add("recycle warm-up (epochs)", "recycle_warmup")
+        add("recycle donors", "recycle_donors")
+    add("weight seed", "weight_seed")
+    add("score seeds", "score_seed", seeds("score_seed", True))
+    add("data seed" + ("s" if cfg.vary_data_seed else ""), "data_seed", seeds("data_seed", cfg.vary_data_seed))
+    return pd.DataFrame(rows, columns=["setting", "value", "source"])
 
 
 
@@ -437,10 +523,12 @@ def open_run(path_or_id: str | os.PathLike, runs_dir: str | os.PathLike | None =
 
 def list_runs(runs_dir: str | os.PathLike = "runs") -> pd.DataFrame:
     """Every run under `runs_dir`: run_id, dataset, model, method, sparsity, epochs (for imported masks the
-    epochs their checkpoints say they were trained for, when all say the same, else None), masks (finished),
-    planned, test_acc (mean of the final accuracies), created, path. A damaged run shows its error."""
-    columns = ["run_id", "dataset", "model", "width", "method", "sparsity", "epochs", "masks", "planned",
-               "test_acc", "created", "path", "error"]
+    epochs their checkpoints say they were trained for, when all say the same, else missing: an integer column
+    with pandas' NA), lr, weight_init (the values used: method defaults resolved; missing for imported runs),
+    weight_seed, masks (finished), planned, test_acc (mean of the final accuracies), created, path. A damaged
+    run shows its error."""
+    columns = ["run_id", "dataset", "model", "width", "method", "sparsity", "epochs", "lr", "weight_init",
+               "weight_seed", "masks", "planned", "test_acc", "created", "path", "error"]
     runs = Path(runs_dir)
     rows: list[dict[str, Any]] = []
     for path in sorted(runs.iterdir()) if runs.is_dir() else []:
@@ -456,10 +544,15 @@ def list_runs(runs_dir: str | os.PathLike = "runs") -> pd.DataFrame:
         acc = [r["test_acc"] for r in run.records.values() if r.get("test_acc") is not None]
         rows.append({"run_id": run.id, "dataset": cfg.dataset, "model": cfg.model, "width": cfg.width,
                      "method": method, "sparsity": cfg.sparsity,
-                     "epochs": _imported_epochs(run) if run.imported is not None else cfg.epochs, "masks": len(run),
+                     "epochs": _imported_epochs(run) if run.imported is not None else cfg.epochs,
+                     "lr": cfg.lr, "weight_init": cfg.weight_init,
+                     "weight_seed": cfg.weight_seed if run.imported is None else None, "masks": len(run),
                      "planned": cfg.masks, "test_acc": float(np.mean(acc)) if acc else None,
                      "created": run.meta.get("created"), "path": str(path), "error": None})
-    return pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=columns)
+    for column in ("epochs", "weight_seed", "masks", "planned"):  # integers, missing where unknown (not NaN floats)
+        table[column] = table[column].astype("Int64")
+    return table.astype({"lr": float})
 
 
 def _imported_epochs(run: Run) -> int | None:

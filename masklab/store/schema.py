@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from masklab.config import RunConfig
+from masklab.config import RESOLVED, RunConfig
 from masklab.errors import StoreError
 from masklab.keep import layer_keep, rule_text
 from masklab.store import files as F
@@ -147,6 +147,7 @@ def check_meta(path: Path, meta: Any) -> None:
         if not ok(meta[name]):
             raise StoreError(f"{where}: field {name!r} = {_short(meta[name])} is not {what}; {fix}")
     for name, (what, ok) in {"files": ("a table of path = {bytes, blake2b}", _files),
+                             "resolved": (f"a table of {', '.join(RESOLVED)}", _resolved),
                              "imported": ("a table", lambda v: isinstance(v, dict))}.items():
         if name in meta and not ok(meta[name]):
             raise StoreError(f"{where}: field {name!r} = {_short(meta[name])} is not {what}; {fix}")
@@ -165,6 +166,11 @@ def check_meta(path: Path, meta: Any) -> None:
         raise StoreError(f"{where}: n_words / n_bits do not match its layers; {fix}")
 
 
+def _resolved(v: Any) -> bool:
+    return isinstance(v, dict) and set(v) == set(RESOLVED) and \
+        all(x is None or isinstance(x, (str, bool, int, float)) for x in v.values())
+
+
 def _layers(v: Any) -> bool:
     keys = {"layer": _str, "shape": _ints, "n_bits": _int, "n_keep": _int, "word_start": _int, "word_stop": _int}
     return isinstance(v, list) and all(isinstance(r, dict) and all(k in r and ok(r[k]) for k, ok in keys.items())
@@ -180,6 +186,22 @@ def field_diff(a: dict, b: dict, a_label: str, b_label: str) -> list[str]:
     (a field at its default is absent from them)."""
     return [f"{k}: {a.get(k, 'default')!r} {a_label}, {b.get(k, 'default')!r} {b_label}"
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def resolved_config(path: Path, config: RunConfig, meta: dict) -> RunConfig:
+    """The config the run used: `config` (config.toml, checked by `check_config`) with its method-dependent
+    fields (RESOLVED) at run.json's `resolved` values, or, for a run made before masklab recorded them, at the
+    method's defaults (`RunConfig.resolve`). A `resolved` value that contradicts a field config.toml sets is
+    refused."""
+    stored = meta.get("resolved")
+    if stored is None:
+        return config.resolve()
+    for key, value in stored.items():
+        mine = getattr(config, key)
+        if mine is not None and mine != value:
+            raise StoreError(f"{path / 'run.json'}: resolved {key} = {value!r} but config.toml sets {mine!r}; the "
+                             "run's metadata is damaged: restore run.json from a copy of the run")
+    return config.replace(**{key: value for key, value in stored.items() if getattr(config, key) is None})
 
 
 def check_config(path: Path, config: RunConfig, meta: dict) -> None:

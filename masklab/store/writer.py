@@ -28,6 +28,7 @@ from masklab.store.meta import (
     layout_records,
     now,
     read_json,
+    resolved_values,
     software_versions,
 )
 from masklab.store.paths import RECORD_RE, check_run_id, stem
@@ -351,7 +352,8 @@ def _write_new_run(path: Path, config: RunConfig, layers: pd.DataFrame, dataset_
         F.atomic_write(path / rel, data, root=path)
         files[rel] = {"bytes": len(data), "blake2b": F.checksum(data)}
     meta = {"format": RUN_FORMAT, "run_id": config.run_id, "hash": config.hash,
-            "hashed_fields": config.hashed_fields(), "created": now(), "bit_order": BIT_ORDER,
+            "hashed_fields": config.hashed_fields(), "resolved": resolved_values(config), "created": now(),
+            "bit_order": BIT_ORDER,
             "n_bits": int(layers["n_bits"].sum()), "n_words": int(layers["word_stop"].iloc[-1]),
             "layers": layout_records(layers), "dataset": dataset_info,
             "mask_file": {"magic": F.MASK_MAGIC.decode(), "version": F.MASK_VERSION, "header_bytes": F.HEADER_SIZE,

@@ -44,7 +44,8 @@ def test_registry_table(run):
 def test_run_metadata(run):
     config = RunConfig(**TINY)
     assert run.id == config.run_id and run.hash == config.hash and run.path.name == run.id
-    assert run.config == config and read_config(run.path / "config.toml") == config
+    assert read_config(run.path / "config.toml") == config  # what the user set; run.config: the values used
+    assert run.config == config.resolve() and run.config.hash == config.hash
     meta = json.loads((run.path / "run.json").read_text())
     assert meta["bit_order"] == BIT_ORDER and meta["hashed_fields"] == {"width": 0.25, "epochs": 2, "keep_scores": True}
     assert meta["dataset"] == {"name": "digits", "input_shape": [1, 8, 8], "n_classes": 10, "n_train": 1347,
@@ -55,6 +56,60 @@ def test_run_metadata(run):
     assert list(layers.columns) == ["layer", "shape", "n_bits", "n_keep", "word_start", "word_stop"]
     assert (layers["word_start"] % 1 == 0).all() and layers["word_stop"].iloc[-1] == run.n_words
     assert list(layers["n_keep"]) == [n - n // 2 for n in layers["n_bits"]]
+
+
+# ---- the settings a run used (issue 25: the resolved hyperparameters were stored nowhere) -------------------
+def test_a_run_records_the_values_its_method_gave_and_shows_them(run):
+    # run.config reads what training used, not None; the hash and config.toml stay over what the user set
+    assert (run.config.lr, run.config.weight_init, run.config.scale_fan) == (0.1, "signed-constant", False)
+    assert (run.config.recycle_rate, run.config.recycle_every) == (None, None)  # no recycling: nothing to resolve
+    meta = json.loads((run.path / "run.json").read_text())
+    assert meta["resolved"] == {"lr": 0.1, "weight_init": "signed-constant", "scale_fan": False,
+                                "recycle_rate": None, "recycle_every": None}
+    text = (run.path / "config.toml").read_text()
+    assert "# lr = 0.1\n" in text and '# weight_init = "signed-constant"\n' in text and "\nlr =" not in text
+    settings = run.settings().set_index("setting")
+    assert settings.loc["lr", "value"] == 0.1 and settings.loc["lr", "source"] == "method"
+    assert settings.loc["weight init", "value"] == "signed-constant"
+    assert settings.loc["epochs", "value"] == 2 and settings.loc["epochs", "source"] == "set"
+    assert settings.loc["sparsity", "value"] == 0.5 and settings.loc["sparsity", "source"] == "default"
+    assert settings.loc["score seeds", "value"] == "0..2" and settings.loc["weight seed", "value"] == 0
+    assert {"method", "batch size", "dataset", "model", "data seed"} <= set(settings.index)
+    summary = run.summary()
+    assert summary["settings"].equals(run.settings())
+    config = summary["config"].set_index("field")
+    assert config.loc["lr", "value"] == 0.1 and config.loc["lr", "source"] == "method"
+    assert not config.loc["lr", "hashed"] and config.loc["epochs", "source"] == "set"
+
+
+def test_a_run_made_before_resolved_values_were_recorded_shows_them_from_its_config(run, tmp_path):
+    copy = tmp_path / run.id
+    shutil.copytree(run.path, copy)
+    meta = json.loads((copy / "run.json").read_text())
+    del meta["resolved"]
+    (copy / "run.json").write_text(json.dumps(meta))
+    (copy / "config.toml").write_text("".join(line + "\n" for line in (copy / "config.toml").read_text().splitlines()
+                                              if not line.startswith("# ")))
+    old = Run(copy)
+    assert (old.config.lr, old.config.weight_init, old.config.scale_fan) == (0.1, "signed-constant", False)
+    assert old.settings().equals(run.settings())
+
+
+def test_resolved_values_that_contradict_the_config_are_refused(run, tmp_path):
+    copy = tmp_path / run.id
+    shutil.copytree(run.path, copy)
+    meta = json.loads((copy / "run.json").read_text())
+    meta["resolved"]["epochs"] = 3
+    (copy / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="field 'resolved'"):
+        Run(copy)
+    meta["resolved"] = {**json.loads((run.path / "run.json").read_text())["resolved"], "lr": 0.5}
+    (copy / "run.json").write_text(json.dumps(meta))
+    assert Run(copy).config.lr == 0.5  # a value the run used that the method no longer gives: kept
+    text = (copy / "config.toml").read_text().replace("epochs = 2", "epochs = 2\nlr = 0.1")
+    (copy / "config.toml").write_text(text)
+    with pytest.raises(StoreError, match="resolved lr = 0.5 but config.toml sets 0.1"):
+        Run(copy)
 
 
 def test_masks_are_one_memory_mapped_matrix(run):
@@ -93,6 +148,8 @@ def test_list_runs_and_open_by_id(run):
     row = table.iloc[0]
     assert (row["model"], row["dataset"], row["method"], row["sparsity"], row["masks"]) == \
         ("mlp", "digits", "edge-popup", 0.5, 3)
+    assert (row["lr"], row["weight_init"], row["weight_seed"], row["epochs"]) == (0.1, "signed-constant", 0, 2)
+    assert str(table["epochs"].dtype) == "Int64"  # integers, not 2.0 (nor NaN beside an import)
     assert row["test_acc"] == pytest.approx(run.table["test_acc"].mean())
     assert open_run(run.id, run.path.parent).path == run.path
     assert open_run(run.id[:12], run.path.parent).path == run.path  # a unique prefix
