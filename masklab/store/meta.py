@@ -81,7 +81,7 @@ def config_toml(config: RunConfig) -> str:
 
     Examples
     --------
-    >>> print(config_toml(RunConfig(masks=2)).splitlines()[-4])
+    >>> print(config_toml(RunConfig(masks=2)).splitlines()[-1])
     # lr = 0.1
     """
     head = ("# masklab run config: what was set, every other field at its default. Usable as "
