@@ -76,9 +76,10 @@ def test_compare_two_methods_on_the_same_weights(runs, tmp_path):
     _, a, b = runs
     report = compare(a, b, tmp_path)
     comparison = report.tables["comparison"]
-    assert {"across", "within A", "within B", "chance"} <= set(comparison.columns)
+    assert {"across", "within A", "within B", "chance within A", "chance within B", "chance across"} <= \
+        set(comparison.columns)
     whole = comparison[(comparison["layer"] == "all") & (comparison["metric"] == "matching")].iloc[0]
-    assert 0.45 < whole["across"] < 0.6 and whole["chance"] == pytest.approx(0.5, abs=1e-3)
+    assert 0.45 < whole["across"] < 0.6 and whole["chance across"] == pytest.approx(0.5, abs=1e-3)
     # both runs use score seeds 0..4: pairs of the same seed are split out from the others
     assert whole["across, other seeds"] < whole["across, same score seed"]
     n = len(a.ids)
@@ -87,6 +88,67 @@ def test_compare_two_methods_on_the_same_weights(runs, tmp_path):
     assert set(report.tables["joint_embedding"]["run"]) == {a.id, b.id}
     assert report.index.exists() and "joint_mds" in report.figures  # 10 masks in all: MDS, not UMAP
     assert "MDS, not UMAP" in report.key_numbers.set_index("name").loc["joint embedding", "text"]
+
+
+def _matching_chance(run_a, run_b) -> float:
+    """Whole-network matching of two independent random masks with these runs' per-layer counts, from the
+    definition: a layer of n bits keeping k_a and k_b matches on k_a k_b + (1 - k_a)(1 - k_b) of them."""
+    n = run_a.layers["n_bits"].to_numpy(float)
+    ka, kb = run_a.layers["n_keep"].to_numpy() / n, run_b.layers["n_keep"].to_numpy() / n
+    return float((n * (ka * kb + (1 - ka) * (1 - kb))).sum() / n.sum())
+
+
+def test_compare_gives_each_set_of_pairs_its_own_chance_and_says_when_densities_differ(tiny_runs, tmp_path,
+                                                                                         capsys):
+    a, b = tiny_runs(), tiny_runs(sparsity=0.9)
+    report = compare(a, b, tmp_path, embedding=True)
+    whole = report.tables["comparison"].set_index(["layer", "metric"]).loc[("all", "matching")]
+    assert whole["chance within A"] == pytest.approx(_matching_chance(a, a), abs=1e-12)  # about 50%
+    assert whole["chance within B"] == pytest.approx(_matching_chance(b, b), abs=1e-12)  # about 82%
+    assert whole["chance across"] == pytest.approx(_matching_chance(a, b), abs=1e-12)  # about 50%
+    assert whole["chance within B"] > 0.75 > 0.55 > whole["chance within A"]
+    keys = report.key_numbers.set_index("name")
+    assert keys.loc["matching within B", "chance"] == pytest.approx(whole["chance within B"])
+    assert "chance 8" in keys.loc["matching within B", "text"]  # 82.xx%, not the across chance of 50%
+    # the joint embedding says that runs of other densities separate by their counts alone
+    n = a.layers["n_bits"].to_numpy()
+    gap = abs(a.layers["n_keep"].to_numpy() - b.layers["n_keep"].to_numpy()).sum() / n.sum()
+    assert keys.loc["densities differ", "value"] == pytest.approx(gap)
+    caption = report.captions["joint_mds"]
+    assert "sparsity 50% vs 90%" in caption and f"{gap:.4f}" in caption
+    page = report.index.read_text()
+    assert "<dt>chance within B</dt>" in page and "densities differ" in page
+    # the command line prints each set beside its own chance
+    assert main(["compare", str(a.path), str(b.path), "--figures", str(tmp_path / "cli")]) == 0
+    header = capsys.readouterr().out.splitlines()[1]
+    assert "chance within A" in header and "chance within B" in header and "chance across" in header
+    # equal densities: one chance column, and no density note
+    same = compare(a, tiny_runs(method="biprop"), tmp_path / "same")
+    assert "densities differ" not in set(same.key_numbers["name"])
+    from masklab.report import comparison_text
+
+    assert "chance" in comparison_text(same.tables["comparison"]).columns
+
+
+def test_analyze_of_an_unfinished_run_says_so_on_the_terminal_and_the_page(tiny_run, tmp_path, capsys):
+    import shutil
+
+    path = tmp_path / "runs" / tiny_run.id
+    shutil.copytree(tiny_run.path, path)
+    for file in [*path.glob("masks/000002.*"), *path.glob("extras/000002.*"), path / "masks.bits"]:
+        file.unlink()
+    assert main(["analyze", str(path), "--figures", str(tmp_path / "figs"), "--pairs", "0", "--no-embedding",
+                 "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines() == [str(tmp_path / "figs" / tiny_run.id / "index.html")]
+    assert f"run {tiny_run.id} is unfinished: 2 of 3 masks are finished" in captured.err
+    page = (tmp_path / "figs" / tiny_run.id / "index.html").read_text()
+    assert 'class="warning"' in page and "is unfinished: 2 of 3 masks are finished" in page
+    report = analyze(path, tmp_path / "figs", pairs=0, embedding=False)
+    assert report.warnings and report.key_numbers.set_index("name").loc["masks analysed", "value"] == 2
+    from masklab.report.base import unfinished_warning
+
+    assert unfinished_warning(tiny_run) is None  # a finished run: nothing to say
 
 
 def test_compare_refuses_different_layouts(runs, tmp_path, digits):
@@ -242,7 +304,7 @@ def test_compare_page_has_the_analyze_look_and_says_what_the_columns_are(runs, t
     page = report.index.read_text()
     assert 'border="1"' not in page and PAGE_STYLE in page and PAGE_STYLE in analyze(
         a, tmp_path, pairs=0, points=3, embedding=False).index.read_text()
-    for words in ("<dt>within A</dt>", "<dt>within B</dt>", "<dt>across</dt>", "<dt>chance</dt>",
+    for words in ("<dt>within A</dt>", "<dt>within B</dt>", "<dt>across</dt>", "<dt>chance across</dt>",
                   "two different masks of run A", "one mask of run A and one of run B"):
         assert words in page, words
     assert "SVG</a>" in page and 'href="joint_mds.svg"' in page

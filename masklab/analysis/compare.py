@@ -8,8 +8,10 @@ The pairs (every row of the comparison is a mean over one of these sets of mask 
 - ``across``: one mask of A and one of B (what the runs' difference, e.g. the method, leaves in common);
 - ``across, same score seed`` / ``across, other seeds`` (when the runs share score seeds): the across pairs
   whose two masks started from the same score initialisation, and the others;
-- ``chance``: two independent random masks with the same per-layer counts (`random_baseline`), averaged
-  over the across pairs.
+- ``chance within A``, ``chance within B``, ``chance across``: what each set of pairs would give for two
+  independent random masks with its pairs' per-layer counts (`with_baseline`): each set has its own chance,
+  since runs of different sparsities keep different counts (two random masks of density k match on
+  k^2 + (1 - k)^2 of their bits, one of density k_a and one of k_b on k_a k_b + (1 - k_a)(1 - k_b)).
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ PAIR_SETS = {
     "across": "one mask of run A and one of run B",
     "across, same score seed": "one mask of each run, both started from the same score seed",
     "across, other seeds": "one mask of each run, started from different score seeds",
-    "chance": "two independent random masks with the same per-layer counts (exact expectation)",
+}
+# The chance of each set of pairs (its pairs' per-layer counts; the across subsets share the across chance).
+CHANCES = {
+    "chance within A": "two independent random masks with run A's per-layer counts",
+    "chance within B": "two independent random masks with run B's per-layer counts",
+    "chance across": "two independent random masks, one with run A's per-layer counts and one with run B's",
 }
 
 
@@ -51,8 +58,9 @@ def compare_runs(run_a: Run, run_b: Run, metrics: tuple[str, ...] = COMPARE_METR
 
     Returns the DataFrames ``cross_distances`` (every pair of one mask of A and one of B, per layer, with its
     random baseline: `with_baseline`) and ``comparison`` (one row per layer and metric: the mean over each
-    set of pairs of `PAIR_SETS` that the runs have, and ``chance``). Values are fractions (matching too; it
-    is shown in % on pages and the command line). `step(label)` is called after each of "across",
+    set of pairs of `PAIR_SETS` that the runs have, then each set's own chance, `CHANCES`; a run of one mask
+    has no within pairs and its within columns are NaN). Values are fractions (matching too; it is shown in %
+    on pages and the command line). `step(label)` is called after each of "across",
     "within A", "within B" (a progress line's hook)."""
     check_comparable(run_a, run_b)
     a, b = run_a.masks, run_b.masks
@@ -70,18 +78,32 @@ def compare_runs(run_a: Run, run_b: Run, metrics: tuple[str, ...] = COMPARE_METR
     done("across")
     for label, masks in (("within A", a), ("within B", b)):
         if len(masks) >= 2:
-            parts[label] = distances(masks, metric=list(metrics), per_layer=True)  # (chance: from `cross`)
+            parts[label] = with_baseline(distances(masks, metric=list(metrics), per_layer=True), masks)
         done(label)
-    rows = [table.groupby(["layer", "metric"], sort=False)["value"].mean().rename("mean").reset_index()
-            .assign(pairs=label) for label, table in parts.items()]
-    order = [p for p in PAIR_SETS if p in parts]
+    sets = {**parts, **{f"chance {label}": table for label, table in parts.items()
+                        if label in ("within A", "within B", "across")}}
+    rows = [table.groupby(["layer", "metric"], sort=False)["baseline" if label.startswith("chance") else "value"]
+            .mean().rename("mean").reset_index().assign(pairs=label) for label, table in sets.items()]
     comparison = (pd.concat(rows, ignore_index=True)
                   .pivot_table(index=["layer", "metric"], columns="pairs", values="mean", sort=False)
-                  .reindex(columns=order).reset_index())
+                  .reindex(columns=[*PAIR_SETS, *CHANCES]).reset_index())
     comparison.columns.name = None
-    chance = cross.groupby(["layer", "metric"], sort=False)["baseline"].mean().rename("chance").reset_index()
-    comparison = comparison.merge(chance, on=["layer", "metric"])
-    return {"cross_distances": cross, "comparison": comparison}
+    keep = ["layer", "metric", *[c for c in PAIR_SETS if c in parts or c.startswith("within")], *CHANCES]
+    return {"cross_distances": cross, "comparison": comparison[keep]}
+
+
+def density_gap(run_a: Run, run_b: Run) -> float:
+    """The smallest normalised Hamming distance a mask of A and a mask of B can have: sum over layers of
+    |n_keep_A - n_keep_B| over all bits (0 when the runs keep the same counts). Runs of different sparsities
+    are at least this far apart by their counts alone, whatever their masks' structure.
+
+    Examples
+    --------
+    Layers of 100 and 50 bits keeping (50, 25) in A and (10, 5) in B: (40 + 20) / 150 = 0.4.
+    """
+    keep_a = run_a.layers["n_keep"].to_numpy(dtype=np.int64)
+    keep_b = run_b.layers["n_keep"].to_numpy(dtype=np.int64)
+    return float(np.abs(keep_a - keep_b).sum() / run_a.layers["n_bits"].sum())
 
 
 def side_label(side: str, run: Run) -> str:
@@ -111,4 +133,5 @@ def joint_embedding(run_a: Run, run_b: Run, method: str = "auto",
     return points, used, why
 
 
-__all__ = ["COMPARE_METRICS", "PAIR_SETS", "check_comparable", "compare_runs", "joint_embedding", "side_label"]
+__all__ = ["CHANCES", "COMPARE_METRICS", "PAIR_SETS", "check_comparable", "compare_runs", "density_gap",
+           "joint_embedding", "side_label"]

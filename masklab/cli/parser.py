@@ -182,7 +182,9 @@ def add_compare(sub) -> None:
                        description="Compare the masks of RUN_A and RUN_B, two runs of the same network (e.g. "
                        "Edge-Popup vs Biprop masks of the same weights): per layer, the mean percent matching and "
                        "Jaccard index within A (pairs of A's masks), within B, and across (one mask of each), "
-                       "beside chance; and a joint embedding (MDS below 50 masks, UMAP from 50). Tables, figures "
+                       "each beside its own chance (runs of other sparsities keep other counts: within A, within B and "
+                       "across each have theirs); and a joint embedding (MDS below 50 masks, UMAP from 50) that says "
+                       "when the runs' densities differ. Tables, figures "
                        "and an index page go to FIGURES/compare-A-vs-B/; the last line printed is the page.",
                        parents=[RUNS_DIR(), QUIET()])
     p.add_argument("run_a", metavar="RUN_A", help="the first run (A): a run directory or a run id under --runs-dir")

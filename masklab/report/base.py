@@ -45,6 +45,7 @@ class Report:
     seconds: dict[str, float] = field(default_factory=dict)
     index: Path | None = None
     keys: list[dict] = field(default_factory=list, repr=False)  # the rows of key_numbers, in order
+    warnings: list[str] = field(default_factory=list)  # what the reader must know first (page top, stderr)
 
     def note(self, name: str, text: str, *, value: float | None = None, unit: str | None = None,
              chance: float | None = None, sd_from_chance: float | None = None, n: int | None = None) -> None:
@@ -62,6 +63,14 @@ class Report:
         """The key numbers as the command line prints them: (quantity, value) = (name, text)."""
         keys = self.key_numbers
         return pd.DataFrame({"quantity": keys["name"], "value": keys["text"]})
+
+
+def unfinished_warning(run: Run) -> str | None:
+    """The sentence that says a run is unfinished (fewer finished masks than it plans), or None."""
+    if run.complete:
+        return None
+    return (f"run {run.id} is unfinished: {len(run)} of {run.config.masks} masks are finished; these numbers "
+            f"describe those {len(run)} (`masklab generate --resume {run.path}` trains the rest)")
 
 
 @dataclass

@@ -8,14 +8,23 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from masklab.analysis.compare import check_comparable, compare_runs, joint_embedding
-from masklab.report.base import DEFAULT_FORMATS, Report, Shared, check_formats, figure, write_table
+from masklab.analysis.compare import check_comparable, compare_runs, density_gap, joint_embedding
+from masklab.report.base import (
+    DEFAULT_FORMATS,
+    Report,
+    Shared,
+    check_formats,
+    figure,
+    unfinished_warning,
+    write_table,
+)
 from masklab.report.pages import write_compare_index
 from masklab.store import files as F
 from masklab.store.run import Run, open_run
-from masklab.units import metric_value
+from masklab.units import metric_value, sparsity_text
 
 
 def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embedding: bool = True,
@@ -42,6 +51,7 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
     figures_root = Path(figures_dir) if figures_dir is not None else run_a.path.parent.parent / "figures"
     out = F.make_dirs(figures_root / name, root=figures_root)
     report = Report(name)
+    report.warnings.extend(w for w in (unfinished_warning(run_a), unfinished_warning(run_b)) if w)
     shared = Shared(out, formats)
     steps = ["across", "within A", "within B"] + (["embedding"] if embedding and len(run_a) + len(run_b) >= 4
                                                   else []) + ["tables"]
@@ -59,12 +69,13 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
     for row in comparison[comparison["layer"] == "all"].to_dict("records"):
         metric = str(row["metric"])
         report.note(f"{metric} across runs", f"{metric_value(metric, row['across'])} (chance "
-                    f"{metric_value(metric, row['chance'])})", value=float(row["across"]), unit="fraction",
-                    chance=float(row["chance"]))
+                    f"{metric_value(metric, row['chance across'])})", value=float(row["across"]), unit="fraction",
+                    chance=float(row["chance across"]))
         for side in ("within A", "within B"):
-            if side in row:
-                report.note(f"{metric} {side}", metric_value(metric, row[side]), value=float(row[side]),
-                            unit="fraction")
+            if np.isfinite(row[side]):  # (a run of one mask has no pairs of its own)
+                report.note(f"{metric} {side}", f"{metric_value(metric, row[side])} (chance "
+                            f"{metric_value(metric, row['chance ' + side])})", value=float(row[side]),
+                            unit="fraction", chance=float(row["chance " + side]))
         if "across, same score seed" in row:
             report.note(f"{metric} across runs, same score seed",
                         f"{metric_value(metric, row['across, same score seed'])} (other seeds "
@@ -78,12 +89,23 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
         points, used, why = joint_embedding(run_a, run_b, embedding_method)
         report.tables["joint_embedding"] = points
         method = NAMES[used]
+        gap = density_gap(run_a, run_b)
+        # runs of other sparsities separate on the embedding by their counts alone: say so where it is seen
+        density = "" if gap == 0 else (
+            f"the runs keep different fractions of the weights (sparsity {sparsity_text(run_a.config.sparsity)} "
+            f"vs {sparsity_text(run_b.config.sparsity)}), so every mask of A is at least {gap:.4f} (normalised "
+            "Hamming) from every mask of B by the counts alone: the two groups separate whatever the masks' "
+            "structure")
         figure(report, shared, f"joint_{used}", embedding_scatter, (points, ["side"]),
                 f"{method} of both runs' masks on their joint normalised Hamming distances, coloured by run "
-                f"(A: {run_a.id}, B: {run_b.id})" + (f"; {why}" if why else "") + ".",
+                f"(A: {run_a.id}, B: {run_b.id})" + (f"; {why}" if why else "") + (f"; {density}" if density
+                                                                                     else "") + ".",
                 title=f"{method} of both runs' {len(points)} masks"
-                + ("\n" + textwrap.fill(f"({why})", 64) if why else ""))
+                + ("\n" + textwrap.fill(f"({why})", 64) if why else "")
+                + (f"\ndensities differ: A and B at least {gap:.3f} apart by their counts" if gap else ""))
         report.note("joint embedding", why or method, n=len(points))
+        if density:
+            report.note("densities differ", density, value=gap, unit="fraction")
         step("embedding")
     report.seconds["figures"] = shared.figure_seconds
     bar.set_description("compare: tables and page")

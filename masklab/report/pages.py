@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from masklab.analysis.compare import PAIR_SETS
+from masklab.analysis.compare import CHANCES, PAIR_SETS
 from masklab.report.base import DEFAULT_FORMATS, DEFAULT_N_RANDOM, Report
 from masklab.store import files as F
 from masklab.units import percent, shown_by_metric, shown_settings
@@ -49,7 +49,9 @@ PAGE_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;pad
 table{border-collapse:collapse}th,td{text-align:left;padding:2px 12px;border-bottom:1px solid #ddd}
 td.num{text-align:right;font-variant-numeric:tabular-nums}thead th{border-bottom:2px solid #999}
 figure{margin:2em 0}img{max-width:100%}figcaption{color:#444}code{background:#f4f4f4}
-.notes{color:#444;font-size:90%;max-width:60em}dl.pairs dt{font-weight:bold}dl.pairs dd{margin:0 0 .4em 1.5em}"""
+.notes{color:#444;font-size:90%;max-width:60em}
+.warning{background:#fff4ce;border-left:4px solid #c90;padding:.5em 1em;max-width:60em}
+dl.pairs dt{font-weight:bold}dl.pairs dd{margin:0 0 .4em 1.5em}"""
 
 
 UNITS_NOTE = ("<p class=\"notes\"><b>Units.</b> Percent matching and accuracy in %, accuracy differences and "
@@ -70,6 +72,11 @@ def write_page(path: Path, title: str, body: str) -> Path:
 def relative(target: Path, page_dir: Path) -> str:
     """`target` as a link from a page in `page_dir` (POSIX separators; never a machine path)."""
     return Path(os.path.relpath(Path(target).resolve(), Path(page_dir).resolve())).as_posix()
+
+
+def warnings_html(report: Report) -> str:
+    """What the reader must know before the numbers (an unfinished run), in a box at the top of the page."""
+    return "".join(f'<p class="warning"><b>Note:</b> {html.escape(w)}.</p>' for w in report.warnings)
 
 
 def _key_numbers_html(key_numbers: pd.DataFrame) -> str:
@@ -122,7 +129,7 @@ def settings_html(run) -> str:
 def write_index(run, report: Report, out: Path, tables: Path, formats: tuple[str, ...] = DEFAULT_FORMATS) -> Path:
     mean_acc = float(run.table["test_acc"].mean())
     body = (f"<h1>Mask landscape of {html.escape(run.id)}</h1>\n"
-            f"<p>{len(run.ids)} masks, mean final test accuracy {percent(mean_acc)}.</p>\n"
+            f"{warnings_html(report)}<p>{len(run.ids)} masks, mean final test accuracy {percent(mean_acc)}.</p>\n"
             f"<h2>Settings</h2>{settings_html(run)}\n"
             f"{_key_numbers_html(report.key_numbers)}\n{_reading_notes(report)}\n{UNITS_NOTE}\n"
             f"<h2>Figures</h2>{_figures_html(report, out, formats)}\n"
@@ -136,9 +143,10 @@ def write_compare_index(run_a, run_b, report: Report, out: Path, formats: tuple[
     comparison = report.tables["comparison"]
     present = [p for p in PAIR_SETS if p in comparison.columns]
     pairs = "".join(
-        f"<dt>chance</dt><dd>what {html.escape(PAIR_SETS[p])} would give.</dd>" if p == "chance" else
         f"<dt>{html.escape(p)}</dt><dd>the mean over every pair of {html.escape(PAIR_SETS[p])}.</dd>"
-        for p in present)
+        for p in present) + "".join(
+        f"<dt>{html.escape(c)}</dt><dd>what {html.escape(CHANCES[c])} would give (exact expectation).</dd>"
+        for c in CHANCES if c in comparison.columns)
 
     def run_line(side: str, run) -> str:
         acc = float(run.table["test_acc"].mean()) if len(run.table) else float("nan")
@@ -146,7 +154,7 @@ def write_compare_index(run_a, run_b, report: Report, out: Path, formats: tuple[
                 f"{percent(acc)}</li>")
 
     body = (f"<h1>{html.escape(run_a.id)} vs {html.escape(run_b.id)}</h1>\n"
-            f"<ul>{run_line('A', run_a)}{run_line('B', run_b)}</ul>\n"
+            f"{warnings_html(report)}<ul>{run_line('A', run_a)}{run_line('B', run_b)}</ul>\n"
             f"<h2>Settings</h2>{html_table(settings_side_by_side(run_a, run_b))}\n"
             f"{_key_numbers_html(report.key_numbers)}\n"
             f"<h2>Per layer</h2><p>Percent matching (%) and Jaccard index (fraction), each the mean over a set of "
@@ -167,7 +175,22 @@ def settings_side_by_side(run_a, run_b) -> pd.DataFrame:
 
 
 def comparison_text(comparison: pd.DataFrame) -> pd.DataFrame:
-    """The comparison table as shown (pages, command line): matching in %, Jaccard as a fraction."""
-    shown = shown_by_metric(comparison, [c for c in comparison.columns if c in PAIR_SETS])
+    """The comparison table as shown (pages, command line): matching in %, Jaccard as a fraction; each set of
+    pairs beside its own chance; one `chance` column when the three are equal (runs of equal counts)."""
+    comparison = comparison.copy()
+    chances = [c for c in CHANCES if c in comparison.columns]
+    values = comparison[chances].to_numpy(dtype=float)
+    if chances and (np.nanmax(values, axis=1) - np.nanmin(values, axis=1) < 1e-12).all():
+        comparison = comparison.drop(columns=chances).assign(chance=np.nanmean(values, axis=1))
+        columns = [c for c in comparison.columns if c != "chance"] + ["chance"]
+    else:  # each set beside its chance
+        columns = ["layer", "metric"]
+        for c in comparison.columns:
+            if c in PAIR_SETS:
+                columns.append(c)
+                if f"chance {c}" in comparison.columns:
+                    columns.append(f"chance {c}")
+    comparison = comparison[columns]
+    shown = shown_by_metric(comparison, [c for c in comparison.columns if c in PAIR_SETS or c.startswith("chance")])
     shown["layer"] = ["whole network" if str(v) == "all" else str(v) for v in shown["layer"]]
     return shown

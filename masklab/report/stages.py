@@ -63,6 +63,7 @@ from masklab.report.base import (
     Stage,
     check_formats,
     figure,
+    unfinished_warning,
     write_table,
 )
 from masklab.report.pages import write_index
@@ -99,6 +100,11 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
     out_tables = F.make_dirs(run.path / "analysis", root=run.path)  # links refused: nothing written outside
     out_figures = F.make_dirs(figures_root / run.id, root=figures_root)
     report = Report(run.id)
+    unfinished = unfinished_warning(run)
+    if unfinished:
+        report.warnings.append(unfinished)
+        report.note("masks analysed", f"{len(run)} of the {run.config.masks} the run plans (unfinished)",
+                    value=len(run), unit="masks", n=run.config.masks)
     shared = Shared(out_figures, formats)
     stages: list[tuple[str, Stage]] = [("distances", _distances), ("consensus", _consensus),
                                        ("clustering", lambda r, rep, sh: _clustering(r, rep, sh, n_random))]
