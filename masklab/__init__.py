@@ -28,6 +28,7 @@ _LAZY = {
     "Run": "masklab.store.run",
     "open_run": "masklab.store.run",
     "list_runs": "masklab.store.run",
+    "results": "masklab.store.catalog",
     "generate": "masklab.generation",
     "UserError": "masklab.errors",
     "distances": "masklab.analysis.distances",

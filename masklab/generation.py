@@ -19,6 +19,7 @@ from typing import Any
 from masklab.config import RunConfig, method_label
 from masklab.errors import UserError
 from masklab.store.bits import make_layout
+from masklab.store.catalog import update_run
 from masklab.store.run import Run
 from masklab.store.writer import RunWriter
 
@@ -121,6 +122,8 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
                 raise
     run = Run(writer.path, check="structure")
     run.masks  # noqa: B018 -- checks every mask file and builds the consolidated bit matrix for the analyses
+    if shard is None:  # (shard jobs may run on other machines: `results()` indexes what they wrote)
+        update_run(run.path, runs_dir)
     return run
 
 

@@ -142,6 +142,19 @@ def add_runs(sub) -> None:
                    parents=[RUNS_DIR()])
 
 
+def add_results(sub) -> None:
+    p = sub.add_parser("results", help="every run and analysis with its resolved settings and key numbers",
+                       description="The results catalog: one row per run and analysis settings with every resolved "
+                       "hyperparameter, the accuracy summary and the key numbers of each analysis, from the "
+                       "SQLite database RUNS_DIR/catalog.sqlite (brought up to date from the run directories "
+                       "first; rebuilt when missing). Prints the main columns; --out writes every column, --sql "
+                       "runs a query on the tables runs, analyses and key_numbers (docs/catalog.md).",
+                       parents=[RUNS_DIR()])
+    p.add_argument("--out", metavar="FILE", help="write the whole table to FILE (.csv or .parquet)")
+    p.add_argument("--sql", metavar="QUERY", help="print the result of this SQL query on the catalog instead, e.g. "
+                   "\"SELECT run_id, lr, test_acc_mean FROM runs WHERE sparsity >= 0.8\"")
+
+
 def add_show(sub) -> None:
     p = sub.add_parser("show", help="a run's config, per-mask table and layer layout", parents=[RUNS_DIR()])
     p.add_argument("run", metavar="RUN", help="a run directory or a run id under --runs-dir")

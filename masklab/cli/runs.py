@@ -6,6 +6,8 @@ import argparse
 
 from masklab.cli.text import bytes_text, differs, frame_text, value_text
 from masklab.errors import UserError
+from masklab.store import files as F
+from masklab.store.catalog import catalog_path, results
 from masklab.store.files import restore_hint
 from masklab.store.integrity import verify
 from masklab.store.paths import resolve_run
@@ -29,6 +31,38 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(frame_text(shown_accuracy(ok[cols], ["test_acc"])))
     for row in table[table["error"].notna()].itertuples():
         print(f"{row.run_id}: damaged: {row.error}")
+    return 0
+
+
+RESULT_COLUMNS = ["run_id", "settings_id", "model", "dataset", "method", "recycle", "sparsity", "epochs", "lr",
+                  "n_masks", "test_acc_mean"]
+RESULT_KEYS = ["matching all", "jaccard all"]
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if args.sql:
+        print(frame_text(results(args.runs_dir, sql=args.sql)))
+        return 0
+    table = results(args.runs_dir)
+    if table.empty:
+        print(f"no runs under {args.runs_dir}; make one with `masklab generate`")
+        return 0
+    if args.out:
+        out = Path(args.out)
+        if out.suffix not in (".csv", ".parquet"):
+            raise UserError(f"--out {out}: write a .csv or a .parquet file")
+        data = table.to_csv(index=False).encode() if out.suffix == ".csv" else table.to_parquet(index=False)
+        F.atomic_write(out, data, durable=False)
+        print(f"{len(table)} rows, {len(table.columns)} columns: {out}")
+        return 0
+    shown = table[[c for c in RESULT_COLUMNS + RESULT_KEYS if c in table.columns]].copy()
+    shown["settings_id"] = shown["settings_id"].fillna("-")
+    print(frame_text(shown_accuracy(shown, ["test_acc_mean"])))
+    rows, runs = len(table), table["run_id"].nunique()
+    print(f"{rows} row{'s' * (rows != 1)} ({runs} run{'s' * (runs != 1)}), {len(table.columns)} columns in all "
+          f"(--out FILE for every one); catalog {catalog_path(args.runs_dir)}")
     return 0
 
 

@@ -46,6 +46,7 @@ from masklab.keep import biprop_gain_count, n_keep, reference_keep_count
 from masklab.nn.layers import masked_layers
 from masklab.store import files as F
 from masklab.store.bits import make_layout
+from masklab.store.catalog import update_run
 from masklab.store.run import Run
 from masklab.store.schema import import_digest
 from masklab.store.writer import RunWriter
@@ -103,6 +104,7 @@ def import_masks(paths: str | os.PathLike | Sequence[str | os.PathLike], format:
     path = write_import(plan, runs_dir)
     run = Run(path)
     run.masks  # noqa: B018 -- builds the consolidated bit matrix for the analyses
+    update_run(run.path, runs_dir)
     return run
 
 
