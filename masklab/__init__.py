@@ -18,6 +18,10 @@ import os
 # before anything can use torch through masklab. A mask's bits must not depend on the thread count; see
 # masklab/nn/exact.py. A value the user set is kept.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+# Deterministic cuBLAS (torch.use_deterministic_algorithms, which CUDA training sets: masklab/train/precision.py)
+# needs a fixed workspace; cuBLAS reads this when its first handle is made. A value the user set is kept (and
+# checked before training).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 __version__ = "0.1.0"
 

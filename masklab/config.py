@@ -34,6 +34,8 @@ DONORS = ("top", "next")
 # How many weights each layer keeps (see `RunConfig.keep_rule`): masklab's own rule, the reference code's (runs
 # imported from hidden-networks / Biprop / the IWR code), or the counts the imported masks have.
 KEEP_RULES = ("masklab", "reference", "stored")
+# How a CUDA step computes (masklab/train/precision.py); the CPU path computes in float32 only.
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def method_label(method: str, recycle: str = "none") -> str:
@@ -51,7 +53,7 @@ def parse_method(label: str) -> tuple[str, str]:
     return method, recycle
 
 # Fields that do not change what a mask is: left out of the hash.
-UNHASHED = ("data_root", "device", "stack", "name", "masks")
+UNHASHED = ("data_root", "device", "precision", "stack", "name", "masks")
 # Fields whose default (None) means "the method's value": an explicit value equal to it hashes as the default.
 RESOLVED = ("weight_init", "scale_fan", "lr", "recycle_rate", "recycle_every")
 # Fields that only matter when recycling: ignored by the hash when recycle = "none".
@@ -142,6 +144,9 @@ class RunConfig:
                         "any K and thread count; on CUDA they may differ by rounding (each mask records its K "
                         "and device)", "K", cli_type=str)
     device: str = option("auto", "auto, cpu, cuda or cuda:N", "D")
+    precision: str = option("fp32", "how a CUDA step computes: fp32 (reproducible masks), tf32 (TF32 products "
+                            "and convolutions) or bf16 (bfloat16 forward pass); each mask records it. The CPU "
+                            "computes in fp32 only", "P")
     name: str | None = option(None, "run name: the run id is NAME-<hash8> (default <dataset>-<model>-<method>-"
                               "s<sparsity>)", "NAME")
     _extra: dict = field(default_factory=dict, repr=False, compare=False)
@@ -273,6 +278,7 @@ class RunConfig:
             raise bad("weight_decay", "must be a number >= 0")
         if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise bad("device", "use auto, cpu, cuda or cuda:N")
+        choice("precision", PRECISIONS)
         if self.name is not None and (not isinstance(self.name, str) or ".." in self.name
                                       or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", self.name)):
             raise bad("name", "use 1-64 letters, digits, '.', '_', '+', '-' (no slashes, no '..', not starting "

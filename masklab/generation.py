@@ -48,13 +48,14 @@ def prepare(config: RunConfig, data=None):
     from masklab.limits import check_fits
     from masklab.nn.layers import masked_layers
     from masklab.nn.models import build_model
+    from masklab.train.precision import check_precision
     from masklab.train.trainer import resolve_device
 
     if config.imported is not None or config.keep_rule != "masklab":
         raise UserError("this config is an imported run's (masklab import): its masks were trained elsewhere and "
                         "masklab cannot train more of them; generate a new run without the import fields")
     config.validate()
-    resolve_device(config.device)  # a bad --device fails here, before any data is loaded
+    check_precision(config.precision, resolve_device(config.device))  # a bad --device fails here, before any data
     if data is None and config.dataset == "synthetic":  # its shape is the config's: check before making the data
         check_fits(config, synthetic_shape(config), 10)
     dataset = data if data is not None else load_config_dataset(config)
@@ -76,7 +77,7 @@ def prepare(config: RunConfig, data=None):
 def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs_dir: str | os.PathLike = "runs",
              resume: bool | str | os.PathLike = False, quiet: bool = True, data=None,
              log: Callable[[str], None] | None = None, shard: tuple[int, int] | str | None = None,
-             **overrides: Any) -> Run:
+             allow_device_change: bool = False, **overrides: Any) -> Run:
     """Train the masks of the run `config` (a RunConfig, a dict, a TOML path or None for the default, plus
     keyword overrides such as `masks=4`) into `runs_dir/<run_id>` and return the Run.
 
@@ -91,6 +92,8 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
     `shard=(I, N)` (or "I/N"): train only shard I of N, the masks i with i % N == I, into the same run
     directory, beside the other shards' processes (see masklab.store.shards); every mask is the same as a
     one-process run would make it.
+    `allow_device_change=True`: let a run whose stored masks were trained on another kind of device (or
+    GPU model, or `precision`) get masks trained here; refused otherwise (see masklab.train.precision).
     """
     if shard is not None:
         from masklab.store.shards import parse_shard
@@ -113,7 +116,7 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
             if writer.done:
                 say(f"resuming: {len(writer.done)} masks stored, training {len(todo)} more")
             try:
-                _train_all(config, dataset, writer, todo, quiet, say)
+                _train_all(config, dataset, writer, todo, quiet, say, allow_device_change)
             except UserError:
                 # bad input found only by training (an lr that diverges): leave no run behind that this
                 # call created and that holds nothing
@@ -169,15 +172,19 @@ def resume_config(run: str | os.PathLike, runs_dir: str | os.PathLike | None, ch
 
 
 def _train_all(config: RunConfig, dataset, writer: RunWriter, todo: list[int], quiet: bool,
-               say: Callable[[str], None] = lambda line: None) -> None:
+               say: Callable[[str], None] = lambda line: None, allow_device_change: bool = False) -> None:
     """Train the masks `todo` in stacks and store each; at each epoch's end every mask's training state is
     checkpointed in the run, so that a killed or interrupted run continues from its masks' last finished
     epochs, with the bits of an uninterrupted run."""
     from masklab.progress import TrainProgress
     from masklab.train.device import resolve_device
+    from masklab.train.precision import check_same_compute, device_record
     from masklab.train.trainer import Checkpoint, train_masks
 
     device = resolve_device(config.device)
+    mine = device_record(device, config.precision)
+    check_same_compute(writer.stored_records(writer.done), mine, str(writer.path), allow_device_change)
+    checked = set(writer.done)
     saved = {}
     for i, arrays in writer.read_checkpoints().items():
         try:
@@ -203,6 +210,9 @@ def _train_all(config: RunConfig, dataset, writer: RunWriter, todo: list[int], q
         for chunk, measured in _stacks(config, dataset, device, todo, saved):
             if writer.shard is not None:  # an overlapping shard (another N) may have stored some meanwhile
                 elsewhere = writer.stored_elsewhere()
+                check_same_compute(writer.stored_records(elsewhere - checked), mine, str(writer.path),
+                                   allow_device_change)  # (shards started at once, on other devices)
+                checked |= elsewhere
                 chunk = [i for i in chunk if i not in elsewhere]
                 if not chunk:
                     continue

@@ -70,12 +70,12 @@ def sweep(base: RunConfig | dict | None = None, methods: Sequence[str] = ("edge-
           sparsities: Sequence[float] = (0.5, 0.9), seeds: int = 3, weight_seeds: Sequence[int] = (0,), *,
           runs_dir: str | os.PathLike = "runs", quiet: bool = True,
           log: Callable[[str], None] | None = None, jobs: int | None = None, executor: str = "local",
-          slurm=None) -> pd.DataFrame:
+          slurm=None, allow_device_change: bool = False) -> pd.DataFrame:
     """Train (or reuse) every cell's run and return the accuracy table (see `sweep_table`).
 
     `jobs=N`: N submitit jobs (`executor` local or slurm, `slurm` a SlurmOptions) train the cells at once,
     each job training one shard of every cell (masklab.scale.executors), so the work is balanced whatever the
-    cells cost; the runs are the same as one process makes."""
+    cells cost; the runs are the same as one process makes. `allow_device_change`: see `masklab.generate`."""
     from masklab.data import load_config_dataset
     from masklab.generation import generate
     from masklab.store.run import Run
@@ -85,7 +85,8 @@ def sweep(base: RunConfig | dict | None = None, methods: Sequence[str] = ("edge-
     if jobs is not None:
         from masklab.scale.executors import submit_shards
 
-        submission = submit_shards(configs, runs_dir, jobs, executor, slurm=slurm, quiet=quiet, log=log)
+        submission = submit_shards(configs, runs_dir, jobs, executor, slurm=slurm, quiet=quiet, log=log,
+                                   allow_device_change=allow_device_change)
         return sweep_table([Run(path) for path in submission.runs])
     data = load_config_dataset(base)  # shared by every cell
     runs = []
@@ -93,7 +94,8 @@ def sweep(base: RunConfig | dict | None = None, methods: Sequence[str] = ("edge-
         if log is not None:
             log(f"[{n}/{len(configs)}] {method_label(config.method, config.recycle)} sparsity {config.sparsity:g} "
                 f"weight seed {config.weight_seed}: {config.run_id}")
-        runs.append(generate(config, runs_dir=runs_dir, resume=True, quiet=quiet, data=data))
+        runs.append(generate(config, runs_dir=runs_dir, resume=True, quiet=quiet, data=data,
+                             allow_device_change=allow_device_change))
     return sweep_table(runs)
 
 

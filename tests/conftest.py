@@ -1,5 +1,14 @@
 """Fixtures shared by the whole suite: the digits data, tiny trained runs made once per session, and
-read-only directories that hold for root too."""
+read-only directories that hold for root too; the `slow` lists; and the suite's one rule about devices.
+
+Devices: tests marked `cuda` need a CUDA GPU (skipped cleanly without one); every other test sees no GPU,
+whatever the machine. The exactness tests (same bits whatever the stack, thread count, shard or resume; golden
+bits) are claims about the CPU path, and `--device auto`, masklab's default, would move them to CUDA on a GPU
+machine, where a mask's bits depend on cuDNN's and cuBLAS's algorithms: so outside `cuda` tests
+`torch.cuda.is_available()` answers False, and subprocesses they start inherit CUDA_VISIBLE_DEVICES="". What
+CUDA must do is tested by the `cuda` tests (tests/test_cuda.py), and every CUDA branch runs on CPU tensors
+through `masklab.nn.device_path.emulate_device` (tests/nn/test_device_path.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 import masklab
 from masklab.data import load_dataset
@@ -85,7 +95,7 @@ def read_only(monkeypatch) -> Callable[[Path], None]:
 # @pytest.mark.slow where they are defined. Paths are relative to tests/.
 SLOW_MODULES = ("train/test_same_bits.py", "scale/test_shards.py", "store/test_crash.py", "test_golden_bits.py",
                 "test_notebook.py", "test_report.py", "analysis/test_interpolation.py", "analysis/test_real_masks.py",
-                "train/test_stacked.py")
+                "train/test_stacked.py", "test_gpu_check.py")
 SLOW_TESTS = ("analysis/test_tiles.py::test_many_small_tiles_and_a_memory_mapped_result",
               "analysis/test_cluster_structure.py::test_p_values_of_random_masks_are_roughly_uniform_and_never_below_the_floor",
               "nn/test_models.py::test_resnet18_forward_and_nonaffine_bn",
@@ -96,7 +106,19 @@ SLOW_TESTS = ("analysis/test_tiles.py::test_many_small_tiles_and_a_memory_mapped
 
 def pytest_collection_modifyitems(config, items) -> None:
     tests = Path(__file__).parent
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none here)") if not torch.cuda.is_available() else None
     for item in items:
         module = Path(item.path).relative_to(tests).as_posix()
         if module in SLOW_MODULES or f"{module}::{item.originalname}" in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+        if no_gpu is not None and "cuda" in item.keywords:
+            item.add_marker(no_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _no_gpu_unless_marked_cuda(request, monkeypatch) -> None:
+    """Outside `cuda` tests, no GPU (see the module docstring)."""
+    if request.node.get_closest_marker("cuda") is not None:
+        return
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

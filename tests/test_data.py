@@ -475,3 +475,46 @@ def test_the_stored_digits_split_is_scikit_learns():
     assert torch.equal(data.x_train, torch.from_numpy(x_train)) and torch.equal(data.x_test, torch.from_numpy(x_test))
     assert torch.equal(data.y_train, torch.from_numpy(y_train.astype(np.int64)))
     assert torch.equal(data.y_test, torch.from_numpy(y_test.astype(np.int64)))
+
+
+@pytest.mark.parametrize("augmented", [True, False])
+def test_stacked_batches_equal_each_seeds_own_batches(augmented, digits):
+    """`--vary-data-seed`: K masks' batches gathered, augmented and normalised as one tensor are, sample for
+    sample and bit for bit, the batches each data seed gives alone."""
+    ds = _bright_pixel_dataset(n=250) if augmented else digits
+    if augmented:  # distinct images, so that a wrong order or crop shows
+        ds = dataclasses.replace(ds, x_train=torch.randint(0, 256, ds.x_train.shape, dtype=torch.uint8,
+                                                           generator=torch.Generator().manual_seed(1)))
+    seeds = [3, 4, 9]
+    alone = [list(ds.train_batches(64, seed, epoch=1)) for seed in seeds]
+    stacked = list(ds.train_batches_stacked(64, seeds, epoch=1))
+    assert len(stacked) == len(alone[0])
+    for b, (x, y) in enumerate(stacked):
+        assert x.shape == (3, *alone[0][b][0].shape) and y.shape == (3, len(alone[0][b][1]))
+        for k in range(3):
+            assert torch.equal(x[k], alone[k][b][0]) and torch.equal(y[k], alone[k][b][1])
+
+
+def test_cuda_batches_are_copied_from_pinned_memory_without_waiting(monkeypatch):
+    """On CUDA a batch goes through page-locked memory and a non-blocking copy (pin_memory and the copy are
+    recorded here: the machine has no GPU)."""
+    from masklab.data import to_device
+
+    calls = []
+    real_to = torch.Tensor.to
+
+    def pin_memory(self):
+        calls.append("pin")
+        return self
+
+    def to(self, *args, **kwargs):
+        calls.append(("to", str(args[0]) if args else None, kwargs.get("non_blocking", False)))
+        return real_to(self, "cpu")
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    to_device(torch.zeros(3), "cuda")
+    assert calls == ["pin", ("to", "cuda", True)]
+    calls.clear()
+    to_device(torch.zeros(3), "cpu")
+    assert calls == [("to", "cpu", False)]

@@ -6,7 +6,8 @@ distances. Backends:
 
 - ``"numba"`` (CPU default): the threaded, cache-blocked, register-tiled kernel of `_numba_kernels`;
 - ``"torch"`` (default when a CUDA device is present): unpack word chunks to 0/1 float32 on the device
-  and multiply; chunks are short enough (2**20 bits) that float32 sums stay exact integers;
+  and multiply; chunks are short enough (2**20 bits) that float32 sums stay exact integers, and TF32 or
+  bfloat16 inputs would hold 0 and 1 exactly too; blocks of rows are streamed, one tile of counts at a time;
 - ``"numpy"`` (fallback when numba is missing, and what ``"auto"`` takes for small inputs while the numba
   kernel is not loaded yet: below `SMALL_WORD_PAIRS` row-pair words numpy needs at most a few
   milliseconds, where the first numba call of a process costs about half a second of loading):
@@ -18,6 +19,7 @@ row blocks is one kernel call, so at most two blocks need to be resident at a ti
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -34,6 +36,7 @@ CACHE_CHUNK_BYTES = 16 << 20     # rows x chunk words kept in the last-level cac
 DEFAULT_BLOCK_BYTES = 1 << 30    # row blocks of at most this size when streaming (memory maps)
 TORCH_CHUNK_BITS = 1 << 20       # float32 sums of 0/1 products are exact below 2**24
 TORCH_CHUNK_BYTES = 256 << 20    # device memory of one unpacked chunk (int64 bits while unpacking)
+TORCH_TILE_BYTES = 256 << 20     # device memory of one tile of counts (streamed to the host tile by tile)
 NUMPY_CHUNK_BYTES = 8 << 20      # temporary of the numpy fallback
 SERIAL_WORD_PAIRS = 1 << 22      # below this many (row pair x word) the numba kernel runs on one thread
 SMALL_WORD_PAIRS = 1 << 21       # below this many, "auto" takes numpy (about 3 ms) until numba is loaded
@@ -294,25 +297,42 @@ def _intersections_numpy(a: np.ndarray, b: np.ndarray, bounds: np.ndarray, symme
 # ---- torch (GPU) ----------------------------------------------------------------------------------
 
 def _intersections_torch(a: np.ndarray, b: np.ndarray, bounds: np.ndarray, symmetric: bool,
-                         device: str | None = None) -> np.ndarray:
+                         device: str | None = None, tile_bytes: int | None = None) -> np.ndarray:
     """0/1 float32 GEMM per word chunk on the device; exact since each chunk has at most 2**20 bits.
 
-    The chunk shrinks with the number of rows so that one unpacked chunk stays near TORCH_CHUNK_BYTES.
+    Streams blocks of rows like the numba kernel: the device holds one (L, rows, rows) tile of counts of at
+    most `tile_bytes` (default TORCH_TILE_BYTES) and two unpacked chunks of those rows (about
+    TORCH_CHUNK_BYTES each), never the whole (L, Na, Nb) result; each finished tile is copied into the host
+    array. With `symmetric`, only tiles on or above the diagonal are computed (the caller mirrors them).
     """
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = np.zeros((len(bounds), a.shape[0], b.shape[0]), dtype=np.int64)
+    if out.size == 0:
+        return out
+    rows = torch_block_rows(len(bounds), tile_bytes or TORCH_TILE_BYTES)
     shifts = torch.arange(64, device=device, dtype=torch.int64)
-    chunk_bits = min(TORCH_CHUNK_BITS, TORCH_CHUNK_BYTES // (8 * max(1, a.shape[0], b.shape[0])))
+    chunk_bits = min(TORCH_CHUNK_BITS, TORCH_CHUNK_BYTES // (8 * rows))
     chunk_words = max(1, chunk_bits // 64)
-    out = torch.zeros((len(bounds), a.shape[0], b.shape[0]), dtype=torch.int64, device=device)
-    for layer, (w0, w1) in enumerate(bounds):
-        for c0 in range(w0, w1, chunk_words):
-            c1 = min(c0 + chunk_words, w1)
-            a_bits = _unpack_torch(a[:, c0:c1], shifts, device)
-            b_bits = a_bits if symmetric else _unpack_torch(b[:, c0:c1], shifts, device)
-            out[layer] += torch.round(a_bits @ b_bits.T).to(torch.int64)
-    return out.cpu().numpy()
+    for a0 in range(0, a.shape[0], rows):
+        a1 = min(a0 + rows, a.shape[0])
+        for b0 in range(a0 if symmetric else 0, b.shape[0], rows):
+            b1 = min(b0 + rows, b.shape[0])
+            tile = torch.zeros((len(bounds), a1 - a0, b1 - b0), dtype=torch.int64, device=device)
+            for layer, (w0, w1) in enumerate(bounds):
+                for c0 in range(w0, w1, chunk_words):
+                    c1 = min(c0 + chunk_words, w1)
+                    a_bits = _unpack_torch(a[a0:a1, c0:c1], shifts, device)
+                    b_bits = a_bits if symmetric and a0 == b0 else _unpack_torch(b[b0:b1, c0:c1], shifts, device)
+                    tile[layer] += torch.round(a_bits @ b_bits.T).to(torch.int64)
+            out[:, a0:a1, b0:b1] = tile.cpu().numpy()
+    return out
+
+
+def torch_block_rows(layers: int, tile_bytes: int) -> int:
+    """Rows of a square block whose (layers, rows, rows) int64 tile of counts fits in `tile_bytes`."""
+    return max(1, int(math.isqrt(max(1, tile_bytes // (8 * max(1, layers))))))
 
 
 def _unpack_torch(words: np.ndarray, shifts, device):

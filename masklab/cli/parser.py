@@ -105,6 +105,7 @@ def add_generate(sub) -> None:
                    help="continue an incomplete run: train only the missing masks. With RUN (a run directory or "
                    "id): continue that run with its own config.toml (options may only repeat it, or raise "
                    "--masks to extend it)")
+    add_allow_device_change(p)
     add_scale_options(p)
 
 
@@ -130,7 +131,15 @@ def add_sweep(sub) -> None:
     p.add_argument("--seeds", type=int, default=3, metavar="N", help="masks (score seeds) per cell (default 3)")
     p.add_argument("--weight-seeds", default="0", metavar="LIST", help="comma-separated weight seeds (default 0)")
     p.add_argument("--figures", default="figures", metavar="DIR", help="where the figure goes (default figures/)")
+    add_allow_device_change(p)
     add_scale_options(p)
+
+
+def add_allow_device_change(p) -> None:
+    p.add_argument("--allow-device-change", action="store_true",
+                   help="let a run whose masks were trained on another kind of device (cpu, or cuda with another "
+                   "GPU model) or at another --precision get masks trained here (refused otherwise: their bits "
+                   "come from different arithmetic; each mask records its own)")
 
 
 # ---- run directories: runs, show, verify (cli/runs.py) -----------------------------------------------------

@@ -47,7 +47,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return generate_jobs(args, config, say)
     try:
         run = generate(config, runs_dir=args.runs_dir, resume=bool(args.resume), quiet=args.quiet, data=dataset,
-                       log=say, shard=args.shard)
+                       log=say, shard=args.shard, allow_device_change=args.allow_device_change)
     except KeyboardInterrupt:
         print(f"masklab: interrupted; the finished masks and the others' last finished epochs are kept: run the "
               f"same command again to continue {os.path.join(args.runs_dir, config.run_id)}", file=sys.stderr)
@@ -65,7 +65,8 @@ def generate_jobs(args: argparse.Namespace, config, say) -> int:
     """`generate --jobs N`: the run's N shards through submitit."""
     options = slurm_options(args)
     submission = submit_shards([config], args.runs_dir, args.jobs, args.executor, slurm=options,
-                               wait=not args.no_wait, quiet=args.quiet, log=say)
+                               wait=not args.no_wait, quiet=args.quiet, log=say,
+                               allow_device_change=args.allow_device_change)
     path = submission.runs[0]
     if args.no_wait:
         print(f"jobs: {' '.join(submission.job_ids)}", flush=True)
@@ -92,7 +93,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         "later instead (finished cells are reused)")
     table = sweep(config, methods, sparsities, args.seeds, weight_seeds, runs_dir=args.runs_dir, quiet=args.quiet,
                   log=say, jobs=args.jobs, executor=args.executor,
-                  slurm=slurm_options(args) if args.jobs else None)
+                  slurm=slurm_options(args) if args.jobs else None, allow_device_change=args.allow_device_change)
     name = sweep_id(config, methods, sparsities, args.seeds, weight_seeds)
     say(f"{name}: test accuracy in %, differences to published numbers in percentage points")
     shown = shown_accuracy(table.drop(columns=["runs"]), ["acc_mean", "acc_std", "best_mean", "best_std", "chance"])

@@ -41,6 +41,9 @@ class Batches(Shaped, Protocol):
     def train_batches(self, batch_size: int, seed: int, epoch: int,
                       device: str | torch.device = "cpu") -> Iterator[tuple[Tensor, Tensor]]: ...
 
+    def train_batches_stacked(self, batch_size: int, seeds: list[int], epoch: int,
+                              device: str | torch.device = "cpu") -> Iterator[tuple[Tensor, Tensor]]: ...
+
     def test_batches(self, batch_size: int = 1000,
                      device: str | torch.device = "cpu") -> Iterator[tuple[Tensor, Tensor]]: ...
 
@@ -80,7 +83,7 @@ class Dataset:
 
     def normalize(self, x: Tensor, device: str | torch.device = "cpu") -> Tensor:
         """Raw images (N, *input_shape) as stored -> normalised float32 on `device`."""
-        x = x.to(device)
+        x = to_device(x, device)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
         shape = (len(self.mean),) + (1,) * (len(self.input_shape) - 1) if len(self.mean) > 1 else (1,)
         mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(shape)
@@ -94,15 +97,37 @@ class Dataset:
         The order and the augmentation come from one CPU torch.Generator seeded by `epoch_seed(seed,
         epoch)`, so the same (seed, epoch, batch_size) always gives identical batches on any device.
         """
+        for idx, crop in self._train_plan(batch_size, seed, epoch):
+            x = self.x_train[idx]
+            if crop is not None:
+                x = crop_flip(x, *crop)
+            yield self.normalize(x, device), to_device(self.y_train[idx], device)
+
+    def train_batches_stacked(self, batch_size: int, seeds: list[int], epoch: int,
+                              device: str | torch.device = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of `train_batches` for several data seeds at once: (x, y) of shapes (K, B,
+        *input_shape) and (K, B), x[k], y[k] equal to seed k's batch. The K batches are gathered, augmented,
+        normalised and copied to the device as one tensor (one host gather and one copy per step, not K)."""
+        plans = [self._train_plan(batch_size, seed, epoch) for seed in seeds]
+        for parts in zip(*plans):
+            idx = torch.cat([i for i, _ in parts])
+            x = self.x_train[idx]
+            if parts[0][1] is not None:
+                dy, dx, flip = (torch.cat(values) for values in zip(*(c for _, c in parts)))
+                x = crop_flip(x, dy, dx, flip)
+            K, B = len(parts), len(parts[0][0])
+            yield (self.normalize(x, device).view(K, B, *self.input_shape),
+                   to_device(self.y_train[idx], device).view(K, B))
+
+    def _train_plan(self, batch_size: int, seed: int, epoch: int) -> Iterator[tuple[Tensor, tuple | None]]:
+        """Per batch of an epoch: the sample indices and the augmentation's (dy, dx, flip) (None without
+        augmentation), drawn from one CPU generator in a fixed order: the order, then each batch's draws."""
         _check_batch_size(batch_size)
         gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
         order = torch.randperm(self.n_train, generator=gen)
         for start in range(0, self.n_train, batch_size):
             idx = order[start:start + batch_size]
-            x = self.x_train[idx]
-            if self.augment == "cifar":
-                x = random_crop_flip(x, gen)
-            yield self.normalize(x, device), self.y_train[idx].to(device)
+            yield idx, (crop_flip_draws(len(idx), gen) if self.augment == "cifar" else None)
 
     def test_batches(self, batch_size: int = 1000,
                      device: str | torch.device = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
@@ -110,14 +135,24 @@ class Dataset:
         _check_batch_size(batch_size)
         for start in range(0, self.n_test, batch_size):
             yield (self.normalize(self.x_test[start:start + batch_size], device),
-                   self.y_test[start:start + batch_size].to(device))
+                   to_device(self.y_test[start:start + batch_size], device))
 
     def eval_subset(self, n: int, seed: int = 0, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
         """`min(n, n_train)` training samples picked by `seed`, normalised and not augmented (e.g. for
         measuring training accuracy cheaply)."""
         gen = torch.Generator().manual_seed(epoch_seed(seed, 0))
         idx = torch.randperm(self.n_train, generator=gen)[:max(0, n)]
-        return self.normalize(self.x_train[idx], device), self.y_train[idx].to(device)
+        return self.normalize(self.x_train[idx], device), to_device(self.y_train[idx], device)
+
+
+def to_device(x: Tensor, device: str | torch.device) -> Tensor:
+    """`x` on `device`. To CUDA through pinned (page-locked) host memory without waiting: the copy is
+    queued on the current stream, ahead of the step that reads it, and the host goes on preparing the next
+    batch (torch's pinned-memory cache keeps the staging buffer until the copy is done)."""
+    device = torch.device(device)
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -150,8 +185,12 @@ def crop_flip(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, pad: int = CIFAR_
 
 def random_crop_flip(x: Tensor, gen: torch.Generator, pad: int = CIFAR_PAD) -> Tensor:
     """Random crop (zero padding `pad`) and random horizontal flip (p = 0.5) per sample, drawn from `gen`."""
-    b = x.shape[0]
+    return crop_flip(x, *crop_flip_draws(x.shape[0], gen, pad), pad)
+
+
+def crop_flip_draws(b: int, gen: torch.Generator, pad: int = CIFAR_PAD) -> tuple[Tensor, Tensor, Tensor]:
+    """`random_crop_flip`'s draws for a batch of `b`: offsets dy, dx in [0, 2 * pad] and the flips."""
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
     flip = torch.rand(b, generator=gen) < 0.5
-    return crop_flip(x, dy, dx, flip, pad)
+    return dy, dx, flip

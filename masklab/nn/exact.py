@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from masklab.nn.device_path import cpu_path
 from masklab.nn.select import match_torch_threads, numba
 
 _STRICT = 0x10000  # MKL_CBWR_STRICT
@@ -167,8 +168,8 @@ class _Conv2d(torch.autograd.Function):
 def conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, padding: int = 0,
            groups: int = 1) -> torch.Tensor:
     """`F.conv2d` without bias whose gradients on CPU do not depend on the thread count (see the module
-    docstring); on other devices, `F.conv2d` itself."""
-    if x.device.type != "cpu" or not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad):
+    docstring); on the device path, `F.conv2d` itself."""
+    if not cpu_path(x) or not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad):
         return F.conv2d(x, weight, None, stride, padding, 1, groups)
     return _Conv2d.apply(x, weight, stride, padding, groups)
 
@@ -212,7 +213,7 @@ def masked_abs_sum(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     `weight` is shared (*shape) or per row (K, *shape); `mask` is 0/1 or real-valued (soft masks).
     """
     K = mask.shape[0]
-    if numba is None or mask.device.type != "cpu":
+    if numba is None or not cpu_path(mask):  # the device path: torch's reduction, on the device
         w = weight.expand_as(mask) if weight.dim() < mask.dim() else weight
         return (w.detach().abs().double() * mask.detach().double()).reshape(K, -1).sum(1)
     w_rows = 1 if weight.dim() < mask.dim() else K
@@ -228,12 +229,17 @@ def masked_abs_sum(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def biprop_alpha(weight: torch.Tensor, mask: torch.Tensor, count: float | torch.Tensor | None = None) -> torch.Tensor:
     """Biprop's gain per row of `mask` (K, *shape): `sum(|W| * m) / count` as float32 (K,), with `count`
-    the number kept (n_keep) or, when None, `sum(m)` (a soft mask on an interpolation path)."""
+    the number kept (n_keep) or, when None, `sum(m)` (a soft mask on an interpolation path). A tensor on
+    the mask's device, computed there: the device path never copies it to the host."""
     total = masked_abs_sum(weight, mask)
-    if count is None:  # numpy's pairwise sum: a fixed order
-        count = torch.from_numpy(mask.detach().reshape(mask.shape[0], -1).double().cpu().numpy().sum(1))
+    if count is None:
+        rows = mask.detach().reshape(mask.shape[0], -1)
+        if cpu_path(mask):  # numpy's pairwise sum: a fixed order
+            count = torch.from_numpy(rows.double().numpy().sum(1))
+        else:
+            count = rows.double().sum(1)
         count = count.clamp_min(1e-12)
-    return (total.cpu() / count).float().to(mask.device)
+    return (total / count).float().to(mask.device)
 
 
 # ---- BatchNorm ------------------------------------------------------------------------------------------
@@ -352,7 +358,7 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
     mode is torch's own (elementwise)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        usable = (numba is not None and x.device.type == "cpu" and x.dtype == torch.float32 and not self.affine
+        usable = (numba is not None and cpu_path(x) and x.dtype == torch.float32 and not self.affine
                   and (self.training or not self.track_running_stats))
         if not usable:
             return super().forward(x)

@@ -5,7 +5,8 @@ pattern orders like the value, so |s| is `bits & 0x7fffffff`; a histogram of the
 bin holding the k-th largest, a histogram of the low 16 bits inside that bin finds its exact key T, and a
 last pass writes `key > T` plus, if T is tied, the first tied positions in index order. About 6 ms for a
 2M-weight layer, against ~40 ms for `torch.kthvalue` and ~270 ms for the sort the reference code uses.
-Elsewhere (CUDA, or without numba) `torch.kthvalue` finds the threshold. Both give the same mask: exact
+Elsewhere (the device path, see `masklab.nn.device_path`, or without numba) `topk_rows_device` finds the
+threshold with torch operations only, without a host synchronisation. Both give the same mask: exact
 count, ties broken in favour of the lower flat index.
 
 `select_rows` is the same selection for K masks at once (one row each, parallel over rows), writing
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from masklab.nn.device_path import cpu_path
 
 try:
     import numba
@@ -36,21 +39,34 @@ def topk_mask(values: torch.Tensor, k: int, absolute: bool = False) -> torch.Ten
         return torch.ones_like(values, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(values, dtype=torch.bool)
-    if numba is not None and flat.device.type == "cpu" and flat.dtype == torch.float32 and n >= 4096:
+    if numba is not None and cpu_path(flat) and flat.dtype == torch.float32 and n >= 4096:
         out = torch.empty(n, dtype=torch.bool)
         _radix_topk(flat.contiguous().numpy().view(np.uint32), k, absolute, out.numpy())
         return out.view(values.shape)
-    return _torch_topk(flat.abs() if absolute else flat, k).view(values.shape)
+    return topk_rows_device((flat.abs() if absolute else flat)[None], k)[0].view(values.shape)
 
 
-def _torch_topk(flat: torch.Tensor, k: int) -> torch.Tensor:
-    threshold = torch.kthvalue(flat, flat.numel() - k + 1).values  # k-th largest
-    mask = flat >= threshold
-    if int(mask.sum()) != k:  # ties at the threshold: everything above it, then the first ties
-        mask = flat > threshold
-        ties = torch.nonzero(flat == threshold).reshape(-1)[: k - int(mask.sum())]
-        mask[ties] = True
-    return mask
+def topk_rows_device(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row of a (R, n) tensor, the bool mask of its k largest entries (0 < k < n), lower index first
+    among ties: the selection `topk_mask` makes, with torch operations only and no host synchronisation
+    (what a CUDA step runs; `torch.kthvalue` has no deterministic CUDA kernel, and a tie count read back
+    to the host would stall every step).
+
+    The k-th largest value is the least of the k largest (`topk(k, sorted=False).values.amin`); everything
+    above it is kept, then of the entries equal to it the first `k - above` in index order (an integer
+    running count). Entries compare as numbers, so -0.0 and 0.0 tie (the radix path ranks -0.0 lower when
+    not ranking by magnitude; magnitudes, which the scores' selection uses, have no -0.0).
+
+    Examples
+    --------
+    >>> topk_rows_device(torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0]]), 2)
+    tensor([[False,  True,  True, False, False]])
+    """
+    threshold = values.topk(k, dim=1, sorted=False).values.amin(1, keepdim=True)
+    above = values > threshold
+    tied = values == threshold
+    need = k - above.sum(1, keepdim=True, dtype=torch.int32)
+    return above | (tied & (tied.cumsum(1, dtype=torch.int32) <= need))
 
 
 if numba is not None:

@@ -13,7 +13,7 @@ recycling can change them, per mask (K, *shape).
 
 Mask k's numbers depend only on its own seeds, never on K or on its neighbours (see `masklab.nn.exact`):
 every product is one per mask, with the shapes a lone mask has (a batched matmul; on CPU a loop of
-convolutions, on CUDA one grouped convolution, which is fast there but not bit-exact), and every
+convolutions, on CUDA one grouped convolution, `grouped_conv2d`, which is fast there but not bit-exact), and every
 per-mask reduction runs in a fixed order. With K = 1 this is the one training path of every mask run.
 """
 
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from masklab.keep import n_keep as count_keep
+from masklab.nn.device_path import cpu_path
 from masklab.nn.exact import BatchNorm2d, biprop_alpha, one_thread
 from masklab.nn.init import SCORE_STREAM, generator, init_scores, weight_values
 from masklab.nn.select import SelectState, select_rows
@@ -200,10 +201,19 @@ class _StackedLinear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, layer: StackedLayer, fused: bool) -> torch.Tensor:
         ctx.save_for_backward(x, w)
         ctx.layer, ctx.fused = layer, fused
+        kind = x.device.type  # under autocast (--precision bf16) the backward's products are cast the same way
+        ctx.autocast = (kind, torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else None
         return _stacked_linear(x, w)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        if ctx.autocast is None:
+            return _StackedLinear._backward(ctx, grad_out)
+        with torch.autocast(ctx.autocast[0], dtype=ctx.autocast[1]):
+            return _StackedLinear._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out: torch.Tensor):
         x, w = ctx.saved_tensors
         K, n_out, n_in = w.shape
         xs = _per_mask_input(x, K, n_in)
@@ -300,16 +310,31 @@ class StackedConv2d(StackedLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, fused = self._weight_for_forward()
-        out_c, in_c = self.shape[0], self.shape[1]
-        if x.device.type == "cpu":
+        if cpu_path(x):
             if torch.is_grad_enabled():
                 return _PerMaskConv.apply(x, w, self, fused)
             return _cat([F.conv2d(xk, w[k], None, self.stride, self.padding)
-                         for k, xk in enumerate(_conv_inputs(x, self.K, in_c))])
-        # CUDA: one grouped convolution (fast; cuDNN's algorithm choice makes it not bit-exact)
-        groups = 1 if x.shape[1] == in_c else self.K  # shared input: one conv makes all K outputs
-        return F.conv2d(x, w.reshape(self.K * out_c, in_c, *self.shape[2:]), None, self.stride, self.padding, 1,
-                        groups)
+                         for k, xk in enumerate(_conv_inputs(x, self.K, self.shape[1]))])
+        return grouped_conv2d(x, w, self.stride, self.padding)
+
+
+def grouped_conv2d(x: torch.Tensor, w: torch.Tensor, stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """K masks' convolutions as one convolution (the device path: one kernel launch for the stack).
+
+    `w` is (K, out, in, kh, kw); `x` is the input every mask shares, (B, in, H, W), or each mask's own,
+    (B, K*in, H, W). Returns (B, K*out, H', W'), mask-major channels, the numbers of K separate
+    `F.conv2d(x_k, w[k])` up to the rounding of the algorithm cuDNN picks for the larger shape (not
+    bit-exact: the CPU path runs one convolution per mask instead).
+
+    Examples
+    --------
+    >>> x, w = torch.randn(2, 3, 5, 5), torch.randn(4, 6, 3, 3, 3)
+    >>> grouped_conv2d(x, w, padding=1).shape
+    torch.Size([2, 24, 5, 5])
+    """
+    K, out_c, in_c = w.shape[:3]
+    groups = 1 if x.shape[1] == in_c else K  # a shared input: one convolution makes all K outputs
+    return F.conv2d(x, w.reshape(K * out_c, in_c, *w.shape[3:]), None, stride, padding, 1, groups)
 
 
 @dataclass(frozen=True)

@@ -6,24 +6,21 @@ from __future__ import annotations
 
 import torch
 
+from masklab.nn.device_path import cpu_path
 from masklab.nn.exact import biprop_alpha
-from masklab.nn.select import topk_mask
+from masklab.nn.select import topk_mask, topk_rows_device
 
 
 def topk_rows(values: torch.Tensor, k: int, absolute: bool = False) -> torch.Tensor:
     """Per row of a (K, n) tensor, the bool mask of its k largest entries (lower index wins ties),
-    exactly as `topk_mask` selects in each row."""
+    exactly as `topk_mask` selects in each row: row by row on the CPU path, all rows at once and without
+    a host synchronisation on the device path (`topk_rows_device`)."""
     n = values.shape[1]
     if k >= n or k <= 0:
         return torch.full_like(values, k >= n, dtype=torch.bool)
-    if values.device.type == "cpu":
+    if cpu_path(values):
         return torch.stack([topk_mask(row, k, absolute) for row in values])
-    values = values.abs() if absolute else values
-    threshold = torch.kthvalue(values, n - k + 1, dim=1, keepdim=True).values
-    mask = values >= threshold
-    for row in torch.nonzero(mask.sum(1) != k).reshape(-1).tolist():  # ties at a row's threshold
-        mask[row] = topk_mask(values[row], k)
-    return mask
+    return topk_rows_device(values.abs() if absolute else values, k)
 
 
 def row_masks(scores: torch.Tensor, k: int) -> torch.Tensor:

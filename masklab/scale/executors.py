@@ -108,7 +108,7 @@ class ShardJob(submitit.helpers.Checkpointable):
     run directories."""
 
     def __call__(self, configs: list[dict], runs_dir: str, index: int, count: int, threads: int | None = None,
-                 gpu: int | None = None) -> dict:
+                 gpu: int | None = None, allow_device_change: bool = False) -> dict:
         if gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
         import torch
@@ -122,7 +122,8 @@ class ShardJob(submitit.helpers.Checkpointable):
             config = RunConfig.from_dict(values, source="shard job")
             shard = (job_shard(index, r, count), count)
             try:
-                run = generate(config, runs_dir=runs_dir, resume=True, shard=shard)
+                run = generate(config, runs_dir=runs_dir, resume=True, shard=shard,
+                               allow_device_change=allow_device_change)
             except UserError as e:  # reported by the submitting process as one line
                 return {"shard": index, "error": str(e), "done": done}
             done.append(str(run.path))
@@ -155,10 +156,11 @@ class Submission:
 
 def submit_shards(configs: Sequence[RunConfig], runs_dir: str | os.PathLike, jobs: int, executor: str = "local",
                   *, slurm: SlurmOptions | None = None, wait: bool = True, quiet: bool = True,
-                  log: Callable[[str], None] | None = None) -> Submission:
+                  log: Callable[[str], None] | None = None, allow_device_change: bool = False) -> Submission:
     """Create the runs of `configs` (if new) and submit `jobs` submitit jobs, job I training shard I/jobs of
     each; with `wait`, show progress (masks stored / planned, read from the run directories) until all jobs
-    end, and raise UserError naming the first job that failed on bad input."""
+    end, and raise UserError naming the first job that failed on bad input. `allow_device_change`: see
+    `masklab.generate`."""
     from masklab.generation import create_run
 
     if executor not in EXECUTORS:
@@ -184,7 +186,7 @@ def submit_shards(configs: Sequence[RunConfig], runs_dir: str | os.PathLike, job
         gpus = _local_gpus(configs, jobs)
     values = [config.to_dict() for config in configs]
     submitted = ex.map_array(ShardJob(), [values] * jobs, [os.fspath(runs_dir)] * jobs, list(range(jobs)),
-                             [jobs] * jobs, [threads] * jobs, gpus)
+                             [jobs] * jobs, [threads] * jobs, gpus, [allow_device_change] * jobs)
     submission = Submission(submitted, runs, executor)
     say(f"submitted {jobs} shard job(s) through submitit ({executor}): {', '.join(submission.job_ids)}; "
         f"logs in {folder}")
@@ -194,13 +196,32 @@ def submit_shards(configs: Sequence[RunConfig], runs_dir: str | os.PathLike, job
 
 
 def _local_gpus(configs: Sequence[RunConfig], jobs: int) -> list[int | None]:
-    """One GPU per local shard when the runs train on CUDA and the node has at least as many GPUs."""
-    if not any(c.device != "cpu" for c in configs):
+    """The GPU of each local shard job (`gpu_slots` for this node's GPUs)."""
+    devices = [c.device for c in configs]
+    if all(d == "cpu" for d in devices):
         return [None] * jobs
     import torch
 
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return [i % count for i in range(jobs)] if count >= jobs else [None] * jobs
+    return gpu_slots(jobs, torch.cuda.device_count() if torch.cuda.is_available() else 0, devices)
+
+
+def gpu_slots(jobs: int, gpus: int, devices: Sequence[str]) -> list[int | None]:
+    """The GPU each of `jobs` local shard jobs is given (its CUDA_VISIBLE_DEVICES; None: left as it is), for
+    runs asking for `devices` on a node with `gpus` GPUs: round robin over the GPUs when the runs train on
+    "auto" or "cuda" (more jobs than GPUs share them evenly, rather than all piling onto GPU 0); None for
+    every job when no run trains on CUDA, the node has none, or a run names its GPU ("cuda:N" must mean the
+    node's N-th GPU, which a narrowed CUDA_VISIBLE_DEVICES would renumber).
+
+    Examples
+    --------
+    >>> gpu_slots(5, 2, ["cuda"])
+    [0, 1, 0, 1, 0]
+    >>> gpu_slots(2, 4, ["cpu"]), gpu_slots(2, 0, ["auto"]), gpu_slots(2, 2, ["cuda:1"])
+    ([None, None], [None, None], [None, None])
+    """
+    if gpus < 1 or all(d == "cpu" for d in devices) or any(d.startswith("cuda:") for d in devices):
+        return [None] * jobs
+    return [i % gpus for i in range(jobs)]
 
 
 def wait_for(submission: Submission, total: int, quiet: bool = True) -> list[dict]:

@@ -146,6 +146,10 @@ class RunWriter:
         found = {int(m.group(1)) for m in map(RECORD_RE.fullmatch, names) if m}
         return found - self.done
 
+    def stored_records(self, ids) -> list[dict]:
+        """The records of the stored masks `ids`, as written."""
+        return [read_json(self.path / "masks" / f"{stem(i)}.json") for i in sorted(ids)]
+
     def close(self) -> None:
         if self.shard_lock is not None:
             self.shard_lock.release()

@@ -1,7 +1,8 @@
 """Evaluation: mean cross-entropy and accuracy on a dataset's test split (or any batches).
 
 Losses are added per sample in float64 by numpy (a fixed order), so the figures do not depend on the
-thread count.
+thread count. `LossTotals` keeps them on the device until the end of a pass (one copy to the host, none per
+batch) and adds them exactly as a copy per batch would have.
 """
 
 from __future__ import annotations
@@ -23,19 +24,58 @@ class Evaluation(NamedTuple):
     acc: float
 
 
+class LossTotals:
+    """Per-sample losses and correct predictions of K models over many batches, kept on the device until
+    `result()`: one copy to the host for the whole pass instead of one per step (each copy waits for the
+    device). The losses are then added per batch, in batch order, in float64 by numpy: the same numbers a
+    copy per batch gave.
+
+    Examples
+    --------
+    >>> totals = LossTotals()
+    >>> totals.add(torch.tensor([[1.0, 3.0]]), torch.tensor([[[0.0, 1.0], [1.0, 0.0]]]), torch.tensor([[1, 1]]))
+    >>> totals.result()
+    [(2.0, 0.5)]
+    """
+
+    def __init__(self) -> None:
+        self.losses: list[torch.Tensor] = []
+        self.correct: list[torch.Tensor] = []
+
+    def add(self, per_sample: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """One batch: per-sample losses (K, B), logits (K, B, classes), labels (K, B)."""
+        self.add_counted(per_sample, (logits.detach().argmax(-1) == y).sum(-1))
+
+    def add_counted(self, per_sample: torch.Tensor, correct: torch.Tensor) -> None:
+        """One batch: per-sample losses (K, B) and the number of correct predictions per model (K,)."""
+        self.losses.append(per_sample.detach())
+        self.correct.append(correct)
+
+    def result(self) -> list[tuple[float, float]]:
+        """(mean loss, accuracy) per model."""
+        if not self.losses:
+            return []
+        sizes = [part.shape[-1] for part in self.losses]
+        losses = torch.cat(self.losses, -1).cpu().numpy()
+        correct = torch.stack(self.correct, -1).sum(-1).cpu().numpy()
+        total = np.zeros(losses.shape[:-1], dtype=np.float64)
+        for part in np.split(losses, np.cumsum(sizes)[:-1], axis=-1):
+            total += part.astype(np.float64).sum(-1)
+        seen = sum(sizes)
+        return [(float(total[k]) / seen, int(correct[k]) / seen) for k in range(len(total))]
+
+
 @torch.no_grad()
 def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Evaluation:
     """(mean loss, accuracy) over the batches, in eval mode. Masks are computed once and reused."""
     was_training = model.training
     model.eval()
-    total_loss, correct, seen = 0.0, 0, 0
+    totals = LossTotals()
     for x, y in batches:
         logits = model(x)
-        total_loss += float(F.cross_entropy(logits, y, reduction="none").cpu().numpy().astype(np.float64).sum())
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(y)
+        totals.add(F.cross_entropy(logits, y, reduction="none")[None], logits[None], y[None])
     model.train(was_training)
-    return Evaluation(total_loss / seen, correct / seen)
+    return Evaluation(*totals.result()[0])
 
 
 def evaluate(model: nn.Module, dataset, device: str | torch.device = "cpu",

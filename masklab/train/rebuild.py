@@ -22,6 +22,7 @@ from masklab.data import Shaped
 from masklab.errors import StoreError
 from masklab.nn.layers import masked_layers
 from masklab.train.evaluate import Evaluation, evaluate
+from masklab.train.precision import evaluation_settings
 from masklab.train.recycling import rebuild_weights
 from masklab.train.stacked import make_model
 
@@ -101,5 +102,7 @@ def run_model(run, i: int, device: str | torch.device = "cpu") -> nn.Module:
 def evaluate_mask(run, i: int, data=None, device: str | torch.device = "cpu") -> Evaluation:
     """`Evaluation(loss, acc)`: the test loss (nats) and accuracy (fraction) of mask `i`'s rebuilt subnetwork
     on the test split of `data` (default: the run's dataset); equals the figures recorded when it was
-    trained."""
-    return evaluate(run_model(run, i, device), data if data is not None else run.dataset(), device)
+    trained (on CUDA under the settings of the precision it trained at)."""
+    precision = (run.record(i).get("trained_with") or {}).get("precision", run.config.precision)
+    with evaluation_settings(device, precision):
+        return evaluate(run_model(run, i, device), data if data is not None else run.dataset(), device)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from masklab.nn.device_path import cpu_path
 from masklab.nn.select import match_torch_threads, numba, rows_view
 
 if numba is not None:
@@ -65,8 +66,8 @@ if numba is not None:
 
 
 def fused_available(device: torch.device | str) -> bool:
-    """Whether the fused path runs here: CPU with numba."""
-    return numba is not None and torch.device(device).type == "cpu"
+    """Whether the fused path runs here: the CPU path (`masklab.nn.device_path`) with numba."""
+    return numba is not None and cpu_path(device)
 
 
 class FusedScoreSGD:

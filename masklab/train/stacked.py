@@ -14,7 +14,7 @@ import torch
 from masklab.config import RunConfig
 from masklab.data import Shaped
 from masklab.nn.init import init_model
-from masklab.nn.layers import MaskedConv2d
+from masklab.nn.layers import MaskedConv2d, masked_layers
 from masklab.nn.models import build_model
 from masklab.nn.stacked import StackedLayerMaker, init_stacked
 from masklab.train.score_sgd import FusedScoreSGD, fused_available
@@ -52,22 +52,35 @@ def layer_kind(config: RunConfig, dataset: Shaped) -> str:
 
 def auto_stack(config: RunConfig, dataset: Shaped, device: torch.device, n_masks: int) -> int:
     """K for `--stack auto`: the measured rule for the device and layer kind (CPU_CAP, CUDA_CAP), at most
-    the masks left, and no more than fit a quarter of free memory."""
+    the masks left, and no more than fit a quarter of free memory (`stack_memory`)."""
     if config.method == "dense":
         return 1
     cap = CUDA_CAP if device.type == "cuda" else CPU_CAP[layer_kind(config, dataset)]
     if cap == 1:
         return 1
-    model = build_model(config.model, dataset.input_shape, dataset.n_classes, config.width, config.method,
-                        config.sparsity)
-    n_weights = sum(p.numel() for p in model.parameters())
-    # scores, grad, momentum, effective weight, mask, own weights: ~6 floats per weight and mask
-    per_mask = 6 * 4 * n_weights + 4 * config.batch_size * 3 * _activation_floats(model, dataset)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return max(1, min(cap, n_masks, int(free // 4 // max(per_mask, 1))))
+    return max(1, min(cap, n_masks, int(free // 4 // max(stack_memory(config, dataset), 1))))
+
+
+def stack_memory(config: RunConfig, dataset: Shaped) -> int:
+    """Bytes one more mask in a stack takes, estimated: 6 float32 per prunable weight (its scores, their
+    gradient, momentum, the effective weight, the mask, its own weights once recycled) and, per sample of a
+    batch, 3 float32 per activation (the forward value, its gradient, a temporary).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> config = RunConfig(model="conv4", batch_size=128)
+    >>> stack_memory(config, SimpleNamespace(input_shape=(3, 32, 32), n_classes=10)) // 2**20  # MiB
+    681
+    """
+    model = build_model(config.model, dataset.input_shape, dataset.n_classes, config.width, config.method,
+                        config.sparsity)
+    n_weights = sum(layer.weight.numel() for _, layer in masked_layers(model))  # (not the scores: counted above)
+    return 6 * 4 * n_weights + 4 * config.batch_size * 3 * _activation_floats(model, dataset)
 
 
 def _activation_floats(model, dataset) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -31,8 +32,9 @@ from masklab.nn.exact import blas_one_thread, reproducible_blas, set_threads
 from masklab.nn.layers import masked_layers
 from masklab.nn.stacked import stacked_layers
 from masklab.train.device import macs_per_sample, resolve_device
-from masklab.train.evaluate import evaluate
+from masklab.train.evaluate import LossTotals, evaluate
 from masklab.train.plan import StepPlan
+from masklab.train.precision import autocast_dtype, device_record, step_settings
 from masklab.train.rebuild import rebuild_trained
 from masklab.train.recycling import iterand_apply, iwr_apply, recycles_after
 from masklab.train.score_sgd import FusedScoreSGD
@@ -154,7 +156,7 @@ def train_masks(config: RunConfig, indices: Sequence[int], dataset: Batches | No
     mask_stacks = tuple(stacks) if stacks and device.type == "cpu" and config.method != "dense" else None
     plan = StepPlan(len(indices), threads, mask_stacks)
     try:
-        with blas_one_thread():
+        with blas_one_thread(), step_settings(config.precision, device):
             return _train(config, indices, dataset, device, on_epoch,
                           config.snapshot_every if snapshot_every is None else snapshot_every, plan,
                           on_steps, on_checkpoint, resume)
@@ -203,6 +205,7 @@ def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torc
     seeds = [config.seeds(i) for i in indices]
     dense = config.method == "dense"
     blas = reproducible_blas() if device.type == "cpu" else device.type
+    computed = device_record(device, config.precision)  # the settings as they stand while the masks train
     start = time.perf_counter()
     model, layers, optimizer = build_training(config, dataset, indices, device)
     base_lr = config.resolved("lr")
@@ -222,7 +225,7 @@ def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torc
         for group in optimizer.param_groups:
             group["lr"] = lr
         train = _train_epoch(model, optimizer, subs, dataset, config, [s[2] for s in seeds], epoch, K, device,
-                             plan, on_steps)
+                             plan, on_steps, autocast_dtype(config.precision))
         threads_used |= {c.threads for c in plan.used}
         if subs is not None:  # the stack's cached effective weights are stale once sub-stacks trained
             subs.invalidate()
@@ -254,7 +257,7 @@ def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torc
     results = []
     for k in range(K):
         provenance = {"stack": K, "position": k, "device": str(device), "threads": threads, "blas": blas,
-                      "substacks": stack_sizes}
+                      "substacks": stack_sizes, **computed}
         results.append(_result(config, indices[k], seeds[k], k, layers, maps, snapshots[k], recycle_count,
                                seconds, dense, provenance))
     _split_buffers(model, results)
@@ -265,25 +268,27 @@ def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torc
     return results
 
 
-def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor,
+               autocast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step of K stacked masks on a batch (y: (K, B)); returns the (K, B) per-sample losses and
-    the logits."""
+    the logits, on the device: nothing in a step waits for the host. `autocast`: the forward pass's
+    autocast dtype (`--precision bf16`), None for none."""
     optimizer.zero_grad(set_to_none=True)
-    logits = model(x)  # (K, B, classes)
-    per_sample = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (K, B)
+    with torch.autocast(x.device.type, dtype=autocast) if autocast is not None else nullcontext():
+        logits = model(x)  # (K, B, classes)
+        per_sample = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (K, B)
     per_sample.mean(1).sum().backward()  # d/d(mask k's loss) = 1: each mask gets its own gradient
     optimizer.step()
     return per_sample, logits
 
 
 def _train_epoch(model, optimizer, subs: SubStacks | None, dataset, config, data_seeds, epoch, K, device,
-                 plan: StepPlan, on_steps=None) -> list[tuple[float, float]]:
+                 plan: StepPlan, on_steps=None, autocast: torch.dtype | None = None) -> list[tuple[float, float]]:
     """One epoch in blocks of steps, each run as `plan` chooses (sub-stack size, threads): every sub-stack
-    takes the block's batches in order, so each mask sees the batches it would see in any stack."""
+    takes the block's batches in order, so each mask sees the batches it would see in any stack. (mean loss,
+    accuracy) per mask, copied to the host once, at the end (a copy per step would make a CUDA step wait)."""
     model.train()
-    total = np.zeros(K, dtype=np.float64)
-    correct = np.zeros(K, dtype=np.int64)
-    seen = 0
+    totals = LossTotals()
     batches = _batches(dataset, config, data_seeds, epoch, K, device)
     left = -(-dataset.n_train // config.batch_size)
     while left > 0:
@@ -298,18 +303,19 @@ def _train_epoch(model, optimizer, subs: SubStacks | None, dataset, config, data
         parts = subs.parts(choice.stack) if subs is not None else [(0, K, model, optimizer)]
         if subs is not None:
             subs.start_block(choice.stack)
+        outputs: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in block]  # per batch, per part
         for a, b, part, part_optimizer in parts:
-            for xs, y in block:
-                per_sample, logits = train_step(part, part_optimizer, _inputs(xs, a, b), y[a:b])
-                total[a:b] += per_sample.detach().cpu().numpy().astype(np.float64).sum(1)
-                correct[a:b] += (logits.detach().argmax(2) == y[a:b]).sum(1).cpu().numpy()
+            for j, (xs, y) in enumerate(block):
+                per_sample, logits = train_step(part, part_optimizer, _inputs(xs, a, b), y[a:b], autocast)
+                outputs[j].append((per_sample.detach(), (logits.detach().argmax(2) == y[a:b]).sum(1)))
+        for (_, y), pieces in zip(block, outputs):  # the parts are masks a..b in order: together, all K
+            totals.add_counted(torch.cat([p for p, _ in pieces]), torch.cat([c for _, c in pieces]))
         if subs is not None:
             subs.sync_batchnorm(choice.stack)
         plan.record(choice, (time.perf_counter() - begin) / (len(block) * K))
-        seen += sum(int(y.shape[1]) for _, y in block)
         if on_steps is not None:
             on_steps(len(block) * K)
-    return [(float(total[k]) / seen, int(correct[k]) / seen) for k in range(K)]
+    return totals.result()
 
 
 def _batches(dataset, config, data_seeds, epoch, K, device):
@@ -337,24 +343,20 @@ def _inputs(xs, a: int, b: int) -> torch.Tensor:
 @torch.no_grad()
 def _evaluate(model, dataset, K, device) -> list[tuple[float, float]]:
     model.eval()
-    total = np.zeros(K, dtype=np.float64)
-    correct = np.zeros(K, dtype=np.int64)
-    seen = 0
+    totals = LossTotals()
     for x, y in dataset.test_batches(1000, device=device):
         logits = model(x)
-        per_sample = F.cross_entropy(logits.transpose(1, 2), y.expand(K, -1), reduction="none")
-        total += per_sample.cpu().numpy().astype(np.float64).sum(1)
-        correct += (logits.argmax(2) == y).sum(1).cpu().numpy()
-        seen += len(y)
+        y = y.expand(K, -1)
+        totals.add(F.cross_entropy(logits.transpose(1, 2), y, reduction="none"), logits, y)
     model.train()
-    return [(float(total[k]) / seen, int(correct[k]) / seen) for k in range(K)]
+    return totals.result()
 
 
 def _check_finite(config, indices, epoch, lr, train, layers, dense) -> None:
     """Stop with a user error naming the learning rate when training has overflowed."""
     values = [(layer.weight if dense else layer.scores) for _, layer in layers]
     finite = [math.isfinite(loss) for loss, _ in train]
-    if all(finite) and all(bool(torch.isfinite(v).all()) for v in values):
+    if all(finite) and bool(torch.stack([torch.isfinite(v).all() for v in values]).all()):  # one copy to the host
         return
     default = config.replace(lr=None).resolved("lr")
     if not all(finite):

@@ -150,6 +150,34 @@ def test_backends_agree_with_the_numba_kernel(backend, n_masks):
                                       backend_counts("numba", x, y, per_layer=per_layer))
 
 
+@pytest.mark.parametrize("tile_rows", [1, 5, 16, 200])
+def test_torch_backend_streams_row_blocks(tile_rows, monkeypatch):
+    """The torch (GPU) backend holds one tile of counts at a time on the device, never the whole (L, N, N)
+    result, and gives the numba kernel's integers whatever the tile size (run here on the CPU)."""
+    torch = pytest.importorskip("torch")
+    x, y = random_bools(41, AWKWARD_SIZES, seed=40), random_bools(23, AWKWARD_SIZES, seed=41)
+    a, b = MaskSet.from_bool(x, AWKWARD_SIZES), MaskSet.from_bool(y, AWKWARD_SIZES)
+    layers = len(AWKWARD_SIZES)
+    tile_bytes = 8 * layers * tile_rows * tile_rows
+    largest = []
+    real_zeros = torch.zeros
+
+    def zeros(*shape, **kwargs):  # the counts are the int64 tensors the backend allocates
+        out = real_zeros(*shape, **kwargs)
+        if out.dtype == torch.int64:
+            largest.append(out.numel() * 8)
+        return out
+
+    monkeypatch.setattr(torch, "zeros", zeros)
+    monkeypatch.setattr(kernels, "TORCH_TILE_BYTES", tile_bytes)
+    for other in (None, b):
+        largest.clear()
+        got = np.asarray(intersections(a, other, per_layer=True, backend="torch").counts)
+        expected = np.asarray(intersections(a, other, per_layer=True, backend="numba").counts)
+        np.testing.assert_array_equal(got, expected)
+        assert largest and max(largest) <= tile_bytes
+
+
 def test_kernel_counts_against_brute_force_with_tiny_blocks(monkeypatch):
     """Segments, cache chunks and row blocks much smaller than the data: every boundary is crossed."""
     sizes = [1, 300, 64, 1000, 3]

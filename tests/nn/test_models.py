@@ -101,3 +101,24 @@ def test_bad_models_are_user_errors():
         build_model("conv4", (64,), 10)
     with pytest.raises(UserError, match="unknown model"):
         build_model("vgg", (3, 32, 32), 10)
+
+
+def test_resnet18_pools_without_adaptive_avg_pool2d(monkeypatch):
+    """Its CUDA backward has no deterministic kernel (torch.use_deterministic_algorithms raises): the global
+    average pool is a mean, which on CPU gives adaptive_avg_pool2d's bits, forward and backward."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(16, 512, 4, 4), (5, 64, 1, 1), (8, 4096, 4, 4), (3, 32, 2, 2)]:
+        x = torch.randn(*shape, generator=g, requires_grad=True)
+        grad = torch.randn(shape[:2], generator=g)
+        pooled, mean = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1), x.mean((2, 3))
+        assert torch.equal(pooled, mean)
+        assert torch.equal(torch.autograd.grad(pooled, x, grad)[0], torch.autograd.grad(mean, x, grad)[0])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("adaptive_avg_pool2d")
+
+    monkeypatch.setattr(F, "adaptive_avg_pool2d", refuse)
+    model = build_model("resnet18", (3, 8, 8), 10, 0.125, "edge-popup", 0.5)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()

@@ -44,10 +44,18 @@ def test_n_keep_matches_reference_rounding():
     assert n_keep(300 * 784, 0.99) == 2352  # 232848 removed
 
 
+def sorted_topk(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The definition: the first k of a stable sort by value, descending (ties: lower index first)."""
+    order = torch.sort(values, descending=True, stable=True).indices[:k]
+    mask = torch.zeros(values.numel(), dtype=torch.bool)
+    mask[order] = True
+    return mask
+
+
 @pytest.mark.parametrize("n", [4096, 5000, 70_001, 300_000])
 @pytest.mark.parametrize("sparsity", [0.01, 0.5, 0.9, 0.999])
-def test_radix_select_equals_torch_kthvalue_path(n, sparsity):
-    from masklab.nn.select import _torch_topk
+def test_radix_select_equals_the_device_path_and_the_definition(n, sparsity):
+    from masklab.nn.select import topk_rows_device
 
     g = torch.Generator().manual_seed(n)
     scores = torch.randn(n, generator=g) * 0.01
@@ -56,9 +64,11 @@ def test_radix_select_equals_torch_kthvalue_path(n, sparsity):
     k = n_keep(n, sparsity)
     fast = topk_mask(scores, k, absolute=True)
     assert int(fast.sum()) == k
-    assert torch.equal(fast, _torch_topk(scores.abs(), k))
+    assert torch.equal(fast, topk_rows_device(scores.abs()[None], k)[0])
+    assert torch.equal(fast, sorted_topk(scores.abs(), k))
     signed = topk_mask(scores, k)  # signed ranking too
-    assert torch.equal(signed, _torch_topk(scores, k))
+    assert torch.equal(signed, topk_rows_device(scores[None], k)[0])
+    assert torch.equal(signed, sorted_topk(scores, k))
 
 
 def test_radix_select_all_equal_values_keeps_first_k():

@@ -208,3 +208,21 @@ def test_sweep_jobs_give_the_same_table(tmp_path):
     here = sweep(base, runs_dir=tmp_path / "here", **kw)
     there = sweep(base, runs_dir=tmp_path / "there", jobs=2, **kw)
     assert here.drop(columns=["runs"]).equals(there.drop(columns=["runs"]))
+
+
+def test_local_shard_jobs_share_the_gpus_round_robin(monkeypatch):
+    """Each local shard job sees one GPU (its CUDA_VISIBLE_DEVICES): jobs are dealt over the node's GPUs, also
+    when there are more jobs than GPUs (before, every job then ran on GPU 0)."""
+    import torch
+
+    from masklab.scale import executors
+
+    assert executors.gpu_slots(3, 4, ["auto"]) == [0, 1, 2]
+    assert executors.gpu_slots(5, 2, ["cuda"]) == [0, 1, 0, 1, 0]
+    assert executors.gpu_slots(3, 0, ["auto"]) == [None] * 3  # no GPU
+    assert executors.gpu_slots(3, 2, ["cpu"]) == [None] * 3  # the runs train on the CPU
+    assert executors.gpu_slots(2, 2, ["cuda:1"]) == [None] * 2  # a named GPU keeps the node's numbering
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert executors._local_gpus([RunConfig(device="auto")] * 2, 3) == [0, 1, 0]
+    assert executors._local_gpus([RunConfig(device="cpu")], 3) == [None] * 3

@@ -63,7 +63,7 @@ def test_iterand_touches_only_pruned_positions():
 
 
 def trained_config(**kw):
-    return RunConfig(epochs=5, width=0.25, **kw)
+    return RunConfig(device="cpu", epochs=5, width=0.25, **kw)
 
 
 @pytest.mark.parametrize("recycle,extra", [("iwr", {"recycle_every": 1}), ("iterand", {})])

@@ -47,13 +47,14 @@ def differences(a, b) -> list[str]:
 
 
 CASES = {
-    "edge-popup": (RunConfig(epochs=3, width=0.5), "digits", {}),
-    "biprop+iwr": (RunConfig(epochs=3, method="biprop", recycle="iwr", recycle_every=1), "digits", {}),
-    "iterand, own data seeds": (RunConfig(epochs=3, recycle="iterand", vary_data_seed=True, width=0.5), "digits", {}),
-    "conv2 biprop": (RunConfig(dataset="synthetic", input_shape="3x8x8", model="conv2", width=0.25, epochs=3,
-                               method="biprop", recycle="iwr", recycle_every=1), "synthetic",
+    "edge-popup": (RunConfig(device="cpu", epochs=3, width=0.5), "digits", {}),
+    "biprop+iwr": (RunConfig(device="cpu", epochs=3, method="biprop", recycle="iwr", recycle_every=1), "digits", {}),
+    "iterand, own data seeds": (RunConfig(device="cpu", epochs=3, recycle="iterand", vary_data_seed=True,
+                                          width=0.5), "digits", {}),
+    "conv2 biprop": (RunConfig(device="cpu", dataset="synthetic", input_shape="3x8x8", model="conv2", width=0.25,
+                               epochs=3, method="biprop", recycle="iwr", recycle_every=1), "synthetic",
                      {"input_shape": (3, 8, 8)}),
-    "dense": (RunConfig(epochs=2, method="dense", width=0.5, vary_data_seed=True), "digits", {}),
+    "dense": (RunConfig(device="cpu", epochs=2, method="dense", width=0.5, vary_data_seed=True), "digits", {}),
 }
 
 
@@ -145,7 +146,7 @@ def test_batchnorm_statistics_do_not_depend_on_the_stack():
     """ResNet-18's BatchNorm: statistics per mask, equal alone and stacked (torch's own CPU BatchNorm
     reduces differently by channel count and, for 1 x 1 maps, by thread count)."""
     data = load_dataset("synthetic", input_shape=(3, 8, 8))
-    config = RunConfig(dataset="synthetic", input_shape="3x8x8", model="resnet18", width=0.125, epochs=1,
+    config = RunConfig(device="cpu", dataset="synthetic", input_shape="3x8x8", model="resnet18", width=0.125, epochs=1,
                        batch_size=256)
     alone = train_masks(config, [1], dataset=data)[0]
     stacked = train_masks(config, [0, 1], dataset=data)
@@ -156,11 +157,11 @@ def test_batchnorm_statistics_do_not_depend_on_the_stack():
 def test_auto_stack_follows_the_measured_rule():
     cpu = torch.device("cpu")
     digits = load_dataset("digits")
-    assert auto_stack(RunConfig(), digits, cpu, 16) == 8
-    assert auto_stack(RunConfig(), digits, cpu, 3) == 3
-    assert auto_stack(RunConfig(method="dense"), digits, cpu, 16) == 1
+    assert auto_stack(RunConfig(device="cpu"), digits, cpu, 16) == 8
+    assert auto_stack(RunConfig(device="cpu"), digits, cpu, 3) == 3
+    assert auto_stack(RunConfig(device="cpu", method="dense"), digits, cpu, 16) == 1
     cifar = load_dataset("synthetic", input_shape=(3, 32, 32))
-    assert auto_stack(RunConfig(dataset="synthetic", model="conv4"), cifar, cpu, 16) == 1
+    assert auto_stack(RunConfig(device="cpu", dataset="synthetic", model="conv4"), cifar, cpu, 16) == 1
 
 
 # ---- the whole chain on real data: generate with stack 1 / 2 / 3 / auto, and a killed and resumed run ----
@@ -206,8 +207,8 @@ def assert_same_runs(a: dict, b: dict) -> None:
 @pytest.mark.parametrize("method", [{"method": "edge-popup"}, {"method": "biprop", "recycle": "iwr",
                                                                  "recycle_every": 1}])
 def test_generate_gives_the_same_run_for_every_stack_and_after_a_kill(small_fashion, tmp_path, method):
-    config = RunConfig(dataset="fashion-mnist", data_root=str(small_fashion), model="lenet-300-100", epochs=3,
-                       masks=3, keep_scores=True, **method)
+    config = RunConfig(device="cpu", dataset="fashion-mnist", data_root=str(small_fashion), model="lenet-300-100",
+                       epochs=3, masks=3, keep_scores=True, **method)
     data = load_dataset("fashion-mnist", small_fashion)
     runs = {}
     for stack in (1, 2, 3, 0):

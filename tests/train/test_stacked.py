@@ -17,7 +17,7 @@ from masklab.train.trainer import train_masks
 def test_one_step_scores_match_separate_optimisers(digits, method, fused):
     """Four stacked masks after two SGD steps equal four separate single-mask models, both through
     autograd + torch.optim.SGD and through the CPU trainer's FusedScoreSGD."""
-    config = RunConfig(method=method)
+    config = RunConfig(device="cpu", method=method)
     indices = [0, 1, 2, 3]
     stacked = make_stacked_model(config, digits, indices)
     layers = stacked_layers(stacked)
@@ -47,7 +47,7 @@ def test_one_step_scores_match_separate_optimisers(digits, method, fused):
 
 @pytest.mark.parametrize("kw", [{}, {"method": "biprop"}, {"vary_data_seed": True}])
 def test_full_stacked_run_equals_separate_runs_exactly(digits, kw):
-    config = RunConfig(epochs=5, **kw)
+    config = RunConfig(device="cpu", epochs=5, **kw)
     stacked = train_masks(config, [0, 1, 2, 3], dataset=digits)
     for result in stacked:
         alone = train_mask(config, result.index, dataset=digits)
@@ -62,7 +62,7 @@ def test_full_stacked_run_equals_separate_runs_exactly(digits, kw):
 def test_recycling_inside_a_stack_is_per_mask_and_rebuildable(digits, recycle, monkeypatch):
     import masklab.train.trainer as trainer
 
-    config = RunConfig(epochs=4, recycle=recycle, recycle_every=1, width=0.5)
+    config = RunConfig(device="cpu", epochs=4, recycle=recycle, recycle_every=1, width=0.5)
     finals = {}
     original = trainer._recycle
 
@@ -94,7 +94,7 @@ def test_stacked_final_metrics_are_exactly_the_rebuilt_subnetworks():
     from masklab.train.rebuild import rebuild_trained
 
     data = load_dataset("synthetic", input_shape=(3, 8, 8))
-    config = RunConfig(dataset="synthetic", input_shape="3x8x8", model="resnet18", width=0.125, epochs=2,
+    config = RunConfig(device="cpu", dataset="synthetic", input_shape="3x8x8", model="resnet18", width=0.125, epochs=2,
                        batch_size=256)
     results = train_masks(config, [0, 1], dataset=data)
     assert results[0].buffers and not np.array_equal(results[0].buffers["bn1.running_mean"],
@@ -107,8 +107,30 @@ def test_stacked_final_metrics_are_exactly_the_rebuilt_subnetworks():
 def test_generate_with_a_stack_rebuilds_recorded_figures(tmp_path, digits):
     import masklab
 
-    run = masklab.generate(runs_dir=tmp_path, data=digits, masks=3, epochs=2, width=0.25, stack=2,
+    run = masklab.generate(runs_dir=tmp_path, data=digits, device="cpu", masks=3, epochs=2, width=0.25, stack=2,
                            method="biprop", recycle="iwr", recycle_every=1)
     assert run.table["mask_id"].tolist() == [0, 1, 2]
     for i in run.ids:
         assert run.evaluate(i, data=digits) == (run.record(i)["test_loss"], run.record(i)["test_acc"])
+
+
+def test_cuda_stack_size_follows_free_memory_and_counts_each_weight_once(monkeypatch):
+    """`--stack auto` on CUDA (mem_get_info patched): K = free / 4 / (bytes per mask), where a mask costs 6
+    float32 per prunable weight and 3 per activation of each sample. Conv-4 on CIFAR-shaped input has
+    2,425,024 weights and 427,018 activations per sample (64x32x32 x 4, 64x16x16, 128x16x16 x 4, 128x8x8 x 2,
+    256 x 4, 10): 24 x 2,425,024 + 4 x 128 x 3 x 427,018 = 714,100,224 bytes, so 30 masks fit a quarter of
+    80 GiB and 15 of 40 GiB (counting the scores as weights too gave 27 and 13)."""
+    from types import SimpleNamespace
+
+    from masklab.train.stacked import auto_stack, stack_memory
+
+    config = RunConfig(device="cpu", dataset="synthetic", model="conv4", batch_size=128)
+    cifar = SimpleNamespace(input_shape=(3, 32, 32), n_classes=10)
+    assert stack_memory(config, cifar) == 24 * 2_425_024 + 4 * 128 * 3 * 427_018 == 714_100_224
+    cuda = torch.device("cuda")
+    for gib, expected in ((80, 30), (40, 15), (1, 1)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, gib=gib: (gib << 30, 80 << 30))
+        assert auto_stack(config, cifar, cuda, 64) == expected
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 << 50, 1 << 50))
+    assert auto_stack(config, cifar, cuda, 64) == 32  # the cap
+    assert auto_stack(config, cifar, cuda, 5) == 5  # the masks left

@@ -28,6 +28,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from masklab.analysis.paths.geometry import DEFAULT_POINTS, Subnet, check_args, check_pair, path_points
 from masklab.errors import UserError
+from masklab.train.precision import evaluation_settings
 
 if TYPE_CHECKING:
     from masklab.data import Dataset
@@ -122,7 +123,7 @@ class PathEvaluator:
     """
 
     def __init__(self, model: nn.Module, eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                 bn_batches: Sequence[torch.Tensor] | None = None):
+                 bn_batches: Sequence[torch.Tensor] | None = None, precision: str = "fp32"):
         from masklab.nn.layers import masked_layers
 
         self.model = model
@@ -132,6 +133,7 @@ class PathEvaluator:
         self.eval_batches = list(eval_batches)
         self.bn_batches = list(bn_batches) if bn_batches is not None and batchnorm_modules(model) else None
         self.device = self.layers[0].weight.device
+        self.precision = precision  # on CUDA, the settings the masks trained under (`evaluation_settings`)
         # one evaluation of a small model is a few milliseconds: torch's second thread then costs more than it
         # gives (on a busy 2-core machine 2-6x slower than one thread), so small work runs on one thread
         samples = sum(len(y) for _, y in self.eval_batches) + sum(len(x) for x in self.bn_batches or [])
@@ -164,7 +166,7 @@ class PathEvaluator:
         bar = tqdm(total=orders * points, disable=not progress, unit="point", leave=False,
                    desc=f"{path} path {ids[0]}-{ids[1]}" if ids[0] is not None else f"{path} path")
         try:
-            with torch_threads(self.threads):
+            with torch_threads(self.threads), evaluation_settings(self.device, self.precision):
                 for k in range(orders):
                     self._set_weights(a.weights if a.weights is not None else base)
                     for p in path_points(a, b, path, points, order=order, order_index=k, random_state=random_state,

@@ -113,7 +113,8 @@ def build_evaluator(source: MaskSource, model_id: int, eval_samples: int | None,
     bn = None
     if recompute_bn and batchnorm_modules(model):
         bn = batchnorm_batches(dataset, bn_samples, int(source.config.batch_size), where)
-    return PathEvaluator(model, evaluation_batches(dataset, eval_samples, where), bn)
+    return PathEvaluator(model, evaluation_batches(dataset, eval_samples, where), bn,
+                         getattr(source.config, "precision", "fp32"))
 
 
 _CACHE: dict[tuple, tuple[MaskSource, PathEvaluator]] = {}  # per process: a Dask worker builds it once
