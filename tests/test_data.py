@@ -498,7 +498,7 @@ def test_stacked_batches_equal_each_seeds_own_batches(augmented, digits):
 def test_cuda_batches_are_copied_from_pinned_memory_without_waiting(monkeypatch):
     """On CUDA a batch goes through page-locked memory and a non-blocking copy (pin_memory and the copy are
     recorded here: the machine has no GPU)."""
-    from masklab.data import to_device
+    from masklab.data.dataset import to_device
 
     calls = []
     real_to = torch.Tensor.to
