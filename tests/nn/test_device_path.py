@@ -19,7 +19,8 @@ from masklab.nn.exact import BatchNorm2d, biprop_alpha, masked_abs_sum
 from masklab.nn.select import topk_mask, topk_rows_device
 from masklab.nn.stacked import grouped_conv2d
 from masklab.nn.straight_through import row_masks, topk_rows
-from masklab.train.trainer import _batches, _train_epoch, build_training, train_step
+from masklab.train.plan import StepPlan
+from masklab.train.trainer import _batches, _inputs, _train_epoch, build_training, train_step
 
 CONV = {"dataset": "synthetic", "input_shape": "3x8x8", "model": "conv2", "width": 0.125, "batch_size": 32}
 MLP = {"dataset": "digits", "model": "mlp", "width": 0.5, "batch_size": 64}
@@ -136,11 +137,17 @@ def digits():
     return load_dataset("digits")
 
 
+def _whole(batch):
+    """A batch of all the stack's masks (their own batches side by side when data seeds differ)."""
+    xs, y = batch
+    return _inputs(xs, 0, y.shape[0]), y
+
+
 def _steps(config, dataset, indices, steps, emulate):
     with emulate_device() if emulate else _nothing():
         model, layers, optimizer = build_training(config, dataset, indices, torch.device("cpu"))
         batches = _batches(dataset, config, [config.seeds(i)[2] for i in indices], 0, len(indices), "cpu")
-        losses = [train_step(model, optimizer, *next(batches))[0].detach() for _ in range(steps)]
+        losses = [train_step(model, optimizer, *_whole(next(batches)))[0].detach() for _ in range(steps)]
         return losses, [layer.scores.detach().clone() for _, layer in layers], \
             [layer.masks().clone() for _, layer in layers]
 
@@ -202,8 +209,8 @@ def test_a_device_step_never_waits_for_the_host(case, synthetic, digits, count_s
         model, _, optimizer = build_training(config, data, [0, 1], torch.device("cpu"))
         batches = list(itertools.islice(_batches(data, config, [config.seeds(i)[2] for i in (0, 1)], 0, 2, "cpu"), 3))
         count_syncs["strict"] = True
-        for x, y in batches:
-            per_sample, logits = train_step(model, optimizer, x, y)
+        for xs, y in batches:
+            per_sample, logits = train_step(model, optimizer, _inputs(xs, 0, 2), y)
         count_syncs["strict"] = False
     assert count_syncs["count"] == 0, count_syncs["calls"]
     assert torch.isfinite(per_sample).all()
@@ -217,7 +224,8 @@ def test_an_epoch_copies_to_the_host_a_fixed_number_of_times(synthetic, count_sy
         with emulate_device():
             model, _, optimizer = build_training(config, synthetic, [0, 1], torch.device("cpu"))
             before = count_syncs["count"]
-            result = _train_epoch(model, optimizer, synthetic, config, [0, 0], 0, 2, torch.device("cpu"))
+            result = _train_epoch(model, optimizer, None, synthetic, config, [0, 0], 0, 2, torch.device("cpu"),
+                                  StepPlan(2))
         counts.append(count_syncs["count"] - before)
         assert len(result) == 2 and all(np.isfinite(loss) for loss, _ in result)
     assert counts[0] == counts[1] <= 4, counts
