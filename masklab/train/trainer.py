@@ -308,7 +308,7 @@ def _train_epoch(model, optimizer, subs: SubStacks | None, dataset, config, data
             for j, (xs, y) in enumerate(block):
                 per_sample, logits = train_step(part, part_optimizer, _inputs(xs, a, b), y[a:b], autocast)
                 outputs[j].append((per_sample.detach(), (logits.detach().argmax(2) == y[a:b]).sum(1)))
-        for (_, y), pieces in zip(block, outputs):  # the parts are masks a..b in order: together, all K
+        for pieces in outputs:  # the parts are masks a..b in order: together, all K
             totals.add_counted(torch.cat([p for p, _ in pieces]), torch.cat([c for _, c in pieces]))
         if subs is not None:
             subs.sync_batchnorm(choice.stack)
