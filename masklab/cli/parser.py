@@ -102,9 +102,10 @@ def add_generate(sub) -> None:
     p.add_argument("--config", metavar="F", help="TOML file of run options (e.g. a run's config.toml)")
     add_run_options(p)
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
-                   help="continue an incomplete run: train only the missing masks. With RUN (a run directory or "
-                   "id): continue that run with its own config.toml (options may only repeat it, or raise "
-                   "--masks to extend it)")
+                   help="continue an incomplete run (the same command again does so too; --resume is needed to "
+                   "raise --masks): masks in flight continue from their last finished epoch. With RUN (a run "
+                   "directory or id): continue that run with its own config.toml (options may only repeat it, "
+                   "or raise --masks to extend it)")
     add_allow_device_change(p)
     add_scale_options(p)
 

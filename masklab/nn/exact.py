@@ -11,7 +11,8 @@ process or in one shard of many, on 1 thread or 16. Three kinds of operation bre
   (lenet-300-100's last weight gradient) differs between 1 and 8 threads. So training runs MKL on one
   thread per calling thread (`blas_one_thread`, MKL's thread-local setting): a product's bits are then
   those of one thread, whatever torch's thread count; strict CNR still pins the code path (alignment,
-  CPU dispatch). Stacked training gets its parallelism over masks instead (`masklab.train.substacks`).
+  CPU dispatch). torch's own parallel loops and numba's kernels (parallel over masks) keep the thread
+  count the trainer measures (`masklab.train.plan`).
   The stacked layers give every mask its own product of the same shape as a lone mask's (batched, never
   one product whose columns span several masks), so a mask's numbers do not depend on its neighbours.
 - Convolutions. oneDNN splits the weight gradient's reduction over the batch across threads; the
