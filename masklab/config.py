@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from masklab.config_file import load_toml
-from masklab.errors import UserError
+from masklab.errors import UserError, did_you_mean
 
 # The names a config may give; the registries that map them to loaders and builders (masklab.data.DATASETS,
 # masklab.nn.models.MODELS) need torch, so the config keeps the names itself (tests/test_config.py keeps both
@@ -211,7 +211,8 @@ class RunConfig:
 
         def choice(name: str, options) -> None:
             if getattr(self, name) not in options:
-                raise bad(name, "choose one of " + ", ".join(map(str, options)))
+                raise bad(name, "choose one of " + ", ".join(map(str, options))
+                          + did_you_mean(getattr(self, name), options))
 
         choice("dataset", DATASET_NAMES)
         choice("model", MODEL_NAMES)

@@ -24,6 +24,21 @@ class WriteError(StoreError):
         self.path, self.errno = path, errno
 
 
+def closest(word: str, options) -> str | None:
+    """The option closest to the mistyped `word` by difflib's ratio (at least 0.6), or None."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, options) -> str:
+    """' (did you mean X?)' with X the option `closest` to the mistyped `word`, or '' when none is close.
+    E.g. did_you_mean('--sparsty', ['--sparsity', '--seed']) -> ' (did you mean --sparsity?)'."""
+    found = closest(word, options)
+    return f" (did you mean {found}?)" if found else ""
+
+
 # errno -> what to do about it. Faults of the environment, not of masklab: the CLI reports them as bad input.
 _REMEDIES = {
     "ENOSPC": "free space on that file system, then rerun (a `masklab generate` keeps its finished masks: "

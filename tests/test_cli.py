@@ -182,6 +182,31 @@ def test_bad_generate_input_is_one_line_exit_2_and_leaves_nothing(in_tmp, capsys
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--sparsty", "0.9"], "unrecognized arguments: --sparsty 0.9 (did you mean --sparsity?) (see "
+     "`masklab generate --help`)"),
+    (["generate", "--sparsty=0.9", "--mask", "2", "--weigth-seed", "1"],
+     "(did you mean --sparsity, --weight-seed?)"),
+    (["analyze", "RUN", "--no-embeding"], "(did you mean --no-embedding?) (see `masklab analyze --help`)"),
+    (["genrate"], "invalid choice: 'genrate'"),
+    (["genrate"], "(did you mean generate?)"),
+    (["interpolate", "RUN", "--path", "haming"], "(did you mean hamming?)"),
+    (["generate", "--method", "edgepopup"], "choose one of edge-popup, biprop, dense (did you mean edge-popup?)"),
+])
+def test_a_mistyped_option_command_or_choice_gets_a_suggestion(in_tmp, capsys, argv, message):
+    assert main(argv) == 2
+    assert message in _error_line(capsys)
+    assert not (in_tmp / "runs").exists()
+
+
+def test_no_suggestion_when_nothing_is_close(in_tmp, capsys):
+    from masklab.cli.parser import suggestion
+
+    assert main(["runs", "--zzz"]) == 2
+    assert "did you mean" not in _error_line(capsys)
+    assert suggestion("the following arguments are required: RUN", ["--sparsity"]) == ""
+
+
 def _idx(shape: tuple[int, ...], payload: bytes | None = None) -> bytes:
     """An IDX file of unsigned bytes in the real format: magic, big-endian dimensions, the bytes."""
     header = struct.pack(">I", 0x0800 | len(shape)) + b"".join(struct.pack(">I", d) for d in shape)

@@ -170,7 +170,7 @@ def test_interpolate_prints_a_header_and_one_unit_per_quantity(runs, capsys):
     """Accuracy in %, the error barrier in percentage points (as `analyze` says it), a header naming the run,
     the pair and the path, and an order column that says which order (none on the soft path)."""
     root, run, _ = runs
-    assert main(["interpolate", run.id, "0", "1", "--points", "3", "--runs-dir", str(root), "--quiet"]) == 0
+    assert main(["interpolate", run.id, "0", "1", "--points", "3", "--runs-dir", str(root)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"run {run.id}: masks 0 -> 1, soft path, 3 points; loss in nats, accuracy in %")
     header = lines[1].split()
@@ -184,13 +184,53 @@ def test_interpolate_prints_a_header_and_one_unit_per_quantity(runs, capsys):
 
     assert barrier_row.split()[-2] == f"{100 * barrier(curve)['error_barrier'].iloc[0]:.2f}"
     assert main(["interpolate", run.id, "0", "1", "--points", "3", "--path", "hamming", "--orders", "2",
-                 "--runs-dir", str(root), "--quiet"]) == 0
+                 "--runs-dir", str(root)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"run {run.id}: masks 0 -> 1, hamming path in 2 random bit orders, 3 points")
     assert out.count("random order 0") == 3 + 1 and out.count("random order 1") == 3 + 1  # 3 points + barrier
-    assert main(["interpolate", run.id, "--pairs", "2", "--points", "3", "--runs-dir", str(root), "--quiet"]) == 0
+    assert main(["interpolate", run.id, "--pairs", "2", "--points", "3", "--runs-dir", str(root)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"run {run.id}: barriers of 2 sampled mask pairs") and out.count(" points") >= 2
+
+
+def test_interpolate_quiet_prints_only_the_path_of_out_and_says_what_it_evaluates_on(runs, tmp_path, capsys,
+                                                                                    monkeypatch):
+    """--quiet prints only --out's path (nothing without --out); --out writes the curve (or the barriers) as
+    CSV or Parquet, the same table as the Python API; the header says which test images every point is
+    evaluated on, and --full-test evaluates on all of them (t=0 then reads the accuracy the run records)."""
+    import masklab.cli.interpolate as cli_interpolate
+
+    root, run, _ = runs
+    out = tmp_path / "sub" / "curve.csv"
+    args = ["interpolate", run.id, "0", "1", "--points", "3", "--runs-dir", str(root)]
+    assert main([*args, "--quiet", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"{out}\n" and captured.err == ""
+    expected = masklab.interpolate(run, 0, 1, points=3)
+    pd.testing.assert_frame_equal(pd.read_csv(out), expected, check_dtype=False)
+    assert main([*args, "--quiet"]) == 0 and capsys.readouterr().out == ""
+    barriers = tmp_path / "barriers.parquet"
+    assert main(["interpolate", run.id, "--pairs", "2", "--points", "3", "--runs-dir", str(root), "--out",
+                 str(barriers)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == str(barriers)
+    assert len(pd.read_parquet(barriers)) == 2 and "loss_barrier" in pd.read_parquet(barriers).columns
+    assert main([*args, "--out", str(tmp_path / "curve.txt")]) == 2
+    assert "--out" in capsys.readouterr().err and not (tmp_path / "curve.txt").exists()
+    # the header says what the points are evaluated on
+    n_test = run.dataset().n_test
+    assert main(args) == 0
+    assert f"evaluated on the whole test split ({n_test:,} images)" in capsys.readouterr().out.splitlines()[0]
+    monkeypatch.setattr(cli_interpolate, "DEFAULT_EVAL_SAMPLES", 100)
+    assert main([*args, "--out", str(out)]) == 0
+    assert f"a fixed subset of 100 of the {n_test:,} test images" in capsys.readouterr().out.splitlines()[0]
+    assert pd.read_csv(out)["acc"].iloc[0] == pytest.approx(masklab.interpolate(run, 0, 1, points=3,
+                                                                                eval_samples=100)["acc"].iloc[0])
+    assert main([*args, "--full-test", "--out", str(out)]) == 0
+    assert "whole test split" in capsys.readouterr().out.splitlines()[0]
+    recorded = run.table.set_index("mask_id")["test_acc"]
+    curve = pd.read_csv(out)
+    assert curve["acc"].iloc[0] == pytest.approx(recorded[0], abs=1e-9)
+    assert curve["acc"].iloc[-1] == pytest.approx(recorded[1], abs=1e-9)
 
 
 # ---- what the page and the summary say (issue 16) -----------------------------------------------------------
@@ -253,9 +293,11 @@ def test_cli_formats_seconds_and_quiet(runs, tmp_path, capsys):
     assert main(["compare", run.id, other.id, "--runs-dir", str(root), "--figures", str(tmp_path), "--quiet"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and lines[0].endswith("index.html")
+    assert main(["interpolate", run.id, "--pairs", "3", "--points", "3", "--runs-dir", str(root)]) == 0
+    assert "no correlation with Hamming distance: 3 pairs" in capsys.readouterr().out
     assert main(["interpolate", run.id, "--pairs", "3", "--points", "3", "--runs-dir", str(root), "--quiet"]) == 0
     captured = capsys.readouterr()
-    assert "no correlation with Hamming distance: 3 pairs" in captured.out and captured.err == ""
+    assert captured.out == "" and captured.err == ""
     assert main(["interpolate", run.id, "0", "1", "--points", "3", "--runs-dir", str(root)]) == 0
     assert "point" in capsys.readouterr().err  # the progress line, on stderr
 

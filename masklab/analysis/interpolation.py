@@ -151,7 +151,7 @@ class _Cached:
         return subnet
 
 
-__all__ = ["CURVE_COLUMNS", "PATHS", "MaskSource", "PathEvaluator", "PathPoint", "RunSource", "Subnet",
-           "TrainedSource", "as_source", "barrier", "barrier_correlation", "barrier_matrix", "batchnorm_batches",
-           "batchnorm_modules", "evaluation_batches", "from_trained", "interpolate", "path_points",
+__all__ = ["CURVE_COLUMNS", "DEFAULT_EVAL_SAMPLES", "PATHS", "MaskSource", "PathEvaluator", "PathPoint", "RunSource",
+           "Subnet", "TrainedSource", "as_source", "barrier", "barrier_correlation", "barrier_matrix",
+           "batchnorm_batches", "batchnorm_modules", "evaluation_batches", "from_trained", "interpolate", "path_points",
            "recompute_batchnorm", "sample_pairs"]

@@ -5,10 +5,12 @@ This module imports only the config (its fields make the run options), so buildi
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 from dataclasses import fields
 
 from masklab.config import RunConfig, default_text, field_type, parse_bool
-from masklab.errors import UserError
+from masklab.errors import UserError, closest, did_you_mean
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -29,10 +31,53 @@ def QUIET() -> argparse.ArgumentParser:  # noqa: N802
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are UserErrors: one line on stderr and exit code 2, like all bad input."""
+    """An ArgumentParser whose errors are UserErrors: one line on stderr and exit code 2, like all bad input;
+    a mistyped option, command or choice gets the closest valid one (`did_you_mean`)."""
+
+    _argv: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
-        raise UserError(f"{message} (see `{self.prog} --help`)")
+        parser = self.command_parser()
+        hint = suggestion(message, parser.option_strings() + self.option_strings())
+        raise UserError(f"{message}{hint} (see `{parser.prog} --help`)")
+
+    def option_strings(self) -> list[str]:
+        return [o for action in self._actions for o in action.option_strings]
+
+    def command_parser(self) -> Parser:
+        """The parser of the command named in the arguments (unknown options reach the top parser's error),
+        else this one."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = next((a for a in self._argv if a in action.choices), None)
+                if chosen is not None and isinstance(action.choices[chosen], Parser):
+                    return action.choices[chosen]
+        return self
+
+
+def suggestion(message: str, options: list[str]) -> str:
+    """' (did you mean --sparsity?)' for argparse's `message` about a mistyped option (`unrecognized arguments:
+    --sparsty 0.9`) or choice (`invalid choice: 'genrate' (choose from ...)`): the closest of `options` or of
+    the choices (`masklab.errors.did_you_mean`); '' when none is close. (argparse's own `suggest_on_error`
+    needs Python 3.14.)
+
+    Examples
+    --------
+    >>> suggestion("unrecognized arguments: --sparsty 0.9", ["--sparsity", "--seed"])
+    ' (did you mean --sparsity?)'
+    """
+    choice = re.search(r"invalid choice: (.+?) \(choose from (.*)\)", message)
+    if choice:
+        return did_you_mean(choice.group(1).strip("'\""), [c.strip().strip("'\"") for c in choice.group(2).split(",")])
+    if message.startswith("unrecognized arguments:"):
+        words = [w.split("=", 1)[0] for w in message.split(":", 1)[1].split() if w.startswith("-")]
+        close = [found for found in dict.fromkeys(closest(w, options) for w in words) if found]
+        return f" (did you mean {', '.join(close)}?)" if close else ""
+    return ""
 
 
 def add_formats_option(p) -> None:
@@ -221,7 +266,9 @@ def add_interpolate(sub) -> None:
     p = sub.add_parser("interpolate", help="loss and accuracy along a path between two masks; barriers",
                        description="Evaluate loss and accuracy along a path from mask A to mask B of RUN and print "
                        "the curve and its barriers; with --pairs M instead, the barriers of M sampled pairs and "
-                       "their correlation with Hamming distance.", parents=[RUNS_DIR(), QUIET()])
+                       "their correlation with Hamming distance. With --out FILE the table also goes to FILE and "
+                       "its path is the last line; --quiet then prints only that path (and nothing without "
+                       "--out).", parents=[RUNS_DIR(), QUIET()])
     p.add_argument("run", metavar="RUN", help="a run directory or a run id under --runs-dir")
     p.add_argument("a", type=int, nargs="?", metavar="A", help="mask id of one end")
     p.add_argument("b", type=int, nargs="?", metavar="B", help="mask id of the other end")
@@ -233,6 +280,10 @@ def add_interpolate(sub) -> None:
     p.add_argument("--order", default="random", choices=["random", "score"], help="hamming path: bit order")
     p.add_argument("--pairs", type=int, metavar="M", help="barrier matrix over M sampled pairs instead of A B")
     p.add_argument("--seed", type=int, default=0, help="seed of bit orders and pair sampling (default 0)")
+    p.add_argument("--full-test", action="store_true", help="evaluate every point on the whole test split "
+                   "(default: a fixed subset of 2,000 test images when the split is larger; the header says which)")
+    p.add_argument("--out", metavar="FILE", help="also write the curve (or, with --pairs, the barriers) to FILE "
+                   "(.csv or .parquet); its path is then the last line printed")
 
 
 def add_distances(sub) -> None:

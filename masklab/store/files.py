@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from masklab.errors import StoreError, WriteError, write_error
+from masklab.errors import StoreError, UserError, WriteError, write_error
 
 MASK_MAGIC = b"MLABMASK"
 MASK_VERSION = 1
@@ -230,6 +230,31 @@ def json_text(value: dict) -> str:
 
 def atomic_write_json(path: Path, value: dict, *, root: Path | None = None) -> None:
     atomic_write_text(path, json_text(value), root=root)
+
+
+TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+def write_frame(path: Path, table, *, root: Path | None = None) -> Path:
+    """Write the DataFrame `table` to `path` whole or not at all (`atomic_write`), as CSV or Parquet by the
+    suffix (`TABLE_SUFFIXES`; any other is a UserError); missing folders are made. Returns `path`.
+
+    Examples
+    --------
+    >>> write_frame(Path("curve.csv"), curve)  # doctest: +SKIP
+    """
+    path = Path(path)
+    if path.suffix not in TABLE_SUFFIXES:
+        raise UserError(f"{path}: a table file ends in .csv or .parquet, not {path.suffix or 'nothing'}")
+    if path.suffix == ".parquet":
+        buffer = io.BytesIO()
+        table.to_parquet(buffer, index=False)
+        data = buffer.getvalue()
+    else:
+        data = table.to_csv(index=False).encode("utf-8")
+    make_dirs(path.parent, root=root)
+    atomic_write(path, data, root=root, durable=False)
+    return path
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
