@@ -29,6 +29,12 @@ def points(value: float, digits: int = 2) -> str:
     return f"{100 * value:.{digits}f} points" if np.isfinite(value) else "n/a"
 
 
+def count(n: int, noun: str) -> str:
+    """A number of things with the noun agreeing and thousands separated: (1, "pair") -> "1 pair",
+    (12000, "mask") -> "12,000 masks"."""
+    return f"{int(n):,} {noun}" + ("" if int(n) == 1 else "s")
+
+
 def signed_sd(value: float) -> str:
     """An effect size in standard deviations with its sign: 2.14 -> "+2.1"; "n/a" when not finite."""
     return f"{value:+.1f}" if np.isfinite(value) else "n/a"
@@ -88,7 +94,7 @@ def shown_settings(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(value=[setting_text(s, v) for s, v in zip(table["setting"], table["value"])])
 
 
-__all__ = ["PERCENT_METRICS", "metric_value", "missing", "percent", "points", "setting_text", "shown_accuracy",
+__all__ = ["PERCENT_METRICS", "count", "metric_value", "missing", "percent", "points", "setting_text", "shown_accuracy",
            "shown_by_metric", "shown_settings", "signed_sd", "sparsity_text"]
 
 

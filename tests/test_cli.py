@@ -7,6 +7,7 @@ import os
 import pickle
 import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -589,8 +590,8 @@ def test_sweep_prints_the_table_and_ends_with_the_figure(in_tmp, capsys):
     assert name.startswith("sweep-digits-mlp-") and len(name) == len("sweep-digits-mlp-") + 8
     figure = in_tmp / "figures" / f"{name}.png"
     assert lines[-1] == str(figure.relative_to(in_tmp)) and figure.stat().st_size > 1000
-    assert any(line.split()[:2] == ["biprop", "0.5000"] for line in lines)
-    assert any(line.startswith(f"{name}: test accuracy in %") for line in lines)
+    assert any(line.split()[:2] == ["biprop", "50%"] for line in lines)  # sparsity in %, as on the figure
+    assert any(line == f"{name}: sparsity and test accuracy in %" for line in lines)  # no published column
     assert [line.split() for line in lines if line.split()[:1] == ["biprop"]][0][3].endswith("%")  # acc_mean in %
     table = __import__("pandas").read_csv(figure.with_suffix(".csv"))
     assert sorted(table["method"]) == ["biprop", "edge-popup"]
@@ -604,6 +605,31 @@ def test_sweep_prints_the_table_and_ends_with_the_figure(in_tmp, capsys):
     other = in_tmp / capsys.readouterr().out.strip()
     assert other != figure and other.exists() and other.with_suffix(".csv").exists()
     assert (figure.read_bytes(), figure.with_suffix(".csv").read_bytes()) == before
+
+
+def test_sweep_text_says_the_units_of_what_it_prints():
+    """Sparsity in % beside accuracy in %; the published column and its header words only when present."""
+    import pandas as pd
+
+    from masklab.cli.train import sweep_text
+
+    table = pd.DataFrame({"method": ["biprop"], "sparsity": [0.995], "n": [2], "acc_mean": [0.8], "acc_std": [0.01],
+                          "best_mean": [0.81], "best_std": [0.01], "epochs": [3], "chance": [0.1], "runs": ["r"]})
+    header, shown = sweep_text(table)
+    assert header == "sparsity and test accuracy in %" and "published" not in header
+    assert shown.loc[0, "sparsity"] == "99.5%" and shown.loc[0, "acc_mean"] == "80.00%" and "runs" not in shown
+    header, shown = sweep_text(table.assign(published=[83.0], best_minus_published=[-2.0]))
+    assert "differences to it in percentage points" in header
+    assert (shown.loc[0, "published"], shown.loc[0, "best_minus_published"]) == ("83.00%", "-2.00 points")
+
+
+def test_help_shows_no_doubled_percent_sign(capsys):
+    from masklab.cli import build_parser
+
+    parser = build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        assert "%%" not in sub.format_help(), name
+    assert "%%" not in (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -403,3 +403,17 @@ def test_analyze_of_a_small_run_loads_neither_umap_nor_numbas_distance_kernels(r
             "'masklab.analysis._numba_kernels', 'masklab.analysis._numba_random') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == str(["scipy.stats", "sklearn.cluster", "sklearn.manifold"])
+
+
+def test_counts_agree_with_their_noun_and_embedding_titles_name_the_method_once():
+    """'1 pair', not '1 pairs'; a UMAP title without '(UMAP (64 masks, ...))' after 'UMAP of the 64 masks'."""
+    from masklab.analysis.embedding import choose_method
+    from masklab.report.base import embedding_title
+    from masklab.units import count
+
+    assert (count(1, "pair"), count(2, "pair"), count(12_000, "mask")) == ("1 pair", "2 pairs", "12,000 masks")
+    used, why = choose_method(64)
+    assert used == "umap" and embedding_title("UMAP of the 64 masks", why) == "UMAP of the 64 masks"
+    used, why = choose_method(10)
+    title = embedding_title("MDS of the 10 masks", why)
+    assert used == "mds" and title.count("MDS") == 1 and "fewer than 50" in title and "\n(" in title

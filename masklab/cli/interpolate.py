@@ -18,7 +18,7 @@ from masklab.cli.text import frame_text, order_words, path_words
 from masklab.errors import UserError
 from masklab.store import files as F
 from masklab.store.run import Run, open_run
-from masklab.units import shown_accuracy
+from masklab.units import count, shown_accuracy
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
@@ -43,7 +43,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         if len(table) >= MIN_CORRELATION_PAIRS:
             say(frame_text(barrier_correlation(table)))
         else:
-            say(f"(no correlation with Hamming distance: {len(table)} pairs, at least {MIN_CORRELATION_PAIRS} "
+            say(f"(no correlation with Hamming distance: {count(len(table), 'pair')}, at least {MIN_CORRELATION_PAIRS} "
                 "needed; use --pairs)")
         return write_out(args, table)
     if args.a is None or args.b is None:

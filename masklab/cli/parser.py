@@ -193,7 +193,7 @@ def add_runs(sub) -> None:
     sub.add_parser("runs", help="list the runs (id, model, dataset, method, sparsity, masks, accuracy)",
                    description="List every run under --runs-dir, one line each: its id, model, dataset, "
                    "method, sparsity, epochs, masks finished (of those planned when the run is incomplete) "
-                   "and the mean final test accuracy (%%). Damaged runs are named with what is wrong.",
+                   "and the mean final test accuracy (%). Damaged runs are named with what is wrong.",
                    parents=[RUNS_DIR()])
 
 

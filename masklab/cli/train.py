@@ -27,7 +27,7 @@ from masklab.scale.executors import submit_shards
 from masklab.store.files import atomic_write
 from masklab.store.run import Run
 from masklab.sweep import sweep, sweep_id
-from masklab.units import percent, shown_accuracy
+from masklab.units import percent, points, shown_accuracy, sparsity_text
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -95,8 +95,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                   log=say, jobs=args.jobs, executor=args.executor,
                   slurm=slurm_options(args) if args.jobs else None, allow_device_change=args.allow_device_change)
     name = sweep_id(config, methods, sparsities, args.seeds, weight_seeds)
-    say(f"{name}: test accuracy in %, differences to published numbers in percentage points")
-    shown = shown_accuracy(table.drop(columns=["runs"]), ["acc_mean", "acc_std", "best_mean", "best_std", "chance"])
+    header, shown = sweep_text(table)
+    say(f"{name}: {header}")
     say(frame_text(shown))
     stem = Path(args.figures) / name
     figure = accuracy_vs_sparsity(table, title=f"{config.model} on {config.dataset}: accuracy vs sparsity "
@@ -106,3 +106,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(next(p for p in paths if p.suffix == ".png"), flush=True)
     return 0
 
+
+def sweep_text(table) -> tuple[str, object]:
+    """The sweep table as printed and the header that says its units: sparsity and accuracies in % (the
+    figure's axes), epochs as integers; the published numbers (%) and the differences to them (percentage
+    points) only where the table has them (CIFAR-10 conv-N)."""
+    shown = shown_accuracy(table.drop(columns=["runs"], errors="ignore"),
+                           ["acc_mean", "acc_std", "best_mean", "best_std", "chance"])
+    shown["sparsity"] = [sparsity_text(float(v)) for v in table["sparsity"]]
+    header = "sparsity and test accuracy in %"
+    if "published" in table.columns:
+        shown["published"] = [percent(float(v) / 100) for v in table["published"]]  # (stored in %)
+        shown["best_minus_published"] = [points(float(v) / 100) for v in table["best_minus_published"]]
+        header += "; published best accuracy in %, the differences to it in percentage points"
+    return header, shown

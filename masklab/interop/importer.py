@@ -53,6 +53,7 @@ from masklab.store.writer import RunWriter
 from masklab.train.evaluate import evaluate
 from masklab.train.rebuild import rebuild_subnet
 from masklab.train.trainer import TrainedMask
+from masklab.units import percent
 
 READERS: dict[str, Callable[[Path, bytes, str], Source]] = {
     hidden_networks.FORMAT: hidden_networks.read, torch_prune.FORMAT: torch_prune.read, npz.FORMAT: npz.read}
@@ -388,7 +389,8 @@ def _evaluate(config: RunConfig, target: Target, masks, weights, buffers, counts
         if config.method == "biprop":
             with torch.no_grad():
                 alphas[i] = [float(layer.alpha()) for _, layer in masked_layers(net)]
-        say(f"mask {i}: test accuracy {acc:.4f}, loss {loss:.4f} ({time.perf_counter() - start:.1f} s)")
+        say(f"mask {i}: test accuracy {percent(float(acc))}, loss {loss:.4f} nats "
+            f"({time.perf_counter() - start:.1f} s)")
 
 
 # ---- writing ----------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from masklab.plots._style import (
     require,
     styled,
 )
+from masklab.units import count
 
 
 # ---- interpolation curves -----------------------------------------------------------------------------------
@@ -178,8 +179,8 @@ def barrier_vs_distance(barriers: pd.DataFrame, *, x: str | None = None, group: 
     heading = title or "Barriers between masks against their Hamming distance"
     fewest = min(len(g) for _, g in groups)
     if fewest < MIN_CORRELATION_PAIRS:
-        heading += (f"\n(n = {fewest} pairs{' in a group' if len(groups) > 1 else ''}: too few for a correlation, "
-                    f"which needs at least {MIN_CORRELATION_PAIRS}; only the points are shown)")
+        heading += (f"\n(n = {count(fewest, 'pair')}{' in a group' if len(groups) > 1 else ''}: too few for a "
+                    f"correlation, which needs at least {MIN_CORRELATION_PAIRS}; only the points are shown)")
     fig.suptitle(heading)
     return fig
 

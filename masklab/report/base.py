@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,6 +64,14 @@ class Report:
         """The key numbers as the command line prints them: (quantity, value) = (name, text)."""
         keys = self.key_numbers
         return pd.DataFrame({"quantity": keys["name"], "value": keys["text"]})
+
+
+def embedding_title(what: str, why: str) -> str:
+    """An embedding figure's title: `what` ("UMAP of the 64 masks"), then on a second line why the method
+    was chosen when it is not the default one (`why` "MDS, not UMAP: 10 masks are fewer than 50, ..." gives
+    "(10 masks are fewer than 50, ...)"), without naming the method again."""
+    reason = why.split(": ", 1)[1] if ": " in why else ""
+    return what + ("\n" + textwrap.fill(f"({reason})", 64) if reason else "")
 
 
 def unfinished_warning(run: Run) -> str | None:

@@ -4,7 +4,6 @@ page in `analyze`'s style."""
 from __future__ import annotations
 
 import os
-import textwrap
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from masklab.report.base import (
     Report,
     Shared,
     check_formats,
+    embedding_title,
     figure,
     unfinished_warning,
     write_table,
@@ -100,8 +100,7 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
                 f"{method} of both runs' masks on their joint normalised Hamming distances, coloured by run "
                 f"(A: {run_a.id}, B: {run_b.id})" + (f"; {why}" if why else "") + (f"; {density}" if density
                                                                                      else "") + ".",
-                title=f"{method} of both runs' {len(points)} masks"
-                + ("\n" + textwrap.fill(f"({why})", 64) if why else "")
+                title=embedding_title(f"{method} of both runs' {len(points)} masks", why)
                 + (f"\ndensities differ: A and B at least {gap:.3f} apart by their counts" if gap else ""))
         report.note("joint embedding", why or method, n=len(points))
         if density:

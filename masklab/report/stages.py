@@ -19,7 +19,6 @@ finds them (p < 0.05 and a silhouette above 0.25).
 from __future__ import annotations
 
 import os
-import textwrap
 import time
 from pathlib import Path
 
@@ -62,6 +61,7 @@ from masklab.report.base import (
     Shared,
     Stage,
     check_formats,
+    embedding_title,
     figure,
     unfinished_warning,
     write_table,
@@ -69,7 +69,7 @@ from masklab.report.base import (
 from masklab.report.pages import write_index
 from masklab.store import files as F
 from masklab.store.run import Run, open_run
-from masklab.units import metric_value, signed_sd
+from masklab.units import count, metric_value, signed_sd
 from masklab.units import points as points_text
 
 DEFAULT_PAIRS = 3  # interpolation pairs sampled by default
@@ -174,8 +174,8 @@ def _distances(run: Run, report: Report, shared: Shared) -> None:
             "Normalised Hamming distance of every mask pair against random masks with the same per-layer "
             "counts (histogram) and the closed-form expectation (line).", metric="hamming_norm")
     first = summary.iloc[0]
-    report.note("pairs compared", f"{int(first['n_pairs']):,} pairs of {int(first['n_masks'])} masks (chance: two "
-                "independent random masks with the same per-layer counts)", value=int(first["n_pairs"]),
+    report.note("pairs compared", f"{count(first['n_pairs'], 'pair')} of {count(first['n_masks'], 'mask')} "
+                "(chance: two independent random masks with the same per-layer counts)", value=int(first["n_pairs"]),
                 unit="pairs", n=int(first["n_masks"]))
     for row in summary.itertuples():
         report.note(f"{row.metric} {row.layer}", f"{metric_value(str(row.metric), float(row.mean))} (chance "
@@ -252,7 +252,7 @@ def _embedding(run: Run, report: Report, shared: Shared, method: str = "auto") -
     by_cluster = test is not None and test.finds_structure and "cluster_average" in table.columns
     color_by = ["test_acc"] + (["cluster_average"] if by_cluster else [])
     name = NAMES[used]
-    title = f"{name} of the {n} masks" + ("\n" + textwrap.fill(f"({why})", 64) if why else "")
+    title = embedding_title(f"{name} of the {n} masks", why)
     if test is None:
         colours = "coloured by test accuracy"
     elif by_cluster:
@@ -286,23 +286,23 @@ def _interpolation(run: Run, report: Report, shared: Shared, pairs: int, points:
         shown = "with Spearman's rank correlation" if len(barriers) >= MIN_CORRELATION_PAIRS else \
             f"(points only: a correlation needs at least {MIN_CORRELATION_PAIRS} pairs)"
         figure(report, shared, "barrier_vs_distance", barrier_vs_distance, (barriers,),
-                f"Loss and error barrier of each of the {len(barriers)} sampled pairs against its Hamming distance "
-                f"{shown}.")
+                f"Loss and error barrier of each sampled pair ({count(len(barriers), 'pair')}) against its Hamming "
+                f"distance {shown}.")
     loss, error = barriers["loss_barrier"], barriers["error_barrier"]
-    report.note("loss barrier (soft path)", f"mean {loss.mean():.4f} nats, max {loss.max():.4f} nats ({len(loss)} "
-                "pairs)", value=float(loss.mean()), unit="nats", n=len(loss))
+    report.note("loss barrier (soft path)", f"mean {loss.mean():.4f} nats, max {loss.max():.4f} nats "
+                f"({count(len(loss), 'pair')})", value=float(loss.mean()), unit="nats", n=len(loss))
     report.note("error barrier (soft path)", f"mean {points_text(error.mean())}, max {points_text(error.max())} "
-                f"({len(error)} pairs)", value=float(error.mean()), unit="fraction", n=len(error))
+                f"({count(len(error), 'pair')})", value=float(error.mean()), unit="fraction", n=len(error))
     rows = correlation.set_index("barrier")
     if len(barriers) >= MIN_CORRELATION_PAIRS and rows["spearman_rho"].notna().any():
         parts = [f"{label} rho {rows.loc[b, 'spearman_rho']:+.2f} (p = {rows.loc[b, 'spearman_p']:.2g})"
                  for b, label in (("loss_barrier", "loss"), ("error_barrier", "error"))
                  if b in rows.index and np.isfinite(rows.loc[b, "spearman_rho"])]
-        report.note("barrier vs Hamming distance", f"Spearman {', '.join(parts)}; n = {len(barriers)} pairs",
+        report.note("barrier vs Hamming distance", f"Spearman {', '.join(parts)}; n = {count(len(barriers), 'pair')}",
                     n=len(barriers))
     else:
-        report.note("barrier vs Hamming distance", f"not estimated: {len(barriers)} pairs, a correlation needs at "
-                    f"least {MIN_CORRELATION_PAIRS} (analyze --pairs)", n=len(barriers))
+        report.note("barrier vs Hamming distance", f"not estimated: {count(len(barriers), 'pair')}, a correlation "
+                    f"needs at least {MIN_CORRELATION_PAIRS} (analyze --pairs)", n=len(barriers))
 
 
 def _trajectories(run: Run, report: Report, shared: Shared) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -28,6 +30,10 @@ def test_import_ends_with_the_run_directory_and_export_with_the_file(mlp_checkpo
     run = masklab.open_run(out[-1])
     assert run.id.startswith("mine-") and run.ids == [0, 1, 2] and run.path.parent == runs
     assert any(line.startswith("test accuracy mean ") for line in out)
+    # one unit per quantity: each mask's accuracy in % as the mean's, not a fraction first
+    per_mask = [line for line in out if line.startswith("mask ")]
+    assert len(per_mask) == 3 and all(re.search(r"test accuracy \d+\.\d{2}%, loss \d\.\d{4} nats", line)
+                                      for line in per_mask), per_mask
     assert any("kept the reference rule at keep 0.9" in line for line in out)
     code = main(["export", run.id, "--runs-dir", str(runs), "--mask", "2", "--format", "npz", "--out",
                  str(tmp_path / "m2.npz")])
