@@ -325,6 +325,11 @@ def _batches(dataset, config, data_seeds, epoch, K, device):
         for x, y in dataset.train_batches(config.batch_size, data_seeds[0], epoch, device=device):
             yield x, y.expand(K, -1)
         return
+    if torch.device(device).type != "cpu":  # (no sub-stacks off the CPU) one gather and one copy for all K
+        for x, y in dataset.train_batches_stacked(config.batch_size, data_seeds, epoch, device=device):
+            xs = x.transpose(0, 1)  # (B, K, *input_shape): each mask's sample side by side
+            yield xs.reshape(xs.shape[0], -1, *xs.shape[3:]) if xs.dim() > 3 else xs.reshape(xs.shape[0], -1), y
+        return
     streams = [dataset.train_batches(config.batch_size, s, epoch, device=device) for s in data_seeds]
     for parts in zip(*streams):
         yield [x for x, _ in parts], torch.stack([y for _, y in parts])
