@@ -417,3 +417,32 @@ def test_counts_agree_with_their_noun_and_embedding_titles_name_the_method_once(
     used, why = choose_method(10)
     title = embedding_title("MDS of the 10 masks", why)
     assert used == "mds" and title.count("MDS") == 1 and "fewer than 50" in title and "\n(" in title
+
+
+def test_report_run_and_maskset_have_short_reprs_and_notebook_views(tiny_run, tmp_path):
+    """repr(report) was a 10,822-character dump of every table: now one line; _repr_html_ shows the key numbers,
+    links to the figures and the page, and names the tables; Run and MaskSet likewise."""
+    report = analyze(tiny_run, tmp_path / "figs", pairs=0, embedding=False)
+    assert sum(len(t.to_string()) for t in report.tables.values()) > 5_000  # what the old repr printed
+    text = repr(report)
+    assert len(text) < 300 and "\n" not in text and text.startswith(f"Report('{tiny_run.id}': ")
+    assert f"{len(report.tables)} tables" in text and f"{len(report.figures)} figures" in text
+    page = report._repr_html_()
+    keys = report.key_numbers
+    assert all(html_escape(str(t)) in page for t in keys["text"])
+    assert all(f">{name}</a>" in page for name in report.figures) and "index page</a>" in page
+    assert all(f"{name} ({len(t):,} rows)" in page for name, t in report.tables.items())
+    assert len(page) < 20_000 and "<td>0." not in page  # no table dumped
+    run_view = tiny_run._repr_html_()
+    assert tiny_run.id in run_view and "mean final test accuracy" in run_view and "sparsity" in run_view
+    assert "50%" in run_view and "<th style=\"text-align:left\">lr</th>" in run_view and len(run_view) < 5_000
+    masks = tiny_run.masks
+    view = masks._repr_html_()
+    assert f"{masks.n_masks:,} masks x {masks.n_bits:,} bits" in view and len(view) < 5_000
+    assert all(f"<td>{name}</td>" in view for name in masks.layers["layer"]) and "50%" in view
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)

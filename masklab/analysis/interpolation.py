@@ -111,7 +111,7 @@ def barrier_matrix(run: object, pairs: int | None = 10, path: str = "soft", *, p
     source = as_source(run)
     chosen = sample_pairs(source.ids, pairs, random_state)
     evaluator = _evaluator(source, chosen[0][0], eval_samples, bn_samples, recompute_bn, device)
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the plain bar: tqdm.auto needs ipywidgets in a notebook (else a red warning)
 
     rows: list[dict] = []
     curves: list[pd.DataFrame] = []

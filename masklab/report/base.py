@@ -65,6 +65,37 @@ class Report:
         keys = self.key_numbers
         return pd.DataFrame({"quantity": keys["name"], "value": keys["text"]})
 
+    def __repr__(self) -> str:
+        return (f"Report({self.run_id!r}: {len(self.keys)} key numbers, {len(self.tables)} tables, "
+                f"{len(self.figures)} figures{f', {len(self.warnings)} warnings' if self.warnings else ''}, "
+                f"index={str(self.index) if self.index else None!r})")
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: the warnings, the key numbers (as the command line prints them), links to the
+        figures (with their captions) and the index page, and the tables' names and sizes."""
+        import html
+        import os
+
+        def link(path: Path) -> str:  # relative to the notebook's folder where it can be
+            try:
+                target = os.path.relpath(path)
+            except ValueError:
+                target = str(path)
+            return html.escape(Path(target).as_posix(), quote=True)
+
+        esc = html.escape
+        warnings = "".join(f"<p><b>Note:</b> {esc(w)}.</p>" for w in self.warnings)
+        keys = "".join(f"<tr><th style=\"text-align:left\">{esc(str(n))}</th><td style=\"text-align:left\">"
+                       f"{esc(str(t))}</td></tr>" for n, t in zip(self.key_numbers["name"], self.key_numbers["text"]))
+        figures = "".join(f"<li><a href=\"{link(p)}\">{esc(name)}</a>: {esc(self.captions.get(name, ''))}</li>"
+                          for name, p in self.figures.items())
+        tables = ", ".join(f"{esc(name)} ({len(t):,} rows)" for name, t in self.tables.items())
+        index = f" (<a href=\"{link(self.index)}\">index page</a>)" if self.index else ""
+        return (f"<div><b>Report</b> {esc(self.run_id)}{index}{warnings}<table>{keys}</table>"
+                + (f"<details><summary>{len(self.figures)} figures</summary><ul>{figures}</ul></details>"
+                   if figures else "")
+                + (f"<p>tables (<code>report.tables[name]</code>): {tables}</p>" if tables else "") + "</div>")
+
 
 def embedding_title(what: str, why: str) -> str:
     """An embedding figure's title: `what` ("UMAP of the 64 masks"), then on a second line why the method

@@ -127,6 +127,21 @@ class MaskSet:
     def __repr__(self) -> str:
         return f"MaskSet({self.n_masks} masks x {self.n_bits:,} bits in {len(self.layers)} layers)"
 
+    def _repr_html_(self) -> str:
+        """A notebook's view: the counts, then one row per layer (bits, and the kept share where every mask
+        keeps the same count), never the bits."""
+        import html
+
+        keep = self.layers["n_keep"] if "n_keep" in self.layers.columns else [None] * len(self.layers)
+        rows = "".join(
+            f"<tr><td>{html.escape(str(name))}</td><td style=\"text-align:right\">{int(bits):,}</td>"
+            f"<td style=\"text-align:right\">"
+            f"{'n/a' if k is None or k != k else f'{100 * int(k) / int(bits):.4g}%'}</td></tr>"
+            for name, bits, k in zip(self.layers["layer"], self.layers["n_bits"], keep))
+        return (f"<div><b>MaskSet</b>: {self.n_masks:,} masks x {self.n_bits:,} bits in {len(self.layers)} layers"
+                f"<table><thead><tr><th>layer</th><th>bits</th><th>kept (each mask)</th></tr></thead>"
+                f"<tbody>{rows}</tbody></table></div>")
+
     def _layer_row(self, layer: str | int) -> pd.Series:
         if isinstance(layer, (int, np.integer)):
             return self.layers.iloc[int(layer)]

@@ -69,7 +69,7 @@ from masklab.store import schema as S
 from masklab.store.bits import MaskSet, unpack_words
 from masklab.store.meta import RUN_FORMAT, layout_frame, read_json
 from masklab.store.paths import RECORD_RE, inside, resolve_run, stem
-from masklab.units import ranges
+from masklab.units import percent, ranges, setting_text
 
 if TYPE_CHECKING:
     from masklab.train.evaluate import Evaluation
@@ -162,6 +162,21 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({self.id!r}, {len(self)} of {self.config.masks} masks, path={str(self.path)!r})"
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: the id, masks finished, the mean final test accuracy and the settings table
+        (`settings`), not the registry (`table`) nor the masks."""
+        import html
+
+        acc = self.table["test_acc"].dropna() if len(self.table) else pd.Series(dtype=float)
+        accuracy = f", mean final test accuracy {percent(float(acc.mean()))}" if len(acc) else ""
+        settings = self.settings()
+        rows = "".join(f"<tr><th style=\"text-align:left\">{html.escape(str(s))}</th>"
+                       f"<td>{html.escape(setting_text(s, v))}</td></tr>"
+                       for s, v in zip(settings["setting"], settings["value"]))
+        return (f"<div><b>Run</b> {html.escape(self.id)}: {len(self):,} of {self.config.masks:,} masks"
+                f"{'' if self.complete else ' (unfinished)'}{accuracy}<br><code>{html.escape(str(self.path))}</code>"
+                f"<table>{rows}</table></div>")
 
     @property
     def complete(self) -> bool:

@@ -153,7 +153,7 @@ class PathEvaluator:
               progress: bool = False) -> pd.DataFrame:
         """Loss and accuracy along the path(s) from `a` to `b`: one row per point (and order), columns
         `CURVE_COLUMNS`. `progress`: a progress line (tqdm, on stderr) counting the points evaluated."""
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # the plain bar: tqdm.auto needs ipywidgets in a notebook (else a warning)
 
         check_args(path, points, orders, order)
         a, b = a.to(self.device), b.to(self.device)
