@@ -77,7 +77,8 @@ def prepare(config: RunConfig, data=None):
 def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs_dir: str | os.PathLike = "runs",
              resume: bool | str | os.PathLike = False, quiet: bool = True, data=None,
              log: Callable[[str], None] | None = None, shard: tuple[int, int] | str | None = None,
-             allow_device_change: bool = False, **overrides: Any) -> Run:
+             allow_device_change: bool = False, on_epoch: Callable[[dict], None] | None = None,
+             **overrides: Any) -> Run:
     """Train the masks of the run `config` (a RunConfig, a dict, a TOML path or None for the default, plus
     keyword overrides such as `masks=4`) into `runs_dir/<run_id>` and return the Run.
 
@@ -94,6 +95,8 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
     one-process run would make it.
     `allow_device_change=True`: let a run whose stored masks were trained on another kind of device (or
     GPU model, or `precision`) get masks trained here; refused otherwise (see masklab.train.precision).
+    `on_epoch` receives each mask's row of each epoch (with its `index` and the run's `epochs`), e.g. for a
+    shard job's progress report.
     """
     if shard is not None:
         from masklab.store.shards import parse_shard
@@ -116,7 +119,7 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
             if writer.done:
                 say(f"resuming: {len(writer.done)} masks stored, training {len(todo)} more")
             try:
-                _train_all(config, dataset, writer, todo, quiet, say, allow_device_change)
+                _train_all(config, dataset, writer, todo, quiet, say, allow_device_change, on_epoch)
             except UserError:
                 # bad input found only by training (an lr that diverges): leave no run behind that this
                 # call created and that holds nothing
@@ -137,6 +140,26 @@ def create_run(config: RunConfig, runs_dir: str | os.PathLike, data=None) -> Pat
     _, layout, info = prepare(config, data)
     with RunWriter.open(runs_dir, config, layout, info, resume=True) as writer:
         return writer.path
+
+
+def discard_empty_run(path: str | os.PathLike) -> None:
+    """Remove a run directory that holds no mask (one `create_run` made for jobs that could not be
+    submitted): under its lock, moved aside first so that no reader sees it half removed. A run that holds a
+    mask, or that another process writes, is left as it is."""
+    import shutil
+
+    from masklab.store.lock import RunLock
+
+    path = Path(path)
+    try:
+        with RunLock(path / "lock"):
+            if any(name.endswith((".json", ".mask")) for name in os.listdir(path / "masks")):
+                return
+            gone = path.with_name(f".tmp-{path.name}-{os.getpid()}-discarded")
+            os.rename(path, gone)
+    except (OSError, UserError):
+        return
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def resume_config(run: str | os.PathLike, runs_dir: str | os.PathLike | None, changes: dict[str, Any]
@@ -172,10 +195,12 @@ def resume_config(run: str | os.PathLike, runs_dir: str | os.PathLike | None, ch
 
 
 def _train_all(config: RunConfig, dataset, writer: RunWriter, todo: list[int], quiet: bool,
-               say: Callable[[str], None] = lambda line: None, allow_device_change: bool = False) -> None:
+               say: Callable[[str], None] = lambda line: None, allow_device_change: bool = False,
+               on_epoch: Callable[[dict], None] | None = None) -> None:
     """Train the masks `todo` in stacks and store each; at each epoch's end every mask's training state is
     checkpointed in the run, so that a killed or interrupted run continues from its masks' last finished
-    epochs, with the bits of an uninterrupted run."""
+    epochs, with the bits of an uninterrupted run. `on_epoch` gets each epoch's row too (a shard job's
+    progress report)."""
     from masklab.progress import TrainProgress
     from masklab.train.device import resolve_device
     from masklab.train.precision import check_same_compute, device_record
@@ -207,6 +232,11 @@ def _train_all(config: RunConfig, dataset, writer: RunWriter, todo: list[int], q
             writer.write_checkpoint(checkpoint.index, checkpoint.to_arrays())
 
     with TrainProgress(len(todo), config.epochs, quiet, steps_per_epoch=steps, done=done) as progress:
+        def report(row: dict) -> None:
+            progress.on_epoch(row)
+            if on_epoch is not None:
+                on_epoch(row)
+
         for chunk, measured in _stacks(config, dataset, device, todo, saved):
             if writer.shard is not None:  # an overlapping shard (another N) may have stored some meanwhile
                 elsewhere = writer.stored_elsewhere()
@@ -217,7 +247,7 @@ def _train_all(config: RunConfig, dataset, writer: RunWriter, todo: list[int], q
                 if not chunk:
                     continue
             resume = [saved[i] for i in chunk] if chunk[0] in saved else None
-            for trained in train_masks(config, chunk, dataset=dataset, device=device, on_epoch=progress.on_epoch,
+            for trained in train_masks(config, chunk, dataset=dataset, device=device, on_epoch=report,
                                        on_steps=progress.on_steps, on_checkpoint=keep, resume=resume,
                                        stacks=measured):
                 writer.write_mask(trained, device=str(device))

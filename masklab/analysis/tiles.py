@@ -10,11 +10,17 @@ whatever the tiling; a task whose worker dies is rerun by the scheduler (and ret
 
 The result is an (L + 1, N, N) int64 array (entry 0 the whole mask), in memory or, with `out`, in a
 memory-mapped .npy file written tile by tile (for N whose result would not fit in memory).
+
+A worker maps the bit matrix for one task and unmaps it when the task ends: a map kept open between tasks
+counts as the worker's memory, and Dask pauses a worker whose memory passes its limit (with a large run on
+workers of a few GB, every worker paused and the computation stalled). Each tile's numba kernel runs on as
+many threads as its worker has (`dask worker --nthreads`, or dask-jobqueue's cores / processes), never on
+every core of the node. The tiles are sized for the workers that have joined: with none yet (a
+dask-jobqueue cluster just scaled), the computation first waits for one (WORKER_WAIT_S).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -27,6 +33,8 @@ from masklab.analysis.kernels import intersection_counts
 from masklab.errors import UserError
 
 DEFAULT_TILE_BYTES = 256 << 20  # rows of one tile side: at most this many bytes of packed words
+WORKER_WAIT_S = 120  # how long a computation waits for a first worker to join the scheduler
+HANDSHAKE_TIMEOUT_S = 20  # connecting to --scheduler ADDRESS, Dask's handshake included
 
 
 def bits_source(bits: np.ndarray):
@@ -36,25 +44,36 @@ def bits_source(bits: np.ndarray):
     return None
 
 
-@functools.lru_cache(maxsize=8)
-def _open_bits(path: str, offset: int, shape: tuple[int, int]) -> np.ndarray:
-    return np.memmap(path, dtype="<u8", mode="r", offset=offset, shape=shape)
-
-
-def _rows(source, start: int, stop: int) -> np.ndarray:
+def _matrix(source) -> np.ndarray:
+    """The rows' matrix: a memory map of the file for ("file", ...) sources (unmapped once the caller drops
+    it: nothing is cached between tasks, see the module's notes), else the array itself."""
     if isinstance(source, tuple) and source and source[0] == "file":
         _, path, offset, shape = source
-        return _open_bits(path, offset, shape)[start:stop]
-    return source[start:stop]
+        return np.memmap(path, dtype="<u8", mode="r", offset=offset, shape=shape)
+    return source
+
+
+def worker_threads() -> int | None:
+    """The thread count of the Dask worker running this task (None outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return None
 
 
 def tile_counts(source, rows_a: tuple[int, int], rows_b: tuple[int, int], bounds: np.ndarray,
                 with_total: bool, threads: int | None = None) -> np.ndarray:
     """One tile on a worker: intersection counts of rows_a x rows_b (a diagonal tile counts its upper
-    triangle once and mirrors it), shape (L [+ 1], len a, len b)."""
-    a = _rows(source, *rows_a)
-    b = None if rows_a == rows_b else _rows(source, *rows_b)
-    counts = intersection_counts(a, b, bounds, backend="numba", threads=threads, with_total=with_total)
+    triangle once and mirrors it), shape (L [+ 1], len a, len b). The numba kernel runs on `threads`
+    threads, by default as many as the worker has."""
+    matrix = _matrix(source)
+    a = matrix[rows_a[0]:rows_a[1]]
+    b = None if rows_a == rows_b else matrix[rows_b[0]:rows_b[1]]
+    counts = intersection_counts(a, b, bounds, backend="numba", threads=threads or worker_threads(),
+                                 with_total=with_total)
+    del a, b, matrix  # unmap before the task ends
     # counts never exceed a layer's bits: int32 halves what goes back to the client while they fit
     small = counts.size == 0 or int(counts.max()) < 2**31
     return np.ascontiguousarray(counts, dtype=np.int32 if small else np.int64)
@@ -70,11 +89,18 @@ def tile_rows(n_rows: int, n_words: int, n_workers: int, tile_bytes: int = DEFAU
     return int(min(by_memory, by_balance, max(1, n_rows)))
 
 
-def _workers(client) -> tuple[int, int | None]:
-    """(worker count, threads per worker) of a Dask client."""
+def _workers(client) -> int:
+    """How many workers `client`'s scheduler has, waiting up to WORKER_WAIT_S for a first one."""
     info = client.scheduler_info().get("workers", {})
-    threads = [w.get("nthreads", 1) for w in info.values()]
-    return max(1, len(threads)), (min(threads) if threads else None)
+    if not info:
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except TimeoutError:
+            raise UserError(f"no Dask worker joined the scheduler at {client.scheduler.address} within "
+                            f"{WORKER_WAIT_S} s; start workers (`dask worker ADDRESS`), or with dask-jobqueue "
+                            "scale the cluster and call client.wait_for_workers(n) first") from None
+        info = client.scheduler_info().get("workers", {})
+    return max(1, len(info))
 
 
 def dask_intersection_counts(bits: np.ndarray, bounds: np.ndarray, client, *, with_total: bool = False,
@@ -113,8 +139,7 @@ def dask_intersection_counts(bits: np.ndarray, bounds: np.ndarray, client, *, wi
     from distributed import as_completed
 
     n, w = bits.shape
-    n_workers, threads = _workers(client)
-    size = rows_per_tile or tile_rows(n, w, n_workers)
+    size = rows_per_tile or tile_rows(n, w, _workers(client))
     if size < 1:
         raise UserError(f"rows per tile = {size} is invalid: use at least 1")
     blocks = [(s, min(s + size, n)) for s in range(0, n, size)]
@@ -138,7 +163,7 @@ def dask_intersection_counts(bits: np.ndarray, bounds: np.ndarray, client, *, wi
     futures = {}
     for ia, rows_a in enumerate(blocks):
         for rows_b in blocks[ia:]:
-            future = client.submit(tile_function, source, rows_a, rows_b, bounds, with_total, threads,
+            future = client.submit(tile_function, source, rows_a, rows_b, bounds, with_total, None,
                                    pure=False, retries=2)
             futures[future] = (rows_a, rows_b)
     done = 0
@@ -171,25 +196,99 @@ def local_client(workers: int | None = None, threads_per_worker: int = 1):
     return Client(cluster)
 
 
+def scheduler_address(scheduler: str) -> tuple[str, str, int]:
+    """("tcp://HOST:PORT", host, port) from `--scheduler` text ("tcp://HOST:PORT" or "HOST:PORT"); anything
+    else is a one-line UserError saying what an address looks like."""
+    from urllib.parse import urlsplit
+
+    text = scheduler.strip()
+    example = "write tcp://HOST:PORT (a Dask scheduler listens on port 8786 by default), or local"
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme and scheme != "tcp":
+        why = {"http": "is a web address (the dashboard's); the scheduler's own address is tcp://HOST:8786",
+               "https": "is a web address (the dashboard's); the scheduler's own address is tcp://HOST:8786",
+               "tls": "needs certificates, which the command line does not take: connect in Python with "
+                      "Client(address, security=...) and pass client= to masklab.distances",
+               "inproc": "is an address inside one Python process: use --scheduler local, or client= in Python"}
+        what = why.get(scheme, f"is not supported here; {example}")
+        raise UserError(f"--scheduler {scheduler!r}: {scheme}:// {what}")
+    try:
+        where = urlsplit(text if scheme else f"tcp://{text}")
+        host, port = where.hostname, where.port
+    except ValueError as e:  # a port out of range or not a number
+        raise UserError(f"--scheduler {scheduler!r} is not an address ({e}); {example}") from None
+    if not host or port is None or where.path not in ("", "/") or where.query or where.username:
+        raise UserError(f"--scheduler {scheduler!r} is not an address{' (no port)' if host and port is None else ''}; "
+                        f"{example}")
+    if not 0 < port < 65536:
+        raise UserError(f"--scheduler {scheduler!r}: port {port} is out of range (1-65535); {example}")
+    shown = f"[{host}]" if ":" in host else host
+    return f"tcp://{shown}:{port}", host, port
+
+
+def check_scheduler(address: str, timeout: float | None = None) -> None:
+    """Connect to `address` with Dask's own protocol (handshake included) and ask what it is; a one-line
+    UserError, within `timeout` seconds, when it is unreachable, is not a Dask service (a protocol
+    mismatch) or is not a scheduler. (distributed's Client waits for the handshake without a timeout: a port
+    that accepts and never answers would hang it.)"""
+    import asyncio
+    import concurrent.futures
+
+    from distributed.comm import connect as dask_connect
+
+    timeout = HANDSHAKE_TIMEOUT_S if timeout is None else timeout
+
+    async def identify() -> dict:
+        comm = await dask_connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    async def bounded() -> dict:
+        return await asyncio.wait_for(identify(), timeout)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # its own event loop, whatever the caller runs
+        try:
+            answer = pool.submit(asyncio.run, bounded()).result(timeout + 5)
+        except (TimeoutError, concurrent.futures.TimeoutError):
+            raise UserError(f"--scheduler {address}: something accepted the connection but did not speak Dask's "
+                            f"protocol within {timeout:g} s (a protocol mismatch: not a Dask scheduler); check the "
+                            "address and port (the scheduler's default port is 8786)") from None
+        except OSError as e:
+            raise UserError(f"cannot reach the Dask scheduler at {address} ({e}); start one (`dask scheduler`) "
+                            "or use --scheduler local") from None
+        except Exception as e:  # what a non-Dask answer decodes to: MemoryError, msgpack or struct errors
+            raise UserError(f"--scheduler {address}: the service there answered in another protocol than Dask's "
+                            f"(a protocol mismatch: {type(e).__name__}); check the address and port (the "
+                            "scheduler's default port is 8786)") from None
+    kind = answer.get("type") if isinstance(answer, dict) else None
+    if kind != "Scheduler":
+        raise UserError(f"--scheduler {address} is a Dask {kind or 'service'}, not a scheduler; give the scheduler's "
+                        "address (`dask scheduler` prints it)")
+
+
 def connect(scheduler: str, workers: int | None = None):
     """A Client for `--scheduler`: "local" starts a LocalCluster (`workers` processes), anything else is the
-    address of a running scheduler (e.g. tcp://host:8786, or one that dask-jobqueue's SLURMCluster made)."""
+    address of a running scheduler ("tcp://HOST:PORT" or "HOST:PORT", e.g. one that dask-jobqueue's
+    SLURMCluster made), checked first (`scheduler_address`, `check_scheduler`): a bad address, a closed
+    port, a service that is not a Dask scheduler are each one line, within HANDSHAKE_TIMEOUT_S."""
     if scheduler == "local":
         return local_client(workers)
     import socket
-    from urllib.parse import urlparse
 
     from distributed import Client
 
-    where = urlparse(scheduler if "://" in scheduler else f"tcp://{scheduler}")
-    if where.scheme == "tcp" and where.hostname and where.port:
-        try:  # a quick look first: distributed itself keeps retrying a refused address until its timeout
-            socket.create_connection((where.hostname, where.port), timeout=3).close()
-        except OSError as e:
-            raise UserError(f"cannot reach the Dask scheduler at {scheduler} ({e.strerror or e}); start one "
-                            "(`dask scheduler`) or use --scheduler local") from None
-    try:
-        return Client(scheduler, timeout="20s")
+    address, host, port = scheduler_address(scheduler)
+    try:  # a quick look first: distributed itself keeps retrying a refused address until its timeout
+        socket.create_connection((host, port), timeout=3).close()
     except OSError as e:
-        raise UserError(f"cannot reach the Dask scheduler at {scheduler} ({e}); start one (`dask scheduler`) "
+        raise UserError(f"cannot reach the Dask scheduler at {address} ({e.strerror or e}); start one "
+                        "(`dask scheduler`) or use --scheduler local") from None
+    check_scheduler(address)
+    try:
+        return Client(address, timeout=f"{HANDSHAKE_TIMEOUT_S}s")
+    except OSError as e:
+        raise UserError(f"cannot reach the Dask scheduler at {address} ({e}); start one (`dask scheduler`) "
                         "or use --scheduler local") from None

@@ -28,6 +28,7 @@ from masklab.cli.parser import (
     add_generate,
     add_import,
     add_interpolate,
+    add_jobs,
     add_results,
     add_runs,
     add_show,
@@ -50,6 +51,7 @@ COMMANDS = {
     "compare": (add_compare, "analyze"),
     "distances": (add_distances, "distances"),
     "sweep": (add_sweep, "train"),
+    "jobs": (add_jobs, "train"),
     "import": (add_import, "interop"),
     "export": (add_export, "interop"),
 }
@@ -109,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"masklab: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("masklab: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # (JobsInterrupted says what became of the shard jobs)
+        print(f"masklab: interrupted{': ' + ' '.join(str(e).split()) if str(e) else ''}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `masklab runs | head -1`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

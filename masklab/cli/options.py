@@ -26,7 +26,8 @@ def given_run_options(args: argparse.Namespace) -> dict:
 def slurm_options(args: argparse.Namespace):
     """The job array's resources: the --config file's [slurm] table, then the --slurm-* flags."""
     values = dict(load_tables(args.config).get("slurm", {})) if getattr(args, "config", None) else {}
-    for key in ("partition", "time", "gpus_per_task", "cpus_per_task", "mem", "array_parallelism", "setup"):
+    for key in ("partition", "time", "gpus_per_task", "cpus_per_task", "mem", "array_parallelism", "setup", "account",
+                "qos", "constraint", "gres", "extra"):
         flag = getattr(args, f"slurm_{key}", None)
         if flag is not None:
             values[key] = flag

@@ -127,17 +127,35 @@ def add_scale_options(p) -> None:
                    "array; requeued on preemption). Default local")
     g.add_argument("--no-wait", action="store_true", help="with --jobs: submit, print the job ids and return")
     g.add_argument("--slurm-partition", metavar="P", help="SLURM partition")
-    g.add_argument("--slurm-time", type=int, metavar="MIN", help="minutes per task (default 60; a task that runs "
-                   "out is requeued)")
+    g.add_argument("--slurm-time", type=int, metavar="MIN", help="minutes per task, at least 2 (default 60; a task "
+                   "that runs out is requeued, and stops if it stored no mask in that time)")
     g.add_argument("--slurm-gpus-per-task", type=int, metavar="G", help="GPUs per task (default 0)")
     g.add_argument("--slurm-cpus-per-task", type=int, metavar="C", help="CPUs per task")
     g.add_argument("--slurm-mem", metavar="M", help="memory per task, e.g. 16GB")
     g.add_argument("--slurm-array-parallelism", type=int, metavar="K", help="tasks running at once (default 256)")
     g.add_argument("--slurm-setup", action="append", metavar="CMD", help="a shell line run before each task, e.g. "
-                   "'module load cuda' (repeatable)")
+                   "'module load cuda' (repeatable). It does not choose the tasks' Python: they run this one")
+    g.add_argument("--slurm-account", metavar="A", help="SLURM account to charge")
+    g.add_argument("--slurm-qos", metavar="Q", help="SLURM quality of service")
+    g.add_argument("--slurm-constraint", metavar="C", help="SLURM node features required, e.g. a100")
+    g.add_argument("--slurm-gres", metavar="G", help="SLURM generic resources per node, e.g. gpu:a100:1")
+    g.add_argument("--slurm-extra", action="append", metavar="KEY=VALUE", help="any other sbatch option, e.g. "
+                   "mail-type=END or exclusive (repeatable)")
 
 
-# ---- training: generate, sweep (cli/train.py) ------------------------------------------------------------
+# ---- training: generate, sweep, jobs (cli/train.py) ------------------------------------------------------
+def add_jobs(sub) -> None:
+    p = sub.add_parser("jobs", help="the shard jobs of a run (generate/sweep --jobs N): state, masks, logs; "
+                       "--cancel cancels them",
+                       description="One line per shard task that `generate --jobs N` (or `sweep --jobs N`) "
+                       "submitted for RUN: its job id, state (PENDING with its reason, RUNNING, requeued, DONE, "
+                       "or how it ended), masks stored of those its shards plan, threads, host and log file.",
+                       parents=[RUNS_DIR()])
+    p.add_argument("run", metavar="RUN", help="a run directory or a run id under --runs-dir")
+    p.add_argument("--cancel", action="store_true", help="cancel the tasks that still run (scancel, or end the "
+                   "local processes); rerunning the generate command later resumes")
+
+
 def add_generate(sub) -> None:
     p = sub.add_parser("generate", help="train many masks over the same random weights into a run directory",
                        description="Train N masks that differ only in score seed (and, with --vary-data-seed, "

@@ -23,7 +23,8 @@ from masklab.config_file import load_toml
 from masklab.errors import UserError
 from masklab.generation import banner, generate, prepare, resume_config
 from masklab.plots import accuracy_vs_sparsity, save_figure
-from masklab.scale.executors import submit_shards
+from masklab.scale.executors import setup_python_note, submit_shards
+from masklab.scale.jobs import cancel_jobs, job_table
 from masklab.store.files import atomic_write
 from masklab.store.run import Run
 from masklab.sweep import sweep, sweep_id
@@ -64,16 +65,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def generate_jobs(args: argparse.Namespace, config, say) -> int:
     """`generate --jobs N`: the run's N shards through submitit."""
     options = slurm_options(args)
+    note = setup_python_note(options.setup) if args.executor == "slurm" else None
+    if note:
+        say(note)
     submission = submit_shards([config], args.runs_dir, args.jobs, args.executor, slurm=options,
                                wait=not args.no_wait, quiet=args.quiet, log=say,
                                allow_device_change=args.allow_device_change)
-    path = submission.runs[0]
+    path = Path(args.runs_dir) / config.run_id  # as the user named it (the jobs get it absolute)
     if args.no_wait:
         print(f"jobs: {' '.join(submission.job_ids)}", flush=True)
-    else:
+    elif submission.job_ids:
         run = Run(path)
-        say(f"{len(run)} of {config.masks} masks stored by {args.jobs} shard job(s)")
+        say(f"{len(run)} of {config.masks} masks stored by {len(submission.job_ids)} shard job(s)")
     print(path, flush=True)
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    if args.cancel:
+        cancelled = cancel_jobs(args.run, args.runs_dir)
+        print(f"cancelled {len(cancelled)} task(s){': ' + ' '.join(cancelled) if cancelled else ' (none was running)'}",
+              flush=True)
+        return 0
+    table = job_table(args.run, args.runs_dir)
+    if table.empty:
+        print(f"run {args.run} records no shard jobs (`generate --jobs N` records them)")
+        return 0
+    print(frame_text(table.fillna("-")))
     return 0
 
 

@@ -11,7 +11,6 @@ schedules: submitit runs the jobs, the result folder is the only shared state. L
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ import submitit
 
 from masklab.analysis.paths.jobs import BarrierTask, Pair, Progress, evaluate_pairs, pending_pairs
 from masklab.errors import UserError
-from masklab.scale.executors import EXECUTORS, POLL_SECONDS, SlurmOptions
+from masklab.scale.executors import EXECUTORS, MAX_ARRAY_TASKS, POLL_SECONDS, SlurmOptions, max_local_jobs
 
 
 class PairJob(submitit.helpers.Checkpointable):
@@ -56,7 +55,9 @@ class SubmititEngine:
     def __call__(self, task: BarrierTask, pairs: Sequence[Pair], progress: Progress | None = None) -> None:
         if not pairs:
             return
-        jobs = min(self.jobs, len(pairs))
+        # at most one job per pair, and (the same caps as `generate --jobs`) one local process per core or
+        # one SLURM array's tasks
+        jobs = min(self.jobs, len(pairs), max_local_jobs() if self.executor == "local" else MAX_ARRAY_TASKS)
         shares = [list(pairs[k::jobs]) for k in range(jobs)]
         folder = Path(task.folder) / "submitit"
         ex: submitit.SlurmExecutor | submitit.LocalExecutor
@@ -67,7 +68,7 @@ class SubmititEngine:
         else:
             ex = submitit.LocalExecutor(folder=folder)
             ex.update_parameters(timeout_min=60 * 24 * 30)
-            threads = max(1, (os.cpu_count() or 1) // jobs)
+            threads = max(1, max_local_jobs() // jobs)
         submitted = ex.map_array(PairJob(), [task] * jobs, shares, [threads] * jobs)
         done = 0
         while not all(job.done() for job in submitted):

@@ -2,9 +2,11 @@
 
 import pandas as pd
 import pytest
+import submitit
 
 from masklab.analysis.paths.jobs import BarrierTask, run_pairs
 from masklab.errors import UserError
+from masklab.scale import pair_jobs
 from masklab.scale.pair_jobs import SubmititEngine
 
 PAIRS = [(0, 1), (0, 2), (1, 2)]
@@ -28,3 +30,22 @@ def test_bad_job_options_are_one_line_errors():
         SubmititEngine(0)
     with pytest.raises(UserError, match="unknown"):
         SubmititEngine(2, "cloud")
+
+
+def test_local_jobs_are_capped_at_the_cores_without_starting_one(tiny_run, tmp_path, monkeypatch):
+    """submitit's map_array is replaced: the test sees how many jobs would start, and none does."""
+    handed: list[int] = []
+
+    class NothingStarted(Exception):
+        pass
+
+    def map_array(self, fn, *iterables):
+        handed.append(len(iterables[0]))
+        raise NothingStarted
+
+    monkeypatch.setattr(submitit.LocalExecutor, "map_array", map_array)
+    monkeypatch.setattr(pair_jobs, "max_local_jobs", lambda: 2)
+    task = BarrierTask(run_path=str(tiny_run.path), folder=str(tmp_path / "jobs"), points=3)
+    with pytest.raises(NothingStarted):
+        SubmititEngine(100000, "local")(task, PAIRS)
+    assert handed == [2]
