@@ -7,6 +7,7 @@ The public names are imported lazily (on first use), so `import masklab` stays f
     run.table, run.masks                           # registry DataFrame, MaskSet (N x W uint64)
     run = masklab.import_masks(["a.pth", "b.pth"], format="hidden-networks", keep=0.5)   # masks from elsewhere
     masklab.export_mask(run, 0, "state-dict", "mask0.pt"); masklab.plain_model(run, 0)  # ... and back
+    masklab.landscape(runs)                        # one tidy table of every run's landscape metrics vs chance
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ _LAZY = {
     "compare": "masklab.report",
     "Report": "masklab.report",
     "interpolate": "masklab.analysis.interpolation",
+    "landscape": "masklab.analysis.landscape",
+    "functional_similarity": "masklab.analysis.functional",
     "import_masks": "masklab.interop.importer",
     "plain_model": "masklab.interop.exporter",
     "export_mask": "masklab.interop.exporter",

@@ -632,6 +632,56 @@ def test_help_shows_no_doubled_percent_sign(capsys):
     assert "%%" not in (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
 
 
+def test_sweep_over_widths_sparsities_and_methods_writes_the_landscape_table_and_figures(in_tmp, capsys):
+    """The issue's sweep, small: 2 widths x 3 sparsities x 2 methods (one with IWR) on digits, 2 masks a cell, one
+    epoch: one landscape table (a row per cell x metric x layer) and one figure per metric family."""
+    import pandas as pd
+
+    argv = ["sweep", "--widths", "0.125,0.25", "--sparsities", "0.5,0.8,0.9", "--methods",
+            "edge-popup,biprop+iwr:recycle_every=1", "--seeds", "2", "--epochs", "1", "--pairs", "0",
+            "--cka-samples", "40", "--name", "small"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    figure = in_tmp / lines[-1]
+    assert figure.name.startswith("small-") and figure.is_file()
+    folder = figure.with_suffix("")
+    table = pd.read_parquet(folder / "landscape.parquet")
+    assert table.equals(pd.read_csv(folder / "landscape.csv", keep_default_na=True).astype(table.dtypes)) or \
+        len(pd.read_csv(folder / "landscape.csv")) == len(table)
+    assert table["run"].nunique() == 12 and sorted(table["width"].unique()) == [0.125, 0.25]
+    assert sorted(table["sparsity"].unique()) == [0.5, 0.8, 0.9]
+    assert set(table["method"]) == {"edge-popup", "biprop+iwr"} and set(table["recycling"]) == {"none", "iwr"}
+    assert not table.duplicated(["run", "metric", "layer"]).any()
+    for family in ("accuracy", "overlap", "consensus", "disagreement", "ensemble", "cka"):
+        assert (folder / f"landscape-{family}.png").stat().st_size > 1000, family
+    assert not (folder / "landscape-structure.png").exists()  # 2 masks a cell: no structure test
+    assert not (folder / "landscape-barrier.png").exists()  # --pairs 0
+    assert any(line.startswith("small-") and "the landscape across settings" in line for line in lines)
+    matching = table[(table["metric"] == "matching") & (table["layer"] == "all")]
+    k = 1 - matching["sparsity"]
+    np.testing.assert_allclose(matching["chance"], k ** 2 + (1 - k) ** 2, atol=2e-3)
+    capsys.readouterr()
+    assert main([*argv, "--quiet"]) == 0  # every cell cached: trains and measures nothing
+    assert capsys.readouterr().out.strip() == lines[-1]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--models", "mlp", "--model", "mlp"], "--models and --model exclude each other"),
+    (["--epochs-list", "1,x"], "--epochs-list '1,x' is not a comma-separated list of ints"),
+    (["--widths", "0.5,0.5"], "--widths '0.5,0.5' names 0.5 more than once"),
+    (["--pairs", "some"], "--pairs 'some' is invalid"),
+    (["--pairs", "-1"], "--pairs -1 is invalid: use at least 0"),
+    (["--cka-samples", "1"], "--cka-samples 1 is invalid: use at least 2"),
+    (["--name", "../x"], "--name '../x' is invalid"),
+    (["--methods", "biprop+iwr:every=2"], "unknown key 'every'"),
+    (["--models", "mlp,resnet50"], "'model' = 'resnet50' is invalid"),
+])
+def test_bad_sweep_axes_are_one_line_exit_2(in_tmp, capsys, argv, message):
+    assert main(["sweep", *argv]) == 2
+    assert message in _error_line(capsys)
+    assert not (in_tmp / "runs").exists() and not (in_tmp / "figures").exists()
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--methods", "lottery"], "sweep method 'lottery'"),
     (["--sparsities", "half"], "--sparsities 'half' is not a comma-separated list"),

@@ -26,7 +26,8 @@ def test_analyze_writes_every_table_figure_and_an_index(runs, tmp_path):
     expected_tables = {"distances", "baseline", "layer_summary", "random_distances", "consensus",
                        "consensus_histogram", "union_coverage", "clusters", "cluster_summary",
                        "structure_vs_random", "embedding", "barriers", "interpolation", "barrier_correlation",
-                       "trajectories", "settling"}
+                       "trajectories", "settling", "disagreement", "disagreement_summary", "ensemble", "cka",
+                       "cka_summary"}
     assert expected_tables <= set(report.tables)
     for name in expected_tables:
         for suffix in (".csv", ".parquet"):
@@ -34,7 +35,8 @@ def test_analyze_writes_every_table_figure_and_an_index(runs, tmp_path):
     parquet = pd.read_parquet(run.path / "analysis" / "layer_summary.parquet")
     assert list(parquet["layer"].unique()) == ["all", "fc1", "fc2", "fc3"]
     expected_figures = {"per_layer_similarity", "distance_histogram", "consensus_histogram", "distance_heatmap",
-                        "mds", "interpolation", "barrier_vs_distance", "trajectories"}  # 5 masks: MDS
+                        "mds", "interpolation", "barrier_vs_distance", "trajectories", "disagreement", "ensemble",
+                        "cka"}  # 5 masks: MDS
     assert expected_figures <= set(report.figures)
     page = report.index.read_text()
     for name, png in report.figures.items():
@@ -43,6 +45,33 @@ def test_analyze_writes_every_table_figure_and_an_index(runs, tmp_path):
     assert "matching all" in page and "chance" in page
     summary = report.summary()
     assert {"quantity", "value"} <= set(summary.columns) and len(summary) >= 8
+
+
+def test_analyze_reports_functional_similarity(runs, tmp_path):
+    """The function stage: its tables are the analysis' own, its figures are on the page, and its key numbers
+    give the references, the gains and CKA's random-mask chance; `functional=False` leaves it out."""
+    from masklab.analysis.functional import ensemble_orders
+
+    _, run, _ = runs
+    report = analyze(run, tmp_path, pairs=0, embedding=False)
+    d = report.tables["disagreement"]
+    assert len(d) == 10 and set(d.columns) >= {"mask_a", "mask_b", "disagreement", "reference",
+                                               "reference_given_class", "hamming_norm"}
+    ensemble = report.tables["ensemble"]
+    one = ensemble[(ensemble["k"] == 1) & (ensemble["vote"] == "majority")]["acc_mean"].iloc[0]
+    assert one == pytest.approx(run.table["test_acc"].to_numpy()[ensemble_orders(5, 10, 0)[:, 0]].mean())
+    keys = report.key_numbers.set_index("name")
+    disagreement = keys.loc["prediction disagreement"]
+    assert "independent given the class" in disagreement["text"] and disagreement["n"] == 10
+    assert disagreement["value"] == pytest.approx(d["disagreement"].mean())
+    assert disagreement["chance"] == pytest.approx(d["reference"].mean())
+    assert "over the mean mask" in keys.loc["ensemble of all evaluated masks (averaged softmax)", "text"]
+    cka = keys.loc["linear CKA logits"]
+    assert "random masks" in cka["text"] and cka["n"] == 10 and 0 < cka["chance"] < 1
+    page = report.index.read_text()
+    assert all(f'src="{name}.png"' in page for name in ("disagreement", "ensemble", "cka"))
+    without = analyze(run, tmp_path / "without", pairs=0, embedding=False, functional=False)
+    assert "ensemble" not in without.tables and "prediction disagreement" not in set(without.key_numbers["name"])
 
 
 def test_analyze_png_only_links_no_svg(runs, tmp_path):

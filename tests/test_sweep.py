@@ -117,3 +117,38 @@ def test_sweep_figure_states_epochs_seeds_band_and_draws_dense_and_chance():
     assert any(label.startswith("dense, trained weights (97.0%)") for label in labels)
     chance = [line for line in ax.get_lines() if line.get_label().startswith("chance")]
     assert chance and chance[0].get_ydata()[0] == pytest.approx(10.0) and "1 / 10 classes" in chance[0].get_label()
+
+
+def test_sweep_axes_models_widths_epochs_and_a_methods_own_settings():
+    from masklab.sweep import parse_method_spec
+
+    configs = sweep_configs(RunConfig(), ["edge-popup", "biprop+iwr:recycle_every=2", "dense"], [0.5, 0.9], seeds=2,
+                            models=["mlp", "lenet-300-100"], widths=[0.5, 1.0], epochs=[3, 5])
+    cells = [(c.model, c.width, c.epochs, c.method, c.recycle, c.sparsity) for c in configs]
+    assert len(cells) == len(set(cells)) == 2 * 2 * 2 * (2 + 2 + 1)
+    iwr = [c for c in configs if c.recycle == "iwr"]
+    assert all(c.recycle_every == 2 for c in iwr)
+    assert all(c.recycle_every is None for c in configs if c.recycle == "none")  # the option is that method's only
+    assert parse_method_spec("biprop+iwr:recycle_rate=0.3:recycle_every=4") == \
+        ("biprop", "iwr", {"recycle_rate": 0.3, "recycle_every": 4})
+    for spec, message in (("biprop+iwr:every", "is not key=value"), ("biprop:sparsity=0.3", "an axis of the sweep"),
+                          ("biprop:colour=red", "unknown key 'colour'"),
+                          ("biprop+iwr:recycle_every=x", "not a valid int")):
+        with pytest.raises(UserError, match=message):
+            parse_method_spec(spec)
+    with pytest.raises(UserError, match="'recycle_every' = 0 is invalid"):
+        sweep_configs(RunConfig(), ["biprop+iwr:recycle_every=0"], [0.5], seeds=1)
+
+
+def test_sweep_id_keeps_one_value_axes_as_before_and_names_more():
+    from masklab.sweep import sweep_id
+
+    base = RunConfig(epochs=2, width=0.25)
+    one = sweep_id(base, ["edge-popup"], [0.5], 3)
+    assert one == sweep_id(base, ["edge-popup"], [0.5], 3, models=["mlp"], widths=[0.25], epochs=[2])
+    assert one == "sweep-digits-mlp-" + one.rsplit("-", 1)[1]
+    two = sweep_id(base, ["edge-popup"], [0.5], 3, models=["lenet-300-100", "mlp"])
+    assert two.startswith("sweep-digits-lenet-300-100+mlp-") and two != one
+    assert sweep_id(base, ["edge-popup"], [0.5], 3, widths=[0.25, 0.5]) != one
+    assert sweep_id(base, ["edge-popup"], [0.5], 3, epochs=[2, 4]) != one
+    assert sweep_id(base, ["edge-popup"], [0.5], 3, name="grid") == "grid-" + one.rsplit("-", 1)[1]

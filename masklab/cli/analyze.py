@@ -16,7 +16,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     at_least("--pairs", args.pairs, 0)
     run = open_run(args.run, args.runs_dir)
     report = analyze(run, args.figures, quiet=args.quiet, pairs=args.pairs, points=args.points,
-                     embedding=not args.no_embedding, formats=check_formats(args.formats))
+                     embedding=not args.no_embedding,
+                     functional=not args.no_functional, formats=check_formats(args.formats))
     warn(report)
     if not args.quiet:
         print(pairs_text(report.summary()))

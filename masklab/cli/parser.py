@@ -177,24 +177,49 @@ SWEEP_VARIES = ("method", "recycle", "sparsity", "masks", "name")  # set per cel
 
 
 def add_sweep(sub) -> None:
-    p = sub.add_parser("sweep", help="a grid of runs over methods and sparsities: accuracy table and figure",
+    p = sub.add_parser("sweep", help="a grid of runs over models, widths, methods, sparsities, epochs: accuracy "
+                       "and the landscape across settings",
                        description="Train (or reuse: each cell is a run, cached by its config hash) a grid of runs "
-                       "over --methods and --sparsities with --seeds masks each, on the model and dataset the "
-                       "generate options give; print accuracy per method and sparsity and draw accuracy vs "
-                       "sparsity (published CIFAR-10 numbers beside conv-N, the dense network and chance as "
-                       "lines). The figure (PNG, SVG) and the table (CSV) are named by the sweep's own id, "
-                       "FIGURES/sweep-<dataset>-<model>-<hash of the grid and base config>, so another sweep "
-                       "never overwrites them. The last line is the figure's path.",
+                       "over --models x --widths x --epochs-list x --methods x --weight-seeds x --sparsities with "
+                       "--seeds masks each, on the dataset the generate options give; print accuracy per cell and "
+                       "draw accuracy vs sparsity (published CIFAR-10 numbers beside conv-N, the dense network and "
+                       "chance as lines). With --landscape (the default when cells have at least 2 masks) also "
+                       "measure every cell (overlap and consensus vs chance, cluster structure, barriers, "
+                       "prediction disagreement, ensembles, linear CKA; see docs/landscape.md) into ONE table, "
+                       "FIGURES/<sweep id>/landscape.parquet (and .csv), with one figure per metric family. "
+                       "Outputs are named by the sweep's own id, <name>-<hash of the grid and base config> "
+                       "(default name sweep-<dataset>-<model(s)>), so another sweep never overwrites them. The "
+                       "last line is the accuracy figure's path.",
                        parents=[RUNS_DIR(), QUIET()])
     p.add_argument("--config", metavar="F", help="TOML file of run options shared by every cell")
     add_run_options(p, skip=SWEEP_VARIES)
-    p.add_argument("--methods", default="edge-popup,biprop,dense", metavar="LIST",
-                   help="comma-separated: edge-popup, biprop, dense, with +iwr or +iterand (default "
-                   "edge-popup,biprop,dense: dense is the trained network the figure draws as a reference)")
-    p.add_argument("--sparsities", default="0.5,0.9", metavar="LIST", help="comma-separated (default 0.5,0.9)")
-    p.add_argument("--seeds", type=int, default=3, metavar="N", help="masks (score seeds) per cell (default 3)")
-    p.add_argument("--weight-seeds", default="0", metavar="LIST", help="comma-separated weight seeds (default 0)")
-    p.add_argument("--figures", default="figures", metavar="DIR", help="where the figure goes (default figures/)")
+    g = p.add_argument_group("the grid (each a comma-separated list)")
+    g.add_argument("--models", metavar="LIST", help="models, e.g. conv2,conv4,conv6 or mlp,lenet-300-100 (default: "
+                   "--model's)")
+    g.add_argument("--widths", metavar="LIST", help="width multipliers, e.g. 0.25,0.5,1 (default: --width's)")
+    g.add_argument("--methods", default="edge-popup,biprop,dense", metavar="LIST",
+                   help="edge-popup, biprop, dense, with +iwr or +iterand, each optionally with settings of its "
+                   "own as :key=value (e.g. biprop+iwr:recycle_every=2) (default edge-popup,biprop,dense: dense is "
+                   "the trained network the figure draws as a reference)")
+    g.add_argument("--sparsities", default="0.5,0.9", metavar="LIST", help="comma-separated (default 0.5,0.9)")
+    g.add_argument("--epochs-list", metavar="LIST", help="epochs, e.g. 10,30 (default: --epochs's)")
+    g.add_argument("--weight-seeds", default="0", metavar="LIST", help="comma-separated weight seeds (default 0)")
+    g.add_argument("--seeds", type=int, default=3, metavar="N", help="masks (score seeds) per cell (default 3)")
+    p.add_argument("--name", metavar="NAME", help="the sweep's name: its outputs are NAME-<hash> (default "
+                   "sweep-<dataset>-<model(s)>)")
+    p.add_argument("--figures", default="figures", metavar="DIR", help="where the figures go (default figures/)")
+    land = p.add_argument_group("the landscape across settings (docs/landscape.md)")
+    land.add_argument("--landscape", dest="landscape", action="store_const", const=True, default=None,
+                      help="measure every cell (default: when cells have at least 2 masks)")
+    land.add_argument("--no-landscape", dest="landscape", action="store_const", const=False,
+                      help="accuracy only")
+    land.add_argument("--pairs", default="10", metavar="M", help="mask pairs per cell whose barriers are measured, "
+                      "drawn at random (seed 0); 'all' for every pair, 0 for none (default 10)")
+    land.add_argument("--cka-samples", type=int, default=500, metavar="N", help="test samples (drawn at random, "
+                      "seed 0) on which representations are compared by linear CKA (default 500)")
+    land.add_argument("--pages", action="store_true", help="also write every cell's `masklab analyze` page under "
+                      "FIGURES/<sweep id>/cells/ (with the same barrier pairs)")
+    add_formats_option(p)
     add_allow_device_change(p)
     add_scale_options(p)
 
@@ -260,6 +285,8 @@ def add_analyze(sub) -> None:
     p.add_argument("--points", type=int, default=30, metavar="P", help="points per interpolation path (default 30)")
     p.add_argument("--no-embedding", action="store_true",
                    help="skip the embedding (MDS below 50 masks, UMAP from 50)")
+    p.add_argument("--no-functional", action="store_true",
+                   help="skip functional similarity (prediction disagreement, ensembles, linear CKA)")
     add_formats_option(p)
 
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from masklab.analysis.cluster_structure import StructureTest
+    from masklab.analysis.functional import FunctionalSimilarity
     from masklab.store.run import Run
 
 DEFAULT_FORMATS = ("png",)
@@ -124,6 +125,7 @@ class Shared:
     baseline_all: float | None = None              # distances: its random-mask expectation, whole network
     labels: pd.DataFrame | None = None             # clustering: cluster labels per mask_id
     structure: StructureTest | None = None         # clustering: the structure test against random masks
+    functional: FunctionalSimilarity | None = None  # function: disagreement, ensembles, CKA
     figure_seconds: float = 0.0                    # time spent drawing and writing figures so far
     lap_mark: tuple[float, float] = (0.0, 0.0)     # (clock, figure_seconds) at the last `lap`
 

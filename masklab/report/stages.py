@@ -66,6 +66,7 @@ from masklab.report.base import (
     unfinished_warning,
     write_table,
 )
+from masklab.report.functional import function_stage
 from masklab.report.pages import write_index
 from masklab.store import files as F
 from masklab.store.run import Run, open_run
@@ -80,7 +81,7 @@ STRUCTURE_MAX_MASKS = 200  # larger runs: the structure test uses a seeded rando
 def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = True, pairs: int = DEFAULT_PAIRS,
             points: int = DEFAULT_POINTS, embedding: bool = True, interpolation: bool = True,
             random_state: int = 0, formats: tuple[str, ...] | str = DEFAULT_FORMATS, embedding_method: str = "auto",
-            n_random: int = DEFAULT_N_RANDOM) -> Report:
+            n_random: int = DEFAULT_N_RANDOM, functional: bool = True) -> Report:
     """Analyse `run` (a Run, path or run id) and write its tables, figures and index page.
 
     `figures_dir` defaults to `figures/` beside the run's `runs/` folder; figures land in
@@ -88,6 +89,8 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
     `pairs` mask pairs are interpolated (soft path, `points` points each). The embedding is MDS below 50
     masks and UMAP from 50 (`embedding_method="auto"`, see `masklab.analysis.embedding.choose_method`).
     The cluster-structure test draws `n_random` random mask sets (p-value resolution 1 / (1 + n_random)).
+    `functional`: the masks' functional similarity (prediction disagreement, ensembles, linear CKA; see
+    `masklab.analysis.functional`), for runs with at least 2 masks and a model to rebuild.
 
     `Report.seconds` splits the wall time: each stage (its own computation), "figures" (drawing and writing
     every figure file), "tables" (writing them), "index" (the page).
@@ -112,6 +115,8 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
         stages.append(("embedding", lambda r, rep, sh: _embedding(r, rep, sh, embedding_method)))
     if interpolation and len(run.ids) >= 2 and pairs > 0 and run.has_architecture:
         stages.append(("interpolation", lambda r, rep, sh: _interpolation(r, rep, sh, pairs, points, random_state)))
+    if functional and len(run.ids) >= 2 and run.has_architecture:
+        stages.append(("function", lambda r, rep, sh: function_stage(r, rep, sh, random_state)))
     if any(run.has_extra(i, "snapshots") for i in run.ids):
         stages.append(("trajectories", _trajectories))
     bar = tqdm(total=len(stages) + 1, disable=quiet, unit="stage", desc="analyze", dynamic_ncols=True,

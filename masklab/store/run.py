@@ -23,6 +23,9 @@ Layout of `runs/<run_id>/` (all names are fixed; nothing in it is ever unpickled
     extras/000003.weights.npy         dense runs, and imports whose files hold different weights
                                       (--allow-different-weights): the weights, float32, all layers concatenated
     extras/000003.buffers.npz         models with BatchNorm: the buffers (running statistics)
+    extras/000003.predictions.npy     the mask's predicted class for every test sample, in test-split order
+                                      (int8; int16 past 128 classes), from the pass that measured its final
+                                      test accuracy
     snapshots/000003.npz              `epochs` (S,) and packed `bits` (S x W) every E epochs
     checkpoints/000003.npz  mask 3 while it trains: its whole training state at the end of its last
                             finished epoch (masklab.train.trainer.Checkpoint), replaced atomically each
@@ -357,6 +360,17 @@ class Run:
         if not self.has_extra(i, "buffers"):
             return None
         return F.load_npz(self._extra_path(i, "buffers"), self._extra_bytes(i, "buffers"))
+
+    def predictions(self, i: int) -> np.ndarray:
+        """Mask `i`'s predicted class for every test sample, in test-split order (int8, or int16 past 128
+        classes), stored when it was trained. Runs made before masklab stored them, and imports, have none:
+        `masklab.analysis.functional.test_predictions` computes (and caches) them for any run."""
+        values = F.load_npy(self._extra_path(i, "predictions"), self._extra_bytes(i, "predictions"))
+        n_test = self.meta.get("dataset", {}).get("n_test")
+        if values.ndim != 1 or values.dtype.kind != "i" or (n_test is not None and len(values) != int(n_test)):
+            raise StoreError(f"{self._extra_path(i, 'predictions')} holds {values.dtype} {values.shape}, not one "
+                             f"class index per test sample ({n_test}); it is corrupt")
+        return values
 
     def snapshots(self, i: int) -> MaskSet:
         """Mask `i` every E epochs (--snapshot-every) as a MaskSet whose ids are the epochs (from 0)."""

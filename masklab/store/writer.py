@@ -263,6 +263,10 @@ class RunWriter:
         if trained.weights is not None:
             flat = np.concatenate([np.asarray(w, dtype=np.float32).reshape(-1) for w in trained.weights])
             put(f"extras/{s}.weights.npy", F.npy_bytes(flat), "weights")
+        predictions = getattr(trained, "predictions", None)
+        if predictions is not None:
+            classes = int(self.meta.get("dataset", {}).get("n_classes") or 0)
+            put(f"extras/{s}.predictions.npy", F.npy_bytes(prediction_array(predictions, classes)), "predictions")
         buffers = getattr(trained, "buffers", None)
         if buffers:
             put(f"extras/{s}.buffers.npz", F.npz_bytes({k: np.asarray(v) for k, v in buffers.items()}), "buffers")
@@ -281,6 +285,17 @@ class RunWriter:
         for sub in {Path(rel).parent for rel in files}:
             F.fsync_dir(self.path / sub)
         return words_checksum, counts
+
+
+def prediction_array(predictions, n_classes: int) -> np.ndarray:
+    """A mask's predicted classes as stored: int8 when every class index of the dataset fits (up to 128
+    classes), else int16 (a run holds one dtype whatever a mask predicts)."""
+    values = np.asarray(predictions).reshape(-1)
+    top = max(int(n_classes), int(values.max(initial=0)) + 1)
+    if values.size and (values.min() < 0 or top > np.iinfo(np.int16).max + 1):
+        raise StoreError(f"predicted classes must lie in [0, {np.iinfo(np.int16).max}], got "
+                         f"[{values.min()}, {values.max()}]")
+    return values.astype(np.int8 if top <= 128 else np.int16)
 
 
 def _make_runs_dir(runs: Path) -> None:

@@ -66,14 +66,18 @@ class LossTotals:
 
 
 @torch.no_grad()
-def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Evaluation:
-    """(mean loss, accuracy) over the batches, in eval mode. Masks are computed once and reused."""
+def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     predictions: list[np.ndarray] | None = None) -> Evaluation:
+    """(mean loss, accuracy) over the batches, in eval mode. Masks are computed once and reused. With a list
+    `predictions`, each batch's predicted classes (argmax of the logits, int64) are appended to it."""
     was_training = model.training
     model.eval()
     totals = LossTotals()
     for x, y in batches:
         logits = model(x)
         totals.add(F.cross_entropy(logits, y, reduction="none")[None], logits[None], y[None])
+        if predictions is not None:
+            predictions.append(logits.argmax(1).cpu().numpy())
     model.train(was_training)
     return Evaluation(*totals.result()[0])
 
@@ -82,3 +86,12 @@ def evaluate(model: nn.Module, dataset, device: str | torch.device = "cpu",
              batch_size: int = 1000) -> Evaluation:
     """(mean loss, accuracy) on the dataset's test split."""
     return evaluate_batches(model, dataset.test_batches(batch_size, device=device))
+
+
+def evaluate_predictions(model: nn.Module, dataset, device: str | torch.device = "cpu",
+                         batch_size: int = 1000) -> tuple[float, float, np.ndarray]:
+    """(mean loss, accuracy, predicted class of every test sample in test-split order, int64): `evaluate` and
+    the predictions of the same pass (what a run stores per mask as its `predictions` extra)."""
+    predictions: list[np.ndarray] = []
+    loss, acc = evaluate_batches(model, dataset.test_batches(batch_size, device=device), predictions)
+    return loss, acc, np.concatenate(predictions) if predictions else np.zeros(0, np.int64)

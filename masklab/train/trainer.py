@@ -32,7 +32,7 @@ from masklab.nn.exact import blas_one_thread, reproducible_blas, set_threads
 from masklab.nn.layers import masked_layers
 from masklab.nn.stacked import stacked_layers
 from masklab.train.device import macs_per_sample, resolve_device
-from masklab.train.evaluate import LossTotals, evaluate
+from masklab.train.evaluate import LossTotals, evaluate_predictions
 from masklab.train.plan import StepPlan
 from masklab.train.precision import autocast_dtype, device_record, step_settings
 from masklab.train.rebuild import rebuild_trained
@@ -71,6 +71,7 @@ class TrainedMask:
     snapshots: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)  # (epoch, masks)
     buffers: dict[str, np.ndarray] = field(default_factory=dict)  # BatchNorm running statistics
     trained_with: dict = field(default_factory=dict)  # stack size, position, device, threads, BLAS mode
+    predictions: np.ndarray | None = None  # the finished subnetwork's predicted class per test sample (int64)
 
 
 @dataclass
@@ -262,7 +263,8 @@ def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torc
                                seconds, dense, provenance))
     _split_buffers(model, results)
     for result, history in zip(results, rows):  # final figures: the rebuilt subnetwork's, as `Run.model` gives
-        loss, acc = evaluate(rebuild_trained(config, dataset, result, device), dataset, device)
+        loss, acc, result.predictions = evaluate_predictions(rebuild_trained(config, dataset, result, device),
+                                                             dataset, device)
         history[-1].update(test_loss=loss, test_acc=acc)
         _finish(result, history, config, recycle_count, seconds)
     return results

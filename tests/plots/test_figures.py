@@ -128,12 +128,78 @@ def make(name: str):
         return P.similarity_by_group(grouped_layer_table())
     if name == "barrier_groups":
         return P.barrier_vs_distance(barrier_table().assign(method=["edge-popup", "biprop"] * 8), group="method")
+    if name.startswith("landscape_"):
+        return P.landscape_vs(landscape_table(), family=name.split("_", 1)[1], title="two models on digits")
+    if name == "disagreement":
+        return P.disagreement_vs_distance(disagreement_pairs(16))
+    if name == "ensemble":
+        return P.ensemble_accuracy_vs_k(ensemble_table())
+    if name == "cka":
+        return P.cka_by_layer(pd.DataFrame({"layer": ["fc1", "fc2", "logits"], "mean": [0.9, 0.8, 0.7],
+                                            "min": [0.85, 0.7, 0.6], "max": [0.95, 0.9, 0.8], "n_pairs": 120,
+                                            "random_mean": [0.78, 0.55, 0.25], "random_sd": [0.02, 0.03, 0.05]}))
     raise KeyError(name)
 
 
 FIGURES = ["heatmap", "heatmap_order", "per_layer_20", "per_layer_std", "histogram", "embedding", "consensus",
            "interpolation", "interpolation_one", "barrier", "trajectories", "sweep", "sweep_dense",
-           "similarity_groups", "barrier_groups"]
+           "similarity_groups", "barrier_groups", "landscape_overlap", "landscape_cka", "landscape_ensemble",
+           "disagreement", "ensemble", "cka"]
+
+
+def landscape_table() -> pd.DataFrame:
+    """Landscape rows (masklab.analysis.landscape's columns) of 2 models x 2 methods x 3 sparsities."""
+    rows = []
+    for model in ("mlp", "lenet-300-100"):
+        for method in ("edge-popup", "biprop+iwr"):
+            for sparsity in (0.5, 0.8, 0.9):
+                k = 1 - sparsity
+                base = {"run": f"{model}-{method}-{sparsity}", "model": model, "width": 1.0, "method": method,
+                        "sparsity": sparsity, "epochs": 10}
+                for metric, chance, unit in (("matching", k ** 2 + (1 - k) ** 2, "fraction"),
+                                             ("jaccard", k / (2 - k), "index")):
+                    rows.append({**base, "family": "overlap", "metric": metric, "layer": "all", "value": chance + 0.01,
+                                 "sd": 0.002, "chance": chance, "chance_sd": 0.001, "unit": unit})
+                for layer, value in (("fc1", 0.9), ("logits", 0.7)):
+                    rows.append({**base, "family": "cka", "metric": "cka", "layer": layer,
+                                 "value": value - sparsity / 5, "sd": 0.02, "chance": 0.5, "chance_sd": 0.03,
+                                 "unit": ""})
+                for metric in ("ensemble_softmax_gain_over_mean", "ensemble_softmax_gain_over_best"):
+                    rows.append({**base, "family": "ensemble", "metric": metric, "layer": "all", "value": 1.5,
+                                 "sd": np.nan, "chance": np.nan, "chance_sd": np.nan, "unit": "points"})
+    return pd.DataFrame(rows)
+
+
+def disagreement_pairs(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"hamming_norm": RNG.normal(0.48, 0.003, n), "disagreement": RNG.normal(0.08, 0.01, n),
+                         "reference": np.full(n, 0.89), "reference_given_class": np.full(n, 0.2)})
+
+
+def ensemble_table() -> pd.DataFrame:
+    k = np.arange(1, 17)
+    parts = [pd.DataFrame({"k": k, "vote": vote, "acc_mean": 0.87 + shift * (1 - 1 / k), "acc_min": 0.86,
+                           "acc_max": 0.9, "member_mean": 0.87, "member_best": 0.872 + 0.001 * np.log(k),
+                           "n_orders": 10}) for vote, shift in (("softmax", 0.02), ("majority", 0.015))]
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_landscape_figure_draws_chance_per_point_with_its_band_and_the_excess():
+    table = landscape_table()
+    fig = P.landscape_vs(table, family="overlap")
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 4 * 2  # matching, matching - chance, jaccard, jaccard - chance; one column per model
+    assert [ax.get_title() for ax in axes[:2]] == ["mlp", "lenet-300-100"]
+    first = axes[0]
+    chance_lines = [line for line in first.get_lines() if line.get_linestyle() == "--"]
+    expected = 100 * np.array([0.5, 0.68, 0.82])  # k^2 + (1-k)^2 at 50, 80, 90% sparsity: one point each
+    assert any(np.allclose(line.get_ydata(), expected) for line in chance_lines)
+    assert first.collections, "no chance band"
+    excess = axes[2]
+    assert "− chance" in excess.get_ylabel() or "− chance" in axes[2].get_ylabel()
+    ensemble = P.landscape_vs(table, family="ensemble")
+    assert len([ax for ax in ensemble.axes if ax.get_visible()]) == 2 * 2  # its gains only, no excess rows
+    with pytest.raises(UserError, match="no rows of family 'structure'"):
+        P.landscape_vs(table, family="structure")
 
 
 def grouped_layer_table() -> pd.DataFrame:

@@ -111,7 +111,7 @@ def test_sigkill_at_chosen_and_random_moments_then_resume(tmp_path, forkserver):
     plans = ["replace:run.json",  # while creating the run directory
              "replace:000001.mask",  # mask 1's file written, not yet renamed into place
              "replace:masks/000002.json",  # mask 2's file in place, its record not yet
-             "fsync:11",  # mask 3's scores written but not yet synced
+             "fsync:11",  # the 11th fsync: a file of a mask written, not yet synced
              "random", "random", "random"]  # during training or writing
     killed = 0
     for plan in plans:
@@ -149,8 +149,8 @@ def test_sigkill_at_chosen_and_random_moments_then_resume(tmp_path, forkserver):
     assert run.ids == list(range(N))
     assert sorted(int(RECORD_RE.fullmatch(p.name).group(1)) for p in (path / "masks").glob("*.json")) == \
         list(range(N))
-    table = run.verify()
-    assert (table["status"] == "ok").all() and list(table["kind"].value_counts()[["mask", "extra"]]) == [N, 3 * N]
+    table = run.verify()  # extras per mask: history, scores, snapshots, predictions
+    assert (table["status"] == "ok").all() and list(table["kind"].value_counts()[["mask", "extra"]]) == [N, 4 * N]
     final = _registered(path)
     assert all(final[i] == kept[i] for i in kept)
     assert not list(path.rglob(f"*{F.TMP_MARK}*")) and not list(runs.glob(".tmp-*"))

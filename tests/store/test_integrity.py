@@ -123,6 +123,18 @@ def test_extras_are_checked_when_read(copy):
     assert table.loc[table["status"] == "problem", "path"].tolist() == ["extras/000001.scores.npy"]
 
 
+def test_stored_predictions_are_checked_when_read(copy):
+    """Each mask's test predictions (an extra written when it was trained) are checksummed like the others."""
+    run = open_run(copy)
+    assert run.predictions(1).dtype == np.int8 and len(run.predictions(1)) == run.meta["dataset"]["n_test"]
+    _flip(copy / "extras" / "000001.predictions.npy", 140)
+    run = open_run(copy)
+    with pytest.raises(StoreError, match=r"000001\.predictions\.npy fails its checksum"):
+        run.predictions(1)
+    table = run.verify()
+    assert table.loc[table["status"] == "problem", "path"].tolist() == ["extras/000001.predictions.npy"]
+
+
 def test_repair_quarantines_a_damaged_mask_and_resume_retrains_exactly_it(run, copy, digits):
     _flip(copy / "masks" / "000001.mask", F.HEADER_SIZE + 3)
     before = _files(copy)
@@ -131,7 +143,8 @@ def test_repair_quarantines_a_damaged_mask_and_resume_retrains_exactly_it(run, c
     assert "quarantine/000001-1" in table.loc[table["path"] == "masks/000001.mask", "action"].iloc[0]
     moved = sorted(str(p.relative_to(copy / "quarantine" / "000001-1")) for p in
                    (copy / "quarantine" / "000001-1").rglob("*") if p.is_file())
-    assert moved == ["extras/000001.history.csv", "extras/000001.scores.npy", "masks/000001.json", "masks/000001.mask"]
+    assert moved == ["extras/000001.history.csv", "extras/000001.predictions.npy", "extras/000001.scores.npy",
+                     "masks/000001.json", "masks/000001.mask"]
     assert open_run(copy).ids == [0, 2]
     # --resume RUN: that run, its own config; exactly mask 1 is trained again, bit for bit the same
     again = masklab.generate(runs_dir="elsewhere", resume=copy, data=digits)
@@ -209,7 +222,7 @@ def test_verify_of_a_clean_run(run):
     table = run.verify()
     assert list(table.columns) == ["path", "kind", "mask_id", "status", "detail", "action"]
     assert table["status"].eq("ok").all()
-    assert table["kind"].value_counts().to_dict() == {"extra": 6, "record": 3, "mask": 3, "metadata": 1,
+    assert table["kind"].value_counts().to_dict() == {"extra": 9, "record": 3, "mask": 3, "metadata": 1,
                                                        "config": 1, "cache": 1}
     assert struct.calcsize(C.HEADER.format) == 64
 

@@ -133,7 +133,8 @@ def test_storage_per_mask_is_the_packed_size_plus_a_header(run):
     assert not list(run.path.rglob(f"*{F.TMP_MARK}*"))
     table = run.verify()
     assert (table["status"] == "ok").all()
-    assert table["kind"].value_counts()[["mask", "extra", "record"]].tolist() == [3, 6, 3]  # histories, scores
+    # extras: histories, scores, predictions
+    assert table["kind"].value_counts()[["mask", "extra", "record"]].tolist() == [3, 9, 3]
 
 
 def test_history(run):
@@ -216,7 +217,7 @@ def test_scores_and_snapshots(tmp_path, digits):
     snaps = run.snapshots(0)
     assert list(snaps.ids) == [0, 1] and (snaps.popcounts(per_layer=True) == run.layers["n_keep"].to_numpy()).all()
     table = run.verify()
-    assert (table["status"] == "ok").all() and (table["kind"] == "extra").sum() == 3  # history, scores, snapshots
+    assert (table["status"] == "ok").all() and (table["kind"] == "extra").sum() == 4  # + predictions
 
 
 # ---- determinism and resume -------------------------------------------------------------------------------
