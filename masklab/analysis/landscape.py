@@ -91,7 +91,8 @@ class LandscapeSettings:
 
 
 def cell_settings(run) -> dict:
-    """The settings columns of a run: what it varies in a sweep, resolved (the method's defaults filled in)."""
+    """The settings columns of a run: what it varies in a sweep, as the run used them (`Run.config`: the method's
+    defaults resolved, as stored in run.json's `resolved`; an import's training settings stay missing)."""
     config = run.config
     recycling = config.recycle != "none"
     seeds = {int(r["weight_seed"]) for r in run.records.values()}
@@ -99,10 +100,9 @@ def cell_settings(run) -> dict:
             "method": method_label(config.method, config.recycle), "recycling": config.recycle,
             "sparsity": float(config.sparsity), "epochs": int(config.epochs),
             "weight_seed": seeds.pop() if len(seeds) == 1 else config.weight_seed, "masks": len(run.ids),
-            "lr": config.resolved("lr"), "weight_init": config.resolved("weight_init"),
-            "scale_fan": config.resolved("scale_fan"),
-            "recycle_rate": config.resolved("recycle_rate") if recycling else None,
-            "recycle_every": config.resolved("recycle_every") if recycling else None}
+            "lr": config.lr, "weight_init": config.weight_init, "scale_fan": config.scale_fan,
+            "recycle_rate": config.recycle_rate if recycling else None,
+            "recycle_every": config.recycle_every if recycling else None}
 
 
 def _row(family: str, metric: str, values=None, *, layer: str = ALL, value: float | None = None,
