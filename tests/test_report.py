@@ -57,6 +57,14 @@ def test_analyze_reports_functional_similarity(runs, tmp_path):
     d = report.tables["disagreement"]
     assert len(d) == 10 and set(d.columns) >= {"mask_a", "mask_b", "disagreement", "reference",
                                                "reference_given_class", "hamming_norm"}
+    from masklab.analysis.pairs import PairStore
+
+    store = PairStore.open(run.path / "analysis" / "functional" / "disagreement")  # the pairs as matrices too
+    counts = store.read("disagreement_count", mmap=False)
+    i, j = np.triu_indices(5, 1)
+    assert store.ids.tolist() == list(run.ids) and (np.diag(counts) == 0).all()
+    assert np.allclose(counts[i, j] / store.attrs("disagreement_count")["n_test"], d["disagreement"])
+    assert PairStore.open(run.path / "analysis" / "functional" / "cka").layers("cka")[-1] == "logits"
     ensemble = report.tables["ensemble"]
     one = ensemble[(ensemble["k"] == 1) & (ensemble["vote"] == "majority")]["acc_mean"].iloc[0]
     assert one == pytest.approx(run.table["test_acc"].to_numpy()[ensemble_orders(5, 10, 0)[:, 0]].mean())

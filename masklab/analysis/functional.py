@@ -36,13 +36,17 @@ make the difference, nor anything about inputs unlike the test set.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from masklab.analysis.distances import ALL, intersections
+from masklab.analysis.pairs import PairStore, count_dtype
 from masklab.analysis.paths.barriers import _correlations
 from masklab.analysis.paths.evaluation import torch_threads
 from masklab.analysis.random_sets import layer_counts, random_mask_bits
@@ -143,6 +147,20 @@ def _square(values: np.ndarray, ids: Sequence[int]) -> pd.DataFrame:
     return pd.DataFrame(values, index=pd.Index(list(ids), name="mask_a"), columns=pd.Index(list(ids), name="mask_b"))
 
 
+def disagreement_counts(predictions: np.ndarray, n_classes: int) -> np.ndarray:
+    """N x N int64: the number of test samples on which masks i and j predict different classes (0 on the
+    diagonal): the test samples less the intersections of the one-hot predictions (`prediction_bits`).
+
+    Examples
+    --------
+    >>> disagreement_counts(np.array([[0, 1, 2, 2], [0, 1, 1, 0]]), 3).tolist()
+    [[0, 2], [2, 0]]
+    """
+    predictions = np.asarray(predictions)
+    agree = intersections(prediction_bits(predictions, n_classes), per_layer=False).counts[0]
+    return predictions.shape[1] - np.asarray(agree, dtype=np.int64)
+
+
 def disagreement(predictions: np.ndarray, n_classes: int, ids: Sequence[int] | None = None) -> pd.DataFrame:
     """Prediction disagreement of every pair: an N x N DataFrame (index and columns the mask ids) of the
     fraction of test samples on which the two masks predict different classes (0 on the diagonal).
@@ -154,8 +172,7 @@ def disagreement(predictions: np.ndarray, n_classes: int, ids: Sequence[int] | N
     """
     predictions = np.asarray(predictions)
     ids = list(range(len(predictions))) if ids is None else list(ids)
-    agree = intersections(prediction_bits(predictions, n_classes), per_layer=False).counts[0]
-    return _square(1.0 - agree / predictions.shape[1], ids)
+    return _square(disagreement_counts(predictions, n_classes) / predictions.shape[1], ids)
 
 
 def class_rates(predictions: np.ndarray, n_classes: int) -> np.ndarray:
@@ -515,6 +532,8 @@ class FunctionalSimilarity:
     sample_pairs, sample_forward, sample_cka : what each rests on (n, how chosen, seed).
     chance_accuracy : 1 / classes. mismatches : test predictions of the evaluated masks that differ from the
         stored ones (0 on the device that trained them; another device may round near-ties differently).
+    n_test : test samples the disagreement counts are over. `write_pairs` stores the per-pair results as
+        N x N matrices.
     """
 
     disagreement: pd.DataFrame
@@ -527,6 +546,43 @@ class FunctionalSimilarity:
     sample_cka: str
     chance_accuracy: float
     mismatches: int = 0
+    n_test: int = 0
+
+    def write_pairs(self, folder: str | os.PathLike, *,
+                    root: str | os.PathLike | None = None) -> dict[str, PairStore]:
+        """Store the per-pair results as N x N matrices, as the distances are (`masklab.analysis.pairs.PairStore`,
+        one memory-mappable .npy per quantity and layer): ``folder/disagreement`` over all masks holds
+        ``disagreement_count`` (test samples predicted differently: exact, in the smallest unsigned integer type;
+        attrs n_test), ``reference`` and ``reference_given_class`` (fractions, float32);
+        ``folder/cka`` over the masks evaluated (`sample_forward`) holds ``cka`` per representation (float64,
+        diagonal 1). Returns the two stores by name. A later call for the same masks replaces the matrices."""
+        folder = Path(folder)
+        root = Path(root) if root is not None else folder.parent
+        d = self.disagreement
+        ids = np.unique(np.concatenate([d["mask_a"].to_numpy(), d["mask_b"].to_numpy()]).astype(np.int64))
+        stores = {"disagreement": PairStore.create(folder / "disagreement", ids, root=root)}
+        counts = np.rint(d["disagreement"].to_numpy(dtype=float) * self.n_test).astype(np.int64)
+        position = pd.Series(np.arange(len(ids)), index=ids)
+        a, b = position[d["mask_a"].to_numpy()].to_numpy(), position[d["mask_b"].to_numpy()].to_numpy()
+        with stores["disagreement"].writer("disagreement_count", ALL, count_dtype(self.n_test), unit="test samples",
+                                           description=f"test samples (of {self.n_test}) predicted differently",
+                                           attrs={"n_test": int(self.n_test)}) as out:
+            out[a, b] = counts  # the diagonal stays 0: a mask never disagrees with itself
+            out[b, a] = counts
+        long = d.assign(layer=ALL)
+        for name, text in (("reference", "1 - sum_c p_a(c) p_b(c): predictors independent of the input"),
+                           ("reference_given_class", "predictors independent given the true class")):
+            stores["disagreement"].write_long(long.assign(value=d[name].to_numpy(dtype=np.float32)), name,
+                                              dtype=np.float32, unit="fraction", description=text)
+        if len(self.cka):
+            cka_ids = np.unique(np.concatenate([self.cka["mask_a"].to_numpy(), self.cka["mask_b"].to_numpy()]))
+            stores["cka"] = PairStore.create(folder / "cka", cka_ids.astype(np.int64), root=root)
+            stores["cka"].write_long(self.cka.rename(columns={"cka": "value"}), "cka", dtype=np.float64,
+                                     unit="CKA", description="linear CKA of the representations on the CKA batch",
+                                     diagonal=1.0)
+        elif (folder / "cka").is_dir() and not (folder / "cka").is_symlink():
+            shutil.rmtree(folder / "cka")  # an earlier analysis' CKA of other masks must not stay beside these
+        return stores
 
 
 def _cka_tables(forward: Forward, random: dict[str, np.ndarray] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -587,4 +643,5 @@ def functional_similarity(run, *, hamming_norm: pd.DataFrame | None = None, orde
         pairs, summary, ensemble, cka, cka_summary,
         sample_pairs=f"all {len(pairs)} pairs of {len(ids)} masks on {predictions.shape[1]} test samples",
         sample_forward=sample_forward + f"; {orders} random orders (seed {random_state})", sample_cka=sample_cka,
-        chance_accuracy=1.0 / n_classes, mismatches=int((forward.predicted != stored).sum()))
+        chance_accuracy=1.0 / n_classes, mismatches=int((forward.predicted != stored).sum()),
+        n_test=int(predictions.shape[1]))

@@ -205,3 +205,29 @@ def test_functional_similarity_of_real_masks(run):
     s = result.cka_summary.set_index("layer")
     assert list(s.index) == ["fc1", "fc2", "logits"] and (s["n_pairs"] == 6).all() and (s["n_random_pairs"] == 3).all()
     assert result.mismatches == 0 and "100 test samples (seed 0)" in result.sample_cka
+
+
+def test_per_pair_results_are_stored_as_matrices_the_way_distances_are(run, tmp_path):
+    """write_pairs: the disagreement counts are exact (the direct count of samples predicted differently, 0 on
+    the diagonal), the references and CKA are the tables' values on both sides of the diagonal, CKA's diagonal
+    is 1, and `long` gives the tables back."""
+    from masklab.analysis.pairs import PairStore
+
+    result = fn.functional_similarity(run, cka_samples=60, n_random_masks=0)
+    stores = result.write_pairs(tmp_path / "functional", root=tmp_path)
+    store = PairStore.open(tmp_path / "functional" / "disagreement")
+    predictions = fn.test_predictions(run)
+    direct = np.array([[int(np.sum(a != b)) for b in predictions] for a in predictions])
+    counts = store.read("disagreement_count", mmap=False)
+    assert counts.dtype == np.uint16 and (counts == direct).all() and store.attrs("disagreement_count") == {
+        "n_test": predictions.shape[1]}
+    assert store.ids.tolist() == list(run.ids)
+    reference = store.square("reference")
+    d = result.disagreement
+    assert np.allclose(reference.to_numpy()[np.triu_indices(4, 1)], d["reference"], atol=1e-7)
+    assert np.allclose(reference.to_numpy(), reference.to_numpy().T)
+    cka = stores["cka"]
+    assert np.allclose(np.diag(cka.read("cka", "logits")), 1.0)
+    back = cka.long("cka").sort_values(["layer", "mask_a", "mask_b"]).reset_index(drop=True)
+    table = result.cka.sort_values(["layer", "mask_a", "mask_b"]).reset_index(drop=True)
+    assert np.array_equal(back["value"].to_numpy(), table["cka"].to_numpy())
