@@ -152,3 +152,21 @@ def test_sweep_id_keeps_one_value_axes_as_before_and_names_more():
     assert sweep_id(base, ["edge-popup"], [0.5], 3, widths=[0.25, 0.5]) != one
     assert sweep_id(base, ["edge-popup"], [0.5], 3, epochs=[2, 4]) != one
     assert sweep_id(base, ["edge-popup"], [0.5], 3, name="grid") == "grid-" + one.rsplit("-", 1)[1]
+
+
+def test_sweep_figure_y_axis_spans_the_accuracies_not_zero():
+    """78-84% over an axis from 0 (or from chance at 10%) is a sliver: the axis spans what is measured, and
+    chance, then out of view, says so in the legend."""
+    import pandas as pd
+
+    from masklab.plots import accuracy_vs_sparsity
+
+    table = pd.DataFrame({"method": ["edge-popup"] * 3, "sparsity": [0.3, 0.5, 0.7], "acc_mean": [0.78, 0.84, 0.80],
+                          "acc_std": [0.01, 0.01, 0.01], "n": 3, "epochs": 5, "chance": 0.1})
+    ax = accuracy_vs_sparsity(table).axes[0]
+    low, high = ax.get_ylim()
+    assert 70 < low < 77 and 85 < high < 92, (low, high)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "chance (1 / 10 classes: 10%, below the axis)" in labels
+    near = accuracy_vs_sparsity(table.assign(acc_mean=[0.12, 0.15, 0.11])).axes[0]
+    assert near.get_ylim()[0] < 10 < near.get_ylim()[1]  # chance within reach: drawn in view

@@ -91,24 +91,31 @@ def distance_heatmap(square: pd.DataFrame, linkage: np.ndarray | None = None, or
     else:
         grid = fig.add_gridspec(1, 2, width_ratios=[30, 1])
         ax, cax = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
-    image = ax.imshow(values, cmap=_cmap("viridis"), vmin=lo, vmax=hi, aspect="auto", interpolation="nearest")
+    if chance is not None:  # diverging around chance: which pairs are closer than random masks, which farther
+        from matplotlib.colors import TwoSlopeNorm
+
+        colours = {"cmap": _cmap("RdBu_r"), "norm": TwoSlopeNorm(vcenter=chance, vmin=lo, vmax=hi)}
+    else:
+        colours = {"cmap": _cmap("viridis"), "vmin": lo, "vmax": hi}
+    image = ax.imshow(values, aspect="auto", interpolation="nearest", **colours)
     ax.grid(False)
     ax.set_xlim(-0.5, n - 0.5)
     ax.set_ylim(n - 0.5, -0.5)
-    shown = [str(v) for v in ids[positions]]
-    if n <= MAX_TICK_LABELS:
-        ax.set_xticks(np.arange(n), shown, rotation=90, fontsize=7 if n > 20 else 8)
-        ax.set_yticks(np.arange(n), shown, fontsize=7 if n > 20 else 8)
-        ax.set_xlabel("mask id (dendrogram order)" if linkage is not None else "mask id")
-        ax.set_ylabel("mask id")
-    else:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_xlabel(f"{n} masks ({'dendrogram' if linkage is not None else 'given'} order)")
-        ax.set_ylabel(f"{n} masks")
+    order_name = "dendrogram order" if linkage is not None else "order given" if order is not None else "as given"
+    every = tick_step(n)
+    ticks = np.arange(0, n, every)
+    shown = [str(v) for v in ids[positions][ticks]]
+    ax.set_xticks(ticks, shown, rotation=90, fontsize=7 if len(ticks) > 20 else 8)
+    ax.set_yticks(ticks, shown, fontsize=7 if len(ticks) > 20 else 8)
+    which = "mask id" if every == 1 else f"mask id, every {ordinal(every)} of {n} labelled"
+    ax.set_xlabel(f"{which} ({order_name})")
+    ax.set_ylabel(f"{which} ({order_name})")
     cax.set_label("<colorbar>")
     bar = fig.colorbar(image, cax=cax)
-    bar.set_label(label + ("\n(dashed: random masks, expected)" if chance is not None else ""))
+    if chance is not None:
+        bar.ax.set_yscale("linear")  # (TwoSlopeNorm's two slopes would stretch the bar unevenly)
+    bar.set_label(label + ("\n(dashed: random masks, expected;\nred above, blue below)" if chance is not None
+                           else ""))
     if chance is not None:  # inside the range (`_colour_range`), with a white halo so it shows on any colour
         bar.ax.axhline(chance, color="white", linewidth=3.5)
         bar.ax.axhline(chance, color=EXPECTED_COLOR, linestyle="--", linewidth=1.5, label="chance")
@@ -118,6 +125,17 @@ def distance_heatmap(square: pd.DataFrame, linkage: np.ndarray | None = None, or
     else:
         ax.set_title(heading)
     return fig
+
+
+def tick_step(n: int, most: int = MAX_TICK_LABELS) -> int:
+    """Label every k-th of `n` masks so that at most `most` labels show (k = ceil(n / most); 1 up to `most`)."""
+    return max(1, -(-int(n) // int(most)))
+
+
+def ordinal(k: int) -> str:
+    """2 -> "2nd", 3 -> "3rd", 11 -> "11th", 22 -> "22nd"."""
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"
 
 
 def _colour_range(values: np.ndarray, chance: float | None) -> tuple[float, float]:

@@ -31,6 +31,9 @@ def _accuracy(frame: pd.DataFrame) -> np.ndarray:
     return 1.0 - frame["error"].to_numpy(dtype=float)
 
 
+MAX_NAMED_CURVES = 6  # curves the legend names one by one; the others are drawn and summed up in one entry
+
+
 @styled
 def interpolation_curves(curve: pd.DataFrame, *, title: str | None = None) -> Figure:
     """Loss and accuracy along interpolation paths between masks, with the linear interpolation of the ends
@@ -84,20 +87,25 @@ def interpolation_curves(curve: pd.DataFrame, *, title: str | None = None) -> Fi
         s_l = (tl - t[0]) / (t[-1] - t[0]) if t[-1] > t[0] else 0.0
         line_at = (1 - s_l) * loss[0] + s_l * loss[-1]
         _arrow(ax_loss, tl, line_at, line_at + b["loss_barrier"], colour,
-               f"barrier {b['loss_barrier']:.3g}" if single else None)
+               f"barrier {b['loss_barrier']:.3g} nats" if single else None)
         te = b["t_error_barrier"]
         ends = 0.5 * (acc[0] + acc[-1])
         ax_acc.hlines(ends, te - 0.04, te + 0.04, colors=colour, linestyles=":", linewidth=1.5)
         _arrow(ax_acc, te, ends, ends - b["error_barrier"] * 100.0, colour,
                f"barrier {b['error_barrier'] * 100.0:.3g}{unit}" if single else None)
     handles = []
-    for ckey, colour in colours.items():
+    for ckey, colour in list(colours.items())[:MAX_NAMED_CURVES]:
         lb, eb, n = barrier_sums[ckey]
         name = _curve_name(dict(zip(colour_keys, ckey)))
         mean = f" (mean of {n} orders)" if n > 1 else ""
         handles.append(Line2D([], [], color=colour, marker="o", markersize=3,
-                              label=f"{name}: loss barrier {lb / n:.3g}, error barrier {eb / n * 100.0:.3g}{unit}"
-                                    f"{mean}"))
+                              label=f"{name}: loss barrier {lb / n:.3g} nats, error barrier {eb / n * 100.0:.3g}"
+                                    f"{unit}{mean}"))
+    if len(colours) > MAX_NAMED_CURVES:  # every curve is drawn; the legend names a few and sums up all
+        sums = np.array([(lb / n, eb / n) for lb, eb, n in barrier_sums.values()])
+        handles.append(Line2D([], [], color="none", label=f"... {len(colours) - MAX_NAMED_CURVES} more drawn; "
+                              f"all {len(colours)}: mean loss barrier {sums[:, 0].mean():.3g} nats, mean error "
+                              f"barrier {100.0 * sums[:, 1].mean():.3g}{unit}"))
     handles.append(Line2D([], [], color=EXPECTED_COLOR, linestyle="--", linewidth=1.0,
                           label="linear interpolation of the ends"))
     wide = sum(len(str(h.get_label())) for h in handles) > 100

@@ -25,7 +25,9 @@ def per_layer_similarity(summary: pd.DataFrame, metrics: Sequence[str] = ("match
         ``metric`` ("matching", "jaccard", or any other metric name), ``mean`` (over mask pairs), either
         ``min`` and ``max`` (drawn as the range, preferred) or ``std`` (drawn as +-1 std), and ``baseline``
         (the random-mask expectation for that layer: ``k^2 + (1-k)^2`` for matching, ``k / (2 - k)`` for
-        Jaccard at density k; NaN or absent: not drawn). Values as fractions; matching is shown in %.
+        Jaccard at density k; NaN or absent: not drawn) with, optionally, ``chance_sd`` (the standard deviation
+        of ONE random pair, `masklab.analysis.baselines.vs_chance`), drawn as a band of +-1 sd around it.
+        Values as fractions; matching is shown in %.
         `masklab.analysis.summary.layer_summary` builds it from a long distance table.
     metrics : metrics to draw, one panel each, in this order (those absent from `summary` are skipped).
     """
@@ -62,6 +64,10 @@ def per_layer_similarity(summary: pd.DataFrame, metrics: Sequence[str] = ("match
             base = rows["baseline"].to_numpy(dtype=float) * scale
             ax.hlines(base, x - 0.38, x + 0.38, colors=RANDOM_COLOR, linewidth=2.5,
                       label="random masks (expected)", zorder=2)
+            if "chance_sd" in rows.columns and rows["chance_sd"].notna().any():
+                band = np.nan_to_num(rows["chance_sd"].to_numpy(dtype=float)) * scale
+                ax.bar(x, 2 * band, bottom=base - band, width=0.76, color=RANDOM_COLOR, alpha=0.3, linewidth=0,
+                       label="random masks: +-1 sd of one pair", zorder=1)
         if str(layers[0]) == "all" and n_layers > 1:
             ax.axvline(0.5, color="0.7", linewidth=0.8)
         ax.set_ylabel(label)
@@ -76,7 +82,7 @@ def per_layer_similarity(summary: pd.DataFrame, metrics: Sequence[str] = ("match
         bottom.set_xticks(x, shown)
     bottom.set_xlabel("layer (model order)")
     handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncol=len(names))
+    fig.legend(handles, names, loc="outside lower center", ncol=len(names) if width >= 9 else min(len(names), 2))
     fig.suptitle(title or "Similarity of mask pairs per layer vs random masks of the same density")
     return fig
 

@@ -62,10 +62,14 @@ def accuracy_vs_sparsity(sweep: pd.DataFrame, *, title: str | None = None, chanc
         dense_acc = float(dense["acc"].mean())
         ax.axhline(dense_acc, color="0.35", linestyle=":", linewidth=1.4,
                    label=f"dense, trained weights ({dense_acc:.1f}%)")
+    # the y-axis spans what is measured (not from 0, nor down to chance: 78-84% would be a sliver)
+    lo, hi = accuracy_range(frame, dense)
     if chance is not None and np.isfinite(chance):
+        where = "" if lo <= 100 * chance <= hi else ", below the axis" if 100 * chance < lo else ", above the axis"
         ax.axhline(100 * chance, color="0.55", linestyle="--", linewidth=1.2,
-                   label=f"chance (1 / {round(1 / chance)} classes: {100 * chance:.0f}%)" if chance > 0
-                   else "chance")
+                   label=(f"chance (1 / {round(1 / chance)} classes: {100 * chance:.0f}%{where})" if chance > 0
+                          else f"chance{where}"))
+    ax.set_ylim(lo, hi)
     ax.set_xlabel("sparsity (% of weights removed)")
     ax.set_ylabel("test accuracy (%)")
     heading = title or "Accuracy vs sparsity"
@@ -75,6 +79,21 @@ def accuracy_vs_sparsity(sweep: pd.DataFrame, *, title: str | None = None, chanc
                  + ("\n" + textwrap.fill(details, 70, break_on_hyphens=False) if details else ""))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
+
+
+def accuracy_range(frame: pd.DataFrame, dense: pd.DataFrame) -> tuple[float, float]:
+    """The y-range (in %) of the sweep figure: every accuracy drawn (means +-1 std, published, dense), with a
+    margin of a tenth of their span (at least 1 percentage point), within 0-100%."""
+    values = np.concatenate([frame["acc"].to_numpy(dtype=float),
+                             (frame["acc"] - frame["std"].fillna(0)).to_numpy(dtype=float),
+                             (frame["acc"] + frame["std"].fillna(0)).to_numpy(dtype=float),
+                             frame["published"].to_numpy(dtype=float), dense["acc"].to_numpy(dtype=float)])
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return 0.0, 100.0
+    low, high = float(values.min()), float(values.max())
+    pad = max(0.1 * (high - low), 1.0)
+    return max(0.0, low - pad), min(100.0, high + pad)
 
 
 def _details(sweep: pd.DataFrame, band: bool) -> str:

@@ -173,7 +173,7 @@ def _distances(run: Run, report: Report, shared: Shared) -> None:
         return
     figure(report, shared, "per_layer_similarity", per_layer_similarity, (summary,),
             "Percent matching and Jaccard index per layer (mean and range over mask pairs) beside the "
-            "random-mask baseline with the same per-layer counts.")
+            "random-mask baseline with the same per-layer counts (its band: +-1 sd of one random pair).")
     whole = long[(long["layer"] == "all") & (long["metric"] == "hamming_norm")]
     figure(report, shared, "distance_histogram", distance_histogram, (whole, random, shared.baseline_all),
             "Normalised Hamming distance of every mask pair against random masks with the same per-layer "
@@ -280,11 +280,11 @@ def _interpolation(run: Run, report: Report, shared: Shared, pairs: int, points:
                                       return_curves=True)
     report.tables["barriers"] = barriers
     report.tables["interpolation"] = curves
-    a, b = barriers["mask_a"].iloc[0], barriers["mask_b"].iloc[0]
-    first = curves[(curves["mask_a"] == a) & (curves["mask_b"] == b)]
-    figure(report, shared, "interpolation", interpolation_curves, (first,),
-            "Loss and accuracy along the soft path W * ((1 - t) m_a + t m_b) between two masks; the dashed line "
-            "joins the ends and the arrow marks the barrier (error barrier in percentage points).")
+    n_drawn = len(barriers.groupby(["mask_a", "mask_b"]))
+    figure(report, shared, "interpolation", interpolation_curves, (curves,),
+            f"Loss and accuracy along the soft path W * ((1 - t) m_a + t m_b) between the masks of each of the "
+            f"{count(n_drawn, 'pair')} computed; the dashed lines join the ends and the arrows mark the barriers "
+            "(loss barrier in nats, error barrier in percentage points).")
     correlation = barrier_correlation(barriers)
     report.tables["barrier_correlation"] = correlation
     if len(barriers) >= 3:

@@ -35,7 +35,7 @@ def per_layer_table(n_layers: int) -> pd.DataFrame:
         for metric, base in (("matching", 0.5), ("jaccard", 1 / 3)):
             mean = base + 0.05 * (i == 1) + 0.01 * RNG.random()
             rows.append({"layer": name, "metric": metric, "mean": mean, "min": mean - 0.01, "max": mean + 0.01,
-                         "baseline": base})
+                         "baseline": base, "chance_sd": 0.004})
     return pd.DataFrame(rows)
 
 
@@ -365,7 +365,7 @@ def test_interpolation_figure_marks_the_analysis_barriers():
     b = barrier(curve).iloc[0]
     fig = P.interpolation_curves(curve)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
-    assert f"barrier {b['loss_barrier']:.3g}" in texts
+    assert f"barrier {b['loss_barrier']:.3g} nats" in texts
     assert f"barrier {100 * b['error_barrier']:.3g} points" in texts
     legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
     assert f"error barrier {100 * b['error_barrier']:.3g} points" in legend
@@ -495,4 +495,70 @@ def test_consensus_figure_fits_the_page():
     width, height = fig.get_size_inches() * P._style.DPI
     assert width <= 1150 and 0.5 < height / width < 1.2, (width, height)
     assert [ax.get_yaxis().get_minor_locator().__class__.__name__ for ax in fig.axes][:1] == ["NullLocator"]
+    assert_readable(fig)
+
+
+def test_heatmap_colours_diverge_around_chance_and_label_every_kth_mask_at_64():
+    """Above chance one hue, below it the other, white at chance; at 64+ masks every k-th tick is labelled
+    (at most MAX_TICK_LABELS) and the axis says which and in which order."""
+    rng = np.random.default_rng(5)
+    n = 64
+    d = 0.40 + 0.2 * rng.random((n, n))
+    d = (d + d.T) / 2
+    np.fill_diagonal(d, 0.0)
+    square = pd.DataFrame(d, index=range(100, 100 + n), columns=range(100, 100 + n))
+    link = C.linkage_matrix(square, "average")
+    fig = P.distance_heatmap(square, link, baseline=0.5)
+    ax = next(a for a in fig.axes if a.images)
+    image = ax.images[0]
+    rgba = lambda v: np.asarray(image.cmap(image.norm(v)))  # noqa: E731
+    assert np.allclose(rgba(0.5)[:3], rgba(0.5)[:3].mean(), atol=0.05) and rgba(0.5)[:3].min() > 0.9  # white
+    above, below = rgba(0.58), rgba(0.42)
+    assert above[0] > above[2] + 0.3 and below[2] > below[0] + 0.3  # red above chance, blue below
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(labels) == 32 and all(labels)  # every 2nd of 64
+    from scipy.cluster import hierarchy
+
+    order = hierarchy.leaves_list(link)
+    assert labels == [str(100 + i) for i in order[::2]]
+    assert ax.get_xlabel() == "mask id, every 2nd of 64 labelled (dendrogram order)"
+    assert P.landscape.tick_step(40) == 1 and P.landscape.tick_step(41) == 2 and P.landscape.tick_step(10_000) == 250
+    plain = P.distance_heatmap(square.iloc[:8, :8])  # no chance given: a sequential scale, every id labelled
+    assert len(next(a for a in plain.axes if a.images).get_xticklabels()) == 8
+    assert_readable(fig)
+
+
+def test_per_layer_similarity_draws_chance_with_its_band():
+    """Each layer's chance level with a band of +-1 sd of one random pair (chance_sd), in the panel's unit."""
+    table = per_layer_table(3)
+    fig = P.per_layer_similarity(table)
+    matching = fig.axes[0]
+    bands = list(matching.patches)
+    assert len(bands) == 3
+    for patch, base in zip(bands, table[table["metric"] == "matching"]["baseline"]):
+        assert patch.get_y() == pytest.approx(100 * (base - 0.004)) and patch.get_height() == pytest.approx(0.8)
+    names = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert "random masks: +-1 sd of one pair" in names
+    assert not P.per_layer_similarity(table.drop(columns=["chance_sd"])).axes[0].patches  # no sd: no band
+
+
+@pytest.mark.parametrize("n_pairs", [3, 10])
+def test_interpolation_figure_draws_every_pair_computed_and_gives_the_barriers_units(n_pairs):
+    """analyze computed 3 pairs and drew 1: every pair's curve is drawn (the legend names up to
+    MAX_NAMED_CURVES and sums up the rest); the loss barrier is in nats, the error barrier in points."""
+    t = np.linspace(0, 1, 7)
+    curves = pd.concat([pd.DataFrame({"mask_a": a, "mask_b": a + 1, "path": "soft", "point": np.arange(7), "t": t,
+                                      "loss": 0.3 + (0.1 + 0.01 * a) * np.sin(np.pi * t), "acc": 0.9 - 0.1 * t})
+                        for a in range(n_pairs)], ignore_index=True)
+    fig = P.interpolation_curves(curves)
+    ax_loss = fig.axes[0]
+    solid = [line for line in ax_loss.get_lines() if line.get_linestyle() == "-"]
+    assert len(solid) == n_pairs  # one curve per pair
+    names = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    named = [n for n in names if n.startswith("masks ")]
+    assert len(named) == min(n_pairs, P.paths.MAX_NAMED_CURVES)
+    assert all(" nats, error barrier " in n and n.endswith(" points") for n in named)
+    if n_pairs > P.paths.MAX_NAMED_CURVES:
+        assert any(n.startswith(f"... {n_pairs - P.paths.MAX_NAMED_CURVES} more drawn; all {n_pairs}: mean loss "
+                                "barrier ") for n in names)
     assert_readable(fig)
