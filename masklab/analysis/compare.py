@@ -24,7 +24,10 @@ import pandas as pd
 
 from masklab.analysis.baselines import with_baseline
 from masklab.analysis.distances import distances
+from masklab.analysis.embedding import choose_method, embed
+from masklab.config import method_label
 from masklab.errors import UserError
+from masklab.store.bits import MaskSet
 
 if TYPE_CHECKING:
     from masklab.store.run import Run
@@ -108,8 +111,6 @@ def density_gap(run_a: Run, run_b: Run) -> float:
 
 def side_label(side: str, run: Run) -> str:
     """A short name of one side of a comparison for legends: "A: edge-popup s0.5"."""
-    from masklab.config import method_label
-
     return f"{side}: {method_label(run.config.method, run.config.recycle)} s{run.config.sparsity:g}"
 
 
@@ -118,9 +119,6 @@ def joint_embedding(run_a: Run, run_b: Run, method: str = "auto",
     """A 2-D embedding of both runs' masks together, on their joint normalised Hamming distances:
     (points, method used, why that method: empty when asked for by name). Points: x, y, method (one row per
     mask: A's, then B's), ``run`` (its run id), ``mask`` (its id in that run) and ``side`` (`side_label`)."""
-    from masklab.analysis.embedding import choose_method, embed
-    from masklab.store.bits import MaskSet
-
     check_comparable(run_a, run_b)
     a, b = run_a.masks, run_b.masks
     ids = list(range(len(a) + len(b)))

@@ -38,14 +38,18 @@ real and random masks together: the random cloud shows what "no structure" looks
 
 from __future__ import annotations
 
+import importlib
 import re
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from masklab.analysis.clustering import DEFAULT_METRIC, as_square
+from masklab.analysis.distances import distances
+from masklab.analysis.random_sets import random_masks
 from masklab.analysis.thresholds import UMAP_MIN_MASKS
 from masklab.errors import UserError
 from masklab.store.bits import MaskSet
@@ -153,8 +157,6 @@ def cache_umap_kernels() -> list[str]:
     changes. Returns the names switched on; a kernel already compiled in this process, missing from this
     umap version, or without a writable cache location is left as it is. Only the single-threaded layout
     kernel is cached (a fixed random_state runs it), never the parallel variant, which shares its source."""
-    import importlib
-
     done = []
     for module_name, name in _UMAP_UNCACHED:
         try:
@@ -192,7 +194,6 @@ def _tsne(matrix: np.ndarray, random_state: int, perplexity: float | None) -> np
     p = min(30.0, (n - 1) / 3.0) if perplexity is None else float(perplexity)
     if not 0 < p < n:
         raise UserError(f"perplexity = {perplexity} is invalid for {n} masks: use a value in (0, {n})")
-    from threadpoolctl import threadpool_limits
 
     # one OpenMP thread: Barnes-Hut t-SNE's threads spin-wait, which on a busy 2-core machine costs 10-30x
     with warnings.catch_warnings(), threadpool_limits(1):
@@ -220,9 +221,6 @@ def embed_with_reference(masks: MaskSet, n_random: int | None = None, method: st
     joint distances come from `masklab.analysis.distances`.
     `kwargs` go to `embed`.
     """
-    from masklab.analysis.distances import distances
-    from masklab.analysis.random_sets import random_masks
-
     if not isinstance(masks, MaskSet):
         raise UserError("embed_with_reference takes a MaskSet (see MaskSet.from_bool)")
     n_random = len(masks) if n_random is None else int(n_random)

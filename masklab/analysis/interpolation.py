@@ -22,6 +22,7 @@ from typing import Literal, overload
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm  # the plain bar: tqdm.auto needs ipywidgets in a notebook (else a red warning)
 
 from masklab.analysis.paths.barriers import barrier, barrier_correlation
 from masklab.analysis.paths.evaluation import (
@@ -111,7 +112,6 @@ def barrier_matrix(run: object, pairs: int | None = 10, path: str = "soft", *, p
     source = as_source(run)
     chosen = sample_pairs(source.ids, pairs, random_state)
     evaluator = _evaluator(source, chosen[0][0], eval_samples, bn_samples, recompute_bn, device)
-    from tqdm import tqdm  # the plain bar: tqdm.auto needs ipywidgets in a notebook (else a red warning)
 
     rows: list[dict] = []
     curves: list[pd.DataFrame] = []

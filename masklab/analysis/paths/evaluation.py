@@ -25,9 +25,12 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from tqdm import tqdm  # the plain bar: tqdm.auto needs ipywidgets in a notebook (else a warning)
 
 from masklab.analysis.paths.geometry import DEFAULT_POINTS, Subnet, check_args, check_pair, path_points
 from masklab.errors import UserError
+from masklab.nn.layers import masked_layers
+from masklab.train.evaluate import evaluate_batches
 from masklab.train.precision import evaluation_settings
 
 if TYPE_CHECKING:
@@ -124,8 +127,6 @@ class PathEvaluator:
 
     def __init__(self, model: nn.Module, eval_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
                  bn_batches: Sequence[torch.Tensor] | None = None, precision: str = "fp32"):
-        from masklab.nn.layers import masked_layers
-
         self.model = model
         self.layers = [layer for _, layer in masked_layers(model)]
         if not self.layers:
@@ -141,8 +142,6 @@ class PathEvaluator:
         self.threads = 1 if self.device.type == "cpu" and work < SERIAL_EVAL_WORK else None
 
     def evaluate(self) -> tuple[float, float]:
-        from masklab.train.evaluate import evaluate_batches
-
         if self.bn_batches is not None:
             recompute_batchnorm(self.model, self.bn_batches)
         return evaluate_batches(self.model, self.eval_batches)
@@ -153,8 +152,6 @@ class PathEvaluator:
               progress: bool = False) -> pd.DataFrame:
         """Loss and accuracy along the path(s) from `a` to `b`: one row per point (and order), columns
         `CURVE_COLUMNS`. `progress`: a progress line (tqdm, on stderr) counting the points evaluated."""
-        from tqdm import tqdm  # the plain bar: tqdm.auto needs ipywidgets in a notebook (else a warning)
-
         check_args(path, points, orders, order)
         a, b = a.to(self.device), b.to(self.device)
         base = [layer.weight.detach().clone() for layer in self.layers]

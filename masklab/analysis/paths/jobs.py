@@ -43,6 +43,8 @@ from masklab.analysis.paths.geometry import DEFAULT_POINTS, check_args, distance
 from masklab.analysis.paths.sources import MaskSource, RunSource
 from masklab.errors import StoreError
 from masklab.store import files as F
+from masklab.store.run import open_run
+from masklab.train.trainer import resolve_device
 
 RESULT_FORMAT = 1
 BARRIER_KEYS = ["mask_a", "mask_b", "path", "order", "hamming", "hamming_norm"]
@@ -105,8 +107,6 @@ def build_evaluator(source: MaskSource, model_id: int, eval_samples: int | None,
                     recompute_bn: bool, device: str) -> PathEvaluator:
     """The PathEvaluator of `source`: the model of mask `model_id`, the evaluation set and, where the model has
     BatchNorm, the batches its statistics are recomputed on."""
-    from masklab.train.trainer import resolve_device
-
     where = resolve_device(str(device))
     dataset = source.dataset()
     model = source.model(where, model_id)
@@ -123,8 +123,6 @@ _CACHE: dict[tuple, tuple[MaskSource, PathEvaluator]] = {}  # per process: a Das
 def _source_and_evaluator(task: BarrierTask) -> tuple[MaskSource, PathEvaluator]:
     key = (os.path.realpath(task.run_path), task.eval_samples, task.bn_samples, task.recompute_bn, task.device)
     if key not in _CACHE:
-        from masklab.store.run import open_run
-
         source = RunSource(open_run(task.run_path))
         _CACHE.clear()  # one run at a time: the model and the evaluation set are the memory that matters
         _CACHE[key] = (source, build_evaluator(source, source.ids[0], task.eval_samples, task.bn_samples,

@@ -4,7 +4,8 @@
 `RunSource` wraps a stored run (`masklab.open_run`), `TrainedSource` masks trained with
 `masklab.train.train_mask` (`from_trained`), and `as_source` turns a Run, a run path or a source into a source.
 Rebuilding a model is the one place where analysis reaches into training (DESIGN.md: "analysis never imports
-training internals except to rebuild a model for interpolation"); those imports are lazy.
+training internals except to rebuild a model for interpolation"); the interpolation's modules (analysis/paths)
+import torch and training at their top, and the report imports them only when its interpolation stage runs.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ import torch
 from torch import nn
 
 from masklab.analysis.paths.geometry import Subnet
+from masklab.data import load_config_dataset
 from masklab.errors import UserError
+from masklab.nn.layers import masked_layers
+from masklab.store.run import Run, open_run
+from masklab.train.recycling import rebuild_weights
+from masklab.train.trainer import make_model
 
 if TYPE_CHECKING:
     from masklab.config import RunConfig
     from masklab.data import Dataset
-    from masklab.store.run import Run
     from masklab.train.trainer import TrainedMask
 
 
@@ -58,8 +63,6 @@ class RunSource:
         return self.run.model(self.ids[0] if i is None else i, str(device))
 
     def subnet(self, i: int) -> Subnet:
-        from masklab.nn.layers import masked_layers
-
         run = self.run
         weights = [layer.weight.detach().clone() for _, layer in masked_layers(run.model(i))] \
             if run.per_mask_weights else None  # recycling, dense, or an import of files with different weights
@@ -78,8 +81,6 @@ class TrainedSource:
 
     def dataset(self) -> Dataset:
         if self._dataset is None:
-            from masklab.data import load_config_dataset
-
             self._dataset = load_config_dataset(self.config)
         return self._dataset
 
@@ -89,14 +90,10 @@ class TrainedSource:
         return self.trained[i]
 
     def model(self, device: str | torch.device = "cpu", i: int | None = None) -> nn.Module:
-        from masklab.train.trainer import make_model
-
         t = self._get(self.ids[0] if i is None else i)
         return make_model(self.config, self.dataset(), t.score_seed).to(device).eval()
 
     def subnet(self, i: int) -> Subnet:
-        from masklab.train.recycling import rebuild_weights
-
         t, cfg = self._get(i), self.config
         weights: Sequence[np.ndarray | torch.Tensor] | None = None
         if t.weights is not None:
@@ -118,8 +115,6 @@ def from_trained(config: RunConfig, trained: Sequence[TrainedMask], dataset: Dat
 
 def as_source(run: object) -> MaskSource:
     """A MaskSource for a stored Run (or a path / run id), or a MaskSource itself."""
-    from masklab.store.run import Run, open_run
-
     if isinstance(run, Run):
         return RunSource(run)
     if isinstance(run, MaskSource):
