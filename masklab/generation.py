@@ -17,17 +17,28 @@ from pathlib import Path
 from typing import Any
 
 from masklab.config import RunConfig, method_label
+from masklab.config_file import load_toml
+from masklab.data import load_config_dataset, synthetic_shape
 from masklab.errors import UserError
+from masklab.limits import check_fits
+from masklab.nn.layers import masked_layers
+from masklab.nn.models import build_model
+from masklab.progress import TrainProgress
 from masklab.store.bits import make_layout
 from masklab.store.catalog import update_run
+from masklab.store.paths import resolve_run
 from masklab.store.run import Run
+from masklab.store.shards import parse_shard
 from masklab.store.writer import RunWriter
+from masklab.train.device import resolve_device
+from masklab.train.precision import check_precision, check_same_compute, device_record
+from masklab.train.stacked import auto_stack
+from masklab.train.trainer import Checkpoint, train_masks
+from masklab.units import ranges
 
 
 def as_config(config: RunConfig | dict | str | os.PathLike | None = None, **overrides: Any) -> RunConfig:
     """A RunConfig from a RunConfig, a dict of fields, a TOML path or None (the defaults), with overrides."""
-    from masklab.config_file import load_toml
-
     if config is None:
         values: dict = {}
     elif isinstance(config, RunConfig):
@@ -44,13 +55,6 @@ def as_config(config: RunConfig | dict | str | os.PathLike | None = None, **over
 def prepare(config: RunConfig, data=None):
     """Validate everything a run needs before anything is written: returns (dataset, layers, dataset_info).
     `data`: the loaded dataset, if the caller has it already."""
-    from masklab.data import load_config_dataset, synthetic_shape
-    from masklab.limits import check_fits
-    from masklab.nn.layers import masked_layers
-    from masklab.nn.models import build_model
-    from masklab.train.precision import check_precision
-    from masklab.train.trainer import resolve_device
-
     if config.imported is not None or config.keep_rule != "masklab":
         raise UserError("this config is an imported run's (masklab import): its masks were trained elsewhere and "
                         "masklab cannot train more of them; generate a new run without the import fields")
@@ -99,8 +103,6 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
     shard job's progress report.
     """
     if shard is not None:
-        from masklab.store.shards import parse_shard
-
         shard = parse_shard(shard)
     if resume is not True and resume is not False:
         changes = {} if config is None else as_config(config).to_dict(non_default=True)
@@ -168,8 +170,6 @@ def resume_config(run: str | os.PathLike, runs_dir: str | os.PathLike | None, ch
     `runs_dir`): the run's own config.toml with `changes` applied. A change that would make another run
     (a hashed field, or `name`) is refused naming the fields; `masks` may only be raised (extending
     the run); fields that do not change the masks (device, stack, data_root) are taken as given."""
-    from masklab.store.paths import resolve_run
-
     path = resolve_run(run, runs_dir)
     stored = Run(path, check="structure").config  # (the writer checks the run in full when it opens it)
     if stored.imported is not None:
@@ -201,11 +201,6 @@ def _train_all(config: RunConfig, dataset, writer: RunWriter, todo: list[int], q
     checkpointed in the run, so that a killed or interrupted run continues from its masks' last finished
     epochs, with the bits of an uninterrupted run. `on_epoch` gets each epoch's row too (a shard job's
     progress report)."""
-    from masklab.progress import TrainProgress
-    from masklab.train.device import resolve_device
-    from masklab.train.precision import check_same_compute, device_record
-    from masklab.train.trainer import Checkpoint, train_masks
-
     device = resolve_device(config.device)
     mine = device_record(device, config.precision)
     check_same_compute(writer.stored_records(writer.done), mine, str(writer.path), allow_device_change)
@@ -219,8 +214,6 @@ def _train_all(config: RunConfig, dataset, writer: RunWriter, todo: list[int], q
         if checkpoint.index == i and checkpoint.epoch + 1 < config.epochs:
             saved[i] = checkpoint
     if saved:
-        from masklab.units import ranges
-
         epochs = sorted({c.epoch + 1 for c in saved.values()})
         say(f"continuing mask{'s' if len(saved) > 1 else ''} {ranges(sorted(saved))} from their checkpoints "
             f"(epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))} of {config.epochs} done)")
@@ -260,8 +253,6 @@ def _stacks(config: RunConfig, dataset, device, todo: list[int], saved: dict | N
     each with the sub-stack sizes the trainer measures (`--stack auto`: the chunk's and 1, see
     masklab.train.plan; None: the chunk's alone). Masks with a checkpoint come first, in chunks of one
     epoch each. Mask i's result depends on its own seeds only, so any chunking gives the same masks."""
-    from masklab.train.stacked import auto_stack
-
     saved = saved or {}
     if config.method == "dense":
         size = 1
