@@ -22,13 +22,16 @@ import hashlib
 import io
 import os
 import pathlib
+import pickle
 import re
 import stat
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from masklab.errors import UserError
 
@@ -76,10 +79,6 @@ _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>")
 def load_torch(path: Path, data: bytes) -> Any:
     """Unpickle torch.save'd `data` (read from `path`) with weights_only=True and SAFE_GLOBALS, on CPU.
     A file that names any other callable is refused (UserError) and nothing of it runs."""
-    import pickle
-
-    import torch
-
     try:
         with torch.serialization.safe_globals(safe_globals()), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # (torch warns about pickle protocols; the error below says it all)
@@ -101,8 +100,6 @@ def load_torch(path: Path, data: bytes) -> Any:
 
 def load_npz(path: Path, data: bytes) -> dict[str, np.ndarray]:
     """The arrays of an .npz file, in file order, with allow_pickle=False (object arrays are refused)."""
-    import zipfile
-
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return {name: z[name] for name in z.files}
@@ -144,8 +141,6 @@ def attribute(obj: Any, key: str) -> Any:
 
 def as_array(value: Any, key: str, path: Path) -> np.ndarray:
     """A tensor or array of a state dict as a numpy array (CPU), refusing anything else."""
-    import torch
-
     if isinstance(value, torch.Tensor):
         if value.is_sparse or value.layout != torch.strided:
             raise UserError(f"{path}: {key} is a sparse or non-strided tensor; save dense tensors")

@@ -23,16 +23,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from masklab import __version__
 from masklab.errors import StoreError, UserError
 from masklab.interop import hidden_networks, npz, rules, torch_prune
 from masklab.keep import reference_keep_count
+from masklab.nn.layers import MaskedConv2d, MaskedLinear, masked_layers
+from masklab.nn.models import build_model
+from masklab.store import files as F
+from masklab.store.run import Run, open_run
 
 EXPORT_FORMATS = ("state-dict", "torch-prune", "hidden-networks", "npz")
 
 
 def _as_run(run):
-    from masklab.store.run import Run, open_run
-
     return run if isinstance(run, Run) else open_run(run)
 
 
@@ -44,8 +47,6 @@ def _need_model(run, what: str) -> None:
 
 def _plainify(module: nn.Module) -> nn.Module:
     """Replace masklab's layers by plain torch.nn ones of the same shapes, in place."""
-    from masklab.nn.layers import MaskedConv2d, MaskedLinear
-
     for name, child in module.named_children():
         if isinstance(child, MaskedLinear):
             out_f, in_f = child.weight.shape
@@ -66,9 +67,6 @@ def plain_model(run, i: int | None = None) -> nn.Module:
     masklab's layers replaced), in eval mode. With `i`, it holds mask i's effective weights (what `state-dict`
     export writes), so it computes what `run.model(i)` computes, and any tool that takes an nn.Module works on
     the subnetwork. `run`: a Run, a path or a run id."""
-    from masklab.nn.layers import masked_layers
-    from masklab.nn.models import build_model
-
     run = _as_run(run)
     _need_model(run, "a plain model")
     cfg, shape = run.config, run.meta["dataset"]
@@ -88,8 +86,6 @@ def plain_model(run, i: int | None = None) -> nn.Module:
 def effective_state(run, i: int, keys: list[str] | None = None) -> OrderedDict:
     """Mask i's state dict for `plain_model(run)`: each layer's effective weight and the BatchNorm buffers.
     `keys`: the plain model's state-dict keys, in its order (default: from `plain_model(run)`)."""
-    from masklab.nn.layers import masked_layers
-
     model = run.model(i)
     layers = dict(masked_layers(model))
     state: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -107,8 +103,6 @@ def _layers(run, i: int) -> tuple[list[str], list[np.ndarray | None], list[np.nd
                                   dict[str, np.ndarray]]:
     """(names, raw weights W, masks, what the mask multiplies (W; Biprop sign(W) * alpha), buffers) of mask i,
     from the rebuilt subnetwork where the run has an architecture, else from what the run stores."""
-    from masklab.nn.layers import masked_layers
-
     names = list(run.layers["layer"])
     masks = run.mask_layers(i)
     if run.has_architecture:
@@ -131,8 +125,6 @@ def _layers(run, i: int) -> tuple[list[str], list[np.ndarray | None], list[np.nd
 def export_mask(run, i: int, format: str, path: str | os.PathLike) -> Path:
     """Write mask `i` of `run` (a Run, a path or a run id) to `path` in `format` (one of EXPORT_FORMATS);
     returns the path. Everything is computed before the file is written (atomically)."""
-    from masklab.store import files as F
-
     run = _as_run(run)
     if format not in EXPORT_FORMATS:
         raise UserError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
@@ -161,10 +153,8 @@ def export_mask(run, i: int, format: str, path: str | os.PathLike) -> Path:
 
 
 def _meta(run, i: int) -> dict:
-    import masklab
-
     return {"run": run.id, "mask_id": int(i), "method": run.config.method, "keep_rule": run.config.keep_rule,
-            "exported_by": f"masklab {masklab.__version__}"}
+            "exported_by": f"masklab {__version__}"}
 
 
 def _hidden_networks(run, i: int) -> bytes:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from masklab.errors import UserError
 from masklab.interop.checkpoint import as_array, attribute, load_torch, plain
@@ -140,8 +141,6 @@ def write(layers: list[tuple[str, np.ndarray, np.ndarray]], buffers: dict[str, n
     as (their name, weight in their shape, bool mask)) and the BatchNorm buffers (their names), `prune_rate` =
     `keep`, `arch`, `epoch` and the `best_acc1` fields. The scores are the mask as 0/1: their rule at `keep`
     zeroes exactly the zeros (every 0 sorts before every 1, so no tie crosses the cut)."""
-    import torch
-
     state: dict[str, Any] = {}
     for name, weight, mask in layers:
         state[f"{name}.weight"] = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))

@@ -18,10 +18,12 @@ W, or Biprop's sign(W) * alpha) and `<layer>.weight_mask`, plus the BatchNorm bu
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from masklab.errors import UserError
 from masklab.interop.checkpoint import as_array, load_torch
@@ -101,10 +103,6 @@ def read(path: Path, data: bytes, sha: str) -> Source:
 
 def write(layers: list[tuple[str, np.ndarray, np.ndarray]], buffers: dict[str, np.ndarray]) -> bytes:
     """A state dict of (name, weight_orig, bool mask) per layer plus the buffers, as torch.save bytes."""
-    from collections import OrderedDict
-
-    import torch
-
     state: OrderedDict[str, Any] = OrderedDict()
     for name, orig, mask in layers:
         state[f"{name}.weight_orig"] = torch.from_numpy(np.ascontiguousarray(orig, dtype=np.float32))
