@@ -12,6 +12,8 @@ import math
 import numpy as np
 import torch
 
+from masklab.nn.layers import masked_layers
+
 WEIGHT_STREAM, SCORE_STREAM, ITERAND_STREAM = 0, 1, 2
 
 
@@ -57,8 +59,6 @@ def init_scores(shape: tuple[int, ...], gen: torch.Generator | None = None) -> t
 def init_model(model: torch.nn.Module, weight_seed: int, score_seed: int, weight_init: str,
                scale_fan: bool = False, keep: float = 1.0) -> torch.nn.Module:
     """Fill every masked layer's weights from the weight seed and its scores from the score seed."""
-    from masklab.nn.layers import masked_layers
-
     with torch.no_grad():
         for index, (_, layer) in enumerate(masked_layers(model)):
             shape = tuple(layer.weight.shape)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from masklab.nn.init import weight_values
+from masklab.nn.init import ITERAND_STREAM, generator, weight_values
 from masklab.nn.layers import MaskedLayer
 
 
@@ -77,8 +77,6 @@ def iterand_step(layer: MaskedLayer, draw: torch.Tensor, rate: float, index: int
 
 
 def _coin_generator(weight_seed: int, index: int, t: int) -> torch.Generator:
-    from masklab.nn.init import ITERAND_STREAM, generator
-
     return generator(weight_seed, ITERAND_STREAM + 1, index, t)
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from masklab.config import RunConfig
-from masklab.data import Batches, Shaped
+from masklab.data import Batches, Shaped, load_config_dataset
 from masklab.errors import UserError
 from masklab.nn.exact import blas_one_thread, reproducible_blas, set_threads
 from masklab.nn.layers import masked_layers
@@ -137,8 +137,6 @@ def train_masks(config: RunConfig, indices: Sequence[int], dataset: Batches | No
     whose speed a CPU run measures (default: K alone; `--stack auto` gives (K, 1)), see
     `masklab.train.plan`. Dense runs train their networks one after another.
     """
-    from masklab.data import load_config_dataset
-
     config.validate()
     indices = [int(i) for i in indices]
     if not indices:
