@@ -11,6 +11,8 @@ import numpy as np
 from tqdm import tqdm
 
 from masklab.analysis.compare import check_comparable, compare_runs, density_gap, joint_embedding
+from masklab.analysis.embedding import NAMES
+from masklab.plots import embedding_scatter
 from masklab.report.base import (
     DEFAULT_FORMATS,
     Report,
@@ -82,9 +84,6 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
                         f"{metric_value(metric, row['across, other seeds'])})",
                         value=float(row["across, same score seed"]), unit="fraction")
     if "embedding" in steps:
-        from masklab.analysis.embedding import NAMES
-        from masklab.plots import embedding_scatter
-
         bar.set_description("compare: joint embedding")
         points, used, why = joint_embedding(run_a, run_b, embedding_method)
         report.tables["joint_embedding"] = points
