@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from masklab.errors import UserError
+from masklab.store.files import atomic_write, make_dirs
 
 STYLE = {
     "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "figure.titlesize": 11, "legend.fontsize": 8,
@@ -95,8 +96,6 @@ def save_figure(fig: Figure, path, *, dpi: int = DPI, formats: Sequence[str] = (
     Cheap: the figure's constrained layout is computed once (at `dpi`) for all formats, where each `savefig`
     would run it twice (a layout pass, then the drawing), and PNGs are compressed at zlib level 1 (files a
     fifth larger, encoded several times faster). The figure keeps its layout engine afterwards."""
-    from masklab.store.files import atomic_write, make_dirs
-
     base = Path(path)
     if base.suffix.lower() in {".png", ".svg", ".pdf"}:
         base = base.with_suffix("")

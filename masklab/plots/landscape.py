@@ -10,6 +10,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from scipy.cluster import hierarchy
 
 from masklab.errors import UserError
 from masklab.plots._style import (
@@ -58,8 +59,6 @@ def distance_heatmap(square: pd.DataFrame, linkage: np.ndarray | None = None, or
         raise UserError(f"distance_heatmap needs a square, non-empty distance table; got shape {square.shape}")
     ids = np.asarray(square.index)
     if linkage is not None:
-        from scipy.cluster import hierarchy
-
         if len(linkage) != n - 1:
             raise UserError(f"the linkage matrix is for {len(linkage) + 1} masks but the table has {n}")
         positions = hierarchy.leaves_list(linkage)
@@ -159,8 +158,6 @@ def _cmap(name: str):
 def _draw_dendrogram(ax, linkage: np.ndarray, n: int, chance: float | None = None) -> None:
     """The dendrogram, its height axis zoomed to the merges (masks about equally far apart merge within a
     narrow band, which on a 0-based axis is a flat comb), with the random-mask distance dashed."""
-    from scipy.cluster import hierarchy
-
     hierarchy.dendrogram(linkage, ax=ax, no_labels=True, link_color_func=lambda _k: "0.25")
     ax.set_label("dendrogram")
     ax.set_xlim(0, 10 * n)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import submitit
+import torch
 
 from masklab.analysis.paths.jobs import BarrierTask, Pair, Progress, evaluate_pairs, pending_pairs
 from masklab.errors import UserError
@@ -29,8 +30,6 @@ class PairJob(submitit.helpers.Checkpointable):
 
     def __call__(self, task: BarrierTask, pairs: list[Pair], threads: int | None = None) -> int:
         if threads:
-            import torch
-
             torch.set_num_threads(threads)
         return evaluate_pairs(task, pairs)
 

@@ -23,6 +23,7 @@ import stat
 import struct
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -398,8 +399,6 @@ def digests(buffers, threads: int | None = None) -> list[bytes]:
         threads = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     if threads <= 1 or total < (8 << 20) or len(views) < 2:
         return [digest(v) for v in views]
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(digest, views, chunksize=max(1, len(views) // (4 * threads))))
 

@@ -12,6 +12,7 @@ Dense runs (trained weights, the baseline) go through the same epoch loop, one n
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -99,15 +100,11 @@ class Checkpoint:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Everything as arrays (the meta as UTF-8 JSON bytes under "meta"), for an .npz file."""
-        import json
-
         meta = {**self.meta, "index": self.index, "epoch": self.epoch}
         return {**self.arrays, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Checkpoint:
-        import json
-
         meta = json.loads(bytes(arrays["meta"]).decode())
         index, epoch = int(meta.pop("index")), int(meta.pop("epoch"))
         return cls(index, epoch, {k: v for k, v in arrays.items() if k != "meta"}, meta)
