@@ -135,7 +135,7 @@ def _umap(matrix: np.ndarray, random_state: int, n_neighbors: int | None, min_di
         for text in _QUIET:
             warnings.filterwarnings("ignore", message=f".*{re.escape(text)}.*")
         warnings.filterwarnings("ignore", category=FutureWarning)  # sklearn deprecations inside umap
-        import umap
+        import umap  # here: umap (with numba and pynndescent) imports slower than torch; only UMAP needs it
 
         cache_umap_kernels()
         model = umap.UMAP(metric="precomputed", n_neighbors=k, min_dist=float(min_dist), n_components=2,
@@ -165,7 +165,7 @@ def cache_umap_kernels() -> list[str]:
             continue
         if not hasattr(dispatcher, "enable_caching") or dispatcher.signatures:
             continue
-        from numba.core.caching import NullCache
+        from numba.core.caching import NullCache  # (numba: loaded by umap, which the import above brought)
 
         if not isinstance(dispatcher._cache, NullCache):
             done.append(name)
@@ -188,7 +188,7 @@ def _mds(matrix: np.ndarray) -> np.ndarray:
 
 
 def _tsne(matrix: np.ndarray, random_state: int, perplexity: float | None) -> np.ndarray:
-    from sklearn.manifold import TSNE
+    from sklearn.manifold import TSNE  # (see _mds)
 
     n = len(matrix)
     p = min(30.0, (n - 1) / 3.0) if perplexity is None else float(perplexity)

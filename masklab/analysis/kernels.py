@@ -85,7 +85,7 @@ def _cuda_available() -> bool:
 
 
 def _numba_available() -> bool:
-    try:
+    try:  # (numba costs about a tenth of torch's import: only the kernel's users pay it)
         import numba  # noqa: F401
     except ImportError:
         return False
@@ -236,6 +236,7 @@ def _kernel_view(block: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 def _intersections_numba(a: np.ndarray, b: np.ndarray, bounds: np.ndarray, symmetric: bool,
                          threads: int | None, block_bytes: int, first_layer: int = 0) -> np.ndarray:
+    # imported here: numba and the kernels' load cost more than numpy spends on small sets (see before_load)
     import numba
 
     from masklab.analysis._numba_kernels import intersect_blocks
@@ -305,7 +306,7 @@ def _intersections_torch(a: np.ndarray, b: np.ndarray, bounds: np.ndarray, symme
     TORCH_CHUNK_BYTES each), never the whole (L, Na, Nb) result; each finished tile is copied into the host
     array. With `symmetric`, only tiles on or above the diagonal are computed (the caller mirrors them).
     """
-    import torch
+    import torch  # here: only the torch backend (CUDA) needs it; the CPU analyses never import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = np.zeros((len(bounds), a.shape[0], b.shape[0]), dtype=np.int64)
@@ -336,7 +337,7 @@ def torch_block_rows(layers: int, tile_bytes: int) -> int:
 
 
 def _unpack_torch(words: np.ndarray, shifts, device):
-    import torch
+    import torch  # (see _intersections_torch)
 
     signed = torch.from_numpy(np.ascontiguousarray(words).view(np.int64)).to(device)
     bits = (signed.unsqueeze(-1) >> shifts) & 1

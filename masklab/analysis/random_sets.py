@@ -116,7 +116,7 @@ def _flip_kernel(n_candidates: int | None = None):
     if n_candidates is not None and before_load(n_candidates, SMALL_FLIP_DRAWS, "masklab.analysis._numba_random"):
         return None
     try:
-        from masklab.analysis._numba_random import flip_to_counts
+        from masklab.analysis._numba_random import flip_to_counts  # here: see the docstring (numba's load)
     except ImportError:
         return None
     return flip_to_counts

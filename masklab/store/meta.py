@@ -37,7 +37,7 @@ def read_json(path: Path) -> Any:
 
 
 def software_versions() -> dict[str, str]:
-    import torch
+    import torch  # here: reading a run never imports torch; only a writer (which trained with it) asks
 
     return {"masklab": masklab.__version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "pandas": pd.__version__, "platform": platform.platform()}

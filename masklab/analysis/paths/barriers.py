@@ -118,6 +118,8 @@ def _correlations(x, y, min_pairs: int) -> tuple[int, dict[str, float]]:
     out = dict.fromkeys(("pearson_r", "pearson_p", "spearman_rho", "spearman_p"), float("nan"))
     if ok.sum() < max(3, int(min_pairs)) or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
         return int(ok.sum()), out
+    # imported here: scipy.stats costs half of torch's import (7 s against 15 s on the shared machine), and this
+    # module is loaded by every `analyze` (through the plots) where only an interpolation correlates
     from scipy import stats
 
     with warnings.catch_warnings():

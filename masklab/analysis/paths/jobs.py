@@ -228,7 +228,7 @@ class DaskEngine:
         self.chunk = chunk
 
     def __call__(self, task: BarrierTask, pairs: Sequence[Pair], progress: Progress | None = None) -> None:
-        from distributed import as_completed
+        from distributed import as_completed  # here: only a Dask scheduler needs it (masklab.analysis.tiles)
 
         if not pairs:
             return
