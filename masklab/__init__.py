@@ -49,6 +49,8 @@ _LAZY = {
     "import_masks": "masklab.interop.importer",
     "plain_model": "masklab.interop.exporter",
     "export_mask": "masklab.interop.exporter",
+    "history_table": "masklab.tracking",
+    "export_history": "masklab.tracking",
 }
 
 __all__ = ["__version__", *_LAZY]

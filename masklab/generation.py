@@ -82,7 +82,7 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
              resume: bool | str | os.PathLike = False, quiet: bool = True, data=None,
              log: Callable[[str], None] | None = None, shard: tuple[int, int] | str | None = None,
              allow_device_change: bool = False, on_epoch: Callable[[dict], None] | None = None,
-             **overrides: Any) -> Run:
+             tensorboard: bool = False, **overrides: Any) -> Run:
     """Train the masks of the run `config` (a RunConfig, a dict, a TOML path or None for the default, plus
     keyword overrides such as `masks=4`) into `runs_dir/<run_id>` and return the Run.
 
@@ -101,7 +101,14 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
     GPU model, or `precision`) get masks trained here; refused otherwise (see masklab.train.precision).
     `on_epoch` receives each mask's row of each epoch (with its `index` and the run's `epochs`), e.g. for a
     shard job's progress report.
+    `tensorboard=True`: when the run is done, write its masks' histories as TensorBoard event files under
+    RUN/tensorboard/ (`masklab.tracking`; needs the extra `tracking`, checked before training). Not part of
+    the config: it changes no mask and no hash.
     """
+    if tensorboard:
+        from masklab.tracking import require_tensorboard
+
+        require_tensorboard()
     if shard is not None:
         shard = parse_shard(shard)
     if resume is not True and resume is not False:
@@ -132,6 +139,10 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
     run.masks  # noqa: B018 -- checks every mask file and builds the consolidated bit matrix for the analyses
     if shard is None:  # (shard jobs may run on other machines: `results()` indexes what they wrote)
         update_run(run.path, runs_dir)
+    if tensorboard:
+        from masklab.tracking import write_tensorboard
+
+        say(f"TensorBoard event files: {write_tensorboard(run)}")
     return run
 
 

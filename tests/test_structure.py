@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("store", ("masklab.store",)),
     ("analysis", ("masklab.analysis",)),
     ("plots", ("masklab.plots",)),
-    ("runs in and out", ("masklab.generation", "masklab.interop", "masklab.report")),
+    ("runs in and out", ("masklab.generation", "masklab.interop", "masklab.report", "masklab.tracking")),
     ("scale", ("masklab.scale", "masklab.sweep")),
     ("tools", ("masklab.warm", "masklab.cli", "masklab.__main__")),
 ]

@@ -25,6 +25,7 @@ from masklab.cli.parser import (
     add_compare,
     add_distances,
     add_export,
+    add_export_history,
     add_generate,
     add_import,
     add_interpolate,
@@ -54,6 +55,7 @@ COMMANDS = {
     "jobs": (add_jobs, "train"),
     "import": (add_import, "interop"),
     "export": (add_export, "interop"),
+    "export-history": (add_export_history, "interop"),
 }
 
 
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 def command(name: str):
     """The function that runs command `name`: `cmd_<name>` of its family's module."""
     module = importlib.import_module(f"masklab.cli.{COMMANDS[name][1]}")
-    return getattr(module, f"cmd_{name}")
+    return getattr(module, f"cmd_{name.replace('-', '_')}")
 
 
 

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from masklab.errors import UserError
 from masklab.interop.exporter import export_mask
 from masklab.interop.importer import import_masks
+from masklab.store.files import TABLE_SUFFIXES
 from masklab.store.run import open_run
 from masklab.units import percent
 
@@ -35,3 +38,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(export_mask(run, args.mask, args.format, args.out), flush=True)
     return 0
 
+
+def cmd_export_history(args: argparse.Namespace) -> int:
+    from masklab.tracking import export_history, require_tensorboard, write_tensorboard
+
+    if args.out is not None and Path(args.out).suffix not in TABLE_SUFFIXES:
+        raise UserError(f"--out {args.out}: give a .csv or .parquet file")
+    if args.tensorboard:
+        require_tensorboard()
+    run = open_run(args.run, args.runs_dir)
+    if args.tensorboard:
+        print(f"TensorBoard event files: {write_tensorboard(run)}", flush=True)
+    print(export_history(run, args.out), flush=True)
+    return 0

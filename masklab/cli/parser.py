@@ -170,6 +170,9 @@ def add_generate(sub) -> None:
                    "directory or id): continue that run with its own config.toml (options may only repeat it, "
                    "or raise --masks to extend it)")
     add_allow_device_change(p)
+    p.add_argument("--tensorboard", action="store_true", help="when the run is done, write each mask's per-epoch "
+                   "history as TensorBoard event files under RUN/tensorboard/ (`tensorboard --logdir runs/`); needs "
+                   "the extra 'tracking' (pip install 'masklab[tracking]'); changes no mask and no hash")
     add_scale_options(p)
 
 
@@ -329,6 +332,22 @@ def add_interpolate(sub) -> None:
                    "(default: a fixed subset of 2,000 test images when the split is larger; the header says which)")
     p.add_argument("--out", metavar="FILE", help="also write the curve (or, with --pairs, the barriers) to FILE "
                    "(.csv or .parquet); its path is then the last line printed")
+
+
+def add_export_history(sub) -> None:
+    p = sub.add_parser("export-history", help="every mask's per-epoch history as one CSV/Parquet table; "
+                       "TensorBoard event files",
+                       description="Write the per-epoch history of every finished mask of RUN (mask_id, epoch, lr, "
+                       "train and test loss in nats, train and test accuracy as fractions, weights recycled) as one "
+                       "table to --out, and with --tensorboard also as TensorBoard event files under "
+                       "RUN/tensorboard/ (for a run made without `generate --tensorboard`). The last line is the "
+                       "table's path. Python: masklab.history_table(run) returns the same table.",
+                       parents=[RUNS_DIR()])
+    p.add_argument("run", metavar="RUN", help="a run directory or a run id under --runs-dir")
+    p.add_argument("--out", metavar="FILE", help="output file, .csv or .parquet (default <run id>-history.csv "
+                   "in the current folder)")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files under "
+                   "RUN/tensorboard/ (needs the extra 'tracking')")
 
 
 def add_distances(sub) -> None:

@@ -45,6 +45,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.runs_dir, args.resume = str(runs_dir), True
     else:
         config = config_from_args(args)
+    if args.tensorboard:
+        from masklab.tracking import require_tensorboard
+
+        require_tensorboard()
+        if args.jobs is not None:
+            raise UserError("--tensorboard with --jobs: the jobs write no event files; once they are done, run "
+                            "`masklab export-history RUN --tensorboard`")
     dataset, _, _ = prepare(config)  # all checks before any output or any file
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     for line in banner(config, args.runs_dir):
@@ -53,7 +60,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return generate_jobs(args, config, say)
     try:
         run = generate(config, runs_dir=args.runs_dir, resume=bool(args.resume), quiet=args.quiet, data=dataset,
-                       log=say, shard=args.shard, allow_device_change=args.allow_device_change)
+                       log=say, shard=args.shard, allow_device_change=args.allow_device_change,
+                       tensorboard=args.tensorboard)
     except KeyboardInterrupt:
         print(f"masklab: interrupted; the finished masks and the others' last finished epochs are kept: run the "
               f"same command again to continue {os.path.join(args.runs_dir, config.run_id)}", file=sys.stderr)
