@@ -1,5 +1,6 @@
 """Errors a user can fix. The CLI prints them as one line and exits with code 2."""
 
+import difflib
 import errno as _errno
 
 
@@ -26,8 +27,6 @@ class WriteError(StoreError):
 
 def closest(word: str, options) -> str | None:
     """The option closest to the mistyped `word` by difflib's ratio (at least 0.6), or None."""
-    import difflib
-
     close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
     return close[0] if close else None
 

@@ -30,6 +30,7 @@ from masklab.store.paths import resolve_run
 from masklab.store.run import Run
 from masklab.store.shards import parse_shard
 from masklab.store.writer import RunWriter
+from masklab.tracking import require_tensorboard, write_tensorboard
 from masklab.train.device import resolve_device
 from masklab.train.precision import check_precision, check_same_compute, device_record
 from masklab.train.stacked import auto_stack
@@ -106,8 +107,6 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
     the config: it changes no mask and no hash.
     """
     if tensorboard:
-        from masklab.tracking import require_tensorboard
-
         require_tensorboard()
     if shard is not None:
         shard = parse_shard(shard)
@@ -140,8 +139,6 @@ def generate(config: RunConfig | dict | str | os.PathLike | None = None, *, runs
     if shard is None:  # (shard jobs may run on other machines: `results()` indexes what they wrote)
         update_run(run.path, runs_dir)
     if tensorboard:
-        from masklab.tracking import write_tensorboard
-
         say(f"TensorBoard event files: {write_tensorboard(run)}")
     return run
 

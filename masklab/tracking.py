@@ -66,7 +66,7 @@ def export_history(run: Run | str | os.PathLike, out: str | os.PathLike | None =
 def tensorboard_available() -> bool:
     """Whether the optional extra `tracking` (the `tensorboard` package) is installed."""
     try:
-        import tensorboard.summary.writer.record_writer  # noqa: F401
+        import tensorboard.summary.writer.record_writer  # noqa: F401  (here: the extra is optional)
     except ImportError:
         return False
     return True
@@ -83,7 +83,7 @@ def event_bytes(history: pd.DataFrame, wall_time: float) -> bytes:
     """The bytes of one TensorBoard event file holding `history` (one mask's rows: epoch and the columns of
     `TAGS`): the file-version event, then one event per epoch with its scalars, framed as TFRecords by
     TensorBoard's own RecordWriter."""
-    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.compat.proto import event_pb2, summary_pb2  # here: the extra 'tracking' is optional
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     buffer = io.BytesIO()

@@ -11,6 +11,7 @@ from masklab.interop.exporter import export_mask
 from masklab.interop.importer import import_masks
 from masklab.store.files import TABLE_SUFFIXES
 from masklab.store.run import open_run
+from masklab.tracking import export_history, require_tensorboard, write_tensorboard
 from masklab.units import percent
 
 
@@ -40,8 +41,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_export_history(args: argparse.Namespace) -> int:
-    from masklab.tracking import export_history, require_tensorboard, write_tensorboard
-
     if args.out is not None and Path(args.out).suffix not in TABLE_SUFFIXES:
         raise UserError(f"--out {args.out}: give a .csv or .parquet file")
     if args.tensorboard:

@@ -33,6 +33,7 @@ from masklab.scale.jobs import cancel_jobs, job_table
 from masklab.store.files import atomic_write
 from masklab.store.run import Run
 from masklab.sweep import sweep_configs, sweep_id, sweep_landscape, sweep_runs, sweep_table
+from masklab.tracking import require_tensorboard
 from masklab.units import percent, points, shown_accuracy, sparsity_text
 
 
@@ -46,8 +47,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         config = config_from_args(args)
     if args.tensorboard:
-        from masklab.tracking import require_tensorboard
-
         require_tensorboard()
         if args.jobs is not None:
             raise UserError("--tensorboard with --jobs: the jobs write no event files; once they are done, run "

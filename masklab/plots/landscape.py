@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from scipy.cluster import hierarchy
 
@@ -91,8 +92,6 @@ def distance_heatmap(square: pd.DataFrame, linkage: np.ndarray | None = None, or
         grid = fig.add_gridspec(1, 2, width_ratios=[30, 1])
         ax, cax = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
     if chance is not None:  # diverging around chance: which pairs are closer than random masks, which farther
-        from matplotlib.colors import TwoSlopeNorm
-
         colours = {"cmap": _cmap("RdBu_r"), "norm": TwoSlopeNorm(vcenter=chance, vmin=lo, vmax=hi)}
     else:
         colours = {"cmap": _cmap("viridis"), "vmin": lo, "vmax": hi}

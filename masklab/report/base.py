@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import html
 import io
+import os
 import textwrap
 import time
 from collections.abc import Callable
@@ -74,9 +76,6 @@ class Report:
     def _repr_html_(self) -> str:
         """A notebook's view: the warnings, the key numbers (as the command line prints them), links to the
         figures (with their captions) and the index page, and the tables' names and sizes."""
-        import html
-        import os
-
         def link(path: Path) -> str:  # relative to the notebook's folder where it can be
             try:
                 target = os.path.relpath(path)

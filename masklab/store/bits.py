@@ -9,6 +9,7 @@ end are always zero, which lets popcounts run over whole words.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 
 import numpy as np
@@ -130,8 +131,6 @@ class MaskSet:
     def _repr_html_(self) -> str:
         """A notebook's view: the counts, then one row per layer (bits, and the kept share where every mask
         keeps the same count), never the bits."""
-        import html
-
         keep = self.layers["n_keep"] if "n_keep" in self.layers.columns else [None] * len(self.layers)
         rows = "".join(
             f"<tr><td>{html.escape(str(name))}</td><td style=\"text-align:right\">{int(bits):,}</td>"

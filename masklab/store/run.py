@@ -53,6 +53,7 @@ full. Every write goes through store/files.py: whole or not at all, and never th
 from __future__ import annotations
 
 import dataclasses
+import html
 import io
 import operator
 import os
@@ -169,8 +170,6 @@ class Run:
     def _repr_html_(self) -> str:
         """A notebook's view: the id, masks finished, the mean final test accuracy and the settings table
         (`settings`), not the registry (`table`) nor the masks."""
-        import html
-
         acc = self.table["test_acc"].dropna() if len(self.table) else pd.Series(dtype=float)
         accuracy = f", mean final test accuracy {percent(float(acc.mean()))}" if len(acc) else ""
         settings = self.settings()
