@@ -18,6 +18,7 @@ from masklab.cli import main
 from masklab.cli import runs as cli_runs
 from masklab.cli.text import bytes_text
 from masklab.config import RunConfig
+from masklab.report.settings import AnalysisSettings
 
 TINY = ["--masks", "2", "--epochs", "1", "--width", "0.25"]
 
@@ -376,6 +377,7 @@ def test_a_link_where_masklab_writes_is_refused_and_its_target_untouched(run_cop
     outside = in_tmp / "outside"
     outside.mkdir()
     (outside / "precious").write_bytes(b"keep me\n")
+    figure_dir = in_tmp / "figures" / RUN_ID / AnalysisSettings(pairs=0, embedding=False).id  # QUIET_ANALYZE's
     if where == "lock":
         (run_copy / "lock").unlink()
         (run_copy / "lock").symlink_to(outside / "precious")
@@ -392,13 +394,13 @@ def test_a_link_where_masklab_writes_is_refused_and_its_target_untouched(run_cop
         (in_tmp / "figures").mkdir()
         (in_tmp / "figures" / RUN_ID).symlink_to(outside)
         argvs = [["analyze", str(run_copy), *QUIET_ANALYZE]]
-    else:  # one figure file
-        (in_tmp / "figures" / RUN_ID).mkdir(parents=True)
-        (in_tmp / "figures" / RUN_ID / "per_layer_similarity.png").symlink_to(outside / "precious")
+    else:  # one figure file, in the folder of this analysis's settings
+        figure_dir.mkdir(parents=True)
+        (figure_dir / "per_layer_similarity.png").symlink_to(outside / "precious")
         argvs = [["analyze", str(run_copy), *QUIET_ANALYZE]]
     before = _tree(outside)
     link = {"figures": in_tmp / "figures" / RUN_ID,
-            "figure": in_tmp / "figures" / RUN_ID / "per_layer_similarity.png"}.get(where, run_copy / where)
+            "figure": figure_dir / "per_layer_similarity.png"}.get(where, run_copy / where)
     for argv in argvs:
         assert main(argv) == 2, argv
         err = _error_line(capsys)

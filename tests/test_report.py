@@ -27,12 +27,15 @@ def test_analyze_writes_every_table_figure_and_an_index(runs, tmp_path):
                        "consensus_histogram", "union_coverage", "clusters", "cluster_summary",
                        "structure_vs_random", "embedding", "barriers", "interpolation", "barrier_correlation",
                        "trajectories", "settling", "disagreement", "disagreement_summary", "ensemble", "cka",
-                       "cka_summary"}
+                       "cka_summary", "distance_histogram",
+                       "samples"}
     assert expected_tables <= set(report.tables)
+    folder = run.path / "analysis" / report.settings.id
+    assert report.folder == folder and report.index.parent.name == report.settings.id
     for name in expected_tables:
         for suffix in (".csv", ".parquet"):
-            assert (run.path / "analysis" / f"{name}{suffix}").exists(), name
-    parquet = pd.read_parquet(run.path / "analysis" / "layer_summary.parquet")
+            assert (folder / f"{name}{suffix}").exists(), name
+    parquet = pd.read_parquet(folder / "layer_summary.parquet")
     assert list(parquet["layer"].unique()) == ["all", "fc1", "fc2", "fc3"]
     expected_figures = {"per_layer_similarity", "distance_histogram", "consensus_histogram", "distance_heatmap",
                         "mds", "interpolation", "barrier_vs_distance", "trajectories", "disagreement", "ensemble",
@@ -59,12 +62,12 @@ def test_analyze_reports_functional_similarity(runs, tmp_path):
                                                "reference_given_class", "hamming_norm"}
     from masklab.analysis.pairs import PairStore
 
-    store = PairStore.open(run.path / "analysis" / "functional" / "disagreement")  # the pairs as matrices too
+    store = PairStore.open(report.folder / "functional" / "disagreement")  # the pairs as matrices too
     counts = store.read("disagreement_count", mmap=False)
     i, j = np.triu_indices(5, 1)
     assert store.ids.tolist() == list(run.ids) and (np.diag(counts) == 0).all()
     assert np.allclose(counts[i, j] / store.attrs("disagreement_count")["n_test"], d["disagreement"])
-    assert PairStore.open(run.path / "analysis" / "functional" / "cka").layers("cka")[-1] == "logits"
+    assert PairStore.open(report.folder / "functional" / "cka").layers("cka")[-1] == "logits"
     ensemble = report.tables["ensemble"]
     one = ensemble[(ensemble["k"] == 1) & (ensemble["vote"] == "majority")]["acc_mean"].iloc[0]
     assert one == pytest.approx(run.table["test_acc"].to_numpy()[ensemble_orders(5, 10, 0)[:, 0]].mean())
@@ -86,15 +89,16 @@ def test_analyze_png_only_links_no_svg(runs, tmp_path):
     _, run, _ = runs
     report = analyze(run, tmp_path, pairs=1, points=3, embedding=False, formats=("png",))
     assert report.figures and all(p.suffix == ".png" and p.exists() for p in report.figures.values())
-    assert not list((tmp_path / run.id).glob("*.svg")) and ".svg" not in report.index.read_text()
+    assert not list(report.index.parent.glob("*.svg")) and ".svg" not in report.index.read_text()
     both = analyze(run, tmp_path / "both", pairs=1, points=3, embedding=False, formats="png,svg")
-    assert "SVG</a>" in both.index.read_text()
+    assert "SVG</a>" in both.index.read_text() and list(both.index.parent.glob("*.svg"))
     # PNG again into the same folder: the SVGs of the earlier run are out of date, removed and not linked
     again = analyze(run, tmp_path / "both", pairs=1, points=3, embedding=False)
-    assert not list((tmp_path / "both" / run.id).glob("*.svg")) and "SVG</a>" not in again.index.read_text()
+    assert again.index == both.index
+    assert not list(again.index.parent.glob("*.svg")) and "SVG</a>" not in again.index.read_text()
     # PNG only is the default
     default = analyze(run, tmp_path / "default", pairs=1, points=3, embedding=False)
-    assert not list((tmp_path / "default" / run.id).glob("*.svg"))
+    assert not list(default.index.parent.glob("*.svg"))
     with pytest.raises(UserError, match="formats"):
         analyze(run, tmp_path, pairs=1, points=3, embedding=False, formats="png,gif")
     assert default.figures
@@ -325,7 +329,7 @@ def test_cli_formats_seconds_and_quiet(runs, tmp_path, capsys):
                  "--points", "3", "--formats", "png,svg"]) == 0
     out = capsys.readouterr().out
     assert "seconds: distances" in out and "total" in out and "sd of one random pair" in out
-    assert list((tmp_path / run.id).glob("*.svg"))
+    assert list((tmp_path / run.id).glob("*/*.svg"))
     assert main(["analyze", run.id, "--runs-dir", str(root), "--formats", "gif", "--quiet"]) == 2
     assert main(["compare", run.id, other.id, "--runs-dir", str(root), "--figures", str(tmp_path), "--quiet"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

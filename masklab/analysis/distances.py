@@ -99,6 +99,18 @@ class Intersections:
         k = self.layer_index(layer)
         return self.block(metric, k, 0, len(self.ids_a))
 
+    def square(self, metric: str, layer: str | int = ALL, positions: np.ndarray | None = None) -> np.ndarray:
+        """One layer's `metric` among the masks at `positions` (the same rows and columns; default all), as an
+        array (one set only): what a stage that works on a sample of the masks reads."""
+        if not self.symmetric:
+            raise UserError("a square of a sample of masks needs the pairs of one mask set, not two")
+        k = self.layer_index(layer)
+        if positions is None:
+            return self.metric(metric, k)
+        p = np.asarray(positions, dtype=np.int64)
+        counts = np.asarray(self.counts[k][np.ix_(p, p)], dtype=np.int64)
+        return metric_values(metric, counts, self.kept_a[p, k, None], self.kept_b[None, p, k], self.n_bits[k])
+
     def block(self, metric: str, layer: str | int, start: int, stop: int) -> np.ndarray:
         """`metric` of the rows start..stop (all columns) of one `layer`: what a stage reads at a time when
         the whole N x N would be too much to hold as float64."""

@@ -279,18 +279,54 @@ def add_verify(sub) -> None:
 def add_analyze(sub) -> None:
     p = sub.add_parser("analyze",
                        help="distances, baselines, consensus, clustering, embedding, barriers: tables + figures",
-                       description="Run every analysis that fits RUN; write tables under RUN/analysis/ (Parquet and "
-                       "CSV) and figures under FIGURES/<run id>/ (PNG; --formats png,svg for more). The last line "
-                       "printed is the path of the index page.", parents=[RUNS_DIR(), QUIET()])
+                       description="Run every analysis that fits RUN. Each set of analysis settings is kept apart: "
+                       "tables under RUN/analysis/<settings id>/ (Parquet, CSV up to 100,000 rows, the all-pair "
+                       "distances as N x N matrices in pairs/), figures and the page under FIGURES/<run id>/<settings "
+                       "id>/ (PNG; --formats png,svg for more); the settings id is 'default' for the defaults. "
+                       "Stages that cannot take every mask at scale use stated samples (--cluster-masks, "
+                       "--embedding-masks, --structure-masks; --full lifts them). The last line printed is the path "
+                       "of the index page.", parents=[RUNS_DIR(), QUIET()])
     p.add_argument("run", metavar="RUN", help="a run directory or a run id under --runs-dir")
     p.add_argument("--figures", metavar="DIR", help="figures folder (default: figures/ beside the runs folder)")
-    p.add_argument("--pairs", type=int, default=3, metavar="M", help="mask pairs to interpolate (default 3; 0: none)")
+    p.add_argument("--pairs", type=int, default=3, metavar="M", help="mask pairs to interpolate, stratified by "
+                   "distance (default 3; 0: none)")
     p.add_argument("--points", type=int, default=30, metavar="P", help="points per interpolation path (default 30)")
     p.add_argument("--no-embedding", action="store_true",
                    help="skip the embedding (MDS below 50 masks, UMAP from 50)")
     p.add_argument("--no-functional", action="store_true",
                    help="skip functional similarity (prediction disagreement, ensembles, linear CKA)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of every sample and random draw (default 0)")
+    g = p.add_argument_group("samples (each stated on the page and in the tables)")
+    g.add_argument("--cluster-masks", type=sample_size, default=2000, metavar="N",
+                   help="masks clustered and drawn in the heatmap, a seeded uniform sample (default 2000; all: every "
+                   "mask)")
+    g.add_argument("--embedding-masks", type=sample_size, default=2000, metavar="N",
+                   help="masks embedded (default 2000; all: every mask)")
+    g.add_argument("--structure-masks", type=sample_size, default=200, metavar="N",
+                   help="masks of the cluster-structure test and of each of its random sets (default 200; all)")
+    g.add_argument("--random-sets", type=int, default=99, metavar="R",
+                   help="random mask sets of the structure test (default 99: p down to 0.01)")
+    g.add_argument("--null-masks", type=int, default=400, metavar="N",
+                   help="random masks whose pairs draw the null in the distance histogram (default 400)")
+    g.add_argument("--full", action="store_true", help="every mask in every stage (lifts the three sample sizes)")
+    g = p.add_argument_group("barrier pairs beyond this process (same numbers; pairs already stored are kept)")
+    g.add_argument("--scheduler", metavar="S", help="local (a Dask LocalCluster), or the address of a Dask scheduler")
+    g.add_argument("--workers", type=int, metavar="N", help="--scheduler local: worker processes (default: one per "
+                   "core)")
+    g.add_argument("--jobs", type=int, metavar="N", help="N submitit jobs")
+    g.add_argument("--executor", choices=["local", "slurm"], default="local",
+                   help="with --jobs: local processes or one SLURM job array (default local)")
     add_formats_option(p)
+
+
+def sample_size(text: str) -> int | None:
+    """A sample size: a positive integer, or "all" (None)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of masks (an integer, or all)") from None
 
 
 def add_compare(sub) -> None:

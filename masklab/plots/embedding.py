@@ -50,6 +50,7 @@ def embedding_scatter(points: pd.DataFrame, color_by: Sequence[str] = ("test_acc
     is_random = (points["source"] == "random").to_numpy() if "source" in points.columns \
         else np.zeros(len(points), dtype=bool)
     real, ref = points[~is_random], points[is_random]
+    size, alpha = _marker(len(real))
     chosen: list[str | None] = [c for c in color_by if c in points.columns]
     panels = chosen or [None]
     fig = new_figure(4.6 * len(panels) + 0.6, 4.3)
@@ -59,7 +60,8 @@ def embedding_scatter(points: pd.DataFrame, color_by: Sequence[str] = ("test_acc
             ax.scatter(ref["x"], ref["y"], marker="x", s=14, color=RANDOM_COLOR, linewidths=0.8,
                        label="random masks (same per-layer counts)", zorder=1)
         if column is None:
-            ax.scatter(real["x"], real["y"], s=22, color=MASK_COLOR, label="masks", zorder=2)
+            ax.scatter(real["x"], real["y"], s=size, alpha=alpha, color=MASK_COLOR, label="masks", zorder=2,
+                       linewidths=0)
             ax.set_title(f"{axis_name} of {len(real)} masks")
         elif _is_categorical(points[column]):
             _categorical(ax, real, column)
@@ -67,8 +69,8 @@ def embedding_scatter(points: pd.DataFrame, color_by: Sequence[str] = ("test_acc
         else:
             values = real[column].to_numpy(dtype=float)
             shown = as_percent(values)[0] if "acc" in column else values
-            dots = ax.scatter(real["x"], real["y"], c=shown, s=24, cmap="viridis", edgecolors="0.2",
-                              linewidths=0.3, zorder=2)
+            dots = ax.scatter(real["x"], real["y"], c=shown, s=size, alpha=alpha, cmap="viridis", edgecolors="0.2",
+                              linewidths=0.3 if len(real) <= MANY_POINTS else 0, zorder=2)
             fig.colorbar(dots, ax=ax, label=_colour_label(column), shrink=0.9)
             ax.set_title(sentence(_colour_label(column).split(" (")[0]))
         ax.set_xlabel(f"{axis_name} 1 (no unit)")
@@ -88,6 +90,18 @@ def embedding_scatter(points: pd.DataFrame, color_by: Sequence[str] = ("test_acc
     return fig
 
 
+MANY_POINTS = 300  # from here the scatter's markers shrink and turn translucent
+
+
+def _marker(n: int) -> tuple[float, float]:
+    """(marker area, alpha) for n points: 24 and opaque up to MANY_POINTS, then shrinking as 1 / sqrt(n) (down
+    to 2) and translucent (down to 0.15), so that 10,000 masks show their density instead of a blot."""
+    if n <= MANY_POINTS:
+        return 24.0, 1.0
+    ratio = np.sqrt(MANY_POINTS / n)
+    return max(2.0, 24.0 * ratio), max(0.15, float(ratio))
+
+
 def _categorical(ax, frame: pd.DataFrame, column: str) -> None:
     values = frame[column]
     if pd.api.types.is_float_dtype(values) and np.all(np.mod(values.dropna(), 1) == 0):
@@ -102,8 +116,9 @@ def _categorical(ax, frame: pd.DataFrame, column: str) -> None:
         colour = "0.75" if noise else palette[colour_index % len(palette)]
         colour_index += 0 if noise else 1
         name = "noise" if noise else (f"cluster {cat}" if column.startswith("cluster") else str(cat))
-        ax.scatter(rows["x"], rows["y"], s=24, color=colour, edgecolors="0.2", linewidths=0.3, label=name,
-                   zorder=2)
+        size, alpha = _marker(len(frame))
+        ax.scatter(rows["x"], rows["y"], s=size, alpha=alpha, color=colour, edgecolors="0.2",
+                   linewidths=0.3 if len(frame) <= MANY_POINTS else 0, label=name, zorder=2)
 
 
 __all__ = ["embedding_scatter"]

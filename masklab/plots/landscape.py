@@ -4,6 +4,7 @@ pairs' distances against random masks. Each function takes DataFrames and return
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import matplotlib
@@ -25,13 +26,33 @@ from masklab.plots._style import (
 )
 
 MAX_TICK_LABELS = 40
+MAX_CELLS = 500  # the heatmap draws at most this many cells per side (block means above)
 
 
 # ---- distance heatmap -------------------------------------------------------------------------------------
+def heatmap_block(n: int, max_cells: int = MAX_CELLS) -> int:
+    """Masks per cell side when `distance_heatmap` draws `n` masks in at most `max_cells` x `max_cells` cells."""
+    return max(1, -(-int(n) // max(1, int(max_cells))))
+
+
+def _block_means(values: np.ndarray, block: int) -> np.ndarray:
+    """Means of block x block cells of a square matrix (NaN left out; the last cells may be smaller)."""
+    if block == 1:
+        return values
+    n = len(values)
+    m = -(-n // block)
+    padded = np.full((m * block, m * block), np.nan)
+    padded[:n, :n] = values
+    cells = padded.reshape(m, block, m, block)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells (a one-mask diagonal cell)
+        return np.nanmean(cells, axis=(1, 3))
+
+
 @styled
 def distance_heatmap(square: pd.DataFrame, linkage: np.ndarray | None = None, order: Sequence[int] | None = None,
                      *, metric: str = "hamming_norm", baseline: float | None = None,
-                     title: str | None = None) -> Figure:
+                     title: str | None = None, max_cells: int = MAX_CELLS) -> Figure:
     """Heatmap of the pairwise distances, ordered by the clustering, with its dendrogram on top.
 
     Parameters
@@ -49,6 +70,11 @@ def distance_heatmap(square: pd.DataFrame, linkage: np.ndarray | None = None, or
         The random-mask expectation of the metric: marked on the colour bar (dashed, white halo), whose range
         is widened to hold it well inside, and on the dendrogram's height axis when the linkage's heights are
         distances (single, complete or average linkage; not Ward's, whose heights are on another scale).
+
+    max_cells : int
+        Above this many masks the ordered matrix is drawn downsampled: each cell the mean of b x b pairs
+        (b = `heatmap_block(n, max_cells)`, said on the axes), so that thousands of masks stay readable and
+        the figure file small.
 
     The diagonal (self-distances) is left blank so that it does not set the colour range. The dendrogram's
     height axis is zoomed to the merges (and chance): near-equidistant masks merge within a narrow band.
@@ -95,7 +121,9 @@ def distance_heatmap(square: pd.DataFrame, linkage: np.ndarray | None = None, or
         colours = {"cmap": _cmap("RdBu_r"), "norm": TwoSlopeNorm(vcenter=chance, vmin=lo, vmax=hi)}
     else:
         colours = {"cmap": _cmap("viridis"), "vmin": lo, "vmax": hi}
-    image = ax.imshow(values, aspect="auto", interpolation="nearest", **colours)
+    block = heatmap_block(n, max_cells)
+    image = ax.imshow(_block_means(values, block), aspect="auto", interpolation="nearest",
+                      extent=(-0.5, n - 0.5, n - 0.5, -0.5), **colours)
     ax.grid(False)
     ax.set_xlim(-0.5, n - 0.5)
     ax.set_ylim(n - 0.5, -0.5)
@@ -106,7 +134,8 @@ def distance_heatmap(square: pd.DataFrame, linkage: np.ndarray | None = None, or
     ax.set_xticks(ticks, shown, rotation=90, fontsize=7 if len(ticks) > 20 else 8)
     ax.set_yticks(ticks, shown, fontsize=7 if len(ticks) > 20 else 8)
     which = "mask id" if every == 1 else f"mask id, every {ordinal(every)} of {n} labelled"
-    ax.set_xlabel(f"{which} ({order_name})")
+    cells = f"; each cell the mean of {block} x {block} pairs" if block > 1 else ""
+    ax.set_xlabel(f"{which} ({order_name}{cells})")
     ax.set_ylabel(f"{which} ({order_name})")
     cax.set_label("<colorbar>")
     bar = fig.colorbar(image, cax=cax)
@@ -175,6 +204,20 @@ def _draw_dendrogram(ax, linkage: np.ndarray, n: int, chance: float | None = Non
 
 
 # ---- distance histogram ---------------------------------------------------------------------------------------
+def _weighted(data, layer: str | None, metric: str | None, what: str) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(values, weights, metric name) of a long distance table, Series or array; a table with a ``count`` column
+    is a histogram (each value stands for `count` pairs, e.g. every pair of 10,000 masks binned by distance)."""
+    values, metric = _values(data, layer, metric, what)
+    if isinstance(data, pd.DataFrame) and "count" in data.columns:
+        rows = data
+        if layer is not None and "layer" in rows.columns:
+            rows = rows[rows["layer"] == layer]
+        if metric is not None and "metric" in rows.columns:
+            rows = rows[rows["metric"] == metric]
+        return values, rows["count"].to_numpy(dtype=float), metric
+    return values, np.ones(len(values)), metric
+
+
 def _values(data, layer: str | None, metric: str | None, what: str) -> tuple[np.ndarray, str | None]:
     """Values (and the metric name when the table says) of a long distance table, Series or array."""
     if data is None:
@@ -204,8 +247,10 @@ def distance_histogram(observed, random=None, expected: float | None = None, *, 
     Parameters
     ----------
     observed : DataFrame (long distance table: value, and optionally layer and metric), Series or array
-        One value per mask pair (``masklab.distances(masks, metric=...)``). Rows of other layers than
-        `layer` and of other metrics than `metric` are dropped.
+        One value per mask pair (``masklab.distances(masks, metric=...)``), or, with a ``count`` column, a
+        histogram: each value with the number of pairs at it (every pair of a large run, binned; the
+        ``distance_histogram`` table of `analyze`). Rows of other layers than `layer` and of other metrics than
+        `metric` are dropped.
     random : same form, optional
         Pair distances of random masks with the same per-layer counts
         (``masklab.analysis.random_sets.random_baseline_samples(masks)``).
@@ -216,14 +261,16 @@ def distance_histogram(observed, random=None, expected: float | None = None, *, 
         The metric to draw (needed when the tables hold several); default: the table's only one. Also names
         the axis (matching is shown in %).
     """
-    obs, name = _values(observed, layer, metric, "distance_histogram")
+    obs, weights, name = _weighted(observed, layer, metric, "distance_histogram")
     metric = metric or name
     rnd, rname = _values(random, layer, metric, "distance_histogram (random)")
     metric = metric or rname
-    if obs.size == 0:
+    if obs.size == 0 or weights.sum() <= 0:
         raise UserError(f"distance_histogram: no observed distances to draw (layer {layer!r}, metric {metric!r})")
     scale, label = metric_axis(metric)
     obs, rnd = obs * scale, rnd * scale
+    n_obs = int(round(weights.sum()))
+    mean = float((obs * weights).sum() / weights.sum())
     both = np.concatenate([obs, rnd, [] if expected is None else [expected * scale]])
     lo, hi = float(both.min()), float(both.max())
     if hi <= lo:
@@ -231,12 +278,12 @@ def distance_histogram(observed, random=None, expected: float | None = None, *, 
     edges = np.linspace(lo, hi, int(bins) + 1)
     fig = new_figure(6.4, 4.4)
     ax = fig.add_subplot()
-    ax.hist(obs, bins=edges.tolist(), density=True, color=MASK_COLOR, alpha=0.65,
-            label=f"mask pairs (n = {obs.size:,})")
+    ax.hist(obs, bins=edges.tolist(), weights=weights, density=True, color=MASK_COLOR, alpha=0.65,
+            label=f"mask pairs (n = {n_obs:,})")
     if rnd.size:
         ax.hist(rnd, bins=edges.tolist(), density=True, histtype="step", color=RANDOM_COLOR, linewidth=1.8,
                 label=f"random-mask pairs (n = {rnd.size:,})")
-    ax.axvline(float(obs.mean()), color=MASK_COLOR, linewidth=1.5, label=f"mask mean {obs.mean():.4g}")
+    ax.axvline(mean, color=MASK_COLOR, linewidth=1.5, label=f"mask mean {mean:.4g}")
     if expected is not None:
         ax.axvline(expected * scale, color=EXPECTED_COLOR, linestyle="--", linewidth=1.5,
                    label=f"random expectation {expected * scale:.4g}")

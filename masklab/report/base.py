@@ -23,7 +23,12 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from masklab.analysis.cluster_structure import StructureTest
+    from masklab.analysis.distances import Intersections
     from masklab.analysis.functional import FunctionalSimilarity
+    from masklab.analysis.pairs import PairStore
+    from masklab.analysis.sampling import Sample
+    from masklab.report.settings import AnalysisSettings
+    from masklab.store.bits import MaskSet
     from masklab.store.run import Run
 
 DEFAULT_FORMATS = ("png",)
@@ -50,6 +55,24 @@ class Report:
     index: Path | None = None
     keys: list[dict] = field(default_factory=list, repr=False)  # the rows of key_numbers, in order
     warnings: list[str] = field(default_factory=list)  # what the reader must know first (page top, stderr)
+    settings: AnalysisSettings | None = None  # analyze: what it computed (its id names its folders)
+    folder: Path | None = None                # analyze: the analysis folder, runs/<run>/analysis/<settings id>
+    pairs: PairStore | None = field(default=None, repr=False)  # analyze: the per-pair matrices (folder/pairs)
+    masks: MaskSet | None = field(default=None, repr=False)    # analyze: the masks analysed
+
+    def distances(self, metrics: tuple[str, ...] = ("hamming_norm", "matching", "jaccard"), *,
+                  with_chance: bool = True) -> pd.DataFrame:
+        """The long per-pair distance table (mask_a, mask_b, layer, metric, value and, `with_chance`, each pair's
+        random baseline: `masklab.analysis.baselines.with_baseline`), made on demand from the stored matrices:
+        ``tables["distances"]`` itself is only kept for runs small enough to read it (CSV_MAX_ROWS rows)."""
+        if self.pairs is None or self.masks is None:
+            raise UserError("this report has no per-pair matrices (only `analyze` stores them)")
+        from masklab.analysis.baselines import with_baseline
+        from masklab.analysis.distances import long_table, stored_intersections
+
+        result = stored_intersections(self.pairs)
+        long = pd.concat([long_table(result, m) for m in metrics], ignore_index=True)
+        return with_baseline(long, self.masks) if with_chance else long
 
     def note(self, name: str, text: str, *, value: float | None = None, unit: str | None = None,
              chance: float | None = None, sd_from_chance: float | None = None, n: int | None = None) -> None:
@@ -118,9 +141,14 @@ class Shared:
     """What the stages of one `analyze` hand on to each other and where their figures go. Each field is
     set by the stage named beside it (None until then, or when that stage does not apply)."""
 
-    figures: Path                                  # the figures folder of this run
+    figures: Path                                  # the figures folder of this analysis
     formats: tuple[str, ...] = DEFAULT_FORMATS     # figure formats
-    square: pd.DataFrame | None = None             # distances: N x N normalised Hamming distances
+    tables: Path | None = None                     # analyze: the analysis folder (tables, pairs/, barriers/)
+    settings: AnalysisSettings | None = None       # analyze: what it computes
+    quiet: bool = True                             # no progress bars inside stages
+    samples: list[Sample] = field(default_factory=list)  # every stage's sample, in order
+    intersections: Intersections | None = None     # distances: all-pairs counts, from the pair folder
+    square: pd.DataFrame | None = None             # clustering: normalised Hamming distances of its sample
     baseline_all: float | None = None              # distances: its random-mask expectation, whole network
     labels: pd.DataFrame | None = None             # clustering: cluster labels per mask_id
     structure: StructureTest | None = None         # clustering: the structure test against random masks
@@ -172,16 +200,27 @@ def figure(report: Report, shared: Shared, name: str, plot: Callable[..., Figure
     report.captions[name] = caption
 
 
-def write_table(table: pd.DataFrame, stem: Path) -> None:
+CSV_MAX_ROWS = 100_000  # CSV only for tables a person reads; Parquet (typed, compressed, columnar) always
+
+
+def write_table(table: pd.DataFrame, stem: Path) -> list[Path]:
+    """Write `table` as `stem`.parquet, and as `stem`.csv too when it has at most CSV_MAX_ROWS rows. Returns the
+    files written (a table Parquet cannot hold, e.g. of mixed objects, is written as CSV whatever its size)."""
     table = table.copy()
     for column in table.columns:  # tuples and mixed objects do not go into Parquet as they are
         if table[column].dtype == object and table[column].map(lambda v: isinstance(v, (tuple, list))).any():
             table[column] = table[column].map(lambda v: "x".join(map(str, v)) if isinstance(v, (tuple, list)) else v)
-    F.atomic_write(stem.with_suffix(".csv"), table.to_csv(index=False).encode(), durable=False)
+    written = []
     try:
         buffer = io.BytesIO()
         table.to_parquet(buffer, index=False)
-    except (ImportError, ValueError, TypeError):  # an odd column type: the CSV still has it
-        return
-    F.atomic_write(stem.with_suffix(".parquet"), buffer.getvalue(), durable=False)
+    except (ImportError, ValueError, TypeError):  # an odd column type: CSV holds it
+        buffer = None
+    if buffer is not None:
+        F.atomic_write(stem.with_suffix(".parquet"), buffer.getvalue(), durable=False)
+        written.append(stem.with_suffix(".parquet"))
+    if buffer is None or len(table) <= CSV_MAX_ROWS:
+        F.atomic_write(stem.with_suffix(".csv"), table.to_csv(index=False).encode(), durable=False)
+        written.append(stem.with_suffix(".csv"))
+    return written
 

@@ -15,11 +15,12 @@ from masklab.units import points as points_text
 
 def function_stage(run, report: Report, shared: Shared, random_state: int = 0) -> None:
     """Tables disagreement, disagreement_summary, ensemble, cka, cka_summary; the per-pair results as N x N
-    matrices in ``<run>/analysis/functional/`` (`FunctionalSimilarity.write_pairs`: disagreement/, cka/); three
-    figures; key numbers: disagreement, the ensembles of all masks, CKA per representation."""
-    result = functional_similarity(run, hamming_norm=shared.square, random_state=random_state)
+    matrices in ``<run>/analysis/<settings id>/functional/`` (`FunctionalSimilarity.write_pairs`: disagreement/,
+    cka/); three figures; key numbers: disagreement, the ensembles of all masks, CKA per representation."""
+    every = shared.square is not None and len(shared.square) == len(run.ids)  # clustering's sample may be a part
+    result = functional_similarity(run, hamming_norm=shared.square if every else None, random_state=random_state)
     shared.functional = result
-    result.write_pairs(run.path / "analysis" / "functional", root=run.path)
+    result.write_pairs((shared.tables or run.path / "analysis") / "functional", root=run.path)
     report.tables.update(disagreement=result.disagreement, disagreement_summary=result.disagreement_summary,
                          ensemble=result.ensemble, cka=result.cka, cka_summary=result.cka_summary)
     s = result.disagreement_summary.iloc[0]

@@ -4,6 +4,7 @@ page."""
 from __future__ import annotations
 
 import html
+import json
 import os
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import numpy as np
 import pandas as pd
 
 from masklab.analysis.compare import CHANCES, PAIR_SETS
-from masklab.report.base import DEFAULT_FORMATS, DEFAULT_N_RANDOM, Report
+from masklab.report.base import CSV_MAX_ROWS, DEFAULT_FORMATS, DEFAULT_N_RANDOM, Report
 from masklab.store import files as F
+from masklab.store.catalog import KEY_NUMBERS_FILE, SETTINGS_FILE
 from masklab.units import percent, shown_by_metric, shown_settings
 
 
@@ -99,10 +101,56 @@ def _figures_html(report: Report, page_dir: Path, formats: tuple[str, ...]) -> s
 
 def _tables_html(report: Report, folder: Path, page_dir: Path) -> str:
     where = relative(folder, page_dir)
-    items = "".join(f'<li><a href="{html.escape(where)}/{html.escape(name)}.csv">{html.escape(name)}</a>: '
-                    f"{len(t):,} rows</li>" for name, t in report.tables.items())
-    return (f"<h2>Tables</h2><p>Parquet and CSV in <code>{html.escape(where)}/</code> (relative to this page)."
-            f"</p><ul>{items}</ul>")
+
+    def link(name: str) -> str:
+        files = [f"{name}{s}" for s in (".csv", ".parquet") if (folder / f"{name}{s}").exists()]
+        first = files[0] if files else f"{name}.csv"
+        other = "".join(f' (<a href="{html.escape(where)}/{html.escape(f)}">{html.escape(f.rsplit(".", 1)[1])}</a>)'
+                        for f in files[1:])
+        return f'<a href="{html.escape(where)}/{html.escape(first)}">{html.escape(name)}</a>{other}'
+
+    items = "".join(f"<li>{link(name)}: {len(t):,} rows</li>" for name, t in report.tables.items())
+    pairs = ""
+    if report.pairs is not None:
+        stored = report.pairs.quantities()
+        rel = relative(report.pairs.folder, page_dir)
+        listed = "".join(f"<li><code>{html.escape(str(r.file))}</code>: {html.escape(str(r.quantity))}, layer "
+                         f"{html.escape(str(r.layer))} ({html.escape(str(r.dtype))}, {int(r.bytes):,} bytes)</li>"
+                         for r in stored.itertuples())
+        n = report.pairs.n
+        pairs = (f"<h3>Per-pair matrices</h3><p>Every pair of the {n:,} masks, as {n:,} x {n:,} matrices (numpy "
+                 f".npy, memory-mappable: <code>numpy.load(path, mmap_mode=\"r\")</code>) in "
+                 f"<code>{html.escape(rel)}/</code>: intersection counts |a AND b| per layer, from which every "
+                 "distance follows exactly (<code>masklab.analysis.distances.stored_intersections</code>; "
+                 "<code>Report.distances()</code> gives the long table).</p>"
+                 f"<ul>{listed}</ul>")
+    return (f"<h2>Tables</h2><p>Parquet, and CSV for tables of at most {CSV_MAX_ROWS:,} rows, in "
+            f"<code>{html.escape(where)}/</code> (relative to this page).</p><ul>{items}</ul>{pairs}")
+
+
+def _settings_html(report: Report) -> str:
+    """The settings of this analysis (its id names its folders) and the sample each stage used."""
+    settings = report.settings
+    if settings is None:
+        return ""
+    changed = settings.to_dict(non_default=True)
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape('all' if v is None else str(v))}"
+                   f"{' (set)' if k in changed else ''}</td></tr>" for k, v in settings.to_dict().items())
+    samples = report.tables.get("samples")
+    sampled = ""
+    if samples is not None and len(samples):
+        lines = "".join(
+            f"<tr><th>{html.escape(str(r.stage))}</th><td>{int(r.n_used):,} of {int(r.n_total):,} {r.unit}</td>"
+            f"<td>{html.escape(str(r.how))}</td><td>{'-' if pd.isna(r.seed) else int(r.seed)}</td></tr>"
+            for r in samples.itertuples())
+        sampled = ("<h3>Samples</h3><p>What each stage that could not take everything used (the table "
+                   "<code>samples</code>; each stage's own table repeats it in sample_n, sample_of, sample_seed)."
+                   f"</p><table><thead><tr><th>stage</th><th>used</th><th>how</th><th>seed</th></tr></thead>"
+                   f"<tbody>{lines}</tbody></table>")
+    return (f"<h2>Settings of this analysis: {html.escape(settings.id)}</h2><p>{html.escape(settings.describe())}. "
+            "Another analysis of this run with other settings has a folder and a page of its own; "
+            "<a href=\"../index.html\">every analysis of this run</a>.</p>"
+            f"<table>{rows}</table>{sampled}")
 
 
 def html_table(table: pd.DataFrame) -> str:
@@ -132,10 +180,51 @@ def write_index(run, report: Report, out: Path, tables: Path, formats: tuple[str
             f"{warnings_html(report)}<p>{len(run.ids)} masks, mean final test accuracy {percent(mean_acc)}.</p>\n"
             f"<h2>Settings</h2>{settings_html(run)}\n"
             f"{_key_numbers_html(report.key_numbers)}\n{_reading_notes(report)}\n{UNITS_NOTE}\n"
+            f"{_settings_html(report)}\n"
             f"<h2>Figures</h2>{_figures_html(report, out, formats)}\n"
             f"{_tables_html(report, tables, out)}\n"
             f"<h2>Where the time went</h2>{_seconds_html(report.seconds)}")
-    return write_page(out / "index.html", f"masklab: {run.id}", body)
+    sid = f" ({report.settings.id})" if report.settings is not None else ""
+    return write_page(out / "index.html", f"masklab: {run.id}{sid}", body)
+
+
+RUN_INDEX_MARK = "<!-- masklab: the analyses of one run -->"
+EARLIER_PAGE = "index-earlier.html"
+
+
+def write_run_index(run, folder: Path) -> Path:
+    """``figures/<run id>/index.html``: every analysis of the run (from ``analysis/*/settings.json``), with its
+    settings, when it ran and a link to its page. A page an older masklab wrote there (one analysis per run,
+    before analyses were kept per settings) is kept as index-earlier.html and listed, so its figures and tables
+    stay linked."""
+    page = folder / "index.html"
+    if page.is_file() and not page.is_symlink() and RUN_INDEX_MARK not in page.read_text(errors="replace"):
+        os.replace(page, folder / EARLIER_PAGE)
+    rows = []
+    analysis = run.path / "analysis"
+    for sub in sorted(p for p in analysis.iterdir() if p.is_dir()) if analysis.is_dir() else []:
+        try:
+            settings = json.loads((sub / SETTINGS_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        own = folder / sub.name / "index.html"
+        target = own if own.is_file() else Path(settings["page"]) if settings.get("page") else None
+        link = (f'<a href="{html.escape(relative(target, folder))}">{html.escape(sub.name)}</a>'
+                if target is not None and target.is_file() else html.escape(sub.name))
+        changed = settings.get("settings") or {}
+        words = ", ".join(f"{k} = {'all' if v is None else v}" for k, v in changed.items()) or "all defaults"
+        numbers = (sub / KEY_NUMBERS_FILE).is_file()
+        rows.append(f"<tr><td>{link}</td><td>{html.escape(words)}</td><td>{html.escape(str(settings.get('created')))}"
+                    f"</td><td class=\"num\">{settings.get('n_masks')}</td><td>{'yes' if numbers else 'no'}</td></tr>")
+    earlier = (f'<p>An analysis by an earlier masklab (one per run, its tables directly in '
+               f'<code>analysis/</code>): <a href="{EARLIER_PAGE}">{EARLIER_PAGE}</a>.</p>'
+               if (folder / EARLIER_PAGE).is_file() else "")
+    body = (f"{RUN_INDEX_MARK}\n<h1>Analyses of {html.escape(run.id)}</h1>\n<p>{len(run.ids):,} masks now. Each "
+            "analysis keeps its tables in <code>runs/&lt;run&gt;/analysis/&lt;settings id&gt;/</code> and its "
+            "figures and page in the folder of the same name here; <code>masklab results</code> lists them "
+            "with their key numbers.</p>\n<table><thead><tr><th>settings id</th><th>settings</th><th>when</th>"
+            f"<th>masks</th><th>key numbers</th></tr></thead><tbody>{''.join(rows)}</tbody></table>\n{earlier}")
+    return write_page(page, f"masklab: analyses of {run.id}", body)
 
 
 def write_compare_index(run_a, run_b, report: Report, out: Path, formats: tuple[str, ...] = DEFAULT_FORMATS
