@@ -8,6 +8,8 @@ The public names are imported lazily (on first use), so `import masklab` stays f
     run = masklab.import_masks(["a.pth", "b.pth"], format="hidden-networks", keep=0.5)   # masks from elsewhere
     masklab.export_mask(run, 0, "state-dict", "mask0.pt"); masklab.plain_model(run, 0)  # ... and back
     masklab.landscape(runs)                        # one tidy table of every run's landscape metrics vs chance
+    run = masklab.import_maskset(masks, model="mlp", dataset="digits")   # a MaskSet held in memory
+    masklab.results("runs")                        # one row per run and analysis: the results catalog
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ _LAZY = {
     "landscape": "masklab.analysis.landscape",
     "functional_similarity": "masklab.analysis.functional",
     "import_masks": "masklab.interop.importer",
+    "import_maskset": "masklab.interop.maskset",
     "plain_model": "masklab.interop.exporter",
     "export_mask": "masklab.interop.exporter",
     "history_table": "masklab.tracking",

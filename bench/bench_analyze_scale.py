@@ -1,0 +1,165 @@
+"""`analyze` at scale: seconds, peak memory and bytes written for N = 16, 256, 1,024, 4,096 masks (10,000 with
+``--big``), each beside the all-pairs distance kernel's time for the same N, as a ratio.
+
+Targets (issue 24; a benchmark, not a test): N = 1,024 digits-MLP masks analyse in at most 15 s warm, 1 GB peak
+memory and 60 MB written; N = 10,000 in at most 10 minutes and 8 GB with all 50 million pair distances computed
+and stored.
+
+The masks come from a fast source, so that the benchmark times the analysis and not training: for each N,
+uniform random masks of the digits MLP (fc1 256 x 64, fc2 256 x 256, fc3 10 x 256; half of each layer kept,
+`masklab.analysis.random_sets.random_mask_bits`, seed 0) made a run with `masklab.import_maskset` (masklab's
+random weights of seed 0; `evaluate=False`: no mask's own test accuracy, which no stage needs, is measured, so
+that making 10,000 masks takes minutes, not the analysis's time again): every stage of `analyze` runs on it, the
+interpolation included (default settings: 3 barrier pairs stratified by distance, 30 points; the stated
+samples of 2,000 masks for clustering and the embedding and 200 for the structure test).
+
+For each N, in a fresh process each (so that each peak is its own):
+
+- ``make run``: making the run (not part of the analysis; shown for scale);
+- ``analyze``: `masklab.analyze(run)` in a process whose imports and numba caches are warm (one untimed
+  analysis of N = 16 first), its own wall time (the process start and imports are apart: ``start``);
+- ``peak RSS``: the analysing process's peak resident memory (``ru_maxrss``, imports included);
+- ``written``: the bytes of every file the analysis wrote (its folder ``analysis/<settings id>/``, with the
+  pair matrices, and its figures and page);
+- ``kernel``: the all-pairs intersection kernel alone over the same masks (upper triangle, whole mask and
+  every layer, the row blocks `store_intersections` uses, nothing stored), in the same process after the
+  analysis; ``ratio`` = analyze / kernel.
+
+On a shared machine timings are noisy (other processes only ever make a run slower): report the machine's state
+beside the figures.
+
+    python bench/bench_analyze_scale.py [--sizes 16,256,1024,4096] [--big] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = (16, 256, 1024, 4096)
+BIG = 10_000
+TARGETS = {1024: (15.0, 1024.0, 60.0), BIG: (600.0, 8192.0, None)}  # seconds, peak MiB, MB written
+
+MAKE = """
+import json, sys, time
+import numpy as np
+from masklab.analysis.random_sets import random_mask_bits
+from masklab.config import RunConfig
+from masklab.data import load_dataset
+from masklab.interop.maskset import import_maskset
+from masklab.nn.layers import masked_layers
+from masklab.store.bits import MaskSet, make_layout
+from masklab.train.stacked import make_model
+
+n, runs = int(sys.argv[1]), sys.argv[2]
+start = time.perf_counter()
+config = RunConfig(dataset="digits", model="mlp")
+net = make_model(config.replace(sparsity=0.5), load_dataset("digits", None))
+layers = [(name, tuple(m.weight.shape)) for name, m in masked_layers(net)]
+keep = [int(np.prod(shape)) // 2 for _, shape in layers]
+layout = make_layout([name for name, _ in layers], [shape for _, shape in layers], keep)
+bits = random_mask_bits(layout, np.array([keep]), n, np.random.default_rng(0))
+run = import_maskset(MaskSet(bits, layout), model="mlp", dataset="digits", runs_dir=runs, evaluate=False)
+print("BENCH " + json.dumps({"path": str(run.path), "seconds": time.perf_counter() - start}))
+"""
+
+ANALYZE = """
+import json, resource, sys, time
+start = time.perf_counter()
+import gc
+from masklab.cli import GC_THRESHOLD
+gc.set_threshold(*GC_THRESHOLD)  # as the masklab command sets it
+import numpy as np
+from masklab.analysis.kernels import intersection_counts, layer_bounds
+from masklab.analysis.pairs import upper_blocks
+from masklab.analysis.distances import STORE_BLOCK_BYTES
+from masklab.report import analyze
+from masklab.store.run import open_run
+
+run = open_run(sys.argv[1])
+masks = run.masks
+imported = time.perf_counter()
+report = analyze(run, sys.argv[2], quiet=True)
+analyzed = time.perf_counter()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+figures = report.index.parent
+written = sum(p.stat().st_size for folder in (report.folder, figures) for p in folder.rglob("*") if p.is_file())
+bounds = layer_bounds(masks.layers["word_start"], masks.layers["word_stop"])
+n = len(masks)
+rows = max(1, STORE_BLOCK_BYTES // max(1, 8 * (len(bounds) + 1) * n))
+kernel = time.perf_counter()
+for a, b in upper_blocks(n, rows):
+    intersection_counts(masks.bits[a:b], masks.bits[a:], bounds, with_total=True)
+kernel = time.perf_counter() - kernel
+print("BENCH " + json.dumps({"start": imported - start, "analyze": analyzed - imported, "peak_mib": peak,
+                             "written": written, "kernel": kernel, "stages": report.seconds,
+                             "samples": report.tables["samples"].to_dict("records")}))
+"""
+
+
+def child(code: str, *args: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"failed ({done.returncode}): {' '.join(args)}\n{done.stderr[-3000:]}")
+    line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH "))
+    return json.loads(line[len("BENCH "):])
+
+
+def verdict(n: int, seconds: float, peak: float, megabytes: float) -> str:
+    if n not in TARGETS:
+        return ""
+    limits = TARGETS[n]
+    parts = []
+    for value, limit, unit in zip((seconds, peak, megabytes), limits, ("s", "MiB", "MB")):
+        if limit is not None:
+            parts.append(f"{value / limit:.2f}x of {limit:g} {unit}")
+    over = any(limit is not None and value > limit for value, limit in zip((seconds, peak, megabytes), limits))
+    return f"target: {', '.join(parts)} ({'OVER' if over else 'ok'})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="numbers of masks (default "
+                        f"{','.join(map(str, SIZES))})")
+    parser.add_argument("--big", action="store_true", help=f"also N = {BIG:,} (minutes, several GB)")
+    parser.add_argument("--keep", metavar="DIR", help="make the runs and figures in DIR and keep them")
+    parser.add_argument("--quick", action="store_true", help="N = 16 and 256 only")
+    args = parser.parse_args(argv)
+    sizes = [16, 256] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
+    if args.big and BIG not in sizes:
+        sizes.append(BIG)
+    with tempfile.TemporaryDirectory(prefix="masklab-bench-scale-") as tmp:
+        where = Path(args.keep) if args.keep else Path(tmp)
+        runs, figures = where / "runs", where / "figures"
+        warm = child(MAKE, "16", str(runs))
+        child(ANALYZE, warm["path"], str(where / "warm-up"))  # imports and numba caches warm, untimed
+        print(f"{'N':>7} {'pairs':>12} {'make run s':>10} {'start s':>8} {'analyze s':>10} {'kernel s':>9} "
+              f"{'ratio':>7} {'peak RSS MiB':>12} {'written MB':>10}", flush=True)
+        lines = []
+        for n in sizes:
+            made = warm if n == 16 else child(MAKE, str(n), str(runs))
+            out = child(ANALYZE, made["path"], str(figures))
+            mb = out["written"] / 1e6
+            ratio = out["analyze"] / out["kernel"] if out["kernel"] > 0 else float("inf")
+            print(f"{n:>7,} {n * (n - 1) // 2:>12,} {made['seconds']:>10.1f} {out['start']:>8.1f} "
+                  f"{out['analyze']:>10.2f} {out['kernel']:>9.3f} {ratio:>6.0f}x {out['peak_mib']:>12.0f} "
+                  f"{mb:>10.1f}  {verdict(n, out['analyze'], out['peak_mib'], mb)}", flush=True)
+            stages = "  ".join(f"{k} {v:.2f}" for k, v in out["stages"].items())
+            samples = "; ".join(f"{s['stage']} {s['n_used']:,} of {s['n_total']:,} {s['unit']}"
+                                for s in out["samples"])
+            lines.append(f"N = {n:,}: {stages}\n          samples: {samples}")
+        print("\nseconds per stage (Report.seconds) and the samples each stage used:")
+        print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
