@@ -12,6 +12,7 @@ run loses at most the stack in progress, and `resume=True` trains exactly the mi
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from masklab.nn.models import build_model
 from masklab.progress import TrainProgress
 from masklab.store.bits import make_layout
 from masklab.store.catalog import update_run
+from masklab.store.lock import RunLock
 from masklab.store.paths import resolve_run
 from masklab.store.run import Run
 from masklab.store.shards import parse_shard
@@ -156,10 +158,6 @@ def discard_empty_run(path: str | os.PathLike) -> None:
     """Remove a run directory that holds no mask (one `create_run` made for jobs that could not be
     submitted): under its lock, moved aside first so that no reader sees it half removed. A run that holds a
     mask, or that another process writes, is left as it is."""
-    import shutil
-
-    from masklab.store.lock import RunLock
-
     path = Path(path)
     try:
         with RunLock(path / "lock"):

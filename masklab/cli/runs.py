@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from masklab.cli.text import bytes_text, differs, frame_text, value_text
 from masklab.errors import UserError
@@ -40,8 +41,6 @@ RESULT_KEYS = ["matching all", "jaccard all"]
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     if args.sql:
         print(frame_text(results(args.runs_dir, sql=args.sql)))
         return 0

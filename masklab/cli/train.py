@@ -8,6 +8,9 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from masklab.analysis.landscape import LandscapeSettings
 from masklab.cli.options import (
     at_least,
@@ -180,9 +183,6 @@ def sweep_text(table) -> tuple[str, object]:
 
 def landscape_text(keys):
     """The key table (`masklab.analysis.landscape.key_table`) as text columns, each number in its unit."""
-    import numpy as np
-    import pandas as pd
-
     def fmt(value, kind):
         if not np.isfinite(value):
             return "n/a"

@@ -56,6 +56,7 @@ import pandas as pd
 from masklab.config import RunConfig
 from masklab.errors import StoreError, UserError
 from masklab.store import files as F
+from masklab.store.run import Run
 
 CATALOG = "catalog.sqlite"
 SCHEMA_VERSION = 1
@@ -228,8 +229,6 @@ def fingerprint(run_dir: Path) -> str:
 def read_entry(run_dir: str | os.PathLike) -> RunEntry:
     """The catalog's rows for one run directory, read from the directory (a damaged run gets a row that says
     why, under its directory name)."""
-    from masklab.store.run import Run
-
     run_dir = Path(os.path.abspath(run_dir))
     stamp = fingerprint(run_dir)
     indexed = time.strftime("%Y-%m-%dT%H:%M:%S%z")
