@@ -12,7 +12,8 @@ from masklab.store.catalog import catalog_path, results
 from masklab.store.files import restore_hint
 from masklab.store.integrity import verify
 from masklab.store.paths import resolve_run
-from masklab.store.run import SETTING_FIELDS, list_runs, open_run
+from masklab.store.run import list_runs, open_run
+from masklab.store.settings import SETTING_FIELDS
 from masklab.units import setting_text, shown_accuracy, shown_settings
 
 
