@@ -85,6 +85,8 @@ wait_for() {  # wait_for SECONDS WHAT COMMAND...: run COMMAND until it succeeds
   return 1
 }
 
+# Every daemon gets /dev/null as its stdin, stdout and stderr (each logs to its own file): one that kept this
+# script's output open would hold a caller's pipe (`bash scripts/slurm-local.sh | tee log`) open forever.
 # ---- munge -----------------------------------------------------------------------------------------------
 if [ ! -s /etc/munge/munge.key ]; then
   dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=1024 status=none
@@ -93,7 +95,7 @@ if [ ! -s /etc/munge/munge.key ]; then
 fi
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
   say "starting munged"
-  runuser -u munge -- /usr/sbin/munged
+  runuser -u munge -- /usr/sbin/munged </dev/null >/dev/null 2>&1
   pgrep -u munge -x munged | head -1 > /run/munge/munged-local.pid || true
   wait_for 20 munged sh -c 'munge -n | unmunge'
 fi
@@ -106,7 +108,7 @@ if ! mariadb-admin --socket="$SOCK" ping >/dev/null 2>&1; then
     mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
   fi
   runuser -u mysql -- /usr/sbin/mariadbd --skip-networking --socket="$SOCK" --pid-file=/run/mysqld/mariadb-local.pid \
-    --datadir=/var/lib/mysql --innodb-buffer-pool-size=64M --log-error=/var/log/mysql/error.log &
+    --datadir=/var/lib/mysql --innodb-buffer-pool-size=64M --log-error=/var/log/mysql/error.log </dev/null >/dev/null 2>&1 &
   disown
   wait_for 60 MariaDB mariadb-admin --socket="$SOCK" ping
 fi
@@ -205,7 +207,7 @@ if [ -n "$changed_ctl" ]; then
 fi
 if ! alive /run/slurm/slurmdbd.pid; then
   say "starting slurmdbd"
-  /usr/sbin/slurmdbd
+  /usr/sbin/slurmdbd </dev/null >/dev/null 2>&1
   wait_for 60 slurmdbd sacctmgr -n list cluster
 fi
 if ! sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER"; then
@@ -213,12 +215,12 @@ if ! sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER"; then
 fi
 if ! alive /run/slurm/slurmctld.pid; then
   say "starting slurmctld"
-  /usr/sbin/slurmctld
+  /usr/sbin/slurmctld </dev/null >/dev/null 2>&1
   wait_for 60 slurmctld scontrol ping
 fi
 if ! alive /run/slurm/slurmd.pid; then
   say "starting slurmd"
-  /usr/sbin/slurmd -N "$HOST"
+  /usr/sbin/slurmd -N "$HOST" </dev/null >/dev/null 2>&1
 fi
 # the node comes up idle; a node left DOWN or DRAINED by an earlier run is resumed
 wait_for 60 "node $HOST" sh -c "sinfo -h -n $HOST -o %T | grep -qvE 'unknown|not_responding|down\\*'"
