@@ -100,6 +100,7 @@ SLOW_TESTS = ("analysis/test_tiles.py::test_many_small_tiles_and_a_memory_mapped
               "analysis/test_cluster_structure.py::test_p_values_of_random_masks_are_roughly_uniform_and_never_below_the_floor",
               "scale/test_jobs.py::test_sigterm_ends_every_local_job",
               "scale/test_jobs.py::test_a_killed_local_task_is_one_line_and_a_rerun_resumes",
+              "scale/test_jobs.py::test_ctrl_c_at_a_terminal_ends_every_local_job_in_one_line",
               "nn/test_models.py::test_resnet18_forward_and_nonaffine_bn",
               "test_sweep.py::test_sweep_on_digits_completes_and_resumes_without_training",
               "interop/test_import_hidden_networks.py::"

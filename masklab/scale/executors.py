@@ -390,13 +390,34 @@ def _submit(configs: Sequence[RunConfig], runs_dir: Path, runs: list[Path], jobs
     values = [config.to_dict() for config in configs]
     progress = [os.fspath(J.progress_path(runs[0], i)) for i in range(jobs)]
     try:
-        with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's refusal too: said once, below
+        with contextlib.redirect_stderr(io.StringIO()), _children_ignore_sigint(executor == "local"):
+            # (submitit prints sbatch's refusal too: said once, below)
             return ex.map_array(ShardJob(), [values] * jobs, [os.fspath(runs_dir)] * jobs, list(range(jobs)),
                                 [jobs] * jobs, threads, gpus, progress, [allow_device_change] * jobs)
     except Exception as e:  # sbatch refused (FailedJobError / FailedSubmissionError): its own words, once
         if executor != "slurm" or not _is_submission_error(e):
             raise
         raise UserError(f"sbatch refused the job array: {_sbatch_words(e)}; nothing was submitted") from None
+
+
+@contextlib.contextmanager
+def _children_ignore_sigint(local: bool):
+    """Local jobs started inside ignore SIGINT: Ctrl-C at a terminal signals the whole foreground process group,
+    and submitit's controllers would each print a traceback on the user's terminal; the submitting process
+    alone takes it, and ends every job itself (masklab.scale.jobs.end_local_jobs). An ignored SIGINT is
+    inherited through fork and exec, and Python keeps it ignored (it turns SIGINT into KeyboardInterrupt only
+    where SIGINT was left at its default)."""
+    import signal
+    import threading
+
+    if not local or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _is_submission_error(error: BaseException) -> bool:

@@ -285,10 +285,13 @@ def _task_pids(run: Path) -> list[int]:
     return pids
 
 
-def _start(runs: Path, *extra: str) -> subprocess.Popen:
+def _start(runs: Path, *extra: str, own_group: bool = False) -> subprocess.Popen:
+    """`generate --jobs 2` of 6 masks (2 submitit controllers and 2 task processes); `own_group`: in a process
+    group of its own, as a terminal's foreground job is."""
     return subprocess.Popen([sys.executable, "-m", "masklab", "generate", "--masks", "6", "--epochs", "30", "--width",
                              "0.25", "--stack", "1", "--runs-dir", str(runs), "--jobs", "2", "--quiet", *extra],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=own_group)
 
 
 def _wait(predicate, what: str, timeout: float = 120) -> None:
@@ -309,6 +312,30 @@ def test_sigterm_ends_every_local_job(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.count("\n") == 1 and "ended the 2 local shard job(s)" in err, err
+    _wait(lambda: not _processes_of(run / "submitit"), "no job process left", timeout=30)
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_at_a_terminal_ends_every_local_job_in_one_line(tmp_path):
+    """Ctrl-C at a terminal sends SIGINT to the whole foreground process group: the command, submitit's
+    controllers and the tasks at once. One line, exit 130, and no job process outlives the command."""
+    runs = tmp_path / "runs"
+    proc = _start(runs, own_group=True)
+    run = runs / RunConfig(masks=6, epochs=30, width=0.25).run_id
+    try:
+        _wait(lambda: len(_task_pids(run)) == 2, "both tasks started")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:  # (ends what is left only when the test failed before its end)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _processes_of(run / "submitit"):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    assert proc.returncode == 130 and err.count("\n") == 1 and "local shard job(s)" in err, err
     _wait(lambda: not _processes_of(run / "submitit"), "no job process left", timeout=30)
 
 
