@@ -4,6 +4,7 @@ masks (`masklab.analysis.functional`), their tables, figures and key numbers."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from masklab.analysis.functional import functional_similarity
 from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
@@ -13,12 +14,23 @@ from masklab.units import percent, signed_sd
 from masklab.units import points as points_text
 
 
+def all_pairs_hamming(run, shared: Shared) -> pd.DataFrame | None:
+    """The normalised Hamming distances of every pair of the run's masks, indexed by mask id: clustering's square
+    when its sample holds every mask, else read from the distances stage's stored counts (so they are not
+    computed again); None when neither is there (functional_similarity then computes them)."""
+    if shared.square is not None and len(shared.square) == len(run.ids):
+        return shared.square
+    if shared.intersections is None:
+        return None
+    ids = shared.intersections.ids_a
+    return pd.DataFrame(shared.intersections.square("hamming_norm", "all"), index=ids, columns=ids)
+
+
 def function_stage(run, report: Report, shared: Shared, random_state: int = 0) -> None:
     """Tables disagreement, disagreement_summary, ensemble, cka, cka_summary; the per-pair results as N x N
     matrices in ``<run>/analysis/<settings id>/functional/`` (`FunctionalSimilarity.write_pairs`: disagreement/,
     cka/); three figures; key numbers: disagreement, the ensembles of all masks, CKA per representation."""
-    every = shared.square is not None and len(shared.square) == len(run.ids)  # clustering's sample may be a part
-    result = functional_similarity(run, hamming_norm=shared.square if every else None, random_state=random_state)
+    result = functional_similarity(run, hamming_norm=all_pairs_hamming(run, shared), random_state=random_state)
     shared.functional = result
     result.write_pairs((shared.tables or run.path / "analysis") / "functional", root=run.path)
     report.tables.update(disagreement=result.disagreement, disagreement_summary=result.disagreement_summary,
