@@ -21,9 +21,12 @@ import contextlib
 import dataclasses
 import functools
 import io
+import json
 import os
 import re
 import shlex
+import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +35,10 @@ from typing import Any
 
 from masklab.config import RunConfig
 from masklab.errors import UserError
+from masklab.scale import jobs as J
 from masklab.scale.jobs import job_shard, task_masks
+from masklab.scale.slurm import check_controller, first_error, time_left_s
+from masklab.store.files import atomic_write
 
 EXECUTORS = ("local", "slurm")
 POLL_SECONDS = 1.0  # how often a plain wait on submitit jobs looks (scale/pair_jobs.py)
@@ -138,6 +144,8 @@ def _extra_option(item: str, source: str) -> tuple[str, Any]:
 def sbatch_script(options: SlurmOptions, shards: int, folder: str | os.PathLike, job_name: str = "masklab") -> str:
     """The sbatch file submitit writes for a job array of `shards` tasks (to check the array's size,
     resources and setup lines without a cluster)."""
+    # submitit, torch and generation are imported where they run: every command loads this module (cli/options:
+    # SlurmOptions), and submitit alone costs more than the CLI's start (0.37 s against 0.23 s, shared machine)
     from submitit.slurm.slurm import _make_sbatch_string
 
     return _make_sbatch_string(command="python -u -m submitit.core._submit", folder=str(folder),
@@ -170,7 +178,7 @@ class ShardJob:
                  gpu: int | None = None, progress: str | None = None, allow_device_change: bool = False) -> dict:
         if gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-        import torch
+        import torch  # (after CUDA_VISIBLE_DEVICES is set; see sbatch_script)
 
         from masklab.generation import generate
 
@@ -208,7 +216,7 @@ class ShardJob:
     def checkpoint(self, *args: Any, **kwargs: Any):
         """submitit calls this on the early signal (preemption, or the time limit near): the same call,
         resubmitted; none when the time limit came before this task stored a mask (see the class notes)."""
-        from submitit.helpers import DelayedSubmission
+        from submitit.helpers import DelayedSubmission  # (see sbatch_script)
 
         if self._stored() == self._stored_at_start and _at_time_limit():
             minutes = round((time.time() - self._started) / 60, 1)
@@ -227,7 +235,7 @@ def _slurm_cpus() -> int | None:
 def _numba_threads(threads: int) -> None:
     """numba's kernels (score SGD, distances) get the task's threads too (at most numba's pool size)."""
     try:
-        import numba
+        import numba  # (the task's own import: training loads numba there anyway; see sbatch_script)
     except ImportError:
         return
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
@@ -236,8 +244,6 @@ def _numba_threads(threads: int) -> None:
 def _at_time_limit() -> bool:
     """Whether this task's early signal is its time limit's (not a preemption's): SLURM says little time
     is left (at most the signal's delay plus its resolution, with 30 s of slack)."""
-    from masklab.scale.slurm import time_left_s
-
     job = os.environ.get("SLURM_JOB_ID")
     delay = int(os.environ.get("MASKLAB_SIGNAL_DELAY_S", MAX_SIGNAL_DELAY_S))
     left = time_left_s(job) if job else None
@@ -249,8 +255,6 @@ class _Progress:
     training, rewritten (atomically, not durably: it is only shown) at most once a second."""
 
     def __init__(self, path: str | None, index: int, threads: int):
-        import socket
-
         self.path = Path(path) if path else None
         self.index, self.threads = index, threads
         self.training: dict[str, int] = {}  # "<run id>/<mask id>" -> epochs done, while in training
@@ -271,9 +275,6 @@ class _Progress:
     def write(self) -> None:
         if self.path is None:
             return
-        import json
-
-        from masklab.store.files import atomic_write
 
         self._last = time.time()
         try:
@@ -317,8 +318,7 @@ def submit_shards(configs: Sequence[RunConfig], runs_dir: str | os.PathLike, job
     of complete runs submits nothing. If nothing could be submitted (sbatch refused: an unknown partition,
     resources the cluster lacks), the runs this call created are removed again. `allow_device_change`: see
     `masklab.generate`. Returns the masklab.scale.jobs.Submission."""
-    from masklab.generation import create_run, discard_empty_run
-    from masklab.scale import jobs as J
+    from masklab.generation import create_run, discard_empty_run  # (torch: see sbatch_script)
 
     if executor not in EXECUTORS:
         raise UserError(f"--executor {executor!r} is unknown; choose local or slurm")
@@ -326,8 +326,6 @@ def submit_shards(configs: Sequence[RunConfig], runs_dir: str | os.PathLike, job
     runs_dir = Path(os.path.abspath(runs_dir))  # the jobs may start in another directory (sbatch --chdir)
     jobs = plan_jobs(jobs, configs, executor, say)
     if executor == "slurm":
-        from masklab.scale.slurm import check_controller
-
         check_controller()
     attached = J.attach(configs, runs_dir, jobs, executor)
     if attached is not None:
@@ -363,9 +361,7 @@ def submit_shards(configs: Sequence[RunConfig], runs_dir: str | os.PathLike, job
 
 def _submit(configs: Sequence[RunConfig], runs_dir: Path, runs: list[Path], jobs: int, executor: str,
             slurm: SlurmOptions, folder: Path, allow_device_change: bool = False) -> list:
-    import submitit
-
-    from masklab.scale import jobs as J
+    import submitit  # (see sbatch_script)
 
     ex: submitit.SlurmExecutor | submitit.LocalExecutor
     threads: list[int | None] = [None] * jobs
@@ -421,15 +417,13 @@ def _children_ignore_sigint(local: bool):
 
 
 def _is_submission_error(error: BaseException) -> bool:
-    from submitit.core.utils import FailedJobError, FailedSubmissionError
+    from submitit.core.utils import FailedJobError, FailedSubmissionError  # (see sbatch_script)
 
     return isinstance(error, (FailedJobError, FailedSubmissionError))
 
 
 def _sbatch_words(error: BaseException) -> str:
     """sbatch's own message out of submitit's error (which repeats it, with the command and its output)."""
-    from masklab.scale.slurm import first_error
-
     text = str(error)
     said = re.findall(r"sbatch: error: (.+)", text)
     if said:
@@ -446,7 +440,7 @@ def _local_gpus(configs: Sequence[RunConfig], jobs: int) -> list[int | None]:
     devices = [c.device for c in configs]
     if all(d == "cpu" for d in devices):
         return [None] * jobs
-    import torch
+    import torch  # (see sbatch_script)
 
     return gpu_slots(jobs, torch.cuda.device_count() if torch.cuda.is_available() else 0, devices)
 
@@ -476,8 +470,6 @@ def setup_python_note(setup: Sequence[str]) -> str | None:
     for line in setup:
         words = shlex.split(line) if line.strip() else []
         if words[:1] in (["source"], ["."], ["conda"]) or any("activate" in w for w in words):
-            import sys
-
             return (f"note: --slurm-setup {line!r} does not choose the tasks' Python: submitit runs them with this "
                     f"one ({sys.executable}), which the compute nodes must reach at the same path")
     return None
