@@ -21,11 +21,15 @@ dask-jobqueue cluster just scaled), the computation first waits for one (WORKER_
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import math
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -56,7 +60,7 @@ def _matrix(source) -> np.ndarray:
 def worker_threads() -> int | None:
     """The thread count of the Dask worker running this task (None outside a worker)."""
     try:
-        from distributed import get_worker
+        from distributed import get_worker  # (see dask_intersection_counts)
 
         return int(get_worker().state.nthreads)
     except (ImportError, ValueError, AttributeError):
@@ -136,6 +140,8 @@ def dask_intersection_counts(bits: np.ndarray, bounds: np.ndarray, client, *, wi
     -------
     np.ndarray of `dtype`, shape (L [+ 1], N, N), symmetric in its last two axes.
     """
+    # distributed is imported where a Dask client is used: it costs about a fifth of torch's import (3.2 s
+    # against 15 s, -X importtime on the shared machine), and every `analyze` imports this module
     from distributed import as_completed
 
     n, w = bits.shape
@@ -187,7 +193,7 @@ def dask_intersection_counts(bits: np.ndarray, bounds: np.ndarray, client, *, wi
 def local_client(workers: int | None = None, threads_per_worker: int = 1):
     """A Dask `Client` on a LocalCluster of `workers` processes (default: one per core) with
     `threads_per_worker` threads each. Close it (or use it as a context manager) when done."""
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster  # (see dask_intersection_counts)
 
     workers = workers or max(1, (os.cpu_count() or 1) // max(1, threads_per_worker))
     cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
@@ -199,8 +205,6 @@ def local_client(workers: int | None = None, threads_per_worker: int = 1):
 def scheduler_address(scheduler: str) -> tuple[str, str, int]:
     """("tcp://HOST:PORT", host, port) from `--scheduler` text ("tcp://HOST:PORT" or "HOST:PORT"); anything
     else is a one-line UserError saying what an address looks like."""
-    from urllib.parse import urlsplit
-
     text = scheduler.strip()
     example = "write tcp://HOST:PORT (a Dask scheduler listens on port 8786 by default), or local"
     scheme = text.split("://", 1)[0].lower() if "://" in text else ""
@@ -231,10 +235,7 @@ def check_scheduler(address: str, timeout: float | None = None) -> None:
     UserError, within `timeout` seconds, when it is unreachable, is not a Dask service (a protocol
     mismatch) or is not a scheduler. (distributed's Client waits for the handshake without a timeout: a port
     that accepts and never answers would hang it.)"""
-    import asyncio
-    import concurrent.futures
-
-    from distributed.comm import connect as dask_connect
+    from distributed.comm import connect as dask_connect  # (see dask_intersection_counts)
 
     timeout = HANDSHAKE_TIMEOUT_S if timeout is None else timeout
 
@@ -276,9 +277,7 @@ def connect(scheduler: str, workers: int | None = None):
     port, a service that is not a Dask scheduler are each one line, within HANDSHAKE_TIMEOUT_S."""
     if scheduler == "local":
         return local_client(workers)
-    import socket
-
-    from distributed import Client
+    from distributed import Client  # (see dask_intersection_counts)
 
     address, host, port = scheduler_address(scheduler)
     try:  # a quick look first: distributed itself keeps retrying a refused address until its timeout
