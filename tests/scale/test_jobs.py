@@ -141,6 +141,16 @@ def test_sbatch_refusal_is_its_own_line_once_and_leaves_no_run(fake_slurm, tmp_p
 
 
 @pytest.mark.timeout(60)
+def test_a_stopped_controller_is_one_line_before_anything_is_submitted(fake_slurm, tmp_path, capsys):
+    (fake_slurm / "scontrol").write_text('#!/bin/sh\necho "Slurmctld(primary) at fake is DOWN"\nexit 1\n')
+    code, err = generate_slurm(tmp_path, capsys)
+    assert code == 2 and err.count("\n") == 1 and "the SLURM controller does not answer" in err, err
+    assert "is DOWN" in err and not (fake_slurm / "sbatch.args").exists()  # sbatch never called
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+@pytest.mark.timeout(60)
 def test_a_rerun_attaches_to_running_jobs_and_a_complete_run_submits_nothing(fake_slurm, tmp_path, capsys):
     config = RunConfig(masks=4, epochs=1, width=0.25)
     squeue_says(fake_slurm, "4242_0|RUNNING|None", "4242_1|PENDING|Priority")
