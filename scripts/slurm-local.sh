@@ -46,6 +46,7 @@ if [ "${1:-}" = "--stop" ]; then
   stop_pidfile /run/slurm/slurmdbd.pid
   stop_pidfile /run/mysqld/mariadb-local.pid
   stop_pidfile /run/munge/munged-local.pid
+  stop_pidfile /run/munge/munged.pid  # munged's own (the one above may name a pid seen before it forked)
   say "stopped"
   exit 0
 fi
