@@ -27,7 +27,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                                 functional=not args.no_functional)
     engine = None
     if args.jobs is not None:
-        from masklab.scale.pair_jobs import SubmititEngine
+        from masklab.scale.pair_jobs import SubmititEngine  # here: it brings submitit and torch (--jobs only)
 
         engine = SubmititEngine(args.jobs, args.executor)
     run = open_run(args.run, args.runs_dir)

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from masklab.analysis.baselines import with_baseline
+from masklab.analysis.distances import long_table, stored_intersections
 from masklab.errors import UserError
 from masklab.plots import save_figure
 from masklab.store import files as F
@@ -67,9 +69,6 @@ class Report:
         ``tables["distances"]`` itself is only kept for runs small enough to read it (CSV_MAX_ROWS rows)."""
         if self.pairs is None or self.masks is None:
             raise UserError("this report has no per-pair matrices (only `analyze` stores them)")
-        from masklab.analysis.baselines import with_baseline
-        from masklab.analysis.distances import long_table, stored_intersections
-
         result = stored_intersections(self.pairs)
         long = pd.concat([long_table(result, m) for m in metrics], ignore_index=True)
         return with_baseline(long, self.masks) if with_chance else long

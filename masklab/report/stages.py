@@ -57,6 +57,7 @@ from masklab.analysis.pairs import PairStore
 from masklab.analysis.sampling import SAMPLE_COLUMNS, Sample, hamming_histogram, mask_sample, stratified_pairs
 from masklab.analysis.summary import pair_summary
 from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
+from masklab.analysis.tiles import connect
 from masklab.analysis.trajectories import settling, trajectories
 from masklab.errors import UserError
 from masklab.plots import (
@@ -157,8 +158,8 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
     shared = Shared(out_figures, formats, tables=out_tables, settings=settings, quiet=quiet)
     client = None
     if scheduler is not None and settings.pairs > 0:
+        # here: the interpolation's jobs bring torch; only --scheduler needs them
         from masklab.analysis.paths.jobs import DaskEngine
-        from masklab.analysis.tiles import connect
 
         client = connect(scheduler, workers)
         engine = DaskEngine(client)
