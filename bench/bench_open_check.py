@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from masklab import files as W
 from masklab.config import RunConfig
 from masklab.keep import layer_keep
 from masklab.store import files as F
@@ -49,11 +50,11 @@ def make_run(root: Path, n_masks: int) -> Path:
     for i in range(n_masks):
         words = rng.integers(0, 2**63, size=n_words, dtype=np.uint64)
         data, checksum = F.mask_bytes(i, words)
-        F.atomic_write(path / "masks" / f"{stem(i)}.mask", data, durable=False)
+        W.atomic_write(path / "masks" / f"{stem(i)}.mask", data, durable=False, root=path, in_run=True)
         record = {"mask_id": i, "weight_seed": 0, "score_seed": i, "data_seed": 0, "test_acc": 0.5,
                   "best_test_acc": 0.5, "test_loss": 1.0, "seconds": 1.0, "epochs": 1, "checksum": checksum,
                   "n_keep": [int(k) for k in layers["n_keep"]], "extras": {}, "files": {}}
-        F.atomic_write_json(path / "masks" / f"{stem(i)}.json", record)
+        W.atomic_write_json(path / "masks" / f"{stem(i)}.json", record, root=path, in_run=True)
     Run(path, check="structure").masks  # noqa: B018 -- writes masks.bits
     return path
 

@@ -34,7 +34,7 @@ from masklab.analysis.landscape import LandscapeSettings, key_table, landscape
 from masklab.config import UNHASHED, RunConfig, method_label, parse_method
 from masklab.errors import UserError
 from masklab.published import published_for
-from masklab.store import files as F
+from masklab import files as W
 
 CELL_FIELDS = ("model", "width", "epochs", "method", "recycle", "sparsity", "masks", "weight_seed", "name")
 CSV_MAX_ROWS = 100_000  # the landscape table also goes to CSV (for a person to read) up to this many rows
@@ -242,7 +242,7 @@ def sweep_landscape(runs: Sequence[Any], folder: str | os.PathLike, *, pairs: in
     table = pd.concat(frames, ignore_index=True) if frames else landscape([], settings)
     out = SweepLandscape(table, key_table(table), seconds=pd.DataFrame(timing))
     out.paths = write_landscape(table, folder, title=title, formats=formats)
-    F.atomic_write(folder / "seconds.csv", out.seconds.to_csv(index=False).encode(), durable=False)
+    W.atomic_write(folder / "seconds.csv", out.seconds.to_csv(index=False).encode(), durable=False)
     out.paths["seconds"] = folder / "seconds.csv"
     if pages:
         out.paths["pages"] = folder / "cells"
@@ -256,14 +256,14 @@ def write_landscape(table: pd.DataFrame, folder: str | os.PathLike, *, title: st
     (`masklab.plots.landscape_vs`). Returns the paths by name ("table", "csv", and each family)."""
     from masklab.plots import landscape_vs, save_figure
 
-    folder = F.make_dirs(Path(folder))
+    folder = W.make_dirs(Path(folder))
     paths: dict[str, Path] = {}
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
-    F.atomic_write(folder / "landscape.parquet", buffer.getvalue(), durable=False)
+    W.atomic_write(folder / "landscape.parquet", buffer.getvalue(), durable=False)
     paths["table"] = folder / "landscape.parquet"
     if len(table) <= CSV_MAX_ROWS:
-        F.atomic_write(folder / "landscape.csv", table.to_csv(index=False).encode(), durable=False)
+        W.atomic_write(folder / "landscape.csv", table.to_csv(index=False).encode(), durable=False)
         paths["csv"] = folder / "landscape.csv"
     drawn: set[Path] = set()
     for family in dict.fromkeys(table["family"]):

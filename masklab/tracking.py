@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from masklab.errors import UserError
-from masklab.store import files as F
+from masklab import files as W
 from masklab.store.run import Run, open_run
 
 TRACKING_DIR = "tensorboard"
@@ -60,7 +60,7 @@ def export_history(run: Run | str | os.PathLike, out: str | os.PathLike | None =
     folder: nothing is written into the run) and return its path."""
     run = _as_run(run)
     path = Path(out) if out is not None else Path(f"{run.id}-history.csv")
-    return F.write_frame(path, history_table(run), root=path.parent)
+    return W.write_frame(path, history_table(run), root=path.parent)
 
 
 def tensorboard_available() -> bool:
@@ -109,12 +109,12 @@ def write_tensorboard(run: Run | str | os.PathLike) -> Path:
         wall_time = _dt.datetime.fromisoformat(str(created)).timestamp()
     except ValueError:
         wall_time = 0.0
-    folder = F.make_dirs(run.path / TRACKING_DIR, root=run.path)
+    folder = W.make_dirs(run.path / TRACKING_DIR, root=run.path, in_run=True)
     table = history_table(run)
     for mask_id, history in table.groupby("mask_id", sort=True):
-        target = F.make_dirs(folder / f"mask-{int(mask_id):06d}", root=run.path)
+        target = W.make_dirs(folder / f"mask-{int(mask_id):06d}", root=run.path, in_run=True)
         name = f"events.out.tfevents.{int(wall_time)}.masklab"
-        F.atomic_write(target / name, event_bytes(history, wall_time), root=run.path, durable=False)
+        W.atomic_write(target / name, event_bytes(history, wall_time), root=run.path, in_run=True, durable=False)
     return folder
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from masklab import files as W
 from masklab.analysis.kernels import intersection_counts, layer_bounds, row_counts
 from masklab.analysis.pairs import INTERSECTION, PairStore, count_dtype, upper_blocks
 from masklab.analysis.tiles import dask_intersection_counts
@@ -380,6 +381,7 @@ def distances_to_file(masks, path: str | os.PathLike, metric: str = "hamming", p
     path = Path(path)
     if path.suffix not in (".parquet", ".csv", ".npy"):
         raise UserError(f"--out {path}: write .parquet or .csv (long table) or .npy (square matrix)")
+    W.check_target(path)  # before the work: a refused output (a link, inside a run) costs nothing
     names = [ALL, *masks.layers["layer"]] if per_layer else [ALL]
     bounds = layer_bounds(masks.layers["word_start"], masks.layers["word_stop"])
     counts_bounds = bounds if per_layer else np.array([[0, masks.n_words]], dtype=np.int64)
@@ -388,27 +390,26 @@ def distances_to_file(masks, path: str | os.PathLike, metric: str = "hamming", p
     if path.suffix == ".npy":
         dtype = np.int64 if metric == "hamming" else np.float64
         n = masks.n_masks
-        stored = np.lib.format.open_memmap(path, mode="w+", dtype=dtype,
-                                           shape=(len(names), n, n) if per_layer else (n, n))
-        square = stored if per_layer else stored[None]
-        if client is not None:
-            kept = _kept_with_total(masks.bits, bounds, per_layer)
-
-            def to_metric(tile, rows_a, rows_b):
-                return metric_values(metric, tile, kept[rows_a[0]:rows_a[1]].T[:, :, None],
-                                     kept[rows_b[0]:rows_b[1]].T[:, None, :], n_bits[:, None, None])
-
-            dask_intersection_counts(masks.bits, counts_bounds, client, with_total=per_layer, out=square,
-                                     progress=progress, transform=to_metric, dtype=dtype)
-        else:
-            square[:] = intersections(masks, per_layer=per_layer).metric(metric)
-        stored.flush()
         upper = np.triu_indices(n, 1)
-        values = [np.asarray(square[k][upper]) for k in range(len(names))]
+        with W.atomic_npy(path, dtype, (len(names), n, n) if per_layer else (n, n)) as stored:
+            square = stored if per_layer else stored[None]
+            if client is not None:
+                kept = _kept_with_total(masks.bits, bounds, per_layer)
+
+                def to_metric(tile, rows_a, rows_b):
+                    return metric_values(metric, tile, kept[rows_a[0]:rows_a[1]].T[:, :, None],
+                                         kept[rows_b[0]:rows_b[1]].T[:, None, :], n_bits[:, None, None])
+
+                dask_intersection_counts(masks.bits, counts_bounds, client, with_total=per_layer, out=square,
+                                         progress=progress, transform=to_metric, dtype=dtype)
+            else:
+                square[:] = intersections(masks, per_layer=per_layer).metric(metric)
+            values = [np.array(square[k][upper]) for k in range(len(names))]
+            del square
     else:
         result = intersections(masks, per_layer=per_layer, client=client)
         table = long_table(result, metric)
-        (table.to_parquet if path.suffix == ".parquet" else lambda p: table.to_csv(p, index=False))(path)
+        W.write_table(path, table)
         values = [table.loc[table["layer"] == name, "value"].to_numpy() for name in names]
     rows = [{"layer": name, "metric": metric, "pairs": len(v), "mean": float(np.mean(v)) if len(v) else None,
              "std": float(np.std(v)) if len(v) else None, "min": v.min() if len(v) else None,

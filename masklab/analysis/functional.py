@@ -53,6 +53,7 @@ from masklab.analysis.random_sets import layer_counts, random_mask_bits
 from masklab.analysis.sampling import mask_sample
 from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
 from masklab.errors import StoreError, UserError
+from masklab import files as W
 from masklab.store import files as F
 from masklab.store.bits import MaskSet, make_layout
 
@@ -120,8 +121,8 @@ def _write_cache(run, cached: dict[tuple[int, str], np.ndarray]) -> None:
     arrays = {"mask_id": np.array([k[0] for k in keys], dtype=np.int64),
               "checksum": np.array([k[1] for k in keys], dtype="U64"),
               "predictions": np.stack([np.asarray(cached[k], dtype=np.int16) for k in keys])}
-    folder = F.make_dirs(run.path / "analysis", root=run.path)
-    F.atomic_write(folder / PREDICTIONS_CACHE, F.npz_bytes(arrays), durable=False, root=run.path)
+    folder = W.make_dirs(run.path / "analysis", root=run.path)
+    W.atomic_write(folder / PREDICTIONS_CACHE, W.npz_bytes(arrays), durable=False, root=run.path)
 
 
 def prediction_bits(predictions: np.ndarray, n_classes: int, ids: Sequence[int] | None = None,

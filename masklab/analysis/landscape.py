@@ -54,7 +54,7 @@ from masklab.analysis.distances import ALL, intersections
 from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
 from masklab.config import method_label
 from masklab.errors import StoreError, UserError
-from masklab.store import files as F
+from masklab import files as W
 
 LANDSCAPE_VERSION = 1  # bump when a metric's definition changes: cached cells are then measured again
 SETTINGS_COLUMNS = ["run", "dataset", "model", "width", "method", "recycling", "sparsity", "epochs", "weight_seed",
@@ -339,10 +339,10 @@ def cached_cell_rows(run, settings: LandscapeSettings, *, cache: bool = True, pr
     rows = cell_rows(run, settings, progress=progress, **precomputed)
     if cache:
         try:
-            folder = F.make_dirs(run.path / "analysis", root=run.path)
+            folder = W.make_dirs(run.path / "analysis", root=run.path)
             buffer = io.BytesIO()
             rows.to_parquet(buffer, index=False)
-            F.atomic_write(folder / path.name, buffer.getvalue(), durable=False, root=run.path)
+            W.atomic_write(folder / path.name, buffer.getvalue(), durable=False, root=run.path)
         except (StoreError, OSError):  # a read-only run is measured, not cached
             pass
     return rows

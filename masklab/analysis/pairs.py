@@ -14,7 +14,7 @@ Why this format (measured and reasoned, issue 24):
   reads the rows it needs (a block of rows of one layer) and never holds more; it is exact for integers and
   floats and needs no library beyond numpy (any language reads it from its short text header).
 - One file per quantity and layer: each is one contiguous N x N block, written once and atomically
-  (`masklab.store.files.atomic_npy`: a reader sees the old file or the new one), and a later analysis adds its
+  (`masklab.files.atomic_npy`: a reader sees the old file or the new one), and a later analysis adds its
   own quantities (e.g. prediction disagreement) beside the distances without rewriting them.
 - Not compressed: a compressed file (npz, Zarr, Parquet) cannot be memory-mapped and costs a decompression
   per read, and distance counts between near-random masks hardly compress.
@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from masklab import files as W
 from masklab.errors import StoreError, UserError
 from masklab.store import files as F
 
@@ -107,8 +108,8 @@ class PairStore:
                 return existing
         if folder.exists() and not folder.is_symlink():
             shutil.rmtree(folder)
-        F.make_dirs(folder, root=root_path)
-        F.atomic_write(folder / IDS, F.npy_bytes(ids), root=root_path, durable=False)
+        W.make_dirs(folder, root=root_path)
+        W.atomic_write(folder / IDS, W.npy_bytes(ids), root=root_path, durable=False)
         store = cls(folder, ids, [], root_path)
         store._write_manifest()
         return store
@@ -186,8 +187,8 @@ class PairStore:
             self.entries.append(entry)
         target = self.folder / rel
         try:
-            F.make_dirs(target.parent, root=self.root)
-            with F.atomic_npy(target, dtype, (self.n, self.n), root=self.root) as matrix:
+            W.make_dirs(target.parent, root=self.root)
+            with W.atomic_npy(target, dtype, (self.n, self.n), root=self.root) as matrix:
                 yield matrix
         except BaseException:
             if existing is None:
@@ -232,7 +233,7 @@ class PairStore:
 
     def _write_manifest(self) -> None:
         done = [e for e in self.entries if not e.get("pending")]
-        F.atomic_write(self.folder / MANIFEST, F.json_text({"format": FORMAT, "n_masks": self.n,
+        W.atomic_write(self.folder / MANIFEST, W.json_text({"format": FORMAT, "n_masks": self.n,
                                                              "entries": done}).encode(),
                        root=self.root, durable=False)
 

@@ -159,7 +159,13 @@ def dask_intersection_counts(bits: np.ndarray, bounds: np.ndarray, client, *, wi
         path = Path(out)
         if path.suffix != ".npy":
             raise UserError(f"--out {path}: the square counts are written as a .npy file; name it *.npy")
-        result = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        from masklab.files import atomic_npy
+
+        with atomic_npy(path, dtype, shape, durable=True) as stored:
+            dask_intersection_counts(bits, bounds, client, with_total=with_total, rows_per_tile=rows_per_tile,
+                                     out=stored, progress=progress, transform=transform, dtype=dtype,
+                                     tile_function=tile_function)
+        return np.load(path, mmap_mode="r")
     else:
         result = np.empty(shape, dtype=dtype)
     source = bits_source(bits)
@@ -185,8 +191,6 @@ def dask_intersection_counts(bits: np.ndarray, bounds: np.ndarray, client, *, wi
         if progress is not None:
             progress(done, done + len(futures))
         del tile
-    if isinstance(result, np.memmap):
-        result.flush()
     return result
 
 

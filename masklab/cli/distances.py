@@ -12,6 +12,7 @@ from masklab.analysis.tiles import connect
 from masklab.cli.options import at_least
 from masklab.cli.text import frame_text
 from masklab.errors import UserError
+from masklab.files import make_dirs
 from masklab.store.run import open_run
 
 
@@ -22,7 +23,7 @@ def cmd_distances(args: argparse.Namespace) -> int:
     if len(run) < 2:
         raise UserError(f"run {run.id} has {len(run)} finished mask(s); distances need at least 2")
     out = Path(args.out) if args.out else run.path / "analysis" / f"distances-{args.metric}.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(out.parent, root=run.path if not args.out else None)
     client = connect(args.scheduler, args.workers) if args.scheduler else None
     try:
         bar = tqdm(desc="tiles", unit="tile", dynamic_ncols=True, disable=client is None or args.quiet)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from masklab import files as W
 from masklab.analysis.interpolation import (
     DEFAULT_EVAL_SAMPLES,
     barrier,
@@ -16,7 +17,6 @@ from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
 from masklab.cli.options import at_least
 from masklab.cli.text import frame_text, order_words, path_words
 from masklab.errors import UserError
-from masklab.store import files as F
 from masklab.store.run import Run, open_run
 from masklab.units import count, shown_accuracy
 
@@ -24,8 +24,10 @@ from masklab.units import count, shown_accuracy
 def cmd_interpolate(args: argparse.Namespace) -> int:
     at_least("--points", args.points, 2)
     at_least("--orders", args.orders, 1)
-    if args.out is not None and Path(args.out).suffix not in F.TABLE_SUFFIXES:
-        raise UserError(f"--out {args.out}: give a .csv or .parquet file")
+    if args.out is not None:
+        if Path(args.out).suffix not in W.TABLE_SUFFIXES:
+            raise UserError(f"--out {args.out}: give a .csv or .parquet file")
+        W.check_target(args.out)  # outside runs, no link: refused before the work
     run = open_run(args.run, args.runs_dir)
     eval_samples = None if args.full_test else DEFAULT_EVAL_SAMPLES
     say = (lambda *_: None) if args.quiet else print
@@ -75,5 +77,5 @@ def evaluation_words(run: Run, eval_samples: int | None) -> str:
 def write_out(args: argparse.Namespace, table) -> int:
     """Write the table to --out (CSV or Parquet) and print its path as the last line."""
     if args.out is not None:
-        print(F.write_frame(Path(args.out), table, root=Path(args.out).parent), flush=True)
+        print(W.write_frame(Path(args.out), table, root=Path(args.out).parent), flush=True)
     return 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from masklab.cli.text import bytes_text, differs, frame_text, value_text
 from masklab.errors import UserError
-from masklab.store import files as F
+from masklab import files as W
 from masklab.store.catalog import catalog_path, results
 from masklab.store.files import restore_hint
 from masklab.store.integrity import verify
@@ -51,10 +51,9 @@ def cmd_results(args: argparse.Namespace) -> int:
         return 0
     if args.out:
         out = Path(args.out)
-        if out.suffix not in (".csv", ".parquet"):
+        if out.suffix not in W.TABLE_SUFFIXES:
             raise UserError(f"--out {out}: write a .csv or a .parquet file")
-        data = table.to_csv(index=False).encode() if out.suffix == ".csv" else table.to_parquet(index=False)
-        F.atomic_write(out, data, durable=False)
+        W.write_frame(out, table, root=out.parent)
         print(f"{len(table)} rows, {len(table.columns)} columns: {out}")
         return 0
     shown = table[[c for c in RESULT_COLUMNS + RESULT_KEYS if c in table.columns]].copy()

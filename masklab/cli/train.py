@@ -28,12 +28,12 @@ from masklab.cli.text import bytes_text, frame_text
 from masklab.config import MAX_MASKS
 from masklab.config_file import load_toml
 from masklab.errors import UserError
+from masklab.files import write_table
 from masklab.generation import banner, generate, prepare, resume_config
 from masklab.plots import accuracy_vs_sparsity, save_figure
 from masklab.report.base import check_formats
 from masklab.scale.executors import setup_python_note, submit_shards
 from masklab.scale.jobs import cancel_jobs, job_table
-from masklab.store.files import atomic_write
 from masklab.store.run import Run
 from masklab.sweep import sweep_configs, sweep_id, sweep_landscape, sweep_runs, sweep_table
 from masklab.tracking import require_tensorboard
@@ -147,7 +147,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     stem = Path(args.figures) / sweep_name
     figure = accuracy_vs_sparsity(table, title=f"{models} on {config.dataset}: accuracy vs sparsity ({sweep_name})")
     paths = save_figure(figure, stem, formats=formats)
-    atomic_write(stem.with_suffix(".csv"), table.to_csv(index=False).encode(), durable=False)
+    write_table(stem.with_suffix(".csv"), table)
     if args.landscape or (args.landscape is None and args.seeds >= 2):
         folder = stem
         settings = LandscapeSettings(pairs=pairs, cka_samples=args.cka_samples)

@@ -29,7 +29,7 @@ from masklab.interop import hidden_networks, npz, rules, torch_prune
 from masklab.keep import reference_keep_count
 from masklab.nn.layers import MaskedConv2d, MaskedLinear, masked_layers
 from masklab.nn.models import build_model
-from masklab.store import files as F
+from masklab import files as W
 from masklab.store.run import Run, open_run
 
 EXPORT_FORMATS = ("state-dict", "torch-prune", "hidden-networks", "npz")
@@ -124,7 +124,8 @@ def _layers(run, i: int) -> tuple[list[str], list[np.ndarray | None], list[np.nd
 
 def export_mask(run, i: int, format: str, path: str | os.PathLike) -> Path:
     """Write mask `i` of `run` (a Run, a path or a run id) to `path` in `format` (one of EXPORT_FORMATS);
-    returns the path. Everything is computed before the file is written (atomically)."""
+    returns the path. Everything is computed before the file is written (atomically, never through a link);
+    a path inside a run directory (any run's files) is refused."""
     run = _as_run(run)
     if format not in EXPORT_FORMATS:
         raise UserError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
@@ -132,6 +133,7 @@ def export_mask(run, i: int, format: str, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"--out {path} is a directory; give the file to write")
+    W.check_target(path)  # before the work: never into a run (any run), never through a link
     if format == "state-dict":
         _need_model(run, "a state dict")
         out = io.BytesIO()
@@ -148,7 +150,7 @@ def export_mask(run, i: int, format: str, path: str | os.PathLike) -> Path:
         data = npz.write(list(zip(names, weights, masks)), buffers, _meta(run, i))
     else:
         data = _hidden_networks(run, i)
-    F.atomic_write(path, data)
+    W.atomic_write(path, data)
     return path
 
 

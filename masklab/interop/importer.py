@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from masklab import files as W
 from masklab.config import MAX_MASKS, RunConfig
 from masklab.errors import StoreError, UserError
 from masklab.interop import hidden_networks, npz, rules, torch_prune
@@ -44,7 +45,6 @@ from masklab.interop.import_checks import (
 from masklab.interop.source import Source
 from masklab.keep import biprop_gain_count, n_keep, reference_keep_count
 from masklab.nn.layers import masked_layers
-from masklab.store import files as F
 from masklab.store.bits import make_layout
 from masklab.store.catalog import update_run
 from masklab.store.run import Run
@@ -140,7 +140,7 @@ def plan_import(paths, format: str = "hidden-networks", *, keep: float | None = 
     files = {}
     if mode == "shared":
         assert weights is not None
-        files["weights.npy"] = F.npy_bytes(np.concatenate([w.reshape(-1) for w in weights[0]]).astype(np.float32))
+        files["weights.npy"] = W.npy_bytes(np.concatenate([w.reshape(-1) for w in weights[0]]).astype(np.float32))
     return Plan(config, layout, dataset_info, section, read.masks, weights, read.buffers,
                 read.scores if config.keep_scores else [None] * len(paths), metrics, alphas, files)
 

@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from masklab.errors import UserError
-from masklab.store.files import atomic_write, make_dirs
+from masklab.files import atomic_write, make_dirs
 
 STYLE = {
     "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "figure.titlesize": 11, "legend.fontsize": 8,

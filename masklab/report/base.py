@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from masklab import files as W
 from masklab.analysis.baselines import with_baseline
 from masklab.analysis.distances import long_table, stored_intersections
 from masklab.errors import UserError
 from masklab.plots import save_figure
-from masklab.store import files as F
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -216,10 +216,10 @@ def write_table(table: pd.DataFrame, stem: Path) -> list[Path]:
     except (ImportError, ValueError, TypeError):  # an odd column type: CSV holds it
         buffer = None
     if buffer is not None:
-        F.atomic_write(stem.with_suffix(".parquet"), buffer.getvalue(), durable=False)
+        W.atomic_write(stem.with_suffix(".parquet"), buffer.getvalue(), durable=False)
         written.append(stem.with_suffix(".parquet"))
     if buffer is None or len(table) <= CSV_MAX_ROWS:
-        F.atomic_write(stem.with_suffix(".csv"), table.to_csv(index=False).encode(), durable=False)
+        W.atomic_write(stem.with_suffix(".csv"), table.to_csv(index=False).encode(), durable=False)
         written.append(stem.with_suffix(".csv"))
     return written
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from masklab import files as W
 from masklab.analysis.compare import check_comparable, compare_runs, density_gap, joint_embedding
 from masklab.analysis.embedding import NAMES
 from masklab.plots import embedding_scatter
@@ -24,7 +25,6 @@ from masklab.report.base import (
     write_table,
 )
 from masklab.report.pages import write_compare_index
-from masklab.store import files as F
 from masklab.store.run import Run, open_run
 from masklab.units import metric_value, sparsity_text
 
@@ -51,7 +51,7 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
               f"{run_b.config.weight_seed}): their masks sit on different random weights", flush=True)
     name = f"compare-{run_a.id}-vs-{run_b.id}"
     figures_root = Path(figures_dir) if figures_dir is not None else run_a.path.parent.parent / "figures"
-    out = F.make_dirs(figures_root / name, root=figures_root)
+    out = W.make_dirs(figures_root / name, root=figures_root)
     report = Report(name)
     report.warnings.extend(w for w in (unfinished_warning(run_a), unfinished_warning(run_b)) if w)
     shared = Shared(out, formats)

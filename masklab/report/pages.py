@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from masklab import files as W
 from masklab.analysis.compare import CHANCES, PAIR_SETS
 from masklab.report.base import CSV_MAX_ROWS, DEFAULT_FORMATS, DEFAULT_N_RANDOM, Report
-from masklab.store import files as F
 from masklab.store.catalog import KEY_NUMBERS_FILE, SETTINGS_FILE
 from masklab.units import percent, shown_by_metric, shown_settings
 
@@ -67,7 +67,7 @@ def write_page(path: Path, title: str, body: str) -> Path:
     (a reader never sees half a page). Every link in `body` must be relative to the page's folder."""
     page = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>\n"
             f"<style>{PAGE_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
-    F.atomic_write(path, page.encode(), durable=False)
+    W.atomic_write(path, page.encode(), durable=False)
     return path
 
 

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from masklab import files as W
 from masklab.analysis import (
     consensus,
     consensus_histogram,
@@ -87,7 +88,6 @@ from masklab.report.base import (
 from masklab.report.functional import function_stage
 from masklab.report.pages import write_index, write_run_index
 from masklab.report.settings import AnalysisSettings
-from masklab.store import files as F
 from masklab.store.catalog import KEY_NUMBERS_FILE, SETTINGS_FILE, update_run
 from masklab.store.meta import now
 from masklab.store.run import Run, open_run
@@ -146,9 +146,9 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
         raise UserError("give the barrier pairs one engine: a Dask scheduler or an engine, not both")
     sid = settings.id
     figures_root = Path(figures_dir) if figures_dir is not None else run.path.parent.parent / "figures"
-    F.make_dirs(run.path / "analysis", root=run.path)  # links refused: nothing is written outside the run
-    out_tables = F.make_dirs(run.path / "analysis" / sid, root=run.path)
-    out_figures = F.make_dirs(figures_root / run.id / sid, root=figures_root)
+    W.make_dirs(run.path / "analysis", root=run.path)  # links refused: nothing is written outside the run
+    out_tables = W.make_dirs(run.path / "analysis" / sid, root=run.path)
+    out_figures = W.make_dirs(figures_root / run.id / sid, root=figures_root)
     report = Report(run.id, settings=settings, folder=out_tables, masks=run.masks)
     unfinished = unfinished_warning(run)
     if unfinished:
@@ -240,12 +240,12 @@ def _write_settings(run: Run, report: Report, folder: Path) -> None:
     """settings.json and key_numbers.json of the analysis folder: what the results catalog reads."""
     settings = report.settings
     assert settings is not None
-    F.atomic_write_json(folder / SETTINGS_FILE, {
+    W.atomic_write_json(folder / SETTINGS_FILE, {
         "settings_id": settings.id, "settings": settings.to_dict(non_default=True),
         "resolved": settings.to_dict(), "created": now(), "n_masks": len(run.ids),
         "page": str(report.index) if report.index is not None else None}, root=run.path)
     numbers = report.key_numbers.astype(object).where(report.key_numbers.notna(), None).to_dict("records")
-    F.atomic_write(folder / KEY_NUMBERS_FILE, json.dumps(numbers, default=_plain).encode(), root=run.path,
+    W.atomic_write(folder / KEY_NUMBERS_FILE, json.dumps(numbers, default=_plain).encode(), root=run.path,
                    durable=False)
 
 

@@ -35,10 +35,10 @@ from typing import Any
 
 from masklab.config import RunConfig
 from masklab.errors import UserError
+from masklab.files import atomic_write
 from masklab.scale import jobs as J
 from masklab.scale.jobs import job_shard, task_masks
 from masklab.scale.slurm import check_controller, first_error, time_left_s
-from masklab.store.files import atomic_write
 
 EXECUTORS = ("local", "slurm")
 POLL_SECONDS = 1.0  # how often a plain wait on submitit jobs looks (scale/pair_jobs.py)
@@ -278,7 +278,7 @@ class _Progress:
 
         self._last = time.time()
         try:
-            atomic_write(self.path, json.dumps(self.state).encode(), durable=False)
+            atomic_write(self.path, json.dumps(self.state).encode(), durable=False, in_run=True)
         except (OSError, UserError):
             pass  # progress is only shown; training goes on without it
 

@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 from masklab.config import RunConfig, read_config
 from masklab.errors import UserError
+from masklab.files import atomic_write, json_text, make_dirs, pid_alive
 from masklab.scale.slurm import MEANING, TERMINAL, SlurmUnavailable, cancel, task_states
-from masklab.store.files import atomic_write, json_text, make_dirs, pid_alive
 from masklab.store.paths import resolve_run
 from masklab.store.shards import shard_masks
 
@@ -123,12 +123,12 @@ def read_record(run: Path) -> JobRecord | None:
 def make_folders(runs: Sequence[Path]) -> None:
     """Each run's `jobs/` folder (the record; the first run's also holds the tasks' progress files)."""
     for run in runs:
-        make_dirs(Path(run) / FOLDER, root=Path(run))
+        make_dirs(Path(run) / FOLDER, root=Path(run), in_run=True)
 
 
 def write_record(submission: Submission) -> None:
     for run in submission.runs:
-        atomic_write(record_path(run), json_text(asdict(submission.record)).encode(), root=run)
+        atomic_write(record_path(run), json_text(asdict(submission.record)).encode(), root=run, in_run=True)
 
 
 def stored(run: Path, masks: int | None = None, ids: Sequence[int] | None = None) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from masklab import files as W
 from masklab.errors import StoreError
 from masklab.store import files as F
 
@@ -117,8 +118,8 @@ def check_rows(path: Path, words: np.ndarray, ids: Sequence[int], checksums: Seq
 
 
 def write_cache(path: Path, root: Path, ids: Sequence[int], checksums: Sequence[str], words: np.ndarray) -> None:
-    """Write `masks.bits` atomically (links refused: see files.atomic_write)."""
-    F.atomic_write(path, cache_bytes(ids, checksums, words), root=root)
+    """Write `masks.bits` of run `root` atomically (links refused: see masklab.files)."""
+    W.atomic_write(path, cache_bytes(ids, checksums, words), root=root, in_run=True)
 
 
 def _some(ids: Sequence[int], rows, limit: int = 5) -> str:

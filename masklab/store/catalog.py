@@ -53,9 +53,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from masklab import files as W
 from masklab.config import RunConfig
 from masklab.errors import StoreError, UserError
-from masklab.store import files as F
 from masklab.store.run import Run
 
 CATALOG = "catalog.sqlite"
@@ -125,8 +125,8 @@ def connect(runs_dir: str | os.PathLike, *, busy_seconds: float = BUSY_SECONDS) 
     mode: callers group their writes with `transaction`. A file that is not a readable catalog is replaced."""
     runs = Path(runs_dir)
     path = catalog_path(runs)
-    F.make_dirs(runs, root=runs)
-    F.check_no_links(path, runs)
+    W.make_dirs(runs, root=runs)
+    W.check_no_links(path, runs)
     for attempt in range(2):
         try:
             conn = sqlite3.connect(path, timeout=busy_seconds, isolation_level=None)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from masklab import files as W
 from masklab.config import UNHASHED, RunConfig, read_config
 from masklab.errors import StoreError, UserError, write_error
 from masklab.store import cache as C
@@ -23,7 +24,7 @@ from masklab.store import files as F
 from masklab.store.contents import build_cache, read_run_file
 from masklab.store.lock import RunLock
 from masklab.store.meta import config_toml, layout_frame, read_json
-from masklab.store.paths import RECORD_RE, inside, resolve_run, stem
+from masklab.store.paths import RECORD_RE, inside, own_file, resolve_run, stem
 from masklab.store.schema import check_config, check_layout, check_meta, check_record
 
 LINKABLE = {"lock": "remove", "masks.bits": "remove", "analysis": "remove", "masks": None, "extras": None,
@@ -138,7 +139,7 @@ def _verify_meta(path: Path, add, repair: bool) -> dict | None:
         add("run.json", "layout", "problem", str(e))
         return meta
     if repair:
-        F.atomic_write_text(path / "config.toml", config_toml(restored), root=path)
+        W.atomic_write_text(path / "config.toml", config_toml(restored), root=path, in_run=True)
         _done(row, "rewrote config.toml from run.json")
     return meta
 
@@ -196,7 +197,7 @@ def _verify_masks(path: Path, meta: dict, add, repair: bool) -> None:
         if not bad and record is not None:
             good[i] = record
         elif repair:
-            where = quarantine(path, i, record)
+            where = quarantine(path, i)
             for row in bad:
                 _done(row, f"moved mask {i}'s files to {where}; {F.restore_hint(path)}")
     _verify_cache(path, good, n_words, add, repair)
@@ -229,33 +230,35 @@ def _verify_cache(path: Path, records: dict[int, dict], n_words: int, add, repai
             row["status"], row["action"] = "problem", f"rebuilding failed: {e}"
 
 
-def quarantine(path: Path, mask_id: int, record: dict | None) -> str:
-    """Move mask `mask_id`'s files (its record first: that unregisters the mask) into a new folder
-    `quarantine/<id>-<k>/` under the run, keeping their relative paths. Returns that folder, relative."""
+def quarantine(path: Path, mask_id: int) -> str:
+    """Move mask `mask_id`'s own files (its record first: that unregisters the mask) into a new folder
+    `quarantine/<id>-<k>/` under the run, keeping their relative paths. Returns that folder, relative.
+
+    Which files are the mask's comes from its id and the store's naming (`paths.own_file`: masks/<stem>.json,
+    masks/<stem>.mask, extras/<stem>.*, snapshots/<stem>.npz), never from its record: a damaged or hostile
+    record naming run.json or config.toml cannot make the repair move them."""
     s = stem(mask_id)
     k = 1
     while (path / "quarantine" / f"{s}-{k}").exists():
         k += 1
     dest = f"quarantine/{s}-{k}"
     rels = [f"masks/{s}.json", f"masks/{s}.mask"]
-    if record is not None:
-        rels += [rel for rel in record.get("files", {}) if rel not in rels]
-    for folder in ("extras", "snapshots"):  # what an unreadable record would have named
+    for folder in ("extras", "snapshots"):
         rels += [f"{folder}/{p.name}" for p in sorted((path / folder).glob(f"{s}.*"))
-                 if f"{folder}/{p.name}" not in rels and F.TMP_MARK not in p.name]
+                 if own_file(f"{folder}/{p.name}", mask_id)]
     for rel in rels:
         source = path / rel
-        if Path(rel).is_absolute() or ".." in Path(rel).parts or not os.path.lexists(source):
+        if not own_file(rel, mask_id) or not os.path.lexists(source):
             continue
         try:
-            F.check_no_links(source.parent, path)  # never move a file out of a linked folder (outside the run)
+            W.check_no_links(source.parent, path)  # never move a file out of a linked folder (outside the run)
         except StoreError:
             continue
         target = path / dest / rel
-        F.make_dirs(target.parent, root=path)
+        W.make_dirs(target.parent, root=path, in_run=True)
         try:
             os.rename(source, target)
         except OSError as e:
             raise write_error(target, e) from None
-        F.fsync_dir(source.parent)
+        W.fsync_dir(source.parent)
     return dest

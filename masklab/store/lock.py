@@ -16,13 +16,12 @@ refuses a `lock` that is a symbolic link (O_NOFOLLOW) and never waits (a second 
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
-import stat
 from pathlib import Path
 
-from masklab.errors import StoreError, write_error
+from masklab import files as W
+from masklab.errors import StoreError
 
 
 class RunLock:
@@ -35,19 +34,8 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> RunLock:
-        fix = f"`masklab verify {self.path.parent} --repair` removes it"
+        fd = W.open_lock_file(self.path, f"`masklab verify {self.path.parent} --repair` removes it")
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise StoreError(f"refusing to write {self.path}: it is a symbolic link, and masklab never writes "
-                                 f"through links; {fix}") from None
-            raise write_error(self.path, e) from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-                raise StoreError(f"refusing to write {self.path}: it is not a plain file of its own "
-                                 f"({'a hard link' if stat.S_ISREG(st.st_mode) else 'a special file'}); {fix}")
             fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
@@ -62,12 +50,11 @@ class RunLock:
             self.fd = fd
             return self
         try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError as e:
+            W.write_in_place(fd, f"{os.getpid()}\n".encode(), self.path)
+        except BaseException:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
-            raise write_error(self.path, e) from None
+            raise
         self.fd = fd
         return self
 
@@ -78,11 +65,11 @@ class RunLock:
     def release(self) -> None:
         if self.fd is None:
             return
-        try:
-            if not self.shared:
-                os.ftruncate(self.fd, 0)
-        except OSError:
-            pass
+        if not self.shared:
+            try:
+                W.write_in_place(self.fd, b"", self.path)
+            except StoreError:
+                pass
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         self.fd = None

@@ -1,5 +1,6 @@
 """Names and paths of a run directory, the one place every other store module reads them from: run ids,
-the file names of mask i (`masks/000003.mask`, `masks/000003.json`), relative paths kept inside the run,
+the file names of mask i (`masks/000003.mask`, `masks/000003.json`) and which files are its own, relative paths
+kept inside the run,
 and `resolve_run` (a run directory from a path, a run id or a unique id prefix)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from masklab.errors import StoreError
+from masklab.files import TMP_MARK
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 RECORD_RE = re.compile(r"(\d{6,})\.json")  # masks/<stem>.json: a mask's registry record
@@ -38,6 +40,23 @@ def mask_path(root: Path, mask_id: int) -> Path:
 def record_path(root: Path, mask_id: int) -> Path:
     """`masks/<stem>.json` of run `root`: mask `mask_id`'s registry record."""
     return root / "masks" / f"{stem(mask_id)}.json"
+
+
+def own_file(rel: str, mask_id: int) -> bool:
+    """Whether `rel` (a path relative to the run) is one of mask `mask_id`'s own files by the store's naming:
+    `masks/<stem>.mask`, `masks/<stem>.json` (its record), `extras/<stem>.<kind>.<ext>`, `snapshots/<stem>.npz`.
+    A record may name no other file, and `verify --repair` moves no other file (never run.json, config.toml,
+    weights.npy or another mask's files, whatever a damaged record says)."""
+    parts = Path(rel).parts
+    if len(parts) != 2 or Path(rel).is_absolute():
+        return False
+    folder, name = parts
+    s = stem(mask_id)
+    if folder == "masks":
+        return name in (f"{s}.mask", f"{s}.json")
+    if folder == "extras":
+        return name.startswith(f"{s}.") and len(name) > len(s) + 1 and TMP_MARK not in name
+    return folder == "snapshots" and name == f"{s}.npz"
 
 
 def inside(root: Path, relative: str) -> Path:

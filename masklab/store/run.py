@@ -46,7 +46,7 @@ Layout of `runs/<run_id>/` (all names are fixed; nothing in it is ever unpickled
 
 Every open (`Run(path)`) checks the metadata, the records and the words of every mask file and of
 masks.bits (store/schema.py, store/contents.py); `Run.verify()` / `masklab verify RUN [--repair]` checks everything in
-full. Every write goes through store/files.py: whole or not at all, and never through a symbolic link
+full. Every write goes through masklab/files.py: whole or not at all, and never through a symbolic link
 (a link where masklab writes is refused, naming it, before anything is written).
 """
 

@@ -28,6 +28,7 @@ from masklab.errors import StoreError
 from masklab.keep import layer_keep, rule_text
 from masklab.store import files as F
 from masklab.store.bits import BIT_ORDER
+from masklab.store.paths import own_file, stem
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -119,6 +120,10 @@ def check_record(path: Path, record: Any, mask_id: int, layers: pd.DataFrame) ->
         if not parts or Path(rel).is_absolute() or ".." in parts:
             raise StoreError(f"record {path}: refusing path {rel!r}: paths in a run must stay inside it; "
                              f"{F.repair_hint(path)}")
+        if not own_file(rel, mask_id) or rel == f"masks/{stem(mask_id)}.json":
+            raise StoreError(f"record {path} names {rel!r}, which is not one of mask {mask_id}'s own files "
+                             f"(masks/{stem(mask_id)}.mask, extras/{stem(mask_id)}.*, snapshots/"
+                             f"{stem(mask_id)}.npz); {F.repair_hint(path)}")
     unlisted = sorted(set(record.get("extras", {}).values()) - set(record.get("files", {})))
     if unlisted:
         raise StoreError(f"record {path} names extras without their checksums ({', '.join(unlisted)}); "

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from masklab import files as W
 from masklab.config import RunConfig, read_config
 from masklab.errors import StoreError, UserError, write_error
 from masklab.store import files as F
@@ -75,15 +76,12 @@ class RunWriter:
             _make_runs_dir(runs)
             _remove_stale_tmp_dirs(runs, config.run_id)
             tmp = runs / f".tmp-{config.run_id}-{os.getpid()}-{secrets.token_hex(4)}"
-            try:
-                tmp.mkdir()  # (not mkdtemp: the run directory gets the usual permissions)
-            except OSError as e:
-                raise write_error(runs, e) from None
+            W.make_dirs(tmp, root=runs)  # (not mkdtemp: the run directory gets the usual permissions)
             try:
                 _write_new_run(tmp, config, layers, dataset_info, run_files, meta_extra)
                 lock = RunLock(tmp / "lock", shared=shard is not None).acquire()  # moves with the directory
                 os.rename(tmp, path)
-                F.fsync_dir(runs)
+                W.fsync_dir(runs)
                 created = True
             except OSError as e:  # the rename: another process made the run first, or the system refused
                 if lock is not None:
@@ -106,7 +104,7 @@ class RunWriter:
         shard_lock = None
         try:
             if shard is not None:
-                F.make_dirs(path / "locks", root=path)
+                W.make_dirs(path / "locks", root=path, in_run=True)
                 shard_lock = RunLock(path / "locks" / f"shard-{shard[0]}-of-{shard[1]}",
                                      what=f"shard {shard[0]}/{shard[1]} of run {path}").acquire()
             done = _check_existing(path, config, layers) if not created else set()
@@ -120,11 +118,11 @@ class RunWriter:
                 raise StoreError(f"run {path} already holds {len(done)} of {config.masks} masks{what}; pass "
                                  "--resume to train the missing ones")
             if not created:
-                F.remove_tmp_files(path)
+                W.remove_tmp_files(path)
                 stored = read_config(path / "config.toml")
                 if config.masks > stored.masks:  # extending a run: the only config change allowed
-                    F.atomic_write_text(path / "config.toml", config_toml(stored.replace(masks=config.masks)),
-                                        root=path)
+                    W.atomic_write_text(path / "config.toml", config_toml(stored.replace(masks=config.masks)),
+                                        root=path, in_run=True)
             assert lock is not None
             return cls(path, config, lock, done, created, shard, shard_lock)
         except BaseException:
@@ -177,8 +175,9 @@ class RunWriter:
     def write_checkpoint(self, i: int, arrays: dict[str, np.ndarray]) -> None:
         """Mask i's training state (arrays, see masklab.train.trainer.Checkpoint) as checkpoints/<id>.npz,
         replacing the previous one atomically (a crash leaves the old one or the new one, whole)."""
-        F.make_dirs(self.path / "checkpoints", root=self.path)
-        F.atomic_write(self.path / "checkpoints" / f"{stem(int(i))}.npz", F.npz_bytes(arrays), root=self.path)
+        W.make_dirs(self.path / "checkpoints", root=self.path, in_run=True)
+        W.atomic_write(self.path / "checkpoints" / f"{stem(int(i))}.npz", W.npz_bytes(arrays), root=self.path,
+                       in_run=True)
 
     def read_checkpoints(self) -> dict[int, dict[str, np.ndarray]]:
         """The checkpoints of this writer's missing masks, by mask id; an unreadable one (a file damaged
@@ -223,8 +222,8 @@ class RunWriter:
         extras: dict[str, str] = {}
 
         def put(rel: str, data: bytes, kind: str | None = None) -> None:
-            F.make_dirs((self.path / rel).parent, root=self.path)
-            F.atomic_write(self.path / rel, data, sync_dir=False, root=self.path)
+            W.make_dirs((self.path / rel).parent, root=self.path, in_run=True)
+            W.atomic_write(self.path / rel, data, sync_dir=False, root=self.path, in_run=True)
             files[rel] = {"bytes": len(data), "blake2b": F.checksum(data)}  # (only what was written)
             if kind is not None:
                 extras[kind] = rel
@@ -243,7 +242,7 @@ class RunWriter:
                   "alphas": None if trained.alphas is None else [float(a) for a in trained.alphas],
                   "finished": now(), "trained_with": dict(getattr(trained, "trained_with", {}) or {}),
                   "extras": extras, "files": files}
-        F.atomic_write_json(self.path / "masks" / f"{s}.json", record, root=self.path)
+        W.atomic_write_json(self.path / "masks" / f"{s}.json", record, root=self.path, in_run=True)
         self.done.add(i)
         self.drop_checkpoint(i)
         return record
@@ -255,25 +254,25 @@ class RunWriter:
         put(f"extras/{s}.history.csv", trained.history.to_csv(index=False).encode(), "history")
         if self.config.keep_scores and trained.scores is not None:
             flat = np.concatenate([np.asarray(a, dtype=np.float32).reshape(-1) for a in trained.scores])
-            put(f"extras/{s}.scores.npy", F.npy_bytes(flat.astype(np.float16)), "scores")
+            put(f"extras/{s}.scores.npy", W.npy_bytes(flat.astype(np.float16)), "scores")
         if trained.src is not None:
-            put(f"extras/{s}.src.npz", F.npz_bytes(_sparse_map(trained.src, identity=True)), "src")
+            put(f"extras/{s}.src.npz", W.npz_bytes(_sparse_map(trained.src, identity=True)), "src")
         if trained.draw is not None:
-            put(f"extras/{s}.draw.npz", F.npz_bytes(_sparse_map(trained.draw, identity=False)), "draw")
+            put(f"extras/{s}.draw.npz", W.npz_bytes(_sparse_map(trained.draw, identity=False)), "draw")
         if trained.weights is not None:
             flat = np.concatenate([np.asarray(w, dtype=np.float32).reshape(-1) for w in trained.weights])
-            put(f"extras/{s}.weights.npy", F.npy_bytes(flat), "weights")
+            put(f"extras/{s}.weights.npy", W.npy_bytes(flat), "weights")
         predictions = getattr(trained, "predictions", None)
         if predictions is not None:
             classes = int(self.meta.get("dataset", {}).get("n_classes") or 0)
-            put(f"extras/{s}.predictions.npy", F.npy_bytes(prediction_array(predictions, classes)), "predictions")
+            put(f"extras/{s}.predictions.npy", W.npy_bytes(prediction_array(predictions, classes)), "predictions")
         buffers = getattr(trained, "buffers", None)
         if buffers:
-            put(f"extras/{s}.buffers.npz", F.npz_bytes({k: np.asarray(v) for k, v in buffers.items()}), "buffers")
+            put(f"extras/{s}.buffers.npz", W.npz_bytes({k: np.asarray(v) for k, v in buffers.items()}), "buffers")
         if trained.snapshots:
             epochs = np.asarray([e for e, _ in trained.snapshots], dtype=np.int64)
             bits = np.stack([pack_layers(m) for _, m in trained.snapshots]).astype("<u8")
-            put(f"snapshots/{s}.npz", F.npz_bytes({"epochs": epochs, "bits": bits}), "snapshots")
+            put(f"snapshots/{s}.npz", W.npz_bytes({"epochs": epochs, "bits": bits}), "snapshots")
 
         words = pack_layers(trained.masks)
         counts = [int(np.count_nonzero(m)) for m in trained.masks]
@@ -283,7 +282,7 @@ class RunWriter:
         data, words_checksum = F.mask_bytes(i, words)
         put(f"masks/{s}.mask", data)
         for sub in {Path(rel).parent for rel in files}:
-            F.fsync_dir(self.path / sub)
+            W.fsync_dir(self.path / sub)
         return words_checksum, counts
 
 
@@ -299,10 +298,7 @@ def prediction_array(predictions, n_classes: int) -> np.ndarray:
 
 
 def _make_runs_dir(runs: Path) -> None:
-    try:
-        os.makedirs(runs, exist_ok=True)
-    except OSError as e:
-        raise write_error(runs, e) from None
+    W.make_dirs(runs, root=runs)  # (never inside another run)
 
 
 # What a writer writes into, below the run directory: none of these may be a link.
@@ -312,7 +308,7 @@ WRITTEN = ("lock", "locks", "config.toml", "masks", "extras", "snapshots", "chec
 def refuse_links(path: Path) -> None:
     """Refuse to write run `path` when something it writes into is a symbolic link (named)."""
     for name in WRITTEN:
-        F.check_no_links(path / name, path)
+        W.check_no_links(path / name, path)
 
 
 def refuse_other_configs(runs: Path, config: RunConfig) -> None:
@@ -345,7 +341,7 @@ def _remove_stale_tmp_dirs(runs: Path, run_id: str) -> None:
     """Remove `.tmp-<run_id>-<pid>-*` directories left by creators that were killed (pid gone)."""
     for tmp in runs.glob(f".tmp-{run_id}-*"):
         pid = tmp.name[len(f".tmp-{run_id}-"):].split("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not F.pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not W.pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -368,7 +364,7 @@ def _write_new_run(path: Path, config: RunConfig, layers: pd.DataFrame, dataset_
     for rel, data in (run_files or {}).items():
         if rel not in S.RUN_FILES:
             raise StoreError(f"refusing run file {rel!r}: a run holds only {', '.join(S.RUN_FILES)} at its top level")
-        F.atomic_write(path / rel, data, root=path)
+        W.atomic_write(path / rel, data, root=path, in_run=True)
         files[rel] = {"bytes": len(data), "blake2b": F.checksum(data)}
     meta = {"format": RUN_FORMAT, "run_id": config.run_id, "hash": config.hash,
             "hashed_fields": config.hashed_fields(), "resolved": resolved_values(config), "created": now(),
@@ -385,9 +381,9 @@ def _write_new_run(path: Path, config: RunConfig, layers: pd.DataFrame, dataset_
             raise StoreError(f"refusing to replace run.json's field {key!r}")
         meta[key] = value
     for sub in ("masks", "extras", "snapshots"):
-        F.make_dirs(path / sub, root=path)
-    F.atomic_write_text(path / "config.toml", config_toml(config), root=path)
-    F.atomic_write_json(path / "run.json", meta, root=path)
+        W.make_dirs(path / sub, root=path, in_run=True)
+    W.atomic_write_text(path / "config.toml", config_toml(config), root=path, in_run=True)
+    W.atomic_write_json(path / "run.json", meta, root=path, in_run=True)
 
 
 def _check_existing(path: Path, config: RunConfig, layers: pd.DataFrame) -> set[int]:

@@ -158,3 +158,28 @@ def test_export_errors_are_one_line_and_write_nothing(runs, tmp_path):
         masklab.export_mask(run, 0, "npz", tmp_path / "link.npz")
     assert target.read_bytes() == b"keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere.npz", "link.npz"]
+
+
+def test_export_into_a_run_directory_is_refused_and_the_runs_still_open(runs, tmp_path, capsys):
+    """Issue 22, item 2: `export --out RUN/run.json` (or a mask file, of this run or another) replaced the file and
+    the run no longer opened; now any output path inside a run directory is refused, whichever way it is named."""
+    import shutil
+
+    from masklab.cli import main
+
+    source = runs["edge-popup"]
+    copy = tmp_path / "runs" / source.id
+    shutil.copytree(source.path, copy)
+    other = runs["biprop"].path
+    before = {p: p.read_bytes() for p in [*copy.rglob("*"), *other.rglob("*")] if p.is_file()}
+    (tmp_path / "into").symlink_to(copy / "masks")
+    targets = [copy / "run.json", copy / "masks" / "000001.mask", copy / "config.toml", other / "run.json",
+               other / "masks" / "000000.json", copy / "new.pt", tmp_path / "into" / "000000.json"]
+    for target in targets:
+        assert main(["export", str(copy), "--mask", "0", "--format", "state-dict", "--out", str(target)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is inside the run directory" in err[0], err
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (copy / "new.pt").exists()
+    masklab.open_run(copy).verify()
+    assert len(masklab.open_run(copy)) == len(source)

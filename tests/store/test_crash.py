@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 import masklab
+from masklab import files as W
 from masklab.cli import main
-from masklab.store import files as F
 from masklab.store.lock import RunLock
 from masklab.store.paths import RECORD_RE
 from masklab.store.run import Run
@@ -153,7 +153,7 @@ def test_sigkill_at_chosen_and_random_moments_then_resume(tmp_path, forkserver):
     assert (table["status"] == "ok").all() and list(table["kind"].value_counts()[["mask", "extra"]]) == [N, 4 * N]
     final = _registered(path)
     assert all(final[i] == kept[i] for i in kept)
-    assert not list(path.rglob(f"*{F.TMP_MARK}*")) and not list(runs.glob(".tmp-*"))
+    assert not list(path.rglob(f"*{W.TMP_MARK}*")) and not list(runs.glob(".tmp-*"))
 
     # and the masks are exactly those of a run that was never interrupted (small steps train on one thread)
     clean = masklab.generate(runs_dir=tmp_path / "clean", **CONFIG)

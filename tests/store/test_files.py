@@ -1,8 +1,8 @@
-"""Unit tests of the run-directory files: atomic writes, the mask file format, the lock, safe paths."""
+"""Unit tests of the run-directory files: the mask file format, the lock, safe paths (the writer:
+tests/test_files.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from masklab import files as W
 from masklab.errors import StoreError
 from masklab.store import files as F
 from masklab.store import paths as P
@@ -32,7 +33,7 @@ def test_mask_file_round_trip_and_size(tmp_path):
     data, checksum = F.mask_bytes(3, words)
     assert len(data) == F.HEADER_SIZE + 8 * len(words) == 64 + 8 * (n_words(100) + n_words(64) + n_words(7))
     path = tmp_path / "000003.mask"
-    F.atomic_write(path, data)
+    path.write_bytes(data)
     back = F.read_mask(path, len(words), checksum, mask_id=3)
     assert back.dtype == np.uint64 and np.array_equal(back, words)
     assert checksum == F.checksum(words)
@@ -66,28 +67,12 @@ def test_wrong_id_or_checksum_in_the_registry_is_refused(tmp_path):
         F.read_mask(path, len(words), "0" * 64, mask_id=5)
 
 
-def test_atomic_write_replaces_whole_and_leaves_no_temporary(tmp_path):
-    path = tmp_path / "f.json"
-    F.atomic_write_json(path, {"a": 1, "layers": [{"x": 1}, {"x": 2}], "files": {"p": {"bytes": 3}}})
-    F.atomic_write_json(path, {"a": 2, "layers": [{"x": 1}], "files": {"p": {"bytes": 3}}})
-    assert json.loads(path.read_text()) == {"a": 2, "layers": [{"x": 1}], "files": {"p": {"bytes": 3}}}
-    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
-
-
-def test_remove_tmp_files(tmp_path):
-    (tmp_path / "masks").mkdir()
-    (tmp_path / "masks" / ".000001.mask.tmp-123-abcd").write_bytes(b"partial")
-    (tmp_path / "masks" / "000000.mask").write_bytes(b"keep")
-    assert F.remove_tmp_files(tmp_path) == 1
-    assert [p.name for p in (tmp_path / "masks").iterdir()] == ["000000.mask"]
-
-
 def test_npy_files_are_never_unpickled(tmp_path):
     path = tmp_path / "x.npy"
     np.save(path, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(StoreError, match="unreadable"):
         F.load_npy(path)
-    path.write_bytes(F.npy_bytes(np.arange(3, dtype=np.float16)))
+    path.write_bytes(W.npy_bytes(np.arange(3, dtype=np.float16)))
     assert F.load_npy(path).tolist() == [0, 1, 2]
 
 
@@ -147,7 +132,6 @@ def test_lock_of_a_killed_process_is_released(tmp_path):
         proc.wait()
 
 
-# ---- nothing outside the run is written: links are refused, never followed ---------------------------------
 @pytest.fixture
 def outside(tmp_path):
     """A directory outside the "run" with a file in it, and a function giving its files' bytes."""
@@ -155,30 +139,6 @@ def outside(tmp_path):
     out.mkdir()
     (out / "precious").write_bytes(b"do not touch\n")
     return out, lambda: {p.name: p.read_bytes() for p in sorted(out.iterdir())}
-
-
-def test_atomic_write_refuses_a_link_and_leaves_its_target_untouched(tmp_path, outside):
-    out, contents = outside
-    run = tmp_path / "run"
-    run.mkdir()
-    before = contents()
-    (run / "run.json").symlink_to(out / "precious")
-    with pytest.raises(StoreError, match=rf"refusing to write {run / 'run.json'}: it is a symbolic link"):
-        F.atomic_write(run / "run.json", b"{}", root=run)
-    (run / "extras").symlink_to(out)
-    with pytest.raises(StoreError, match=rf"{run / 'extras'} is a symbolic link, .*with a real directory"):
-        F.atomic_write(run / "extras" / "000000.history.csv", b"x", root=run)
-    with pytest.raises(StoreError, match="is a symbolic link"):
-        F.make_dirs(run / "extras" / "deeper", root=run)
-    assert contents() == before  # nothing written there, not even a temporary file
-    assert sorted(p.name for p in run.iterdir()) == ["extras", "run.json"]
-
-
-def test_make_dirs_refuses_a_file_on_the_way(tmp_path):
-    (tmp_path / "analysis").write_text("a file")
-    with pytest.raises(StoreError, match=r"analysis is not a directory|exists and is not a directory"):
-        F.make_dirs(tmp_path / "analysis" / "x", root=tmp_path)
-    assert F.make_dirs(tmp_path / "a" / "b", root=tmp_path).is_dir()
 
 
 @pytest.mark.parametrize("kind", ["symlink", "hardlink"])
@@ -190,36 +150,3 @@ def test_the_lock_is_never_a_link(tmp_path, outside, kind):
                        + ("a symbolic link" if kind == "symlink" else r"not a plain file of its own \(a hard link\)")):
         RunLock(tmp_path / "lock").acquire()
     assert contents() == before  # today the pid write truncated it
-
-
-# ---- faults of the environment ------------------------------------------------------------------------------
-def test_a_full_disk_is_a_write_error_naming_the_path_and_the_remedy(tmp_path, monkeypatch):
-    import errno
-
-    from masklab.errors import WriteError
-
-    path = tmp_path / "000001.mask"
-    path.write_bytes(b"old")
-
-    def full(fd, data):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(os, "write", full)
-    with pytest.raises(WriteError, match=rf"cannot write {path}: No space left on device; free space on that file "
-                       "system, then rerun") as err:
-        F.atomic_write(path, b"new")
-    assert err.value.errno == errno.ENOSPC and err.value.path == path
-    monkeypatch.undo()
-    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["000001.mask"]
-
-
-def test_a_read_only_directory_is_a_write_error(tmp_path, read_only):
-    from masklab.errors import WriteError
-
-    (tmp_path / "ro").mkdir()
-    read_only(tmp_path / "ro")  # as chmod 0o555 does, for root too
-    with pytest.raises(WriteError, match=r"cannot write .*ro/x: Permission denied; you may not write there"):
-        F.atomic_write(tmp_path / "ro" / "x", b"x")
-    with pytest.raises(WriteError, match="Permission denied"):
-        RunLock(tmp_path / "ro" / "lock").acquire()
-    assert list((tmp_path / "ro").iterdir()) == []

@@ -157,6 +157,31 @@ def test_repair_quarantines_a_damaged_mask_and_resume_retrains_exactly_it(run, c
     assert masklab.store.verify(copy)["status"].eq("ok").all()
 
 
+
+@pytest.mark.parametrize("named", ["run.json", "config.toml", "masks/000000.mask", "extras/000002.history.csv"])
+def test_repair_moves_only_a_masks_own_files_whatever_its_record_names(run, copy, named):
+    """Issue 22, item 3: a record whose `files` named run.json (with a wrong checksum) made `verify --repair` move
+    run.json into quarantine and destroyed the run. The record is now refused on open, and the repair moves mask 1's
+    own files (by id and the store's naming), never what the record names."""
+    path = copy / "masks" / "000001.json"
+    record = json.loads(path.read_text())
+    record["files"][named] = {"bytes": 3, "blake2b": "0" * 64}
+    path.write_text(json.dumps(record))
+    with pytest.raises(StoreError, match=rf"record {path} names '{named}', which is not one of mask 1's own files"):
+        open_run(copy)
+    before = _files(copy)
+    table = masklab.store.verify(copy, repair=True)
+    assert table.loc[table["status"] == "repaired", "path"].tolist() == ["masks/000001.json", "masks.bits"]
+    moved = sorted(str(p.relative_to(copy / "quarantine" / "000001-1")) for p in
+                   (copy / "quarantine" / "000001-1").rglob("*") if p.is_file())
+    assert moved == ["extras/000001.history.csv", "extras/000001.scores.npy", "masks/000001.json", "masks/000001.mask"]
+    after = _files(copy)
+    for name, data in before.items():
+        if "000001" not in name and name not in ("masks.bits", "lock"):
+            assert after[name] == data, name  # run.json, config.toml and the other masks untouched
+    assert open_run(copy).ids == [0, 2]
+
+
 # ---- records, config.toml, run.json -------------------------------------------------------------------------
 @pytest.mark.parametrize("edit, message", [
     (lambda r: r.pop("checksum"), r"lacks the field 'checksum'"),

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import masklab
+from masklab import files as W
 from masklab.config import RunConfig, read_config
 from masklab.errors import StoreError, UserError
-from masklab.store import files as F
 from masklab.store.bits import BIT_ORDER, MaskSet
 from masklab.store.run import Run, list_runs, open_run
 from tests.conftest import TINY_RUN as TINY
@@ -130,7 +130,7 @@ def test_storage_per_mask_is_the_packed_size_plus_a_header(run):
     for i in run.ids:
         assert (run.path / "masks" / f"{i:06d}.mask").stat().st_size == 64 + 8 * run.n_words
     assert set(run.disk_bytes().columns) >= {"mask", "record", "history", "total"}
-    assert not list(run.path.rglob(f"*{F.TMP_MARK}*"))
+    assert not list(run.path.rglob(f"*{W.TMP_MARK}*"))
     table = run.verify()
     assert (table["status"] == "ok").all()
     # extras: histories, scores, predictions

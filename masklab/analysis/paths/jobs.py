@@ -28,6 +28,7 @@ from typing import Protocol
 
 import pandas as pd
 
+from masklab import files as W
 from masklab.analysis.paths.barriers import curve_barrier
 from masklab.analysis.paths.evaluation import (
     CURVE_COLUMNS,
@@ -42,7 +43,6 @@ from masklab.analysis.paths.evaluation import (
 from masklab.analysis.paths.geometry import DEFAULT_POINTS, check_args, distance
 from masklab.analysis.paths.sources import MaskSource, RunSource
 from masklab.errors import StoreError
-from masklab.store import files as F
 from masklab.store.run import open_run
 from masklab.train.trainer import resolve_device
 
@@ -152,7 +152,7 @@ def evaluate_pairs(task: BarrierTask, pairs: Sequence[Pair], progress: Progress 
         return 0
     source, evaluator = _source_and_evaluator(task)
     folder = Path(task.folder)
-    F.make_dirs(folder, root=folder.parent)
+    W.make_dirs(folder, root=folder.parent)
     done = 0
     with torch_threads(evaluator.threads):
         for a, b in todo:
@@ -160,7 +160,7 @@ def evaluate_pairs(task: BarrierTask, pairs: Sequence[Pair], progress: Progress 
                                         orders=task.orders, order=task.order, random_state=task.random_state)
             result = {"format": RESULT_FORMAT, "task": task.fingerprint(), "mask_a": a, "mask_b": b,
                       "barriers": rows, "curve": {c: curve[c].tolist() for c in CURVE_COLUMNS}}
-            F.atomic_write(result_path(task, a, b), json.dumps(result, allow_nan=True).encode(), root=folder,
+            W.atomic_write(result_path(task, a, b), json.dumps(result, allow_nan=True).encode(), root=folder,
                            durable=False)
             done += 1
             if progress is not None:
