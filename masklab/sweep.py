@@ -30,11 +30,11 @@ from typing import Any
 
 import pandas as pd
 
+from masklab import files as W
 from masklab.analysis.landscape import LandscapeSettings, key_table, landscape
 from masklab.config import UNHASHED, RunConfig, method_label, parse_method
 from masklab.errors import UserError
 from masklab.published import published_for
-from masklab import files as W
 
 CELL_FIELDS = ("model", "width", "epochs", "method", "recycle", "sparsity", "masks", "weight_seed", "name")
 CSV_MAX_ROWS = 100_000  # the landscape table also goes to CSV (for a person to read) up to this many rows

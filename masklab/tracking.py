@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from masklab.errors import UserError
 from masklab import files as W
+from masklab.errors import UserError
 from masklab.store.run import Run, open_run
 
 TRACKING_DIR = "tensorboard"

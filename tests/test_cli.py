@@ -19,6 +19,7 @@ from masklab.cli import runs as cli_runs
 from masklab.cli.text import bytes_text
 from masklab.config import RunConfig
 from masklab.report.settings import AnalysisSettings
+from masklab.store.files import sealed
 
 TINY = ["--masks", "2", "--epochs", "1", "--width", "0.25"]
 
@@ -423,7 +424,7 @@ def test_an_edited_config_or_an_incomplete_record_is_named_exit_2(run_copy, caps
         record = run_copy / "masks" / "000001.json"
         value = json.loads(record.read_text())
         del value["checksum"]
-        record.write_text(json.dumps(value))
+        record.write_text(json.dumps(sealed(value)))
     for argv in (["show", str(run_copy)], ["analyze", str(run_copy), *QUIET_ANALYZE],
                  ["generate", "--resume", str(run_copy), "--quiet"], ["verify", str(run_copy)]):
         assert main(argv) == 2, argv
@@ -507,7 +508,7 @@ def test_resume_with_a_name_whose_runs_have_other_configs_is_refused(made, in_tm
     study = in_tmp / "runs" / f"study-{hash8}"  # the tiny run, made with --name study
     shutil.copytree(runs / RUN_ID, study)
     meta = json.loads((study / "run.json").read_text())
-    (study / "run.json").write_text(json.dumps({**meta, "run_id": f"study-{hash8}"}))
+    (study / "run.json").write_text(json.dumps(sealed({**meta, "run_id": f"study-{hash8}"})))
     (study / "config.toml").write_text((study / "config.toml").read_text() + 'name = "study"\n')
     assert main(["generate", "--name", "study", *TINY, "--epochs", "2", "--resume", "--quiet"]) == 2
     err = _error_line(capsys)

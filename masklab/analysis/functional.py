@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from masklab import files as W
 from masklab.analysis.distances import ALL, intersections
 from masklab.analysis.pairs import PairStore, count_dtype
 from masklab.analysis.paths.barriers import _correlations
@@ -53,7 +54,6 @@ from masklab.analysis.random_sets import layer_counts, random_mask_bits
 from masklab.analysis.sampling import mask_sample
 from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
 from masklab.errors import StoreError, UserError
-from masklab import files as W
 from masklab.store import files as F
 from masklab.store.bits import MaskSet, make_layout
 

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from masklab import files as W
 from masklab.analysis.baselines import random_baseline
 from masklab.analysis.cluster_structure import structure_vs_random
 from masklab.analysis.consensus import consensus
@@ -54,7 +55,6 @@ from masklab.analysis.distances import ALL, intersections
 from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
 from masklab.config import method_label
 from masklab.errors import StoreError, UserError
-from masklab import files as W
 
 LANDSCAPE_VERSION = 1  # bump when a metric's definition changes: cached cells are then measured again
 SETTINGS_COLUMNS = ["run", "dataset", "model", "width", "method", "recycling", "sparsity", "epochs", "weight_seed",

@@ -13,3 +13,8 @@ MIN_CORRELATION_PAIRS = 10
 UMAP_MIN_MASKS = 50
 
 __all__ = ["MIN_CORRELATION_PAIRS", "UMAP_MIN_MASKS"]
+
+# Each point of an interpolation path is one evaluation of the network on the test split (and orders multiply the
+# hamming path): a few hundred points resolve any barrier; more is a typo that would run for hours.
+MAX_POINTS = 1_000
+MAX_ORDERS = 1_000

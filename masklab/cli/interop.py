@@ -7,9 +7,9 @@ import argparse
 from pathlib import Path
 
 from masklab.errors import UserError
+from masklab.files import TABLE_SUFFIXES
 from masklab.interop.exporter import export_mask
 from masklab.interop.importer import import_masks
-from masklab.files import TABLE_SUFFIXES
 from masklab.store.run import open_run
 from masklab.tracking import export_history, require_tensorboard, write_tensorboard
 from masklab.units import percent

@@ -13,6 +13,7 @@ from masklab.analysis.interpolation import (
     barrier_matrix,
     interpolate,
 )
+from masklab.analysis.paths.geometry import check_args
 from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
 from masklab.cli.options import at_least
 from masklab.cli.text import frame_text, order_words, path_words
@@ -24,6 +25,7 @@ from masklab.units import count, shown_accuracy
 def cmd_interpolate(args: argparse.Namespace) -> int:
     at_least("--points", args.points, 2)
     at_least("--orders", args.orders, 1)
+    check_args(args.path, args.points, args.orders, args.order)  # bounds, before the run is opened
     if args.out is not None:
         if Path(args.out).suffix not in W.TABLE_SUFFIXES:
             raise UserError(f"--out {args.out}: give a .csv or .parquet file")

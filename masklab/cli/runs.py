@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from masklab import files as W
 from masklab.cli.text import bytes_text, differs, frame_text, value_text
 from masklab.errors import UserError
-from masklab import files as W
 from masklab.store.catalog import catalog_path, results
 from masklab.store.files import restore_hint
 from masklab.store.integrity import verify

@@ -24,12 +24,12 @@ import torch
 from torch import nn
 
 from masklab import __version__
+from masklab import files as W
 from masklab.errors import StoreError, UserError
 from masklab.interop import hidden_networks, npz, rules, torch_prune
 from masklab.keep import reference_keep_count
 from masklab.nn.layers import MaskedConv2d, MaskedLinear, masked_layers
 from masklab.nn.models import build_model
-from masklab import files as W
 from masklab.store.run import Run, open_run
 
 EXPORT_FORMATS = ("state-dict", "torch-prune", "hidden-networks", "npz")

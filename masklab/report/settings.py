@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from masklab.analysis.embedding import METHODS
+from masklab.analysis.thresholds import MAX_POINTS
 from masklab.errors import UserError
 
 DEFAULT_ID = "default"
@@ -55,6 +56,9 @@ class AnalysisSettings:
 
         count("pairs", 0)
         count("points", 2)
+        if self.points > MAX_POINTS:
+            raise UserError(f"points = {self.points:,} is more than the limit of {MAX_POINTS:,} (each point evaluates "
+                            "the network on the test split); use fewer points")
         count("n_random", 1)
         count("random_state", 0)
         count("cluster_masks", 4, True)

@@ -71,7 +71,7 @@ def open_cache(path: Path, ids: Sequence[int], checksums: Sequence[str], n_words
     number) is a StoreError naming it."""
     n = len(ids)
     try:
-        with open(path, "rb") as f:
+        with F.open_regular(path, "the bit matrix", _fix(path)) as f:
             head = f.read(HEADER.size)
             size = f.seek(0, 2)
     except FileNotFoundError:

@@ -32,25 +32,20 @@ def read_run_file(path: Path, rel: str, info: dict) -> bytes:
     try:
         if os.path.islink(file):
             raise StoreError(f"{file} is a symbolic link; replace it with a real copy of the file")
-        data = file.read_bytes()
+        data = F.read_regular(file, "run file", f"run.json says {info['bytes']:,} bytes; {fix}", limit=info["bytes"],
+                              exact=True)
     except FileNotFoundError:
         raise StoreError(f"{file} is missing; {fix}") from None
-    except OSError as e:
-        raise StoreError(f"{file} cannot be read ({e.strerror or e})") from None
-    if len(data) != info["bytes"]:
-        raise StoreError(f"{file} is truncated or padded: {len(data)} bytes, run.json says {info['bytes']}; {fix}")
     if F.checksum(data) != info["blake2b"]:
         raise StoreError(f"{file} fails its checksum (corrupt); {fix}")
     return data
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path, n_words: int) -> bytes:
     try:
-        return path.read_bytes()
+        return F.read_regular(path, "mask file", F.repair_hint(path), limit=F.mask_file_size(n_words), exact=True)
     except FileNotFoundError:
         raise StoreError(f"mask file {path} is missing; {F.repair_hint(path)}") from None
-    except OSError as e:
-        raise StoreError(f"mask file {path} cannot be read ({e.strerror or e})") from None
 
 
 def checked_masks(root: Path, records: dict[int, dict], n_words: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -60,7 +55,7 @@ def checked_masks(root: Path, records: dict[int, dict], n_words: int) -> Iterato
     per_chunk = max(1, CHUNK_BYTES // F.mask_file_size(n_words))
     for start in range(0, len(ids), per_chunk):
         chunk = ids[start:start + per_chunk]
-        datas = [_read(mask_path(root, i)) for i in chunk]
+        datas = [_read(mask_path(root, i), n_words) for i in chunk]
         found = F.digests([memoryview(d)[F.HEADER_SIZE:] for d in datas])
         for i, data, d in zip(chunk, datas, found):
             yield i, F.check_mask_data(mask_path(root, i), data, n_words, records[i]["checksum"], i,
@@ -88,7 +83,7 @@ def check_contents(root: Path, records: dict[int, dict], n_words: int) -> bool:
     bad_rows = []
     for row, i in enumerate(ids):
         path = mask_path(root, i)
-        data = _read(path)
+        data = _read(path, n_words)
         try:
             F.check_mask_data(path, data, n_words, sums[row], i, same_as=bits[row])
         except StoreError:

@@ -13,10 +13,12 @@ import hashlib
 import io
 import json
 import os
+import stat
 import struct
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -42,10 +44,129 @@ def checksum(data: bytes | memoryview | np.ndarray) -> str:
 
 def file_checksum(path: Path) -> str:
     h = hashlib.blake2b(digest_size=32)
-    with open(path, "rb") as f:
+    with open_regular(path, "file", "restore it from a copy of the run") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# ---- reading a run's files: regular files only, of bounded size ------------------------------------------
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def check_regular(path: str | os.PathLike, mode: int, what: str, fix: str) -> None:
+    """Refuse `path` (of stat mode `mode`) unless it is a regular file: "<what> <path> is a FIFO, not a regular
+    file; <fix>"."""
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+        raise StoreError(f"{what} {path} is {kind}, not a regular file; {fix}")
+
+
+def open_regular(path: str | os.PathLike, what: str, fix: str) -> BinaryIO:
+    """`path` opened for reading (binary), refused unless it is a regular file: opened non-blocking (a FIFO
+    would otherwise wait for a writer forever) and checked with fstat on the open descriptor (a link to
+    /dev/zero is a character device, refused instead of read without end). Every file of a run is read
+    through here. FileNotFoundError passes through (callers name what is missing); any other refusal is a
+    StoreError "<what> <path> is a FIFO, not a regular file; <fix>"."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise StoreError(f"{what} {path} cannot be read ({e.strerror or e}); {fix}") from None
+    try:
+        check_regular(path, os.fstat(fd).st_mode, what, fix)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str | os.PathLike, what: str, fix: str, *, limit: int | None = None,
+                 exact: bool = False) -> bytes:
+    """The bytes of regular file `path` (see `open_regular`). `limit`: the most it may hold, refused before
+    reading (with `exact`, the size it must have: "truncated or padded"). A StoreError names the file, what it
+    is (`what`) and the `fix`; FileNotFoundError passes through."""
+    with open_regular(path, what, fix) as f:
+        size = os.fstat(f.fileno()).st_size
+        if limit is not None and (size != limit if exact else size > limit):
+            if exact:
+                raise StoreError(f"{what} {path} is truncated or padded: {size:,} bytes, expected {limit:,}; {fix}")
+            raise StoreError(f"{what} {path} is {size:,} bytes, more than the {limit:,} it may hold; {fix}")
+        try:
+            data = f.read() if limit is None else f.read(limit + 1)
+        except OSError as e:
+            raise StoreError(f"{what} {path} cannot be read ({e.strerror or e}); {fix}") from None
+    if limit is not None and (len(data) != limit if exact else len(data) > limit):  # it changed while read
+        raise StoreError(f"{what} {path} changed size while it was read ({len(data):,} bytes); {fix}")
+    return data
+
+
+# ---- checksums of run.json and the records ---------------------------------------------------------------
+JSON_CHECKSUM = "json_checksum"  # the field of run.json and of every record that checksums the rest of it
+
+
+def json_checksum(value: dict) -> str:
+    """Hex BLAKE2b-256 of `value` without its JSON_CHECKSUM field, as canonical JSON (keys sorted, no spaces,
+    UTF-8): the same for the dict that was written and the dict read back from the file."""
+    rest = {k: v for k, v in value.items() if k != JSON_CHECKSUM}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return checksum(text.encode("utf-8"))
+
+
+def sealed(value: dict) -> dict:
+    """`value` with its JSON_CHECKSUM field (set last): how run.json and every record are written."""
+    return {**{k: v for k, v in value.items() if k != JSON_CHECKSUM}, JSON_CHECKSUM: json_checksum(value)}
+
+
+def check_sealed(path: Path, value: Any, fix: str) -> None:
+    """A run.json or record read from `path` must carry its JSON_CHECKSUM and match it: an edited value (a
+    `test_acc` changed by hand) or a damaged file is refused, naming the file."""
+    if not isinstance(value, dict):
+        return  # (the schema names what it is)
+    stored = value.get(JSON_CHECKSUM)
+    if stored is None:
+        raise StoreError(f"{path} has no checksum (field {JSON_CHECKSUM!r}): it was edited or damaged; {fix}")
+    if stored != json_checksum(value):
+        raise StoreError(f"{path} fails its checksum: it was edited or is corrupt; {fix}")
+
+
+MAX_JSON_BYTES = 64 << 20  # run.json (an import of 10,000 masks names its sources: ~2 MB) or a record
+MAX_JSON_DEPTH = 32  # nesting of run.json or a record (masklab writes at most 4 levels)
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value of a run's metadata file (run.json, a record): a regular file (`open_regular`) of at most
+    MAX_JSON_BYTES, nested at most MAX_JSON_DEPTH deep; anything else is a StoreError naming the file."""
+    fix = "is this a masklab run directory?" if path.name == "run.json" else repair_hint(path)
+    try:
+        data = read_regular(path, "metadata file", fix, limit=MAX_JSON_BYTES)
+    except FileNotFoundError:
+        raise StoreError(f"{path} is missing: is this a masklab run directory?") from None
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise StoreError(f"{path} is corrupt (JSON nested deeper than {MAX_JSON_DEPTH} levels); {fix}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path} is unreadable or corrupt ({e}); {fix}") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise StoreError(f"{path} is corrupt (JSON nested deeper than {MAX_JSON_DEPTH} levels); {fix}")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in a JSON value (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, level)
+            if level > MAX_JSON_DEPTH:
+                break
+            stack.extend((x, level + 1) for x in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def load_npy(path: Path, data: bytes | None = None) -> np.ndarray:
@@ -86,12 +207,9 @@ def read_mask(path: Path, n_words: int, expect_checksum: str | None = None,
     Returns the words as a uint64 array. Any problem is a StoreError that names the file.
     """
     try:
-        data = Path(path).read_bytes()
+        data = read_regular(path, "mask file", repair_hint(path), limit=mask_file_size(n_words), exact=True)
     except FileNotFoundError:
-        raise StoreError(f"mask file {path} is missing; rerun `masklab generate ... --resume` to retrain it") \
-            from None
-    except OSError as e:
-        raise StoreError(f"mask file {path} cannot be read ({e.strerror or e})") from None
+        raise StoreError(f"mask file {path} is missing; {repair_hint(path)}") from None
     return check_mask_data(path, data, n_words, expect_checksum, mask_id)
 
 
@@ -106,8 +224,8 @@ def restore_hint(run: Path, many: bool = False) -> str:
     come back by importing their source files again (the same files find the same run)."""
     them = "them" if many else "it"
     try:
-        imported = json.loads((Path(run) / "run.json").read_text()).get("imported") is not None
-    except (OSError, ValueError, AttributeError):
+        imported = read_json(Path(run) / "run.json").get("imported") is not None
+    except (StoreError, AttributeError):
         imported = False
     if imported:
         return f"`masklab import` of the same source files again (same options) restores {them}"
@@ -163,13 +281,9 @@ def read_checked(path: Path, size: int, checksum_hex: str, what: str) -> bytes:
     is a StoreError naming the file and the fix."""
     fix = f"{what}; {repair_hint(path)}"
     try:
-        data = Path(path).read_bytes()
+        data = read_regular(path, "file", f"its record says {size:,} bytes ({fix})", limit=size, exact=True)
     except FileNotFoundError:
         raise StoreError(f"{path} is missing ({fix})") from None
-    except OSError as e:
-        raise StoreError(f"{path} cannot be read ({e.strerror or e})") from None
-    if len(data) != size:
-        raise StoreError(f"{path} is truncated or padded: {len(data)} bytes, its record says {size} ({fix})")
     if checksum(data) != checksum_hex:
         raise StoreError(f"{path} fails its checksum (corrupt) ({fix})")
     return data

@@ -23,9 +23,16 @@ from masklab.store import cache as C
 from masklab.store import files as F
 from masklab.store.contents import build_cache, read_run_file
 from masklab.store.lock import RunLock
-from masklab.store.meta import config_toml, layout_frame, read_json
+from masklab.store.meta import config_toml, layout_frame
 from masklab.store.paths import RECORD_RE, inside, own_file, resolve_run, stem
-from masklab.store.schema import check_config, check_layout, check_meta, check_record
+from masklab.store.schema import (
+    check_architecture,
+    check_config,
+    check_layout,
+    check_meta,
+    check_record,
+    is_sealed,
+)
 
 LINKABLE = {"lock": "remove", "masks.bits": "remove", "analysis": "remove", "masks": None, "extras": None,
             "snapshots": None, "checkpoints": None, "quarantine": None, "run.json": None, "config.toml": None,
@@ -107,7 +114,7 @@ def _check_links(path: Path, add) -> dict[str, dict]:
 def _verify_meta(path: Path, add, repair: bool) -> dict | None:
 
     try:
-        meta = read_json(path / "run.json")
+        meta = F.read_json(path / "run.json")
         check_meta(path, meta)
         layers = layout_frame(meta["layers"])
     except UserError as e:
@@ -126,9 +133,14 @@ def _verify_meta(path: Path, add, repair: bool) -> dict | None:
         check_config(path, old, meta)
         check_layout(path, layers, old, meta)
         add("config.toml", "config", "ok")
-        return meta
     except UserError as e:
         row = add("config.toml", "config", "problem", str(e))
+    else:
+        try:
+            check_architecture(path, layers, old, meta)
+        except UserError as e:
+            add("run.json", "layout", "problem", str(e))
+        return meta
     restored = restored_config(path, meta, old)
     if restored is None:
         row["detail"] += "; run.json's hashed fields do not give run.json's hash, so it cannot be restored"
@@ -175,7 +187,7 @@ def _verify_masks(path: Path, meta: dict, add, repair: bool) -> None:
         bad: list[dict] = []
         record = None
         try:
-            record = check_record(path / rel, read_json(path / rel), i, layers)
+            record = check_record(path / rel, F.read_json(path / rel), i, layers, sealed=is_sealed(meta))
             add(rel, "record", "ok", mask_id=i)
         except UserError as e:
             bad.append(add(rel, "record", "problem", str(e), i))

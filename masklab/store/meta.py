@@ -4,7 +4,6 @@ config.toml, and the helpers that read them. Shared by the reader (store/run.py)
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import subprocess
@@ -20,20 +19,12 @@ from masklab.config_file import to_toml
 from masklab.errors import StoreError
 from masklab.store.bits import make_layout
 
-RUN_FORMAT = 1
+RUN_FORMAT = 2  # 2: run.json and every record carry their checksum (store/files.py: JSON_CHECKSUM)
+READ_FORMATS = (1, 2)  # 1: made before masklab checksummed run.json and the records (read without that check)
 
 
 def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StoreError(f"{path} is missing: is this a masklab run directory?") from None
-    except (ValueError, UnicodeDecodeError, OSError) as e:
-        raise StoreError(f"{path} is unreadable or corrupt ({e})") from None
 
 
 def software_versions() -> dict[str, str]:

@@ -70,7 +70,7 @@ from masklab.store import files as F
 from masklab.store import integrity as I
 from masklab.store import schema as S
 from masklab.store.bits import MaskSet, unpack_words
-from masklab.store.meta import RUN_FORMAT, layout_frame, read_json
+from masklab.store.meta import layout_frame
 from masklab.store.paths import RECORD_RE, inside, resolve_run, stem
 from masklab.store.settings import _source, settings_table
 from masklab.units import percent, ranges, setting_text
@@ -102,10 +102,7 @@ class Run:
         if not (self.path / "run.json").is_file():
             raise StoreError(f"{self.path} is not a masklab run directory (no run.json); "
                              "`masklab runs` lists the runs")
-        self.meta: dict = read_json(self.path / "run.json")
-        if isinstance(self.meta, dict) and self.meta.get("format") != RUN_FORMAT:
-            raise StoreError(f"{self.path}/run.json has format {self.meta.get('format')!r}; this masklab "
-                             f"reads format {RUN_FORMAT}")
+        self.meta: dict = F.read_json(self.path / "run.json")
         S.check_meta(self.path, self.meta)
         try:
             self.config: RunConfig = read_config(self.path / "config.toml")
@@ -136,9 +133,15 @@ class Run:
             m = RECORD_RE.fullmatch(name)
             if not m:
                 continue
-            record = S.check_record(mask_dir / name, read_json(mask_dir / name), int(m.group(1)), self.layers)
+            record = S.check_record(mask_dir / name, F.read_json(mask_dir / name), int(m.group(1)), self.layers,
+                                    sealed=S.is_sealed(self.meta))
             mask_file = mask_dir / f"{m.group(1)}.mask"
-            size = mask_file.stat().st_size if mask_file.is_file() else None
+            try:
+                st = os.stat(mask_file)
+                F.check_regular(mask_file, st.st_mode, "mask file", F.repair_hint(mask_file))
+                size: int | None = st.st_size
+            except FileNotFoundError:
+                size = None
             if size != F.mask_file_size(self.n_words):
                 what = "missing" if size is None else f"truncated or corrupt ({size} bytes, expected " \
                     f"{F.mask_file_size(self.n_words)})"
@@ -200,7 +203,8 @@ class Run:
         """One row per finished mask: mask_id, seeds, test_acc (final), best_test_acc, losses, seconds,
         checksum, ... ."""
         if self._table is None:
-            rows = [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in self.records.values()]
+            rows = [{k: v for k, v in r.items() if not isinstance(v, (list, dict)) and k != F.JSON_CHECKSUM}
+                    for r in self.records.values()]
             table = pd.DataFrame(rows)
             first = [c for c in TABLE_COLUMNS if c in table.columns or not rows]
             rest = [c for c in table.columns if c not in first]
@@ -383,6 +387,7 @@ class Run:
         """Mask `i`'s subnetwork, rebuilt exactly (`masklab.train.rebuild.run_model`). In eval mode."""
         from masklab.train.rebuild import run_model
 
+        S.check_architecture(self.path, self.layers, self.config, self.meta)
         return run_model(self, i, device)
 
     def dataset(self):
@@ -403,6 +408,7 @@ class Run:
         figures (`masklab.train.rebuild.evaluate_mask`)."""
         from masklab.train.rebuild import evaluate_mask
 
+        S.check_architecture(self.path, self.layers, self.config, self.meta)
         return evaluate_mask(self, i, data, device)
 
     # ---- integrity and summaries --------------------------------------------------------------------------

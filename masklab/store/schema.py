@@ -28,6 +28,7 @@ from masklab.errors import StoreError
 from masklab.keep import layer_keep, rule_text
 from masklab.store import files as F
 from masklab.store.bits import BIT_ORDER
+from masklab.store.meta import READ_FORMATS, RUN_FORMAT
 from masklab.store.paths import own_file, stem
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -96,11 +97,14 @@ RECORD_FIELDS: dict[str, tuple[str, Any, bool]] = {
 }
 
 
-def check_record(path: Path, record: Any, mask_id: int, layers: pd.DataFrame) -> dict:
-    """`record` (read from `path`, the record of mask `mask_id`) if it has every required field with the
-    right type and fits the layout; otherwise a StoreError naming the file and the field."""
+def check_record(path: Path, record: Any, mask_id: int, layers: pd.DataFrame, *, sealed: bool = True) -> dict:
+    """`record` (read from `path`, the record of mask `mask_id`) if it matches its checksum (`sealed`: the
+    run's format carries one, see `is_sealed`), has every required field with the right type and fits the
+    layout; otherwise a StoreError naming the file and the field."""
     if not isinstance(record, dict):
         raise StoreError(f"record {path} is not a JSON object; {F.repair_hint(path)}")
+    if sealed:
+        F.check_sealed(path, record, F.repair_hint(path))
     for name, (what, ok, required) in RECORD_FIELDS.items():
         if name not in record:
             if required:
@@ -142,6 +146,11 @@ def check_meta(path: Path, meta: Any) -> None:
     fix = "the run's metadata is damaged: restore run.json from a copy of the run"
     if not isinstance(meta, dict):
         raise StoreError(f"{where} is not a JSON object; {fix}")
+    if meta.get("format") not in READ_FORMATS:
+        raise StoreError(f"{where} has format {meta.get('format')!r}; this masklab reads format {RUN_FORMAT} "
+                         f"(and {', '.join(map(str, READ_FORMATS[:-1]))})")
+    if is_sealed(meta):
+        F.check_sealed(where, meta, fix)
     fields = {"run_id": ("a string", _str), "hash": ("a 64-digit hex string", _hex),
               "hashed_fields": ("a table", lambda v: isinstance(v, dict)), "layers": ("a list", _layers),
               "n_words": ("an integer", _int), "n_bits": ("an integer", _int),
@@ -169,6 +178,11 @@ def check_meta(path: Path, meta: Any) -> None:
     if not layers or meta["n_words"] != layers[-1]["word_stop"] or \
             meta["n_bits"] != sum(r["n_bits"] for r in layers):
         raise StoreError(f"{where}: n_words / n_bits do not match its layers; {fix}")
+
+
+def is_sealed(meta: dict) -> bool:
+    """Whether run.json (`meta`) and the run's records carry their checksums: every run of RUN_FORMAT 2 on."""
+    return isinstance(meta, dict) and _int(meta.get("format")) and meta["format"] >= 2
 
 
 def _resolved(v: Any) -> bool:
@@ -242,6 +256,33 @@ def check_layout(path: Path, layers: pd.DataFrame, config: RunConfig, meta: dict
     if imported is not None and len(imported["n_keep"]) != len(layers):
         raise StoreError(f"{path / 'run.json'}: its import section records {len(imported['n_keep'])} layers, its "
                          f"layout {len(layers)}: run.json was edited; restore it from a copy of the run")
+
+
+def check_architecture(path: Path, layers: pd.DataFrame, config: RunConfig, meta: dict) -> None:
+    """run.json's layer names and shapes (`layers`) are those of the network the config builds on its dataset's
+    samples (built on torch's meta device: shapes only); a run imported without a model has none to compare.
+    Left to `verify` and to rebuilding a subnetwork (which import torch anyway): a plain open stays without torch,
+    and run.json's checksum already refuses an edit there."""
+    if meta["dataset"].get("name") is None:
+        return
+    import torch
+
+    from masklab.nn.layers import masked_layers
+    from masklab.nn.models import build_model
+
+    shape = tuple(meta["dataset"]["input_shape"])
+    with torch.device("meta"):
+        model = build_model(config.model, shape, int(meta["dataset"]["n_classes"]), config.width, config.method,
+                            config.sparsity)
+    built = [(name, [int(n) for n in m.weight.shape]) for name, m in masked_layers(model)]
+    stored = [(str(r.layer), [int(n) for n in r.shape]) for r in layers.itertuples()]
+    if built != stored:
+        k = next((k for k, (a, b) in enumerate(zip(built, stored)) if a != b), min(len(built), len(stored)))
+        what = f"layer {k}: {stored[k][0]} {stored[k][1]}" if k < len(stored) else f"{len(stored)} layers"
+        expect = f"{built[k][0]} {built[k][1]}" if k < len(built) else f"{len(built)} layers"
+        raise StoreError(f"{path / 'run.json'}: {what}, but model {config.model} (width {config.width:g}) on samples "
+                         f"of shape {'x'.join(map(str, shape))} has {expect}: run.json was edited or made by another "
+                         "masklab version; restore it from a copy of the run")
 
 
 # ---- imported runs (masklab import, see masklab/interop) --------------------------------------------------

@@ -28,7 +28,6 @@ from masklab.store.meta import (
     layout_frame,
     layout_records,
     now,
-    read_json,
     resolved_values,
     software_versions,
 )
@@ -45,7 +44,7 @@ class RunWriter:
                  shard: tuple[int, int] | None = None, shard_lock: RunLock | None = None):
         self.path, self.config, self.lock, self.done, self.created = path, config, lock, done, created
         self.shard, self.shard_lock = shard, shard_lock
-        self.meta = read_json(path / "run.json")
+        self.meta = F.read_json(path / "run.json")
         self.layers = layout_frame(self.meta["layers"])
         self.n_words = int(self.meta["n_words"])
 
@@ -189,8 +188,8 @@ class RunWriter:
             if not path.is_file():
                 continue
             try:
-                out[i] = F.load_npz(path)
-            except StoreError:
+                out[i] = F.load_npz(path, F.read_regular(path, "checkpoint", "it is removed"))
+            except (StoreError, FileNotFoundError):
                 path.unlink(missing_ok=True)
         return out
 
@@ -213,7 +212,7 @@ class RunWriter:
         record_path = self.path / "masks" / f"{stem(i)}.json"
         if record_path.exists():  # another process (an overlapping shard) stored it meanwhile: same bits
             self.done.add(i)
-            return read_json(record_path)
+            return F.read_json(record_path)
         names, shapes = list(self.layers["layer"]), [tuple(s) for s in self.layers["shape"]]
         if list(trained.layer_names) != names or [tuple(s) for s in trained.layer_shapes] != shapes:
             raise StoreError(f"mask {i} has layers {trained.layer_names} but run {self.path} has {names}")
@@ -242,6 +241,7 @@ class RunWriter:
                   "alphas": None if trained.alphas is None else [float(a) for a in trained.alphas],
                   "finished": now(), "trained_with": dict(getattr(trained, "trained_with", {}) or {}),
                   "extras": extras, "files": files}
+        record = F.sealed(record)
         W.atomic_write_json(self.path / "masks" / f"{s}.json", record, root=self.path, in_run=True)
         self.done.add(i)
         self.drop_checkpoint(i)
@@ -383,12 +383,12 @@ def _write_new_run(path: Path, config: RunConfig, layers: pd.DataFrame, dataset_
     for sub in ("masks", "extras", "snapshots"):
         W.make_dirs(path / sub, root=path, in_run=True)
     W.atomic_write_text(path / "config.toml", config_toml(config), root=path, in_run=True)
-    W.atomic_write_json(path / "run.json", meta, root=path, in_run=True)
+    W.atomic_write_json(path / "run.json", F.sealed(meta), root=path, in_run=True)
 
 
 def _check_existing(path: Path, config: RunConfig, layers: pd.DataFrame) -> set[int]:
     """Refuse a run directory made by another config or another layout; return its finished mask ids."""
-    meta = read_json(path / "run.json")
+    meta = F.read_json(path / "run.json")
     if not isinstance(meta, dict) or meta.get("hash") != config.hash:
         stored = meta.get("hashed_fields", {}) if isinstance(meta, dict) else {}
         diff = S.field_diff(stored if isinstance(stored, dict) else {}, config.hashed_fields(), "there", "here")

@@ -10,6 +10,7 @@ import pytest
 
 import masklab
 from masklab.errors import StoreError, UserError
+from masklab.store.files import sealed
 from masklab.store.run import Run
 
 
@@ -30,7 +31,7 @@ def copy(imported, tmp_path):
 def _edit(path, change):
     meta = json.loads((path / "run.json").read_text())
     change(meta)
-    (path / "run.json").write_text(json.dumps(meta))
+    (path / "run.json").write_text(json.dumps(sealed(meta)))
 
 
 def test_the_run_opens_and_verifies(imported):

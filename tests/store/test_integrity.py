@@ -16,6 +16,7 @@ from masklab.errors import StoreError
 from masklab.keep import layer_keep
 from masklab.store import cache as C
 from masklab.store import files as F
+from masklab.store.files import sealed
 from masklab.store.run import Run, open_run
 
 
@@ -166,7 +167,7 @@ def test_repair_moves_only_a_masks_own_files_whatever_its_record_names(run, copy
     path = copy / "masks" / "000001.json"
     record = json.loads(path.read_text())
     record["files"][named] = {"bytes": 3, "blake2b": "0" * 64}
-    path.write_text(json.dumps(record))
+    path.write_text(json.dumps(sealed(record)))
     with pytest.raises(StoreError, match=rf"record {path} names '{named}', which is not one of mask 1's own files"):
         open_run(copy)
     before = _files(copy)
@@ -196,7 +197,7 @@ def test_a_record_lacking_a_field_or_of_a_wrong_type_is_named(copy, edit, messag
     path = copy / "masks" / "000001.json"
     record = json.loads(path.read_text())
     edit(record)
-    path.write_text(json.dumps(record))
+    path.write_text(json.dumps(sealed(record)))
     with pytest.raises(StoreError, match=rf"record {path}(: | ){message}.*--repair` moves that mask aside"):
         open_run(copy)
     table = masklab.store.verify(copy)
@@ -229,7 +230,7 @@ def test_edits_of_run_json_are_named(copy, edit, message):
     path = copy / "run.json"
     meta = json.loads(path.read_text())
     edit(meta)
-    path.write_text(json.dumps(meta))
+    path.write_text(json.dumps(sealed(meta)))
     with pytest.raises(StoreError, match=message):
         open_run(copy)
 
@@ -273,6 +274,6 @@ def test_list_runs_shows_a_damaged_record_without_hashing(copy):
     path = copy / "masks" / "000000.json"
     record = json.loads(path.read_text())
     del record["checksum"]
-    path.write_text(json.dumps(record))
+    path.write_text(json.dumps(sealed(record)))
     table = masklab.list_runs(copy.parent)
     assert "lacks the field 'checksum'" in table["error"].iloc[0]

@@ -14,6 +14,7 @@ from masklab import files as W
 from masklab.config import RunConfig, read_config
 from masklab.errors import StoreError, UserError
 from masklab.store.bits import BIT_ORDER, MaskSet
+from masklab.store.files import sealed
 from masklab.store.run import Run, list_runs, open_run
 from tests.conftest import TINY_RUN as TINY
 
@@ -87,7 +88,7 @@ def test_a_run_made_before_resolved_values_were_recorded_shows_them_from_its_con
     shutil.copytree(run.path, copy)
     meta = json.loads((copy / "run.json").read_text())
     del meta["resolved"]
-    (copy / "run.json").write_text(json.dumps(meta))
+    (copy / "run.json").write_text(json.dumps(sealed(meta)))
     (copy / "config.toml").write_text("".join(line + "\n" for line in (copy / "config.toml").read_text().splitlines()
                                               if not line.startswith("# ")))
     old = Run(copy)
@@ -100,11 +101,11 @@ def test_resolved_values_that_contradict_the_config_are_refused(run, tmp_path):
     shutil.copytree(run.path, copy)
     meta = json.loads((copy / "run.json").read_text())
     meta["resolved"]["epochs"] = 3
-    (copy / "run.json").write_text(json.dumps(meta))
+    (copy / "run.json").write_text(json.dumps(sealed(meta)))
     with pytest.raises(StoreError, match="field 'resolved'"):
         Run(copy)
     meta["resolved"] = {**json.loads((run.path / "run.json").read_text())["resolved"], "lr": 0.5}
-    (copy / "run.json").write_text(json.dumps(meta))
+    (copy / "run.json").write_text(json.dumps(sealed(meta)))
     assert Run(copy).config.lr == 0.5  # a value the run used that the method no longer gives: kept
     text = (copy / "config.toml").read_text().replace("epochs = 2", "epochs = 2\nlr = 0.1")
     (copy / "config.toml").write_text(text)
@@ -342,7 +343,7 @@ def test_registry_paths_cannot_leave_the_run(run, tmp_path):
     record = path / "masks" / "000000.json"
     value = json.loads(record.read_text())
     value["extras"]["history"] = "../../../etc/passwd"
-    record.write_text(json.dumps(value))
+    record.write_text(json.dumps(sealed(value)))
     with pytest.raises(StoreError, match="refusing path"):
         open_run(path).history(0)
 

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from masklab.analysis.thresholds import MAX_ORDERS, MAX_POINTS
 from masklab.errors import UserError
 
 PATHS = ("soft", "hamming", "score")
@@ -108,8 +109,14 @@ def check_args(path: str, points: int, orders: int, order: str) -> None:
         raise UserError(f"interpolation order {order!r} is unknown; choose one of {', '.join(ORDERS)}")
     if not isinstance(points, (int, np.integer)) or isinstance(points, bool) or points < 2:
         raise UserError(f"points = {points!r} is invalid: a path needs at least 2 points (its ends)")
+    if points > MAX_POINTS:
+        raise UserError(f"points = {points:,} is more than the limit of {MAX_POINTS:,} (each point evaluates the "
+                        "network on the test split); use fewer points")
     if not isinstance(orders, (int, np.integer)) or isinstance(orders, bool) or orders < 1:
         raise UserError(f"orders = {orders!r} is invalid: use an integer >= 1")
+    if orders > MAX_ORDERS:
+        raise UserError(f"orders = {orders:,} is more than the limit of {MAX_ORDERS:,} (each order is a path of "
+                        "its own); use fewer orders")
     if orders > 1 and (path != "hamming" or order != "random"):
         raise UserError(f"orders = {orders} needs path 'hamming' with order 'random' (the {path} path"
                         f"{' in score order' if path == 'hamming' else ''} is a single path); use orders=1")
