@@ -508,7 +508,8 @@ def test_resume_with_a_name_whose_runs_have_other_configs_is_refused(made, in_tm
     study = in_tmp / "runs" / f"study-{hash8}"  # the tiny run, made with --name study
     shutil.copytree(runs / RUN_ID, study)
     meta = json.loads((study / "run.json").read_text())
-    (study / "run.json").write_text(json.dumps(sealed({**meta, "run_id": f"study-{hash8}"})))
+    settings = {**meta["settings"], "name": "study"}
+    (study / "run.json").write_text(json.dumps(sealed({**meta, "run_id": f"study-{hash8}", "settings": settings})))
     (study / "config.toml").write_text((study / "config.toml").read_text() + 'name = "study"\n')
     assert main(["generate", "--name", "study", *TINY, "--epochs", "2", "--resume", "--quiet"]) == 2
     err = _error_line(capsys)

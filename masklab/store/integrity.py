@@ -161,6 +161,7 @@ def restored_config(path: Path, meta: dict, old: RunConfig | None) -> RunConfig 
     name, device, ...) from the current config.toml where it is readable; None when that does not hash as
     run.json says."""
     unhashed = {k: v for k, v in old.to_dict().items() if k in UNHASHED} if old is not None else {}
+    unhashed.update(meta.get("settings", {}))  # name, stack, device as the run was made (runs since format 2)
     try:
         config = RunConfig.from_dict({**unhashed, **meta["hashed_fields"]}, source=str(path / "run.json"))
     except UserError:

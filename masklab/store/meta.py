@@ -20,7 +20,11 @@ from masklab.errors import StoreError
 from masklab.store.bits import make_layout
 
 RUN_FORMAT = 2  # 2: run.json and every record carry their checksum (store/files.py: JSON_CHECKSUM)
-READ_FORMATS = (1, 2)  # 1: made before masklab checksummed run.json and the records (read without that check)
+READ_FORMATS = (1, 2)
+# Fields of config.toml that are not hashed but are the run's own, recorded in run.json's `settings` and checked
+# on open (an edit is named; `verify --repair` restores them): `name` is also in the run id. Left out: `masks`
+# (raised to extend a run) and `data_root` (where the data lives may move).
+RECORDED = ("name", "stack", "device")  # 1: made before masklab checksummed run.json and the records (read without that check)
 
 
 def now() -> str:
@@ -83,6 +87,11 @@ def config_toml(config: RunConfig) -> str:
         text += f"\n# Set by the method ({method_label(config.method, config.recycle)}), not by this file:\n"
         text += "".join(f"# {line}\n" for line in to_toml(unset).splitlines())
     return text
+
+
+def recorded_values(config: RunConfig) -> dict[str, Any]:
+    """run.json's `settings`: the RECORDED fields of the config a run was made with."""
+    return {key: getattr(config, key) for key in RECORDED}
 
 
 def resolved_values(config: RunConfig) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from masklab.errors import StoreError
 from masklab.keep import layer_keep, rule_text
 from masklab.store import files as F
 from masklab.store.bits import BIT_ORDER
-from masklab.store.meta import READ_FORMATS, RUN_FORMAT
+from masklab.store.meta import READ_FORMATS, RECORDED, RUN_FORMAT
 from masklab.store.paths import own_file, stem
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -162,6 +162,8 @@ def check_meta(path: Path, meta: Any) -> None:
             raise StoreError(f"{where}: field {name!r} = {_short(meta[name])} is not {what}; {fix}")
     for name, (what, ok) in {"files": ("a table of path = {bytes, blake2b}", _files),
                              "resolved": (f"a table of {', '.join(RESOLVED)}", _resolved),
+                             "settings": (f"a table of {', '.join(RECORDED)}",
+                                          lambda v: isinstance(v, dict) and set(v) == set(RECORDED)),
                              "imported": ("a table", lambda v: isinstance(v, dict))}.items():
         if name in meta and not ok(meta[name]):
             raise StoreError(f"{where}: field {name!r} = {_short(meta[name])} is not {what}; {fix}")
@@ -224,8 +226,18 @@ def resolved_config(path: Path, config: RunConfig, meta: dict) -> RunConfig:
 
 
 def check_config(path: Path, config: RunConfig, meta: dict) -> None:
-    """config.toml of run `path` must hash as run.json says: an edited hashed field is named."""
+    """config.toml of run `path` must hash as run.json says (an edited hashed field is named), give its run id
+    (an edited `name`), and hold the unhashed settings run.json records (`stack`, `device`: meta.RECORDED)."""
     if config.hashed_fields() == meta["hashed_fields"] and config.hash == meta["hash"]:
+        stored = meta.get("settings", {})
+        diff = [f"{k}: {getattr(config, k)!r} in config.toml, {stored[k]!r} in run.json" for k in RECORDED
+                if k in stored and getattr(config, k) != stored[k]]
+        if not diff and config.run_id != meta["run_id"]:
+            diff = [f"name: {config.name!r} in config.toml gives the run id {config.run_id}, run.json's is "
+                    f"{meta['run_id']}"]
+        if diff:
+            raise StoreError(f"{path / 'config.toml'} was edited after the run was made ({'; '.join(diff)}); "
+                             f"`masklab verify {path} --repair` restores the file from run.json")
         return
     diff = field_diff(config.hashed_fields(), meta["hashed_fields"], "in config.toml", "in run.json")
     if diff:

@@ -28,6 +28,7 @@ from masklab.store.meta import (
     layout_frame,
     layout_records,
     now,
+    recorded_values,
     resolved_values,
     software_versions,
 )
@@ -367,7 +368,8 @@ def _write_new_run(path: Path, config: RunConfig, layers: pd.DataFrame, dataset_
         W.atomic_write(path / rel, data, root=path, in_run=True)
         files[rel] = {"bytes": len(data), "blake2b": F.checksum(data)}
     meta = {"format": RUN_FORMAT, "run_id": config.run_id, "hash": config.hash,
-            "hashed_fields": config.hashed_fields(), "resolved": resolved_values(config), "created": now(),
+            "hashed_fields": config.hashed_fields(), "resolved": resolved_values(config),
+            "settings": recorded_values(config), "created": now(),
             "bit_order": BIT_ORDER,
             "n_bits": int(layers["n_bits"].sum()), "n_words": int(layers["word_stop"].iloc[-1]),
             "layers": layout_records(layers), "dataset": dataset_info,

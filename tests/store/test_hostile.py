@@ -199,3 +199,32 @@ def test_a_layer_shape_that_is_not_the_models_is_named_by_verify_and_rebuilding(
     with pytest.raises(StoreError, match=message):
         Run(copy).evaluate(0)
     assert masklab.store.verify(run.path)["status"].isin(["ok", "stale"]).all()
+
+
+# ---- item 9: the unhashed settings of config.toml (name, stack, device) are the run's -------------------------
+@pytest.mark.parametrize("field, value, message", [
+    ("stack", "7", r"stack: 7 in config\.toml, \d+ in run\.json"),
+    ("device", '"cuda"', r"device: 'cuda' in config\.toml, '\w+' in run\.json"),
+    ("name", '"elsewhere"', r"name: 'elsewhere' in config\.toml, None in run\.json"),
+])
+def test_edited_unhashed_settings_are_named_and_repaired(copy, run, capsys, field, value, message):
+    """Issue 22, item 9: edited `name`, `stack`, `device` in config.toml passed verify and verify --repair, then
+    blocked `--resume` with a hint about a --name the user never gave."""
+    path = copy / "config.toml"
+    text = path.read_text()
+    line = re.compile(rf"^{field} = .*$", re.M)
+    path.write_text(line.sub(f"{field} = {value}", text) if line.search(text) else text + f"{field} = {value}\n")
+    with pytest.raises(StoreError, match=rf"{path} was edited after the run was made \({message}\); "
+                                         rf"`masklab verify {copy} --repair` restores the file from run\.json"):
+        Run(copy)
+    assert _problems(masklab.store.verify(copy)) == ["config.toml"]
+    table = masklab.store.verify(copy, repair=True)
+    assert table.loc[table["path"] == "config.toml", "action"].tolist() == ["rewrote config.toml from run.json"]
+    assert Run(copy).config == run.config
+    assert main(["generate", "--resume", str(copy), "--quiet"]) == 0  # nothing left to train: it opens
+    assert capsys.readouterr().out.strip() == str(copy)
+
+
+def test_run_json_records_the_unhashed_settings(run):
+    meta = json.loads((run.path / "run.json").read_text())
+    assert meta["settings"] == {"name": run.config.name, "stack": run.config.stack, "device": run.config.device}
