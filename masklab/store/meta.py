@@ -20,11 +20,11 @@ from masklab.errors import StoreError
 from masklab.store.bits import make_layout
 
 RUN_FORMAT = 2  # 2: run.json and every record carry their checksum (store/files.py: JSON_CHECKSUM)
-READ_FORMATS = (1, 2)
+READ_FORMATS = (1, 2)  # 1: made before masklab checksummed run.json and the records (read without that check)
 # Fields of config.toml that are not hashed but are the run's own, recorded in run.json's `settings` and checked
 # on open (an edit is named; `verify --repair` restores them): `name` is also in the run id. Left out: `masks`
 # (raised to extend a run) and `data_root` (where the data lives may move).
-RECORDED = ("name", "stack", "device")  # 1: made before masklab checksummed run.json and the records (read without that check)
+RECORDED = ("name", "stack", "device")
 
 
 def now() -> str:

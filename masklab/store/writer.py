@@ -146,7 +146,7 @@ class RunWriter:
 
     def stored_records(self, ids) -> list[dict]:
         """The records of the stored masks `ids`, as written."""
-        return [read_json(self.path / "masks" / f"{stem(i)}.json") for i in sorted(ids)]
+        return [F.read_json(self.path / "masks" / f"{stem(i)}.json") for i in sorted(ids)]
 
     def close(self) -> None:
         if self.shard_lock is not None:
