@@ -5,9 +5,11 @@ the code before the fix."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 
+import numpy as np
 import pytest
 
 import masklab
@@ -15,6 +17,7 @@ from masklab.analysis.interpolation import barrier_matrix
 from masklab.analysis.paths.geometry import MAX_ORDERS, MAX_POINTS
 from masklab.cli import main
 from masklab.errors import UserError
+from masklab.store.bits import MaskSet
 
 
 def _error_line(capsys) -> str:
@@ -52,3 +55,43 @@ def test_commands_refuse_too_many_points_before_any_work(copy, capsys, argv):
     assert main([a.format(run=copy) for a in argv]) == 2
     assert "is more than the limit of 1,000" in _error_line(capsys)
     assert not (copy / "analysis").exists() and not (copy.parent.parent / "figures").exists()
+
+
+# ---- item 10: wrong arguments are refused, not guessed ------------------------------------------------------
+@pytest.mark.parametrize("a, b", [(0.5, 1), (0, True), (np.float64(1.0), 0), (-1, 0), ("0", 1)])
+def test_mask_ids_that_are_not_integers_are_refused(tiny_run, a, b):
+    """Issue 22, item 10: `interpolate(run, 0.5, 1)` silently used mask 0, and True was taken as mask 1."""
+    bad = a if not (isinstance(a, int) and not isinstance(a, bool) and a >= 0) else b
+    with pytest.raises(UserError, match=rf"mask id {re.escape(repr(bad))} is invalid: mask ids are integers >= 0"):
+        masklab.interpolate(tiny_run, a, b, points=2)
+    with pytest.raises(UserError, match="mask ids are integers >= 0"):
+        tiny_run.record(bad)
+    with pytest.raises(UserError, match="mask ids are integers >= 0"):
+        tiny_run.masks.unpack(bad)
+    assert tiny_run.record(np.int64(1))["mask_id"] == 1
+
+
+@pytest.mark.parametrize("matrix", [np.array([[-1.0, 0.0, 1.0]]), np.array([[0.5, 0.0, 1.0]]), np.array([[2, 0, 1]])])
+def test_a_matrix_that_is_not_boolean_is_refused(matrix):
+    """Issue 22, item 10: `MaskSet.from_bool` turned -1.0 or 0.5 into "kept" bits."""
+    with pytest.raises(UserError, match=r"values other than 0 and 1 .*say which entries are kept explicitly"):
+        MaskSet.from_bool(matrix)
+    kept = MaskSet.from_bool(matrix != 0)  # the rule stated explicitly
+    assert _bool(kept) == (matrix != 0).tolist()
+
+
+def _bool(masks: MaskSet) -> list:
+    return [masks.unpack(i).tolist() for i in masks.ids]
+
+
+def test_a_zero_one_matrix_of_numbers_is_the_boolean_one():
+    ones = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    assert _bool(MaskSet.from_bool(ones)) == (ones == 1).tolist()
+    assert _bool(MaskSet.from_bool(ones.astype(np.int8))) == (ones == 1).tolist()
+
+
+def test_the_random_baseline_of_no_masks_is_refused():
+    """Issue 22, item 10: `random_baseline` of an empty MaskSet returned NaN rows marked exact."""
+    empty = MaskSet.from_bool(np.zeros((0, 8), dtype=bool))
+    with pytest.raises(UserError, match="random_baseline needs at least one mask"):
+        masklab.random_baseline(empty)

@@ -41,6 +41,9 @@ def random_baseline(masks: MaskSet) -> pd.DataFrame:
         hypergeometric, see the module docstring), matching_iid = k^2 + (1 - k)^2 and
         jaccard_iid = k / (2 - k) for density k (the closed forms for independent bits), exact (bool).
     """
+    if len(masks) == 0:
+        raise UserError("random_baseline needs at least one mask (the counts of the random masks are the masks' "
+                        "own); the MaskSet is empty")
     counts = layer_counts(masks)
     vectors, inverse, multiplicity = np.unique(counts, axis=0, return_inverse=True, return_counts=True)
     u, v, weights = pair_weights(len(counts), multiplicity)

@@ -40,6 +40,7 @@ from masklab.analysis.paths.geometry import DEFAULT_POINTS, PATHS, PathPoint, Su
 from masklab.analysis.paths.jobs import build_evaluator, evaluate_pair
 from masklab.analysis.paths.sources import MaskSource, RunSource, TrainedSource, as_source, from_trained
 from masklab.errors import UserError
+from masklab.store.paths import check_mask_id
 
 
 def _evaluator(source: MaskSource, model_id: int, eval_samples: int | None, bn_samples: int, recompute_bn: bool,
@@ -58,11 +59,11 @@ def interpolate(run: object, a: int, b: int, path: str = "soft", *, points: int 
     exact paths, the evaluation set and the BatchNorm handling. `progress`: a progress line (on stderr)
     counting the points evaluated."""
     check_args(path, points, orders, order)
+    a, b = check_mask_id(a), check_mask_id(b)
     source = as_source(run)
-    sa, sb = source.subnet(int(a)), source.subnet(int(b))
-    evaluator = _evaluator(source, int(a), eval_samples, bn_samples, recompute_bn, device)
-    return evaluator.curve(sa, sb, path, points, orders, order, random_state, ids=(int(a), int(b)),
-                           progress=progress)
+    sa, sb = source.subnet(a), source.subnet(b)
+    evaluator = _evaluator(source, a, eval_samples, bn_samples, recompute_bn, device)
+    return evaluator.curve(sa, sb, path, points, orders, order, random_state, ids=(a, b), progress=progress)
 
 
 def sample_pairs(ids: Sequence[int], pairs: int | None, random_state: int = 0) -> list[tuple[int, int]]:

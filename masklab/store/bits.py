@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from masklab.errors import UserError
+from masklab.store.paths import check_mask_id
 
 BIT_ORDER = ("layers in model order; each layer C-order flattened, starts on a 64-bit word; "
              "bit j -> word j//64, bit j%64 (LSB first); words little-endian uint64")
@@ -86,8 +87,20 @@ class MaskSet:
     @classmethod
     def from_bool(cls, matrix: np.ndarray, layer_sizes: Sequence[int] | None = None,
                   layer_names: Sequence[str] | None = None, ids: Sequence[int] | None = None) -> MaskSet:
-        """Wrap an N x d boolean matrix: one layer, or consecutive column blocks of `layer_sizes`."""
-        matrix = np.asarray(matrix, dtype=bool)
+        """Wrap an N x d boolean matrix: one layer, or consecutive column blocks of `layer_sizes`. A matrix of
+        another dtype is taken only when every value is 0 or 1 (kept = 1); any other value (-1.0, 0.5, 2) is a
+        UserError: say which entries are kept explicitly, e.g. `MaskSet.from_bool(scores > 0)`."""
+        matrix = np.asarray(matrix)
+        if matrix.dtype != bool:
+            if not (np.issubdtype(matrix.dtype, np.number) and not np.issubdtype(matrix.dtype, np.complexfloating)):
+                raise UserError(f"expected a boolean matrix, got dtype {matrix.dtype}; pass e.g. `matrix != 0`")
+            other = (matrix != 0) & (matrix != 1)
+            if other.any():
+                value = matrix[other].flat[0]
+                raise UserError(f"expected a boolean matrix, got {matrix.dtype} values other than 0 and 1 (e.g. "
+                                f"{value!r}); say which entries are kept explicitly, e.g. `matrix > 0` or "
+                                "`matrix != 0`")
+            matrix = matrix == 1
         if matrix.ndim == 1:
             matrix = matrix[None, :]
         if matrix.ndim != 2:
@@ -150,7 +163,7 @@ class MaskSet:
         return self.layers.iloc[hit[0]]
 
     def _row(self, i: int) -> int:
-        hit = np.flatnonzero(self.ids == i)
+        hit = np.flatnonzero(self.ids == check_mask_id(i))
         if len(hit) == 0:
             raise UserError(f"no mask with id {i}; ids are {self.ids.min()}..{self.ids.max()}")
         return int(hit[0])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from masklab.errors import StoreError
+from masklab.errors import StoreError, UserError
 from masklab.files import TMP_MARK
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
@@ -23,6 +23,15 @@ def check_run_id(text: str) -> str:
         raise StoreError(f"{text!r} is not a run id (letters, digits, '.', '_', '+', '-'; no slashes); "
                          "pass a run id from `masklab runs` or the path of a run directory")
     return text
+
+
+def check_mask_id(value: object) -> int:
+    """`value` as a mask id: an integer >= 0 (Python or numpy), never a bool (True is not mask 1) nor a float
+    (0.5 is not mask 0, and 1.0 is not taken for 1 either); anything else is a UserError. Every function that
+    takes a mask id from a caller checks it here."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise UserError(f"mask id {value!r} is invalid: mask ids are integers >= 0 (e.g. 0, 1, 2)")
+    return int(value)
 
 
 def stem(mask_id: int) -> str:

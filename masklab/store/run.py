@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import html
 import io
-import operator
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,7 +70,7 @@ from masklab.store import integrity as I
 from masklab.store import schema as S
 from masklab.store.bits import MaskSet, unpack_words
 from masklab.store.meta import layout_frame
-from masklab.store.paths import RECORD_RE, inside, resolve_run, stem
+from masklab.store.paths import RECORD_RE, check_mask_id, inside, resolve_run, stem
 from masklab.store.settings import _source, settings_table
 from masklab.units import percent, ranges, setting_text
 
@@ -189,10 +188,7 @@ class Run:
 
     def record(self, i: int) -> dict:
         """The registry record of mask `i` (a dict)."""
-        try:
-            key = operator.index(i)
-        except TypeError:
-            raise StoreError(f"mask id {i!r} is invalid: mask ids are integers") from None
+        key = check_mask_id(i)
         if key not in self.records:
             have = f"its mask ids are {ranges(self.ids, dash='..')}" if self.records else "it has no finished masks"
             raise StoreError(f"run {self.id} has no mask {i}; {have}")
