@@ -18,46 +18,132 @@ from masklab.nn.models import build_model
 MAX_WEIGHTS = 2**30  # prunable weights of one network: 4 GiB of float32 weights, 128 MiB per packed mask
 
 
+# What training allocates beyond the data (bench/bench_memory.py measures it against `training_bytes`): per
+# prunable weight, the shared float32 weights once, and per mask trained together its float32 scores, their
+# gradient and momentum, the top-k selection (sorted values and int64 indices), the mask and the masked weights
+# with their gradient: about 44 bytes per weight measured for edge-popup on MLPs (peaks of mlp widths 8, 16, 24 on
+# digits, one epoch: 371, 858 and 1,786 MiB for 4.3, 17.1 and 38.2 M weights: ~190 MiB plus ~44 bytes a weight;
+# Biprop at width 16: 1,041 MiB, ~52 bytes a weight: its gains' gradients pass through whole-layer temporaries).
+# Dense training keeps weights, gradient, momentum and the update's temporaries.
+# Recycling (IWR, IteRand) adds its int64 index maps and the rebuilt weights. Activations: every layer's output
+# per sample (found by a forward pass on the meta device), saved for backward and its gradient, per sample of a
+# batch and per mask trained together. FIXED_BYTES: torch's kernels and thread pools, batches, the checkpoint's
+# buffers (measured ~190 MiB beyond the model).
+SHARED_BYTES = 4
+MASK_BYTES = {"edge-popup": 44, "biprop": 52, "dense": 28}
+RECYCLE_BYTES = 24
+ACTIVATION_BYTES = 16
+FIXED_BYTES = 256 << 20
+
+
 def memory_bytes() -> int | None:
-    """The memory this process may use: physical memory, or the cgroup's limit where that is lower; None if
-    unknown."""
+    """The memory this process may still allocate: the system's available memory (MemAvailable: free plus
+    what the kernel can reclaim), or what is left below the cgroup's limit where that is lower; None if
+    unknown. (Not the physical total: on a shared machine other processes hold part of it.)"""
+    have = None
     try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        total = None
-    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                have = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        have = None
+    if have is None:
         try:
-            text = Path(limit_file).read_text().strip()
+            have = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            have = None
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit, usage = Path(limit_file).read_text().strip(), Path(usage_file).read_text().strip()
         except OSError:
             continue
-        if text.isdigit() and (total is None or int(text) < total):
-            total = int(text)
+        if limit.isdigit() and usage.isdigit() and int(limit) < 2**60:
+            left = max(0, int(limit) - int(usage))
+            have = left if have is None else min(have, left)
         break
+    return have
+
+
+def _meta_model(config: RunConfig, input_shape: tuple[int, ...], n_classes: int, what: str):
+    """The config's network on torch's meta device (shapes only, no memory); a size torch cannot even
+    describe (`--width 1e9` overflows its storage size) is a UserError."""
+    try:
+        with torch.device("meta"):
+            return build_model(config.model, tuple(input_shape), n_classes, config.width, config.method,
+                               config.sparsity)
+    except (RuntimeError, OverflowError, ValueError) as e:
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"{what} is too large to build ({str(e).splitlines()[0][:120]}); use a smaller --width or "
+                        "smaller inputs") from None
+
+
+def _together(config: RunConfig) -> int:
+    """Masks trained at once: `stack`, at most `masks`; 1 for auto (0) and dense."""
+    return 1 if config.method == "dense" or config.stack == 0 else min(config.stack, config.masks)
+
+
+def activation_values(model, input_shape: tuple[int, ...]) -> int:
+    """The values every leaf module outputs for one sample: a forward pass on the meta device."""
+    total = 0
+
+    def count(module, inputs, output) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor) and output.dim() > 0:
+            total += output[0].numel()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.device("meta"), torch.no_grad():
+            model(torch.empty(1, *input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
     return total
 
 
+def training_bytes(config: RunConfig, input_shape: tuple[int, ...], n_classes: int) -> int:
+    """What training `config` on samples of `input_shape` allocates at its peak beyond the loaded data, in
+    bytes: FIXED_BYTES, the shared weights (SHARED_BYTES per prunable weight), per mask trained together
+    (`stack`) MASK_BYTES of its method per weight (+ RECYCLE_BYTES when recycling) and ACTIVATION_BYTES per
+    activation value of a batch. Measured against real peaks by bench/bench_memory.py and
+    tests/test_limits.py (the estimate covers the measured peak, by at most 2x + 64 MiB)."""
+    what = f"model {config.model} (width {config.width:g})"
+    model = _meta_model(config, input_shape, n_classes, what)
+    weights = sum(m.weight.numel() for _, m in masked_layers(model))
+    per_mask = MASK_BYTES[config.method] + (RECYCLE_BYTES if config.recycle != "none" else 0)
+    activations = activation_values(model, tuple(input_shape)) * config.batch_size
+    together = _together(config)
+    return FIXED_BYTES + SHARED_BYTES * weights + together * (per_mask * weights + ACTIVATION_BYTES * activations)
+
+
 def check_fits(config: RunConfig, input_shape: tuple[int, ...], n_classes: int) -> int:
-    """Refuse a model too large to train, before any of it is allocated; returns its prunable weights.
+    """Refuse a model too large to train, before any of it is allocated (and before a run directory exists);
+    returns its prunable weights.
 
     The model is built on torch's meta device (shapes only, no memory), so the count is exact and cheap.
-    Refused: more than MAX_WEIGHTS prunable weights, or more memory than this machine has for the least a
-    training step needs: the shared float32 weights once plus, per mask trained together (`stack`, at most
-    `masks`; 1 for auto and dense), its scores, their gradients and momentum.
+    Refused: more than MAX_WEIGHTS prunable weights, a size torch cannot describe, or more than the memory
+    this process may still allocate (`memory_bytes`) for what training allocates (`training_bytes`).
     """
-    with torch.device("meta"):
-        model = build_model(config.model, tuple(input_shape), n_classes, config.width, config.method,
-                            config.sparsity)
-    weights = sum(m.weight.numel() for _, m in masked_layers(model))
     what = (f"model {config.model} (width {config.width:g}) on samples of shape "
-            f"{'x'.join(map(str, input_shape))} has {weights:,} prunable weights")
+            f"{'x'.join(map(str, input_shape))}")
+    model = _meta_model(config, input_shape, n_classes, what)
+    weights = sum(m.weight.numel() for _, m in masked_layers(model))
+    what = f"{what} has {weights:,} prunable weights"
     if weights > MAX_WEIGHTS:
         raise UserError(f"{what}, more than the limit of {MAX_WEIGHTS:,}; use a smaller --width or smaller inputs")
-    together = 1 if config.method == "dense" or config.stack == 0 else min(config.stack, config.masks)
-    need = 4 * weights * (1 + 3 * together)
     have = memory_bytes()
-    if have is not None and need > have:
-        raise UserError(f"{what}: training {together} mask(s) at once needs at least {need / 2**30:,.1f} GiB "
-                        f"but this machine has {have / 2**30:,.1f} GiB; use a smaller --stack, --width or inputs")
+    if have is None:
+        return weights
+    need = training_bytes(config, input_shape, n_classes)
+    if need > have:
+        raise UserError(f"{what}: training {_together(config)} mask(s) at once needs about {need / 2**30:,.1f} GiB "
+                        f"but {have / 2**30:,.1f} GiB of memory is available; use a smaller --stack, --width, "
+                        "--batch-size or inputs")
     return weights
 
 

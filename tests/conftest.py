@@ -96,7 +96,8 @@ def read_only(monkeypatch) -> Callable[[Path], None]:
 SLOW_MODULES = ("train/test_same_bits.py", "scale/test_shards.py", "store/test_crash.py", "test_golden_bits.py",
                 "test_notebook.py", "test_report.py", "analysis/test_interpolation.py", "analysis/test_real_masks.py",
                 "train/test_stacked.py", "test_gpu_check.py", "scale/test_slurm.py", "analysis/test_dask.py")
-SLOW_TESTS = ("analysis/test_tiles.py::test_many_small_tiles_and_a_memory_mapped_result",
+SLOW_TESTS = ("test_limits.py::test_the_estimate_covers_the_measured_peak",
+              "analysis/test_tiles.py::test_many_small_tiles_and_a_memory_mapped_result",
               "analysis/test_cluster_structure.py::test_p_values_of_random_masks_are_roughly_uniform_and_never_below_the_floor",
               "scale/test_jobs.py::test_sigterm_ends_every_local_job",
               "scale/test_jobs.py::test_a_killed_local_task_is_one_line_and_a_rerun_resumes",
