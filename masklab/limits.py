@@ -97,6 +97,7 @@ def activation_values(model, input_shape: tuple[int, ...]) -> int:
 
     leaves = [m for m in model.modules() if not list(m.children())]
     hooks = [m.register_forward_hook(count) for m in leaves]
+    model.eval()  # (BatchNorm in training mode refuses a batch of one; the shapes are the same)
     try:
         with torch.device("meta"), torch.no_grad():
             model(torch.empty(1, *input_shape))

@@ -95,3 +95,32 @@ def test_the_random_baseline_of_no_masks_is_refused():
     empty = MaskSet.from_bool(np.zeros((0, 8), dtype=bool))
     with pytest.raises(UserError, match="random_baseline needs at least one mask"):
         masklab.random_baseline(empty)
+
+
+# ---- item 14: an import file of the wrong kind is named, with what it is ------------------------------------
+@pytest.fixture
+def import_files(tmp_path):
+    import torch
+
+    torch.save({"linear.0.weight": torch.zeros(4, 5), "linear.0.scores": torch.zeros(4, 5)}, tmp_path / "model.pt")
+    np.savez(tmp_path / "mask.npz", fc1=np.ones((4, 5), dtype=bool))
+    return tmp_path
+
+
+@pytest.mark.parametrize("files, format, named, what, fix", [
+    (["model.pt"], "npz", "model.pt", r"a torch checkpoint \(torch\.save\)", "--format hidden-networks"),
+    (["mask.npz", "model.pt"], "npz", "model.pt", r"a torch checkpoint \(torch\.save\)", "--format hidden-networks"),
+    (["mask.npz"], "hidden-networks", "mask.npz", r"an \.npz file of numpy arrays", "--format npz"),
+    (["mask.npz"], "torch-prune", "mask.npz", r"an \.npz file of numpy arrays", "--format npz"),
+], ids=["pt as npz", "npz and pt mixed", "npz as hidden-networks", "npz as torch-prune"])
+def test_an_import_file_of_another_format_is_named(import_files, capsys, files, format, named, what, fix):
+    """Issue 22, item 14: `import FILE.pt --format npz` (or npz files mixed with a checkpoint) ended in exit 1,
+    AttributeError."""
+    runs = import_files / "runs"
+    argv = ["import", *(str(import_files / f) for f in files), "--format", format, "--keep", "0.5",
+            "--runs-dir", str(runs), "--quiet"]
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert re.search(rf"{re.escape(str(import_files / named))} is {what}, not what --format {format} reads .*; "
+                     rf"import it with {fix}", line), line
+    assert not runs.exists() or not [p for p in runs.iterdir() if p.is_dir()]

@@ -69,6 +69,44 @@ def read_bytes(path: Path, what: str = "file") -> bytes:
         raise UserError(f"{what} {path} cannot be read: {e.strerror or e}") from None
 
 
+FILE_KINDS = {"npz": "an .npz file of numpy arrays", "torch": "a torch checkpoint (torch.save)",
+              "zip": "a zip archive that is neither an .npz file nor a torch checkpoint",
+              "other": "neither an .npz file nor a torch checkpoint"}
+
+
+def file_kind(data: bytes) -> str:
+    """What the bytes of an import file are, from their content (never from the name): "npz" (a zip whose
+    entries are all .npy arrays), "torch" (torch.save's zip with its data.pkl, or a legacy pickle), "zip",
+    "damaged" (a zip that cannot be opened: truncated) or "other" (see FILE_KINDS)."""
+    import zipfile
+
+    if data[:4] == b"PK\x03\x04" or data[:4] == b"PK\x05\x06":
+        try:
+            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "damaged"
+        if all(name.endswith(".npy") for name in names):
+            return "npz"
+        if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+            return "torch"
+        return "zip"
+    if data[:1] == b"\x80" and len(data) > 1 and 2 <= data[1] <= 5:  # a pickle (torch's legacy format)
+        return "torch"
+    return "other"
+
+
+def check_file_kind(path: Path, data: bytes, format: str, readable: str) -> None:
+    """Refuse a file whose content is not what `format` reads (`readable`: "npz" or "torch"), saying what the
+    file is instead and which format reads it: `import x.pt --format npz` names the checkpoint."""
+    kind = file_kind(data)
+    if kind == readable or kind in ("damaged", "other"):
+        return  # (the reader names a damaged file, or what it is not, in its own words)
+    instead = {"npz": "--format npz", "torch": "--format hidden-networks or --format torch-prune"}.get(kind)
+    fix = f"import it with {instead}" if instead else "pass the file masklab exported or the checkpoint itself"
+    raise UserError(f"{path} is {FILE_KINDS[kind]}, not what --format {format} reads ({FILE_KINDS[readable]}); "
+                    f"{fix}")
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

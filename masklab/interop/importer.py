@@ -30,7 +30,7 @@ from masklab import files as W
 from masklab.config import MAX_MASKS, RunConfig
 from masklab.errors import StoreError, UserError
 from masklab.interop import hidden_networks, npz, rules, torch_prune
-from masklab.interop.checkpoint import read_bytes, sha256
+from masklab.interop.checkpoint import check_file_kind, read_bytes, sha256
 from masklab.interop.import_checks import (
     Target,
     bn_mapping,
@@ -200,6 +200,7 @@ def _read_files(paths: list[Path], format: str, given_keep: float | None, method
     read: _Read | None = None
     for i, path in enumerate(paths):
         data = read_bytes(path, "file")
+        check_file_kind(path, data, format, "npz" if format == npz.FORMAT else "torch")  # before any parsing
         source = READERS[format](path, data, sha256(data))
         del data
         if read is None:
