@@ -65,6 +65,7 @@ RECYCLE_FIELDS = ("recycle_rate", "recycle_every", "recycle_warmup", "recycle_do
 MAX_MASKS = 1_000_000  # mask files are named by six-digit ids (000000.mask ... 999999.mask)
 MAX_EPOCHS = 100_000  # the papers train 100-250 epochs; more is a typo (and a run that never ends)
 MAX_INT = 2**31 - 1  # every other count (batch size, stack, warm-up, snapshot period): a 32-bit integer
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: lr and weight decay must fit (training computes in it)
 MAX_INPUT_ELEMENTS = 2**20  # synthetic samples up to 1,048,576 values (3x512x512 fits): 1,280 of them are 5 GiB
 
 # Per-method defaults from REFERENCE.md, used where the user leaves a field at None.
@@ -277,6 +278,10 @@ class RunConfig:
             raise bad("momentum", "must lie in [0, 1)")
         if not (_is_number(self.weight_decay) and self.weight_decay >= 0):
             raise bad("weight_decay", "must be a number >= 0")
+        for name in ("lr", "weight_decay"):  # training computes in float32: refuse what it cannot hold
+            value = getattr(self, name)
+            if _is_number(value) and abs(value) > FLOAT32_MAX:
+                raise bad(name, f"more than float32, in which training computes, can hold ({FLOAT32_MAX:.4g})")
         if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise bad("device", "use auto, cpu, cuda or cuda:N")
         choice("precision", PRECISIONS)

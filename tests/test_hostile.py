@@ -124,3 +124,27 @@ def test_an_import_file_of_another_format_is_named(import_files, capsys, files, 
     assert re.search(rf"{re.escape(str(import_files / named))} is {what}, not what --format {format} reads .*; "
                      rf"import it with {fix}", line), line
     assert not runs.exists() or not [p for p in runs.iterdir() if p.is_dir()]
+
+
+# ---- item 15: values float32 cannot hold are refused; a diverging weight decay is named ----------------------
+@pytest.mark.parametrize("option, field", [("--lr", "lr"), ("--weight-decay", "weight_decay")])
+def test_values_beyond_float32_are_refused_up_front(tmp_path, capsys, option, field):
+    """Issue 22, item 15: `--lr 1e308` / `--weight-decay 1e308` printed a numpy RuntimeWarning (3 stderr lines)."""
+    runs = tmp_path / "runs"
+    assert main(["generate", option, "1e308", "--runs-dir", str(runs), "--quiet"]) == 2
+    assert f"config field '{field}' = 1e+308 is invalid: more than float32, in which training computes, can hold" \
+        in _error_line(capsys)
+    assert not runs.exists()
+
+
+def test_a_diverging_weight_decay_is_named_not_the_lr(tmp_path, capsys):
+    """Issue 22, item 15: a diverging weight decay was blamed on --lr."""
+    runs = tmp_path / "runs"
+    argv = ["generate", "--masks", "1", "--epochs", "1", "--width", "0.25", "--weight-decay", "1e30",
+            "--runs-dir", str(runs), "--quiet"]
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert "training diverged in epoch 0" in line or "training diverged in epoch 1" in line
+    assert "the weight decay diverged: lr x weight decay = 0.1 x 1e+30" in line and "--weight-decay" in line
+    assert "use a smaller --lr" not in line
+    assert not [p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")]

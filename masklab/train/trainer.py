@@ -366,6 +366,12 @@ def _check_finite(config, indices, epoch, lr, train, layers, dense) -> None:
         what = f"mask {indices[k]}'s train loss is {train[k][0]:g}"
     else:
         what = f"the {'weights' if dense else 'scores'} are no longer finite"
+    decay, usual = float(config.weight_decay), type(config)().weight_decay
+    if decay > 0 and lr * decay >= 1 and lr * usual < 1:
+        # the decay step alone overshoots (w -= lr * decay * w flips and grows w), at an lr the usual decay takes
+        raise TrainingDiverged(f"training diverged in epoch {epoch}: {what}; the weight decay diverged: lr x "
+                               f"weight decay = {lr:g} x {decay:g} = {lr * decay:g}, which must stay well below 1; "
+                               f"use a smaller --weight-decay (the default is {usual:g})")
     raise TrainingDiverged(f"training diverged in epoch {epoch} at lr {lr:g}: {what}; use a smaller --lr (the "
                            f"{config.method} default is {default})")
 
