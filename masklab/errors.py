@@ -62,13 +62,20 @@ _REMEDIES = {
 ENVIRONMENT_ERRNOS = frozenset(getattr(_errno, name) for name in _REMEDIES if hasattr(_errno, name))
 
 
-def environment_message(err: OSError, path=None) -> str:
-    """One line for an OSError of the environment: the path, what the system said, and the remedy."""
+def environment_message(err: OSError, path=None, doing: str | None = "write") -> str:
+    """One line for an OSError of the environment: what was being done (`doing`: "write", "read"; None where
+    no site said, e.g. the CLI's last resort), the path, what the system said, and the remedy."""
     where = path if path is not None else (err.filename or "a file")
     name = _errno.errorcode.get(err.errno or 0, "")
     what = err.strerror or str(err)
     remedy = _REMEDIES.get(name, "check the path and the file system, then rerun")
-    return f"cannot write {where}: {what}; {remedy}"
+    if doing == "read" and name in ("ENOTDIR", "EISDIR", "EACCES", "EPERM", "ELOOP"):
+        remedy = {"ENOTDIR": "a part of that path is a file, not a directory; restore the folder (from a copy)",
+                  "EISDIR": "a directory is where a file should be; restore the file (from a copy)",
+                  "ELOOP": "it is a symbolic link loop; replace the link with a real file"}.get(
+                      name, "you may not read it; make it readable (chmod / chown)")
+    verb = f"cannot {doing}" if doing else "cannot use"
+    return f"{verb} {where}: {what}; {remedy}"
 
 
 def write_error(path, err: OSError) -> WriteError:

@@ -119,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `masklab runs | head -1`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as e:  # a fault of the environment met where no write site named it (disk full, read-only)
+    except OSError as e:  # a fault of the environment met where no read or write site named it
         if e.errno not in ENVIRONMENT_ERRNOS or os.environ.get("MASKLAB_DEBUG"):
             return _internal(e)
-        print(f"masklab: error: {' '.join(environment_message(e).split())}", file=sys.stderr)
+        print(f"masklab: error: {' '.join(environment_message(e, doing=None).split())}", file=sys.stderr)
         return 2
     except Exception as e:
         return _internal(e)

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from masklab.errors import StoreError
+from masklab.errors import StoreError, environment_message
 
 MASK_MAGIC = b"MLABMASK"
 MASK_VERSION = 1
@@ -74,7 +74,7 @@ def open_regular(path: str | os.PathLike, what: str, fix: str) -> BinaryIO:
     except FileNotFoundError:
         raise
     except OSError as e:
-        raise StoreError(f"{what} {path} cannot be read ({e.strerror or e}); {fix}") from None
+        raise StoreError(environment_message(e, path, doing="read")) from None
     try:
         check_regular(path, os.fstat(fd).st_mode, what, fix)
         os.set_blocking(fd, True)
@@ -82,6 +82,19 @@ def open_regular(path: str | os.PathLike, what: str, fix: str) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def file_size(path: str | os.PathLike, what: str, fix: str) -> int:
+    """The size of regular file `path` in bytes (lstat'ed: a link is refused like any non-regular file), for
+    reading commands: any problem is a StoreError saying that `path` cannot be read, and why."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise StoreError(f"{what} {path} is missing; {fix}") from None
+    except OSError as e:
+        raise StoreError(environment_message(e, path, doing="read")) from None
+    check_regular(path, st.st_mode, what, fix)
+    return st.st_size
 
 
 def read_regular(path: str | os.PathLike, what: str, fix: str, *, limit: int | None = None,

@@ -423,10 +423,12 @@ class Run:
         """Bytes on disk per mask: the mask file, its record, its extras and snapshots."""
         rows = []
         for i, record in self.records.items():
+            record_file = self.path / "masks" / f"{stem(i)}.json"
             sizes = {"mask": F.mask_file_size(self.n_words),
-                     "record": (self.path / "masks" / f"{stem(i)}.json").stat().st_size}
+                     "record": F.file_size(record_file, "record", F.repair_hint(record_file))}
             for kind, rel in record.get("extras", {}).items():
-                sizes[kind] = inside(self.path, rel).stat().st_size
+                path = inside(self.path, rel)
+                sizes[kind] = F.file_size(path, f"extra ({kind}) of mask {i}", F.repair_hint(path))
             rows.append({"mask_id": i, **sizes, "total": sum(sizes.values())})
         return pd.DataFrame(rows)
 

@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 
+import numpy as np
 import pytest
 
 import masklab
@@ -228,3 +229,24 @@ def test_edited_unhashed_settings_are_named_and_repaired(copy, run, capsys, fiel
 def test_run_json_records_the_unhashed_settings(run):
     meta = json.loads((run.path / "run.json").read_text())
     assert meta["settings"] == {"name": run.config.name, "stack": run.config.stack, "device": run.config.device}
+
+
+# ---- item 17: errors say what was being done ------------------------------------------------------------------
+def test_the_masks_of_a_read_only_run_without_its_cache_are_read_in_memory(copy, run, read_only):
+    """Issue 22, item 17: `open_run(...).masks` on a read-only run without masks.bits raised a raw OSError from the
+    temporary file's cleanup."""
+    (copy / "masks.bits").unlink(missing_ok=True)
+    read_only(copy)
+    masks = open_run(copy).masks
+    assert np.array_equal(np.asarray(masks.bits), np.asarray(run.masks.bits))
+    assert not (copy / "masks.bits").exists()
+
+
+def test_a_file_in_place_of_a_runs_folder_is_named_by_a_read_command(copy, capsys):
+    """Issue 22, item 17: `show` on a run whose `extras` is a file said "cannot write" (show only reads)."""
+    shutil.rmtree(copy / "extras")
+    (copy / "extras").write_text("not a folder\n")
+    assert main(["show", str(copy)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write" not in err[0], err
+    assert "extras" in err[0] and "not a directory" in err[0]
