@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from masklab import files as W
 from masklab.config import RunConfig
 from masklab.data import load_dataset
 from masklab.errors import UserError
 from masklab.interop.import_checks import Target
 from masklab.interop.importer import Plan, _evaluate, write_import
 from masklab.nn.layers import masked_layers
-from masklab.store import files as F
 from masklab.store.bits import MaskSet, make_layout
 from masklab.store.catalog import update_run
 from masklab.store.run import Run
@@ -100,7 +100,7 @@ def import_maskset(masks: MaskSet, *, model: str, dataset: str = "digits", width
     exists = (Path(runs_dir) / config.run_id / "run.json").is_file()
     if evaluate and not exists:
         _evaluate(config, target, unpacked, weights, [{}] * len(masks), kept, None, metrics, alphas, say)
-    files = {"weights.npy": F.npy_bytes(np.concatenate([w.reshape(-1) for w in weights[0]]))}
+    files = {"weights.npy": W.npy_bytes(np.concatenate([w.reshape(-1) for w in weights[0]]))}
     layout = make_layout(names, shapes, kept)
     plan = Plan(config, layout, info, section, unpacked, weights, [{}] * len(masks),  # type: ignore[arg-type]
                 [None] * len(masks), metrics, alphas, files)
