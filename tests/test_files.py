@@ -225,10 +225,11 @@ def test_distances_on_a_full_disk_leaves_no_file_and_names_the_path(run, tmp_pat
 TO_PATH = {"save", "savez", "savez_compressed", "to_csv", "to_parquet", "to_json", "to_pickle", "to_feather",
            "to_hdf", "to_excel", "savefig", "dump", "open_memmap", "tofile"}
 # Calls that write (or create, copy, link) whatever their arguments are.
-ALWAYS = {"write_text", "write_bytes", "touch", "mkdir", "makedirs", "symlink_to", "hardlink_to", "symlink", "link",
+ALWAYS = {"write_text", "write_bytes", "touch", "mkdir", "makedirs", "symlink_to", "hardlink_to",
           "pwrite", "ftruncate", "truncate", "copy2", "copyfile", "copytree", "mkstemp", "mkdtemp",
           "NamedTemporaryFile", "TemporaryDirectory"}
 SHUTIL = {"copy", "move"}  # only as shutil's (dict.copy, DataFrame.copy, a model's move are no writes)
+OS = {"link", "symlink"}  # only as os's (a page's link(name) formats HTML)
 WRITE_FLAGS = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_APPEND", "O_TRUNC"}
 
 
@@ -269,7 +270,7 @@ def writes_outside_the_writer(source: str) -> list[tuple[int, str]]:
                 else ""
             first = node.args[0] if node.args else None
             bad = False
-            if name in ALWAYS or (name in SHUTIL and owner == "shutil"):
+            if name in ALWAYS or (name in SHUTIL and owner == "shutil") or (name in OS and owner == "os"):
                 bad = True
             elif name == "open" and owner == "os":
                 devnull = isinstance(first, ast.Attribute) and first.attr == "devnull"
