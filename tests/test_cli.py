@@ -256,7 +256,7 @@ def bad_inputs(in_tmp, monkeypatch):
      "has 2,048,326,720 prunable weights, more than the limit of 1,073,741,824"),
     (["--width", "100000"], "more than the limit of 1,073,741,824; use a smaller --width"),
     (["--stack", "100000", "--masks", "100000", "--model", "lenet-300-100"],
-     "training 100000 mask(s) at once needs at least 56.1 GiB but this machine has 1.0 GiB; use a smaller --stack"),
+     "training 100000 mask(s) at once needs about 372.7 GiB but 1.0 GiB of memory is available; use a smaller --stack"),
     (["--epochs", "1000000000"], "'epochs' = 1000000000 is invalid"),
     (["--batch-size", "100000000000000000000"], "'batch_size' = 100000000000000000000 is invalid"),
     (["--score-seed", "2147483640"], "'score_seed' = 2147483640 is invalid"),

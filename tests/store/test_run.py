@@ -170,7 +170,7 @@ def test_open_run_refuses_bad_names(run, bad, message):
 def test_unknown_mask_id(run, tiny_runs):
     with pytest.raises(StoreError, match=r"has no mask 7; its mask ids are 0\.\.2"):
         run.record(7)
-    with pytest.raises(StoreError, match="mask id"):
+    with pytest.raises(UserError, match="mask id '1' is invalid: mask ids are integers >= 0"):
         run.record("1")
     with pytest.raises(StoreError, match="keeps no scores"):
         tiny_runs(keep_scores=False, masks=6).scores(0)  # the scale tests' run
