@@ -218,7 +218,7 @@ def sweep_landscape(runs: Sequence[Any], folder: str | os.PathLike, *, pairs: in
     """Measure every cell (`masklab.landscape`, barriers over `pairs` pairs per cell) and write the table and
     figures into `folder` (`write_landscape`). With `pages`, every cell's `masklab analyze` page is written too,
     under ``folder/cells/<run id>/`` (its barriers, over the same pairs, are the landscape's)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     settings = settings or LandscapeSettings(pairs=pairs)
     frames = []

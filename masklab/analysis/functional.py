@@ -470,7 +470,7 @@ def forward_passes(run, ids: Sequence[int], *, cka_samples: int = DEFAULT_CKA_SA
                    device: str = "cpu", progress: bool = False) -> Forward:
     """One pass of each of masks `ids` of `run` (`Run.model(i)`, rebuilt exactly) over its test set in the
     recorded final pass's batches, and one over the CKA batch (`cka_batch(n_test, cka_samples, seed)`)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     dataset = run.dataset()
     batch = cka_batch(dataset.n_test, cka_samples, seed)
