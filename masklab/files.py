@@ -89,8 +89,8 @@ def check_no_links(path: Path, root: Path | None = None) -> None:
     directory on the way is not a directory). Nothing is followed: each component is lstat'ed. `root`
     itself (a run directory, the figures folder: the user's choice) may be a link; it defaults to the
     parent of `path`, so that only `path` itself is checked. Missing components are fine (to be created)."""
-    path = Path(path)
-    root = path.parent if root is None else Path(root)
+    path = Path(os.path.abspath(path))  # (abspath follows no link: a relative path and an absolute root compare)
+    root = path.parent if root is None else Path(os.path.abspath(root))
     try:
         rel = path.relative_to(root)
     except ValueError:

@@ -321,3 +321,16 @@ def test_no_module_but_masklab_files_writes_a_file():
                 found[f"{path.relative_to(REPO)}:{line}"] = call
     assert found == {}, "write through masklab.files (whole or not at all, never through a link): " + \
         json.dumps(found, indent=1)
+
+
+def test_a_relative_path_inside_an_absolute_root_is_checked_not_refused(tmp_path, monkeypatch):
+    """`make demo` writes runs/<id>/analysis (relative) under the run's absolute path: the same place."""
+    from masklab.files import check_no_links
+
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    check_no_links(Path("runs/r/analysis/x.csv"), tmp_path / "runs" / "r")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "runs" / "r" / "analysis").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(Exception, match="link"):
+        check_no_links(Path("runs/r/analysis/x.csv"), tmp_path / "runs" / "r")
