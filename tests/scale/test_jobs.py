@@ -295,11 +295,17 @@ def _task_pids(run: Path) -> list[int]:
     return pids
 
 
-def _start(runs: Path, *extra: str, own_group: bool = False) -> subprocess.Popen:
+LONG_EPOCHS = 1000  # a run the signal always ends first (about a minute per mask on 2 idle cores)
+
+
+def _start(runs: Path, *extra: str, own_group: bool = False, epochs: int = 30) -> subprocess.Popen:
     """`generate --jobs 2` of 6 masks (2 submitit controllers and 2 task processes); `own_group`: in a process
-    group of its own, as a terminal's foreground job is."""
-    return subprocess.Popen([sys.executable, "-m", "masklab", "generate", "--masks", "6", "--epochs", "30", "--width",
-                             "0.25", "--stack", "1", "--runs-dir", str(runs), "--jobs", "2", "--quiet", *extra],
+    group of its own, as a terminal's foreground job is. A test that signals the command before its end asks
+    for many `epochs`, so that on a loaded machine the run cannot finish before the signal (it never trains
+    them: the signal ends it)."""
+    return subprocess.Popen([sys.executable, "-m", "masklab", "generate", "--masks", "6", "--epochs", str(epochs),
+                             "--width", "0.25", "--stack", "1", "--runs-dir", str(runs), "--jobs", "2", "--quiet",
+                             *extra],
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=own_group)
 
@@ -316,8 +322,8 @@ def _wait(predicate, what: str, timeout: float = 120) -> None:
 @pytest.mark.timeout(180)
 def test_sigterm_ends_every_local_job(tmp_path):
     runs = tmp_path / "runs"
-    proc = _start(runs)
-    run = runs / RunConfig(masks=6, epochs=30, width=0.25).run_id
+    proc = _start(runs, epochs=LONG_EPOCHS)
+    run = runs / RunConfig(masks=6, epochs=LONG_EPOCHS, width=0.25).run_id
     _wait(lambda: len(_task_pids(run)) == 2, "both tasks started")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -330,8 +336,8 @@ def test_ctrl_c_at_a_terminal_ends_every_local_job_in_one_line(tmp_path):
     """Ctrl-C at a terminal sends SIGINT to the whole foreground process group: the command, submitit's
     controllers and the tasks at once. One line, exit 130, and no job process outlives the command."""
     runs = tmp_path / "runs"
-    proc = _start(runs, own_group=True)
-    run = runs / RunConfig(masks=6, epochs=30, width=0.25).run_id
+    proc = _start(runs, own_group=True, epochs=LONG_EPOCHS)
+    run = runs / RunConfig(masks=6, epochs=LONG_EPOCHS, width=0.25).run_id
     try:
         _wait(lambda: len(_task_pids(run)) == 2, "both tasks started")
         os.killpg(proc.pid, signal.SIGINT)
