@@ -2,6 +2,8 @@
 (issue 24). The bits are kept exactly, the same masks find the same run, bad sets are one-line errors, and an
 analysis of 2,000 masks stays within its byte budget."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -63,3 +65,19 @@ def test_an_analysis_of_2000_masks_writes_less_than_its_byte_budget(tmp_path):
     assert report.tables["distance_histogram"]["count"].sum() == 2000 * 1999 // 2
     samples = report.tables["samples"].set_index("stage")
     assert samples.loc["structure test", "n_used"] == 200 and samples.loc["clustering", "n_used"] == 2000
+
+
+def test_reading_an_imports_records_parses_run_json_once_not_once_per_record(tmp_path, monkeypatch):
+    """Each record and mask file read builds its repair hint, which asks whether the run is an import; an
+    import's run.json names every source, so parsing it per read was quadratic (2,000 masks: 145 s)."""
+    from masklab.store import files as F
+
+    run = masklab.import_maskset(random_set(40), model="mlp", dataset="digits", width=0.25,
+                                 runs_dir=tmp_path / "runs", evaluate=False)
+    parsed, real = [], F.read_json
+    monkeypatch.setattr(F, "read_json", lambda path: parsed.append(Path(path).name) or real(path))
+    F._is_import_version.cache_clear()
+    opened = masklab.open_run(run.path)
+    assert len(opened.records) == 40 and len(np.asarray(opened.masks.bits)) == 40
+    assert parsed.count("run.json") <= 2, parsed.count("run.json")
+    assert "masklab import" in F.restore_hint(run.path)  # still says how an import's masks come back
