@@ -36,6 +36,7 @@ make the difference, nor anything about inputs unlike the test set.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -46,12 +47,13 @@ import numpy as np
 import pandas as pd
 
 from masklab import files as W
-from masklab.analysis.distances import ALL, intersections
-from masklab.analysis.pairs import PairStore, count_dtype
+from masklab.analysis.distances import ALL, Intersections, metric_values
+from masklab.analysis.distances import intersections as distance_intersections
+from masklab.analysis.kernels import intersection_counts, layer_bounds
+from masklab.analysis.pairs import PairStore, count_dtype, upper_blocks
 from masklab.analysis.paths.barriers import _correlations
-from masklab.analysis.paths.evaluation import torch_threads
 from masklab.analysis.random_sets import layer_counts, random_mask_bits
-from masklab.analysis.sampling import mask_sample
+from masklab.analysis.sampling import Sample, condensed_pairs, mask_sample, pair_sample
 from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
 from masklab.errors import StoreError, UserError
 from masklab.store import files as F
@@ -60,6 +62,8 @@ from masklab.store.bits import MaskSet, make_layout
 DEFAULT_ORDERS = 10           # random orders the ensemble curve averages over
 DEFAULT_CKA_SAMPLES = 500     # test samples in the fixed CKA batch
 FORWARD_MAX_MASKS = 64        # masks evaluated for soft ensembles and CKA; a seeded random subset beyond
+PAIR_MAX_MASKS = 2000         # masks whose predictions are compared pairwise (as clustering's sample); None: all
+TABLE_MAX_PAIRS = 20_000      # pairs in the long table, the correlation with Hamming distance and the figure
 DEFAULT_RANDOM_MASKS = 8      # random masks of the CKA reference (28 pairs)
 EVAL_BATCH = 1000             # the batches of masklab.train.evaluate: the logits of the recorded final pass
 PREDICTIONS_CACHE = "predictions.npz"
@@ -69,14 +73,16 @@ ENSEMBLE_COLUMNS = ["k", "vote", "acc_mean", "acc_sd", "acc_min", "acc_max", "me
 
 
 # ---- predictions --------------------------------------------------------------------------------------------
-def test_predictions(run, ids: Sequence[int] | None = None, *, cache: bool = True, device: str = "cpu") -> np.ndarray:
+def test_predictions(run, ids: Sequence[int] | None = None, *, cache: bool = True, device: str = "cpu",
+                     progress: bool = False) -> np.ndarray:
     """Predicted classes (len(ids) x n_test, int16) of masks `ids` (default all) of `run` on its test set, in
     test-split order.
 
     Read from each mask's stored `predictions` extra (written when the mask was trained, checksummed). Masks
-    without it (runs made before masklab stored predictions, imports) are evaluated once (`Run.model(i)`, the
-    recorded final pass) and, with `cache`, their predictions kept in ``<run>/analysis/predictions.npz`` keyed
-    by mask id and mask checksum, so that a later call reads them.
+    without it (runs made before masklab stored predictions, imports) are evaluated once (the recorded final
+    pass of the model `Run.model(i)` builds; `masklab.train.rebuild.run_models` builds it once for masks that
+    differ in their masks alone) and, with `cache`, their predictions kept in ``<run>/analysis/predictions.npz``
+    keyed by mask id and mask checksum, so that a later call reads them.
     """
     ids = [int(i) for i in (run.ids if ids is None else ids)]
     out = np.zeros((len(ids), int(run.meta["dataset"]["n_test"])), dtype=np.int16)
@@ -91,13 +97,21 @@ def test_predictions(run, ids: Sequence[int] | None = None, *, cache: bool = Tru
     cached = _read_cache(run) if cache else {}
     todo = [i for _, i in missing if (i, run.record(i)["checksum"]) not in cached]
     if todo:
+        from tqdm import tqdm
+
+        from masklab.analysis.paths.evaluation import torch_threads
         from masklab.train.evaluate import evaluate_predictions
+        from masklab.train.rebuild import run_models
 
         dataset = run.dataset()
-        for i in todo:
-            model = run.model(i, device)
-            with torch_threads(_threads(model, dataset.n_test, device)):
+        models = run_models(run, todo, device)
+        first = next(models)
+        bar = tqdm(total=len(todo), desc="functional: predictions", unit="mask", disable=not progress, leave=False)
+        with torch_threads(_threads(first[1], dataset.n_test, device)):  # one model shape: one thread count
+            for i, model in itertools.chain([first], models):
                 cached[(i, run.record(i)["checksum"])] = evaluate_predictions(model, dataset, device)[2]
+                bar.update(1)
+        bar.close()
         if cache:
             _write_cache(run, cached)
     for row, i in missing:
@@ -148,9 +162,12 @@ def _square(values: np.ndarray, ids: Sequence[int]) -> pd.DataFrame:
     return pd.DataFrame(values, index=pd.Index(list(ids), name="mask_a"), columns=pd.Index(list(ids), name="mask_b"))
 
 
-def disagreement_counts(predictions: np.ndarray, n_classes: int) -> np.ndarray:
-    """N x N int64: the number of test samples on which masks i and j predict different classes (0 on the
-    diagonal): the test samples less the intersections of the one-hot predictions (`prediction_bits`).
+def disagreement_counts(predictions: np.ndarray, n_classes: int, *, block_bytes: int = 64 << 20) -> np.ndarray:
+    """N x N: the number of test samples on which masks i and j predict different classes (0 on the
+    diagonal), in the smallest unsigned integer type that holds the test samples
+    (`masklab.analysis.pairs.count_dtype`): the test samples less the intersections of the one-hot predictions
+    (`prediction_bits`), computed by row blocks of at most `block_bytes` of int64 counts (the bit kernel of
+    the distances), so that memory holds the N x N result and one block, never N x N int64.
 
     Examples
     --------
@@ -158,8 +175,18 @@ def disagreement_counts(predictions: np.ndarray, n_classes: int) -> np.ndarray:
     [[0, 2], [2, 0]]
     """
     predictions = np.asarray(predictions)
-    agree = intersections(prediction_bits(predictions, n_classes), per_layer=False).counts[0]
-    return predictions.shape[1] - np.asarray(agree, dtype=np.int64)
+    n, n_test = predictions.shape
+    bits = prediction_bits(predictions, n_classes).bits
+    bounds = layer_bounds([0], [bits.shape[1]])
+    out = np.zeros((n, n), dtype=count_dtype(n_test))
+    rows = max(1, int(block_bytes) // max(1, 8 * n))
+    for start, stop in upper_blocks(n, rows):
+        agree = intersection_counts(bits[start:stop], bits[start:], bounds)[0]
+        differ = (n_test - agree).astype(out.dtype)
+        out[start:stop, start:] = differ
+        out[start:, start:stop] = differ.T
+    np.fill_diagonal(out, 0)
+    return out
 
 
 def disagreement(predictions: np.ndarray, n_classes: int, ids: Sequence[int] | None = None) -> pd.DataFrame:
@@ -221,18 +248,59 @@ def upper(square: pd.DataFrame | np.ndarray) -> np.ndarray:
     return values[i, j]
 
 
+@dataclass
+class DisagreementMatrices:
+    """Prediction disagreement of every pair of N masks as N x N matrices (rows and columns: `ids`).
+
+    counts : test samples (of `n_test`) predicted differently (`disagreement_counts`; 0 on the diagonal).
+    reference, reference_given_class : float64, the two references (`disagreement_reference`; the diagonal is
+        a mask against an independent copy of itself).
+    """
+
+    ids: np.ndarray
+    counts: np.ndarray
+    reference: np.ndarray
+    reference_given_class: np.ndarray
+    n_test: int
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.ids) * (len(self.ids) - 1) // 2
+
+    def pairs(self, a: np.ndarray | None = None, b: np.ndarray | None = None,
+              hamming_norm: np.ndarray | None = None) -> pd.DataFrame:
+        """The long table of the pairs at positions (a, b) (default: every pair i < j in condensed order):
+        mask_a, mask_b, disagreement, reference, reference_given_class and, given, hamming_norm."""
+        if a is None or b is None:
+            a, b = np.triu_indices(len(self.ids), 1)
+        ids = np.asarray(self.ids, dtype=np.int64)
+        table = pd.DataFrame({"mask_a": ids[a], "mask_b": ids[b],
+                              "disagreement": self.counts[a, b].astype(np.int64) / self.n_test,
+                              "reference": self.reference[a, b],
+                              "reference_given_class": self.reference_given_class[a, b]})
+        if hamming_norm is not None:
+            table["hamming_norm"] = np.asarray(hamming_norm, dtype=float)
+        return table
+
+
+def disagreement_matrices(predictions: np.ndarray, n_classes: int, labels: np.ndarray,
+                          ids: Sequence[int] | None = None) -> DisagreementMatrices:
+    """Disagreement counts and both references of every pair as N x N matrices (see the module docstring)."""
+    predictions = np.asarray(predictions)
+    rows = np.arange(len(predictions)) if ids is None else np.asarray([int(i) for i in ids], dtype=np.int64)
+    return DisagreementMatrices(
+        rows, disagreement_counts(predictions, n_classes),
+        disagreement_reference(predictions, n_classes, None).to_numpy(),
+        disagreement_reference(predictions, n_classes, labels).to_numpy(), int(predictions.shape[1]))
+
+
 def disagreement_pairs(predictions: np.ndarray, n_classes: int, labels: np.ndarray, ids: Sequence[int],
                        hamming_norm: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per pair (mask_a < mask_b, condensed order): disagreement, reference (predictors independent of
     the input), reference_given_class (independent given the true class) and, given the masks' square
-    normalised Hamming distances, hamming_norm."""
+    normalised Hamming distances, hamming_norm. For small N: `disagreement_matrices` keeps them as matrices."""
     ids = [int(i) for i in ids]
-    i, j = np.triu_indices(len(ids), 1)
-    table = pd.DataFrame({"mask_a": np.asarray(ids, dtype=np.int64)[i], "mask_b": np.asarray(ids, dtype=np.int64)[j],
-                          "disagreement": upper(disagreement(predictions, n_classes, ids)),
-                          "reference": upper(disagreement_reference(predictions, n_classes, None, ids)),
-                          "reference_given_class": upper(disagreement_reference(predictions, n_classes, labels,
-                                                                                ids))})
+    table = disagreement_matrices(predictions, n_classes, labels, ids).pairs()
     if hamming_norm is not None:
         table["hamming_norm"] = upper(hamming_norm.loc[ids, ids])
     return table
@@ -244,18 +312,33 @@ def disagreement_summary(pairs: pd.DataFrame, n_test: int) -> pd.DataFrame:
     mean to each reference, and Spearman's rho of disagreement with normalised Hamming distance (NaN below
     `MIN_CORRELATION_PAIRS` pairs), with its p and n."""
     d = pairs["disagreement"].to_numpy(dtype=float)
-    q = pairs["reference"].to_numpy(dtype=float)
+    x = pairs["hamming_norm"].to_numpy(dtype=float) if "hamming_norm" in pairs.columns else np.full(len(d), np.nan)
+    return _summary(d, pairs["reference"].to_numpy(dtype=float),
+                    pairs["reference_given_class"].to_numpy(dtype=float), n_test, x, d)
+
+
+def matrix_summary(matrices: DisagreementMatrices, pairs: pd.DataFrame) -> pd.DataFrame:
+    """`disagreement_summary` of every pair of `matrices` (mean, sd, min, max, references), with Spearman's rho
+    from the pairs of the table `pairs` (all of them, or a stated sample: `rho_hamming_n` says how many)."""
+    d = upper(matrices.counts).astype(np.int64) / matrices.n_test
+    x = pairs["hamming_norm"].to_numpy(dtype=float) if "hamming_norm" in pairs.columns else \
+        np.full(len(pairs), np.nan)
+    return _summary(d, upper(matrices.reference), upper(matrices.reference_given_class), matrices.n_test, x,
+                    pairs["disagreement"].to_numpy(dtype=float))
+
+
+def _summary(d: np.ndarray, q: np.ndarray, given: np.ndarray, n_test: int, x: np.ndarray,
+             y: np.ndarray) -> pd.DataFrame:
     empty = len(d) == 0
     row = {"n_pairs": len(d), "n_test": int(n_test), "mean": np.nan if empty else d.mean(),
            "sd": d.std(ddof=1) if len(d) > 1 else np.nan, "min": np.nan if empty else d.min(),
            "max": np.nan if empty else d.max(), "reference": np.nan if empty else q.mean(),
-           "reference_given_class": np.nan if empty else pairs["reference_given_class"].mean(),
+           "reference_given_class": np.nan if empty else given.mean(),
            "reference_sd": np.nan if empty else float(np.sqrt(np.mean(q * (1 - q)) / n_test))}
     row["ratio_to_reference"] = row["mean"] / row["reference"] if row["reference"] else np.nan
     row["ratio_to_reference_given_class"] = (row["mean"] / row["reference_given_class"]
                                              if row["reference_given_class"] else np.nan)
-    x = pairs["hamming_norm"].to_numpy(dtype=float) if "hamming_norm" in pairs.columns else np.full(len(d), np.nan)
-    n, values = _correlations(x, d, MIN_CORRELATION_PAIRS)
+    n, values = _correlations(x, y, MIN_CORRELATION_PAIRS)
     row.update(rho_hamming=values["spearman_rho"], rho_hamming_p=values["spearman_p"], rho_hamming_n=n)
     return pd.DataFrame([row])
 
@@ -472,13 +555,17 @@ def forward_passes(run, ids: Sequence[int], *, cka_samples: int = DEFAULT_CKA_SA
     recorded final pass's batches, and one over the CKA batch (`cka_batch(n_test, cka_samples, seed)`)."""
     from tqdm import tqdm
 
+    from masklab.analysis.paths.evaluation import torch_threads
+    from masklab.train.rebuild import run_models
+
     dataset = run.dataset()
     batch = cka_batch(dataset.n_test, cka_samples, seed)
     probabilities: list[np.ndarray] = []
     grams: dict[str, list[np.ndarray]] = {}
     ids = [int(i) for i in ids]
-    for i in tqdm(ids, desc="functional: masks", unit="mask", disable=not progress, leave=False):
-        model = run.model(i, device)
+    models = run_models(run, ids, device)
+    for _, model in tqdm(models, total=len(ids), desc="functional: masks", unit="mask", disable=not progress,
+                         leave=False):
         with torch_threads(_threads(model, dataset.n_test, device)):
             probabilities.append(_probabilities(model, dataset, device))
             for name, value in _batch_grams(model, dataset, batch, device).items():
@@ -495,6 +582,7 @@ def random_mask_grams(run, n_random: int = DEFAULT_RANDOM_MASKS, *, cka_samples:
     no mask to randomise (dense runs) or no seed to rebuild the weights from (imports)."""
     from types import SimpleNamespace
 
+    from masklab.analysis.paths.evaluation import torch_threads
     from masklab.train.rebuild import rebuild_subnet
 
     if run.config.method == "dense" or run.imported is not None or not run.has_architecture or not len(run.ids):
@@ -524,8 +612,10 @@ def random_mask_grams(run, n_random: int = DEFAULT_RANDOM_MASKS, *, cka_samples:
 class FunctionalSimilarity:
     """The functional similarity of a run's masks (`functional_similarity`).
 
-    disagreement : one row per pair (`disagreement_pairs`), all masks.
-    disagreement_summary : one row (`disagreement_summary`).
+    disagreement : one row per pair (`DisagreementMatrices.pairs`): every pair of the masks compared, or a stated
+        uniform sample of them beyond `TABLE_MAX_PAIRS` (`samples`).
+    disagreement_summary : one row (`matrix_summary`): over every pair of the masks compared; the correlation
+        with Hamming distance over the pairs of `disagreement`.
     ensemble : the ensemble curve (`ensemble_curve`) over the masks evaluated.
     cka : one row per layer and pair of the masks evaluated: layer, mask_a, mask_b, cka.
     cka_summary : per layer: mean, sd, min, max, n_pairs of the masks' CKA; random_mean, random_sd,
@@ -533,8 +623,10 @@ class FunctionalSimilarity:
     sample_pairs, sample_forward, sample_cka : what each rests on (n, how chosen, seed).
     chance_accuracy : 1 / classes. mismatches : test predictions of the evaluated masks that differ from the
         stored ones (0 on the device that trained them; another device may round near-ties differently).
-    n_test : test samples the disagreement counts are over. `write_pairs` stores the per-pair results as
-        N x N matrices.
+    n_test : test samples the disagreement counts are over.
+    matrices : the per-pair results of the masks compared as N x N matrices (`write_pairs` stores them).
+    samples : the samples the stage drew (`masklab.analysis.sampling.Sample`: the masks compared, the pairs
+        tabulated, the masks evaluated), for the `samples` table.
     """
 
     disagreement: pd.DataFrame
@@ -548,33 +640,31 @@ class FunctionalSimilarity:
     chance_accuracy: float
     mismatches: int = 0
     n_test: int = 0
+    matrices: DisagreementMatrices | None = None
+    samples: list[Sample] = field(default_factory=list)
 
     def write_pairs(self, folder: str | os.PathLike, *,
                     root: str | os.PathLike | None = None) -> dict[str, PairStore]:
         """Store the per-pair results as N x N matrices, as the distances are (`masklab.analysis.pairs.PairStore`,
-        one memory-mappable .npy per quantity and layer): ``folder/disagreement`` over all masks holds
+        one memory-mappable .npy per quantity and layer): ``folder/disagreement`` over the masks compared holds
         ``disagreement_count`` (test samples predicted differently: exact, in the smallest unsigned integer type;
-        attrs n_test), ``reference`` and ``reference_given_class`` (fractions, float32);
+        attrs n_test), ``reference`` and ``reference_given_class`` (fractions, float32, 0 on the diagonal);
         ``folder/cka`` over the masks evaluated (`sample_forward`) holds ``cka`` per representation (float64,
         diagonal 1). Returns the two stores by name. A later call for the same masks replaces the matrices."""
         folder = Path(folder)
         root = Path(root) if root is not None else folder.parent
-        d = self.disagreement
-        ids = np.unique(np.concatenate([d["mask_a"].to_numpy(), d["mask_b"].to_numpy()]).astype(np.int64))
-        stores = {"disagreement": PairStore.create(folder / "disagreement", ids, root=root)}
-        counts = np.rint(d["disagreement"].to_numpy(dtype=float) * self.n_test).astype(np.int64)
-        position = pd.Series(np.arange(len(ids)), index=ids)
-        a, b = position[d["mask_a"].to_numpy()].to_numpy(), position[d["mask_b"].to_numpy()].to_numpy()
-        with stores["disagreement"].writer("disagreement_count", ALL, count_dtype(self.n_test), unit="test samples",
-                                           description=f"test samples (of {self.n_test}) predicted differently",
-                                           attrs={"n_test": int(self.n_test)}) as out:
-            out[a, b] = counts  # the diagonal stays 0: a mask never disagrees with itself
-            out[b, a] = counts
-        long = d.assign(layer=ALL)
+        m = self.matrices
+        if m is None:
+            raise UserError("these results hold no per-pair matrices (functional_similarity makes them)")
+        stores = {"disagreement": PairStore.create(folder / "disagreement", m.ids, root=root)}
+        stores["disagreement"].write("disagreement_count", m.counts, unit="test samples",
+                                     description=f"test samples (of {m.n_test}) predicted differently",
+                                     attrs={"n_test": int(m.n_test)})
         for name, text in (("reference", "1 - sum_c p_a(c) p_b(c): predictors independent of the input"),
                            ("reference_given_class", "predictors independent given the true class")):
-            stores["disagreement"].write_long(long.assign(value=d[name].to_numpy(dtype=np.float32)), name,
-                                              dtype=np.float32, unit="fraction", description=text)
+            with stores["disagreement"].writer(name, ALL, np.float32, unit="fraction", description=text) as out:
+                out[:] = getattr(m, name)
+                np.fill_diagonal(out, 0)
         if len(self.cka):
             cka_ids = np.unique(np.concatenate([self.cka["mask_a"].to_numpy(), self.cka["mask_b"].to_numpy()]))
             stores["cka"] = PairStore.create(folder / "cka", cka_ids.astype(np.int64), root=root)
@@ -606,33 +696,41 @@ def _cka_tables(forward: Forward, random: dict[str, np.ndarray] | None) -> tuple
     return (pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame(columns=columns)), pd.DataFrame(summary)
 
 
-def functional_similarity(run, *, hamming_norm: pd.DataFrame | None = None, orders: int = DEFAULT_ORDERS,
-                          cka_samples: int = DEFAULT_CKA_SAMPLES, max_masks: int = FORWARD_MAX_MASKS,
-                          n_random_masks: int = DEFAULT_RANDOM_MASKS, random_state: int = 0, device: str = "cpu",
-                          progress: bool = False) -> FunctionalSimilarity:
-    """Disagreement of every pair of the run's masks (from the stored predictions), the ensemble curve and
-    linear CKA per layer (from one pass of at most `max_masks` masks, a random subset seeded by `random_state`
-    beyond; the CKA batch: `cka_samples` test samples drawn with seed `random_state`; its reference:
-    `n_random_masks` random masks). The subset is `masklab.analysis.sampling.mask_sample`'s, nested with the other
-    stages' samples of the same seed. `hamming_norm`: the masks' square normalised Hamming distances, when already
-    computed. See the module docstring for the definitions."""
+def functional_similarity(run, *, hamming_norm: pd.DataFrame | None = None, intersections: Intersections | None = None,
+                          orders: int = DEFAULT_ORDERS, cka_samples: int = DEFAULT_CKA_SAMPLES,
+                          max_masks: int = FORWARD_MAX_MASKS, pair_masks: int | None = PAIR_MAX_MASKS,
+                          table_pairs: int | None = TABLE_MAX_PAIRS, n_random_masks: int = DEFAULT_RANDOM_MASKS,
+                          random_state: int = 0, device: str = "cpu", progress: bool = False) -> FunctionalSimilarity:
+    """Disagreement of every pair of the run's masks (at most `pair_masks`, a random subset seeded by
+    `random_state` beyond; from the stored predictions) as N x N matrices, a long table of at most `table_pairs`
+    of their pairs (a uniform random sample seeded by `random_state` beyond; the correlation with Hamming
+    distance rests on it), the ensemble curve and linear CKA per layer (from one pass of at most `max_masks`
+    masks, a random subset seeded by `random_state` beyond; the CKA batch: `cka_samples` test samples drawn
+    with seed `random_state`; its reference: `n_random_masks` random masks). The mask subsets are
+    `masklab.analysis.sampling.mask_sample`'s, nested with the other stages' samples of the same seed (None:
+    all). The Hamming distances come from `intersections` (the distances stage's) or the square `hamming_norm`
+    when given, else are computed. See the module docstring for the definitions."""
     ids = [int(i) for i in run.ids]
     if len(ids) < 2:
         raise UserError(f"functional similarity compares masks: run {run.id} has {len(ids)}")
     n_classes = int(run.meta["dataset"]["n_classes"])
-    predictions = test_predictions(run, ids, device=device)
+    compared = mask_sample(len(ids), pair_masks, random_state, "functional: masks compared")
+    used = [ids[p] for p in compared.positions]
+    predictions = test_predictions(run, used, device=device, progress=progress)
     labels = run.dataset().y_test.numpy()
-    if hamming_norm is None:
-        hamming_norm = pd.DataFrame(intersections(run.masks, per_layer=False).metric("hamming_norm", ALL),
-                                    index=ids, columns=ids)
-    pairs = disagreement_pairs(predictions, n_classes, labels, ids, hamming_norm)
-    summary = disagreement_summary(pairs, predictions.shape[1])
-    sample = mask_sample(len(ids), max_masks, random_state, "functional")  # nested with the other stages' samples
+    matrices = disagreement_matrices(predictions, n_classes, labels, used)
+    tabulated = pair_sample(len(used), table_pairs, random_state, "functional: pairs tabulated")
+    a, b = condensed_pairs(tabulated.positions, len(used))
+    hamming = _pair_hamming(run, compared.positions[a], compared.positions[b], hamming_norm, intersections)
+    pairs = matrices.pairs(a, b, hamming)
+    summary = disagreement_summary(pairs, matrices.n_test) if tabulated.complete else matrix_summary(matrices, pairs)
+    sample = mask_sample(len(ids), max_masks, random_state, "functional: masks evaluated")  # nested (see above)
     evaluated = [ids[p] for p in sample.positions]
     sample_forward = sample.describe()
     forward = forward_passes(run, evaluated, cka_samples=cka_samples, seed=random_state, device=device,
                              progress=progress)
-    stored = predictions[[ids.index(i) for i in evaluated]]
+    row_of = {i: r for r, i in enumerate(used)}
+    stored = predictions[[row_of[i] for i in evaluated]]
     ensemble = ensemble_curve(forward.probabilities, labels, orders=orders, random_state=random_state)
     random = random_mask_grams(run, n_random_masks, cka_samples=cka_samples, seed=random_state,
                                random_state=random_state, device=device) if n_random_masks >= 2 else None
@@ -640,9 +738,31 @@ def functional_similarity(run, *, hamming_norm: pd.DataFrame | None = None, orde
     n_cka = min(int(cka_samples), len(labels))
     sample_cka = (f"{n_cka} test samples (seed {random_state}) of {sample_forward}; reference: "
                   f"{n_random_masks if random is not None else 0} random masks (seed {random_state})")
+    if compared.complete and tabulated.complete:
+        sample_pairs = f"all {len(pairs)} pairs of {len(ids)} masks on {predictions.shape[1]} test samples"
+    else:
+        sample_pairs = (f"every pair of {compared.describe()} on {predictions.shape[1]} test samples; the table and "
+                        f"the correlation with Hamming distance: {tabulated.describe()}")
     return FunctionalSimilarity(
-        pairs, summary, ensemble, cka, cka_summary,
-        sample_pairs=f"all {len(pairs)} pairs of {len(ids)} masks on {predictions.shape[1]} test samples",
+        pairs, summary, ensemble, cka, cka_summary, sample_pairs=sample_pairs,
         sample_forward=sample_forward + f"; {orders} random orders (seed {random_state})", sample_cka=sample_cka,
         chance_accuracy=1.0 / n_classes, mismatches=int((forward.predicted != stored).sum()),
-        n_test=int(predictions.shape[1]))
+        n_test=int(predictions.shape[1]), matrices=matrices, samples=[compared, tabulated, sample])
+
+
+def _pair_hamming(run, a: np.ndarray, b: np.ndarray, square: pd.DataFrame | None,
+                  result: Intersections | None) -> np.ndarray:
+    """Normalised whole-mask Hamming distances of the pairs of masks at positions (a, b) of the run: read at
+    those pairs from `result` (no N x N of them is made) or `square`, else computed for the masks involved."""
+    if result is not None:
+        counts = np.asarray(result.counts[0][a, b], dtype=np.int64)
+        return metric_values("hamming_norm", counts, result.kept_a[a, 0], result.kept_b[b, 0], result.n_bits[0])
+    ids = np.asarray(run.ids, dtype=np.int64)
+    if square is not None:
+        return square.loc[ids, ids].to_numpy()[a, b]
+    involved = np.unique(np.concatenate([a, b]))
+    local = np.searchsorted(involved, a), np.searchsorted(involved, b)
+    masks = run.masks if len(involved) == len(ids) else run.masks.subset(ids[involved].tolist())
+    return distance_intersections(masks, per_layer=False).metric("hamming_norm", ALL)[local]
+
+

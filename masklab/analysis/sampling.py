@@ -75,6 +75,28 @@ def mask_sample(n_masks: int, n: int | None, seed: int = 0, stage: str = "") -> 
                   int(seed))
 
 
+def pair_sample(n_masks: int, n: int | None, seed: int = 0, stage: str = "") -> Sample:
+    """`n` of the n_masks (n_masks - 1) / 2 pairs i < j, uniformly at random without replacement (one generator
+    seeded by `seed`); all of them when `n` is None or at least their number. Positions: the pairs' condensed
+    indices (scipy's order, row-major over i < j), sorted; `condensed_pairs` turns them into (i, j)."""
+    total = n_masks * (n_masks - 1) // 2
+    if n is not None and (isinstance(n, bool) or int(n) < 1):
+        raise UserError(f"a sample of {n!r} pairs is invalid: use at least 1 (or all)")
+    if n is None or int(n) >= total:
+        return Sample(stage, np.arange(total), total, "all", None, "pairs")
+    chosen = np.random.default_rng(int(seed)).choice(total, int(n), replace=False)
+    return Sample(stage, np.sort(chosen), total, "a uniform random sample without replacement", int(seed), "pairs")
+
+
+def condensed_pairs(positions: np.ndarray, n_masks: int) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) with i < j of the condensed pair indices `positions` among `n_masks` masks (exact: integer row
+    starts, no square root)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(n_masks - 1 - np.arange(max(0, n_masks - 1)), dtype=np.int64)])
+    i = np.searchsorted(starts, positions, side="right") - 1
+    return i, i + 1 + positions - starts[i]
+
+
 def _upper_values(result: Intersections, start: int, stop: int) -> np.ndarray:
     """Whole-network Hamming distances of the pairs (i, j), start <= i < stop, j > i, in row-major order."""
     values = result.block("hamming", ALL, start, stop)
@@ -150,4 +172,5 @@ def stratified_pairs(result: Intersections, n_pairs: int, seed: int = 0, *,
     return pairs, sample
 
 
-__all__ = ["SAMPLE_COLUMNS", "Sample", "hamming_histogram", "mask_sample", "stratified_pairs"]
+__all__ = ["SAMPLE_COLUMNS", "Sample", "condensed_pairs", "hamming_histogram", "mask_sample", "pair_sample",
+           "stratified_pairs"]

@@ -24,6 +24,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                                 random_state=args.seed, cluster_masks=args.cluster_masks,
                                 embedding_masks=args.embedding_masks, structure_masks=args.structure_masks,
                                 n_random=args.random_sets, null_masks=args.null_masks, full=args.full,
+                                functional_masks=args.functional_masks, functional_pairs=args.functional_pairs,
                                 functional=not args.no_functional)
     engine = None
     if args.jobs is not None:

@@ -284,7 +284,8 @@ def add_analyze(sub) -> None:
                        "distances as N x N matrices in pairs/), figures and the page under FIGURES/<run id>/<settings "
                        "id>/ (PNG; --formats png,svg for more); the settings id is 'default' for the defaults. "
                        "Stages that cannot take every mask at scale use stated samples (--cluster-masks, "
-                       "--embedding-masks, --structure-masks; --full lifts them). The last line printed is the path "
+                       "--embedding-masks, --structure-masks, --functional-masks, --functional-pairs; --full lifts "
+                       "them). The last line printed is the path "
                        "of the index page.", parents=[RUNS_DIR(), QUIET()])
     p.add_argument("run", metavar="RUN", help="a run directory or a run id under --runs-dir")
     p.add_argument("--figures", metavar="DIR", help="figures folder (default: figures/ beside the runs folder)")
@@ -308,7 +309,13 @@ def add_analyze(sub) -> None:
                    help="random mask sets of the structure test (default 99: p down to 0.01)")
     g.add_argument("--null-masks", type=int, default=400, metavar="N",
                    help="random masks whose pairs draw the null in the distance histogram (default 400)")
-    g.add_argument("--full", action="store_true", help="every mask in every stage (lifts the three sample sizes)")
+    g.add_argument("--functional-masks", type=sample_size, default=2000, metavar="N",
+                   help="masks whose test predictions are compared pair by pair (default 2000; all)")
+    g.add_argument("--functional-pairs", type=sample_size, default=20000, metavar="N",
+                   help="pairs in the disagreement table, its correlation with Hamming distance and its figure, a "
+                   "seeded uniform sample (default 20000; all)")
+    g.add_argument("--full", action="store_true", help="every mask and pair in every stage (lifts the sample "
+                   "sizes)")
     g = p.add_argument_group("barrier pairs beyond this process (same numbers; pairs already stored are kept)")
     g.add_argument("--scheduler", metavar="S", help="local (a Dask LocalCluster), or the address of a Dask scheduler")
     g.add_argument("--workers", type=int, metavar="N", help="--scheduler local: worker processes (default: one per "

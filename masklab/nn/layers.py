@@ -86,24 +86,36 @@ class MaskedLayer(nn.Module):
             with torch.no_grad():
                 if self.pinned is not None:
                     mask = self.pinned
-                    values = mask.to(self.weight.dtype)
-                    alpha = biprop_alpha(self.weight, values[None])[0]
                 else:
                     assert self.scores is not None
                     mask = topk_mask(self.scores, self.n_keep, absolute=True)
-                    values = mask.to(self.weight.dtype)
-                    count = self.n_keep if self.gain_count is None else self.gain_count
-                    alpha = biprop_alpha(self.weight, values[None], count)[0]
+                values = mask.to(self.weight.dtype)
+                # the gain only where the layer computes with it (Biprop): elsewhere it cost as much as the
+                # selection, per mask rebuilt by analyze; `alpha()` works it out when asked
+                alpha = self._gain(values) if self.method == "biprop" else None
                 w_eff = self._effective(values, alpha)
             self._cache = (key, mask, alpha, w_eff)
         return self._cache
 
+    def _gain(self, values: torch.Tensor) -> torch.Tensor:
+        """Biprop's gain of the 0/1 (or soft, pinned) mask `values`."""
+        with torch.no_grad():
+            if self.pinned is not None:
+                return biprop_alpha(self.weight, values[None])[0]
+            count = self.n_keep if self.gain_count is None else self.gain_count
+            return biprop_alpha(self.weight, values[None], count)[0]
+
     def alpha(self) -> torch.Tensor:
         """Biprop gain of the current mask (mean |W| over kept weights)."""
-        return self._cached()[2]
+        key, mask, alpha, w_eff = self._cached()
+        if alpha is None:
+            alpha = self._gain(mask.to(self.weight.dtype))
+            self._cache = (key, mask, alpha, w_eff)
+        return alpha
 
-    def _effective(self, mask: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    def _effective(self, mask: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
         if self.method == "biprop":
+            assert alpha is not None
             return torch.sign(self.weight) * alpha * mask
         return self.weight * mask
 

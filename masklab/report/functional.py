@@ -4,42 +4,37 @@ masks (`masklab.analysis.functional`), their tables, figures and key numbers."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from masklab.analysis.functional import functional_similarity
 from masklab.analysis.thresholds import MIN_CORRELATION_PAIRS
 from masklab.plots import cka_by_layer, disagreement_vs_distance, ensemble_accuracy_vs_k
 from masklab.report.base import Report, Shared, figure
+from masklab.report.settings import AnalysisSettings
 from masklab.units import percent, signed_sd
 from masklab.units import points as points_text
-
-
-def all_pairs_hamming(run, shared: Shared) -> pd.DataFrame | None:
-    """The normalised Hamming distances of every pair of the run's masks, indexed by mask id: clustering's square
-    when its sample holds every mask, else read from the distances stage's stored counts (so they are not
-    computed again); None when neither is there (functional_similarity then computes them)."""
-    if shared.square is not None and len(shared.square) == len(run.ids):
-        return shared.square
-    if shared.intersections is None:
-        return None
-    ids = shared.intersections.ids_a
-    return pd.DataFrame(shared.intersections.square("hamming_norm", "all"), index=ids, columns=ids)
 
 
 def function_stage(run, report: Report, shared: Shared, random_state: int = 0) -> None:
     """Tables disagreement, disagreement_summary, ensemble, cka, cka_summary; the per-pair results as N x N
     matrices in ``<run>/analysis/<settings id>/functional/`` (`FunctionalSimilarity.write_pairs`: disagreement/,
-    cka/); three figures; key numbers: disagreement, the ensembles of all masks, CKA per representation."""
-    result = functional_similarity(run, hamming_norm=all_pairs_hamming(run, shared), random_state=random_state)
+    cka/); three figures; key numbers: disagreement, the ensembles of all masks, CKA per representation. The
+    samples (masks compared, pairs tabulated, masks evaluated) go to the samples table; the Hamming distances
+    are read at the pairs tabulated from the distances stage's stored counts."""
+    settings = shared.settings or AnalysisSettings()
+    result = functional_similarity(run, intersections=shared.intersections, random_state=random_state,
+                                   pair_masks=settings.limit("functional_masks"),
+                                   table_pairs=settings.limit("functional_pairs"), progress=not shared.quiet)
     shared.functional = result
+    shared.samples.extend(result.samples)
     result.write_pairs((shared.tables or run.path / "analysis") / "functional", root=run.path)
     report.tables.update(disagreement=result.disagreement, disagreement_summary=result.disagreement_summary,
                          ensemble=result.ensemble, cka=result.cka, cka_summary=result.cka_summary)
     s = result.disagreement_summary.iloc[0]
     figure(report, shared, "disagreement", disagreement_vs_distance, (result.disagreement,),
-           "Prediction disagreement of every mask pair (fraction of test samples predicted differently) against "
-           "its Hamming distance, beside two independent predictors: with the masks' errors independent given the "
-           "true class (dotted), and independent of the input with the masks' class rates (dashed).")
+           "Prediction disagreement of mask pairs (fraction of test samples predicted differently; "
+           f"{result.sample_pairs}) against their Hamming distance, beside two independent predictors: with the "
+           "masks' errors independent given the true class (dotted), and independent of the input with the masks' "
+           "class rates (dashed).")
     figure(report, shared, "ensemble", ensemble_accuracy_vs_k, (result.ensemble,),
            f"Accuracy of ensembles of k masks (averaged softmax and majority vote; the first k of "
            f"{int(result.ensemble['n_orders'].iloc[0])} random orders, mean and min-max), against their members' "

@@ -44,6 +44,8 @@ class AnalysisSettings:
     null_masks: int = 400                # random masks whose pairs show the null distribution in the histogram
     full: bool = False                   # lift every sample size: all masks in every stage
     functional: bool = True              # prediction disagreement, ensembles, linear CKA (masklab.report.functional)
+    functional_masks: int | None = 2000  # masks whose predictions are compared pair by pair; None: all
+    functional_pairs: int | None = 20_000  # pairs in the disagreement table, its correlation and figure; None: all
 
     def __post_init__(self) -> None:
         def count(name: str, least: int, allow_none: bool = False) -> None:
@@ -65,6 +67,8 @@ class AnalysisSettings:
         count("embedding_masks", 4, True)
         count("structure_masks", 4, True)
         count("null_masks", 2)
+        count("functional_masks", 2, True)
+        count("functional_pairs", 1, True)
         if self.embedding_method != "auto" and self.embedding_method not in METHODS:
             raise UserError(f"unknown embedding method {self.embedding_method!r}; choose auto or one of "
                             f"{', '.join(METHODS)}")

@@ -113,7 +113,8 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
 
     The settings (what is computed) come from the keywords (`pairs`, `points`, `embedding`, `random_state`,
     `embedding_method`, `n_random`, and the sample sizes `cluster_masks`, `embedding_masks`, `structure_masks`,
-    `null_masks`, `full`: see `AnalysisSettings`) or whole as `settings`; their id names the analysis folder
+    `null_masks`, `functional_masks`, `functional_pairs`, `full`: see `AnalysisSettings`) or whole as
+    `settings`; their id names the analysis folder
     ``<run>/analysis/<id>/`` and the figures folder ``<figures_dir>/<run id>/<id>/`` (`figures_dir` defaults to
     `figures/` beside the run's `runs/` folder). `interpolation=False` is ``pairs=0``. Figures in each of
     `formats` (PNG only by default: each SVG costs as much again).
@@ -185,7 +186,8 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
 
 
 def _sample_sizes(given: dict) -> dict:
-    known = ("cluster_masks", "embedding_masks", "structure_masks", "null_masks", "full")
+    known = ("cluster_masks", "embedding_masks", "structure_masks", "null_masks", "functional_masks",
+             "functional_pairs", "full")
     unknown = [k for k in given if k not in known]
     if unknown:
         raise TypeError(f"analyze() got unexpected keyword arguments {', '.join(unknown)}")
@@ -345,6 +347,7 @@ def _clustering(run: Run, report: Report, shared: Shared) -> None:
     shared.square = square
     n = len(square)
     about = "" if sample.complete else f" ({sample.describe()})"
+    link = None
     if n >= 2:
         link = linkage_matrix(square, "average")
         block = heatmap_block(n, MAX_CELLS)
@@ -355,7 +358,7 @@ def _clustering(run: Run, report: Report, shared: Shared) -> None:
                 "mark the random-mask expectation.", metric="hamming_norm", baseline=shared.baseline_all)
     if n < 4:
         return
-    labels = cluster_masks(square)
+    labels = cluster_masks(square, linkages={"average": link} if link is not None else None)
     shared.labels = labels
     report.tables["clusters"] = run.table.merge(labels, on="mask_id")
     summary = cluster_summary(square, labels)

@@ -43,7 +43,7 @@ def read_run_file(path: Path, rel: str, info: dict) -> bytes:
 
 def _read(path: Path, n_words: int) -> bytes:
     try:
-        return F.read_regular(path, "mask file", F.repair_hint(path), limit=F.mask_file_size(n_words), exact=True)
+        return F.read_regular(path, "mask file", F.lazy_repair_hint(path), limit=F.mask_file_size(n_words), exact=True)
     except FileNotFoundError:
         raise StoreError(f"mask file {path} is missing; {F.repair_hint(path)}") from None
 

@@ -17,6 +17,7 @@ import os
 import stat
 import struct
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -56,7 +57,7 @@ _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device
                (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
 
 
-def check_regular(path: str | os.PathLike, mode: int, what: str, fix: str) -> None:
+def check_regular(path: str | os.PathLike, mode: int, what: str, fix: Hint) -> None:
     """Refuse `path` (of stat mode `mode`) unless it is a regular file: "<what> <path> is a FIFO, not a regular
     file; <fix>"."""
     if not stat.S_ISREG(mode):
@@ -64,7 +65,7 @@ def check_regular(path: str | os.PathLike, mode: int, what: str, fix: str) -> No
         raise StoreError(f"{what} {path} is {kind}, not a regular file; {fix}")
 
 
-def open_regular(path: str | os.PathLike, what: str, fix: str) -> BinaryIO:
+def open_regular(path: str | os.PathLike, what: str, fix: Hint) -> BinaryIO:
     """`path` opened for reading (binary), refused unless it is a regular file: opened non-blocking (a FIFO
     would otherwise wait for a writer forever) and checked with fstat on the open descriptor (a link to
     /dev/zero is a character device, refused instead of read without end). Every file of a run is read
@@ -85,7 +86,7 @@ def open_regular(path: str | os.PathLike, what: str, fix: str) -> BinaryIO:
         raise
 
 
-def file_size(path: str | os.PathLike, what: str, fix: str) -> int:
+def file_size(path: str | os.PathLike, what: str, fix: Hint) -> int:
     """The size of regular file `path` in bytes (lstat'ed: a link is refused like any non-regular file), for
     reading commands: any problem is a StoreError saying that `path` cannot be read, and why."""
     try:
@@ -98,7 +99,7 @@ def file_size(path: str | os.PathLike, what: str, fix: str) -> int:
     return st.st_size
 
 
-def read_regular(path: str | os.PathLike, what: str, fix: str, *, limit: int | None = None,
+def read_regular(path: str | os.PathLike, what: str, fix: Hint, *, limit: int | None = None,
                  exact: bool = False) -> bytes:
     """The bytes of regular file `path` (see `open_regular`). `limit`: the most it may hold, refused before
     reading (with `exact`, the size it must have: "truncated or padded"). A StoreError names the file, what it
@@ -135,7 +136,7 @@ def sealed(value: dict) -> dict:
     return {**{k: v for k, v in value.items() if k != JSON_CHECKSUM}, JSON_CHECKSUM: json_checksum(value)}
 
 
-def check_sealed(path: Path, value: Any, fix: str) -> None:
+def check_sealed(path: Path, value: Any, fix: Hint) -> None:
     """A run.json or record read from `path` must carry its JSON_CHECKSUM and match it: an edited value (a
     `test_acc` changed by hand) or a damaged file is refused, naming the file."""
     if not isinstance(value, dict):
@@ -154,7 +155,7 @@ MAX_JSON_DEPTH = 32  # nesting of run.json or a record (masklab writes at most 4
 def read_json(path: Path) -> Any:
     """The JSON value of a run's metadata file (run.json, a record): a regular file (`open_regular`) of at most
     MAX_JSON_BYTES, nested at most MAX_JSON_DEPTH deep; anything else is a StoreError naming the file."""
-    fix = "is this a masklab run directory?" if path.name == "run.json" else repair_hint(path)
+    fix: Hint = "is this a masklab run directory?" if path.name == "run.json" else lazy_repair_hint(path)
     try:
         data = read_regular(path, "metadata file", fix, limit=MAX_JSON_BYTES)
     except FileNotFoundError:
@@ -221,10 +222,33 @@ def read_mask(path: Path, n_words: int, expect_checksum: str | None = None,
     Returns the words as a uint64 array. Any problem is a StoreError that names the file.
     """
     try:
-        data = read_regular(path, "mask file", repair_hint(path), limit=mask_file_size(n_words), exact=True)
+        data = read_regular(path, "mask file", lazy_repair_hint(path), limit=mask_file_size(n_words), exact=True)
     except FileNotFoundError:
         raise StoreError(f"mask file {path} is missing; {repair_hint(path)}") from None
     return check_mask_data(path, data, n_words, expect_checksum, mask_id)
+
+
+class LazyText:
+    """Text worked out only when an error message formats it: the repair hints read run.json, which every
+    record and mask file read paid for before (7,168 reads of run.json to open a run of 1,024 imported masks
+    and check its records: most of `analyze`'s time at that size)."""
+
+    def __init__(self, make: Callable[[], str]):
+        self.make = make
+
+    def __str__(self) -> str:
+        return self.make()
+
+    def __format__(self, spec: str) -> str:
+        return format(self.make(), spec)
+
+
+Hint = str | LazyText  # the fix an error message names: text, or text worked out only when formatted
+
+
+def lazy_repair_hint(path: Path) -> LazyText:
+    """`repair_hint(path)`, worked out only when formatted."""
+    return LazyText(lambda: repair_hint(path))
 
 
 def repair_hint(path: Path) -> str:
@@ -309,9 +333,10 @@ def digests(buffers, threads: int | None = None) -> list[bytes]:
 def read_checked(path: Path, size: int, checksum_hex: str, what: str) -> bytes:
     """The bytes of `path`, checked against the size and BLAKE2b-256 its mask's record gives; a problem
     is a StoreError naming the file and the fix."""
-    fix = f"{what}; {repair_hint(path)}"
+    fix = LazyText(lambda: f"{what}; {repair_hint(path)}")
     try:
-        data = read_regular(path, "file", f"its record says {size:,} bytes ({fix})", limit=size, exact=True)
+        data = read_regular(path, "file", LazyText(lambda: f"its record says {size:,} bytes ({fix})"), limit=size,
+                            exact=True)
     except FileNotFoundError:
         raise StoreError(f"{path} is missing ({fix})") from None
     if checksum(data) != checksum_hex:

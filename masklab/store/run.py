@@ -137,7 +137,7 @@ class Run:
             mask_file = mask_dir / f"{m.group(1)}.mask"
             try:
                 st = os.stat(mask_file)
-                F.check_regular(mask_file, st.st_mode, "mask file", F.repair_hint(mask_file))
+                F.check_regular(mask_file, st.st_mode, "mask file", F.lazy_repair_hint(mask_file))
                 size: int | None = st.st_size
             except FileNotFoundError:
                 size = None
@@ -425,10 +425,10 @@ class Run:
         for i, record in self.records.items():
             record_file = self.path / "masks" / f"{stem(i)}.json"
             sizes = {"mask": F.mask_file_size(self.n_words),
-                     "record": F.file_size(record_file, "record", F.repair_hint(record_file))}
+                     "record": F.file_size(record_file, "record", F.lazy_repair_hint(record_file))}
             for kind, rel in record.get("extras", {}).items():
                 path = inside(self.path, rel)
-                sizes[kind] = F.file_size(path, f"extra ({kind}) of mask {i}", F.repair_hint(path))
+                sizes[kind] = F.file_size(path, f"extra ({kind}) of mask {i}", F.lazy_repair_hint(path))
             rows.append({"mask_id": i, **sizes, "total": sum(sizes.values())})
         return pd.DataFrame(rows)
 

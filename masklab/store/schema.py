@@ -104,7 +104,7 @@ def check_record(path: Path, record: Any, mask_id: int, layers: pd.DataFrame, *,
     if not isinstance(record, dict):
         raise StoreError(f"record {path} is not a JSON object; {F.repair_hint(path)}")
     if sealed:
-        F.check_sealed(path, record, F.repair_hint(path))
+        F.check_sealed(path, record, F.lazy_repair_hint(path))
     for name, (what, ok, required) in RECORD_FIELDS.items():
         if name not in record:
             if required:

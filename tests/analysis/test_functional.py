@@ -231,3 +231,68 @@ def test_per_pair_results_are_stored_as_matrices_the_way_distances_are(run, tmp_
     back = cka.long("cka").sort_values(["layer", "mask_a", "mask_b"]).reset_index(drop=True)
     table = result.cka.sort_values(["layer", "mask_a", "mask_b"]).reset_index(drop=True)
     assert np.array_equal(back["value"].to_numpy(), table["cka"].to_numpy())
+
+
+# ---- at scale: models built once, pairs as matrices, stated samples -----------------------------------------
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """12 random masks of the width-0.25 digits MLP, imported without evaluation: no stored predictions."""
+    from masklab.analysis.random_sets import random_mask_bits
+    from masklab.store.bits import MaskSet, make_layout
+
+    shapes = [("fc1", (64, 64)), ("fc2", (64, 64)), ("fc3", (10, 64))]
+    keep = [int(np.prod(s)) // 2 for _, s in shapes]
+    layout = make_layout([n for n, _ in shapes], [s for _, s in shapes], keep)
+    masks = MaskSet(random_mask_bits(layout, np.array([keep]), 12, np.random.default_rng(5)), layout)
+    return masklab.import_maskset(masks, model="mlp", dataset="digits", width=0.25,
+                                  runs_dir=tmp_path_factory.mktemp("runs"), evaluate=False)
+
+
+@pytest.mark.parametrize("which", ["imported", "run"])
+def test_models_built_once_compute_exactly_what_each_rebuilt_model_computes(which, request, monkeypatch):
+    """run_models reuses one model for masks that differ in their masks alone: its logits on the test split are
+    bit-identical to those of the model run_model rebuilds for each mask, and it is rebuilt only once."""
+    import torch
+
+    from masklab.train import rebuild
+
+    run = request.getfixturevalue(which)
+    x = run.dataset().normalize(run.dataset().x_test, "cpu")
+    with torch.no_grad():
+        expected = [run.model(i)(x) for i in run.ids]
+    built = []
+    original = rebuild.run_model
+    monkeypatch.setattr(rebuild, "run_model", lambda r, i, device="cpu": built.append(i) or original(r, i, device))
+    with torch.no_grad():
+        for (i, model), logits in zip(rebuild.run_models(run, list(run.ids)[::-1], "cpu"), expected[::-1]):
+            assert torch.equal(model(x), logits), f"mask {i}"
+    assert built == [run.ids[-1]]
+
+
+def test_disagreement_beyond_the_caps_is_over_a_stated_sample_and_its_matrices_are_exact(imported):
+    """With at most 8 masks compared and 10 pairs tabulated: the matrices are those of the 8 masks of the nested
+    mask sample, exact against a direct count; the summary's mean is over all their 28 pairs; the table holds the
+    10 pairs of the stated pair sample (the same given the seed) and the correlation rests on them."""
+    from masklab.analysis.sampling import condensed_pairs, mask_sample, pair_sample
+
+    result = fn.functional_similarity(imported, pair_masks=8, table_pairs=10, max_masks=4, cka_samples=40,
+                                      n_random_masks=0, random_state=2)
+    ids = np.asarray(imported.ids)
+    compared = mask_sample(12, 8, 2)
+    m = result.matrices
+    assert m is not None and m.ids.tolist() == ids[compared.positions].tolist()
+    predictions = fn.test_predictions(imported, m.ids)
+    direct = np.array([[int(np.sum(a != b)) for b in predictions] for a in predictions])
+    assert np.array_equal(m.counts, direct)
+    s = result.disagreement_summary.iloc[0]
+    assert s["n_pairs"] == 28 and s["mean"] == pytest.approx(direct[np.triu_indices(8, 1)].mean() / m.n_test)
+    assert len(result.disagreement) == 10 and s["rho_hamming_n"] == 10
+    a, b = condensed_pairs(pair_sample(8, 10, 2).positions, 8)
+    assert result.disagreement["mask_a"].tolist() == m.ids[a].tolist()
+    assert result.disagreement["mask_b"].tolist() == m.ids[b].tolist()
+    assert [x.stage for x in result.samples] == ["functional: masks compared", "functional: pairs tabulated",
+                                               "functional: masks evaluated"]
+    assert "10 of 28 pairs (a uniform random sample without replacement, seed 2)" in result.sample_pairs
+    again = fn.functional_similarity(imported, pair_masks=8, table_pairs=10, max_masks=4, cka_samples=40,
+                                     n_random_masks=0, random_state=2)
+    assert again.disagreement.equals(result.disagreement)

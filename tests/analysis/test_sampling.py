@@ -55,3 +55,21 @@ def test_all_pairs_when_asked_for_more_than_there_are(result):
     n = len(result.ids_a)
     pairs, sample = stratified_pairs(result, 10**6)
     assert len(pairs) == n * (n - 1) // 2 and sample.complete and sample.unit == "pairs"
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 50])
+def test_condensed_pair_indices_are_scipys_order_and_pair_samples_are_seeded(n):
+    from scipy.spatial.distance import squareform
+
+    from masklab.analysis.sampling import condensed_pairs, pair_sample
+
+    total = n * (n - 1) // 2
+    i, j = condensed_pairs(np.arange(total), n)
+    square = np.zeros((n, n))
+    square[i, j] = square[j, i] = np.arange(total)  # pair k at (i_k, j_k): scipy's condensed form gives k back
+    assert np.array_equal(squareform(square, checks=False), np.arange(total))
+    assert np.array_equal(i, np.triu_indices(n, 1)[0]) and np.array_equal(j, np.triu_indices(n, 1)[1])
+    sample = pair_sample(n, 5, seed=4)
+    assert sample.n_used == min(5, total) and sample.n_total == total and sample.unit == "pairs"
+    assert np.array_equal(sample.positions, pair_sample(n, 5, seed=4).positions)
+    assert len(np.unique(sample.positions)) == sample.n_used and (np.diff(sample.positions) > 0).all()

@@ -6,15 +6,13 @@ import json
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from masklab.analysis.distances import intersections, stored_intersections
+from masklab.analysis.functional import _pair_hamming
 from masklab.analysis.sampling import mask_sample
 from masklab.errors import UserError
 from masklab.report import analyze
-from masklab.report.base import Shared
-from masklab.report.functional import all_pairs_hamming
 from masklab.report.settings import AnalysisSettings
 from masklab.store import catalog
 from masklab.store.run import open_run
@@ -90,10 +88,10 @@ def test_samples_are_stated_in_the_tables_and_on_the_page(run, tmp_path):
 
 
 
-def test_the_functional_stage_reads_every_pair_from_the_stored_counts_when_clustering_sampled(run, tmp_path):
+def test_the_functional_stage_reads_the_pairs_hamming_distances_from_the_stored_counts(run, tmp_path):
     report = analyze(run, tmp_path, settings=AnalysisSettings(pairs=0, embedding=False, functional=False))
-    shared = Shared(tmp_path, intersections=stored_intersections(report.pairs))
-    shared.square = pd.DataFrame(index=[run.ids[0]], columns=[run.ids[0]])  # a sample of one mask, not all
-    square = all_pairs_hamming(run, shared)
+    a, b = np.triu_indices(len(run.ids), 1)
+    stored = _pair_hamming(run, a, b, None, stored_intersections(report.pairs))
     expected = intersections(run.masks, per_layer=False).metric("hamming_norm", "all")
-    assert square.index.tolist() == list(run.ids) and np.array_equal(square.to_numpy(), expected)
+    assert np.array_equal(stored, expected[a, b]) and np.array_equal(_pair_hamming(run, a, b, None, None),
+                                                                     expected[a, b])

@@ -359,3 +359,20 @@ def test_the_same_generate_again_continues_an_incomplete_run(run, tmp_path, digi
     again = masklab.generate(runs_dir=tmp_path, data=digits, **TINY)
     assert again.complete and np.array_equal(np.asarray(again.masks.bits), np.asarray(run.masks.bits))
     assert not (path / "checkpoints").exists()
+
+
+def test_opening_a_run_reads_run_json_once_not_once_per_mask(run, monkeypatch):
+    """The repair hints of the records and mask files (they read run.json to say how to restore a mask) are
+    worked out only for an error message: opening a run of 1,024 masks read run.json 7,168 times before."""
+    from masklab.store import files as F
+
+    reads: list[str] = []
+    read_json = F.read_json
+    monkeypatch.setattr(F, "read_json", lambda path: reads.append(path.name) or read_json(path))
+    opened = open_run(run.path)
+    opened.masks  # noqa: B018
+    opened.model(opened.ids[0])
+    assert reads.count("run.json") == 1 and reads.count("run.json") < len(opened.ids)
+    mask_file = run.path / "masks" / "000000.bin"
+    hint = F.lazy_repair_hint(mask_file)
+    assert str(hint) == f"{hint}" == F.repair_hint(mask_file) and "masklab verify" in str(hint)
