@@ -727,14 +727,19 @@ def functional_similarity(run, *, hamming_norm: pd.DataFrame | None = None, inte
     sample = mask_sample(len(ids), max_masks, random_state, "functional: masks evaluated")  # nested (see above)
     evaluated = [ids[p] for p in sample.positions]
     sample_forward = sample.describe()
-    forward = forward_passes(run, evaluated, cka_samples=cka_samples, seed=random_state, device=device,
-                             progress=progress)
+    # numpy's BLAS on one thread for the Gram matrices and CKA: with two threads on a shared 2-core machine the
+    # same CKA product took 0.25 to 9 s (threads waiting for each other), with one 0.14 s, and the same bits
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        forward = forward_passes(run, evaluated, cka_samples=cka_samples, seed=random_state, device=device,
+                                 progress=progress)
+        random = random_mask_grams(run, n_random_masks, cka_samples=cka_samples, seed=random_state,
+                                   random_state=random_state, device=device) if n_random_masks >= 2 else None
+        cka, cka_summary = _cka_tables(forward, random)
     row_of = {i: r for r, i in enumerate(used)}
     stored = predictions[[row_of[i] for i in evaluated]]
     ensemble = ensemble_curve(forward.probabilities, labels, orders=orders, random_state=random_state)
-    random = random_mask_grams(run, n_random_masks, cka_samples=cka_samples, seed=random_state,
-                               random_state=random_state, device=device) if n_random_masks >= 2 else None
-    cka, cka_summary = _cka_tables(forward, random)
     n_cka = min(int(cka_samples), len(labels))
     sample_cka = (f"{n_cka} test samples (seed {random_state}) of {sample_forward}; reference: "
                   f"{n_random_masks if random is not None else 0} random masks (seed {random_state})")

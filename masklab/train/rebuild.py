@@ -130,11 +130,17 @@ def run_models(run, ids: Sequence[int], device: str | torch.device = "cpu") -> I
             for k, (name, layer) in enumerate(masked_layers(model)):
                 assert layer.scores is not None
                 mask = masks[k].reshape(tuple(layer.scores.shape))
-                layer.scores.copy_(torch.as_tensor(mask).to(layer.scores.dtype))
-                layer.invalidate()
-                if not np.array_equal(layer.mask().cpu().numpy(), mask):
+                if int(mask.sum()) != layer.n_keep:
                     raise StoreError(f"run {run.id}: mask {i} cannot be pinned in layer {name} (its kept count "
                                      "differs from the layer's n_keep); the mask file is inconsistent")
+                if layer.method == "biprop":  # its gain divides by the layer's count: through the scores
+                    layer.scores.copy_(torch.as_tensor(mask).to(layer.scores.dtype))
+                    layer.invalidate()
+                    if not np.array_equal(layer.mask().cpu().numpy(), mask):
+                        raise StoreError(f"run {run.id}: mask {i} cannot be pinned in layer {name}; the mask "
+                                         "file is inconsistent")
+                else:  # the mask itself: W * mask, as the top-k of scores set to the mask gives (without the top-k)
+                    layer.pin(torch.from_numpy(np.ascontiguousarray(mask)))
         yield int(i), model
 
 
