@@ -268,9 +268,10 @@ def restore_hint(run: Path, many: bool = False) -> str:
 
 def _is_import(run_json: Path) -> bool:
     """Whether run.json says its run is an import, read once per version of the file (its inode, size and
-    mtime): every read of a record or mask file builds its repair hint before it knows whether it fails, and
-    an imported run's run.json names every source (2,000 masks: ~0.4 MB), so parsing it per read made a
-    2,000-mask import take 145 s instead of ~10 (quadratic)."""
+    mtime): the hints are worked out only for an error message (`lazy_repair_hint`), but a caller that formats
+    one per mask (verify of a damaged run) would otherwise parse an imported run's run.json, which names every
+    source (2,000 masks: ~0.4 MB), once per mask; before the hints were lazy every read of a record or mask
+    file did, and a 2,000-mask import took 145 s instead of ~10 (quadratic)."""
     try:
         st = os.stat(run_json)
     except OSError:
