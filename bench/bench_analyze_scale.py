@@ -28,7 +28,11 @@ For each N, in a fresh process each (so that each peak is its own):
 On a shared machine timings are noisy (other processes only ever make a run slower): report the machine's state
 beside the figures.
 
-    python bench/bench_analyze_scale.py [--sizes 16,256,1024,4096] [--big] [--keep DIR]
+Beside the first N >= 256: ``--dask-pairs P`` barrier pairs (a uniform sample, seed 0) evaluated in this process
+and on a Dask LocalCluster of 2 worker processes (127.0.0.1), both warm (4 other pairs first), as a throughput
+ratio (target >= 0.8x), with whether the numbers are identical.
+
+    python bench/bench_analyze_scale.py [--sizes 16,256,1024,4096] [--big] [--keep DIR] [--dask-pairs P]
 """
 
 from __future__ import annotations
@@ -102,6 +106,40 @@ print("BENCH " + json.dumps({"start": imported - start, "analyze": analyzed - im
                              "samples": report.tables["samples"].to_dict("records")}))
 """
 
+DASK = """
+import json, logging, sys, time
+from pathlib import Path
+import numpy as np
+from masklab.analysis.paths.jobs import BarrierTask, DaskEngine, run_pairs
+from masklab.analysis.sampling import condensed_pairs, pair_sample
+from masklab.store.run import open_run
+
+run, n_pairs, out = open_run(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+ids = np.asarray(run.ids)
+a, b = condensed_pairs(pair_sample(len(ids), n_pairs + 4, 0).positions, len(ids))
+pairs = list(zip(ids[a].tolist(), ids[b].tolist()))
+warm, pairs = pairs[:4], pairs[4:]
+
+def task(name):
+    return BarrierTask(run_path=str(run.path), folder=str(out / name), points=30)
+
+run_pairs(task("warm-here"), warm)  # imports, the model and the evaluation set: warm in this process
+start = time.perf_counter()
+here, _, _ = run_pairs(task("here"), pairs)
+here_s = time.perf_counter() - start
+from distributed import Client, LocalCluster
+
+with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                  silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    engine = DaskEngine(client, chunk=1)
+    run_pairs(task("warm-dask"), warm, engine)  # each worker: imports, the run, the model
+    start = time.perf_counter()
+    there, _, _ = run_pairs(task("dask"), pairs, DaskEngine(client))
+    dask_s = time.perf_counter() - start
+print("BENCH " + json.dumps({"pairs": len(pairs), "here": here_s, "dask": dask_s,
+                             "identical": bool(here.equals(there))}))
+"""
+
 
 def child(code: str, *args: str) -> dict:
     env = dict(os.environ)
@@ -132,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big", action="store_true", help=f"also N = {BIG:,} (minutes, several GB)")
     parser.add_argument("--keep", metavar="DIR", help="make the runs and figures in DIR and keep them")
     parser.add_argument("--quick", action="store_true", help="N = 16 and 256 only")
+    parser.add_argument("--dask-pairs", type=int, default=16, metavar="P",
+                        help="barrier pairs evaluated in this process and on a Dask LocalCluster of 2 workers "
+                        "(127.0.0.1), on the masks of the first N >= 256 (default 16; 0: skip)")
     args = parser.parse_args(argv)
     sizes = [16, 256] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
     if args.big and BIG not in sizes:
@@ -145,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         child(ANALYZE, warm["path"], str(where / "warm-up" / "figures"))
         print(f"{'N':>7} {'pairs':>12} {'make run s':>10} {'start s':>8} {'analyze s':>10} {'kernel s':>9} "
               f"{'ratio':>7} {'peak RSS MiB':>12} {'written MB':>10}", flush=True)
+        dask_done = False
         for n in sizes:
             made = child(MAKE, str(n), str(runs))
             out = child(ANALYZE, made["path"], str(figures))
@@ -157,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
             samples = "; ".join(f"{s['stage']} {s['n_used']:,} of {s['n_total']:,} {s['unit']}"
                                 for s in out["samples"])
             print(f"{'':>7} seconds per stage (Report.seconds): {stages}\n{'':>7} samples: {samples}", flush=True)
+            if args.dask_pairs > 0 and n >= 256 and not dask_done:
+                dask_done = True
+                d = child(DASK, made["path"], str(args.dask_pairs), str(where / "dask"))
+                print(f"{'':>7} barriers, {d['pairs']} pairs x 30 points: in process {d['here']:.2f} s, Dask "
+                      f"LocalCluster (2 workers) {d['dask']:.2f} s: throughput {d['here'] / d['dask']:.2f}x of in "
+                      f"process (target >= 0.8x); identical numbers: {d['identical']}", flush=True)
     return 0
 
 
