@@ -561,17 +561,19 @@ def forward_passes(run, ids: Sequence[int], *, cka_samples: int = DEFAULT_CKA_SA
     dataset = run.dataset()
     batch = cka_batch(dataset.n_test, cka_samples, seed)
     probabilities: list[np.ndarray] = []
-    grams: dict[str, list[np.ndarray]] = {}
-    ids = [int(i) for i in ids]
+    grams: dict[str, np.ndarray] = {}  # filled in place: a list stacked at the end held them twice (64 masks:
+    ids = [int(i) for i in ids]        # 3 x 52 MB more at the peak of a 1,024-mask analysis)
     models = run_models(run, ids, device)
-    for _, model in tqdm(models, total=len(ids), desc="functional: masks", unit="mask", disable=not progress,
-                         leave=False):
+    for row, (_, model) in enumerate(tqdm(models, total=len(ids), desc="functional: masks", unit="mask",
+                                          disable=not progress, leave=False)):
         with torch_threads(_threads(model, dataset.n_test, device)):
             probabilities.append(_probabilities(model, dataset, device))
             for name, value in _batch_grams(model, dataset, batch, device).items():
-                grams.setdefault(name, []).append(value)
+                if name not in grams:
+                    grams[name] = np.empty((len(ids), *value.shape), dtype=value.dtype)
+                grams[name][row] = value
     stacked = np.stack(probabilities)
-    return Forward(ids, stacked, stacked.argmax(axis=2), {k: np.stack(v) for k, v in grams.items()})
+    return Forward(ids, stacked, stacked.argmax(axis=2), grams)
 
 
 def random_mask_grams(run, n_random: int = DEFAULT_RANDOM_MASKS, *, cka_samples: int = DEFAULT_CKA_SAMPLES,

@@ -296,3 +296,13 @@ def test_disagreement_beyond_the_caps_is_over_a_stated_sample_and_its_matrices_a
     again = fn.functional_similarity(imported, pair_masks=8, table_pairs=10, max_masks=4, cka_samples=40,
                                      n_random_masks=0, random_state=2)
     assert again.disagreement.equals(result.disagreement)
+
+
+def test_analyze_and_the_functional_stage_import_no_torch_until_a_stage_needs_it():
+    """torch costs seconds to import: `analyze --pairs 0 --no-functional` and runs without a model never need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import masklab.report, masklab.report.functional, masklab.analysis.functional; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
