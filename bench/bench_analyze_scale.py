@@ -107,7 +107,7 @@ print("BENCH " + json.dumps({"start": imported - start, "analyze": analyzed - im
 """
 
 DASK = """
-import json, logging, sys, time
+import json, sys, time
 from pathlib import Path
 import numpy as np
 from masklab.analysis.paths.jobs import BarrierTask, DaskEngine, run_pairs
@@ -127,15 +127,17 @@ run_pairs(task("warm-here"), warm)  # imports, the model and the evaluation set:
 start = time.perf_counter()
 here, _, _ = run_pairs(task("here"), pairs)
 here_s = time.perf_counter() - start
-from distributed import Client, LocalCluster
+from masklab.analysis.tiles import local_client
 
-with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
-                  silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-    engine = DaskEngine(client, chunk=1)
-    run_pairs(task("warm-dask"), warm, engine)  # each worker: imports, the run, the model
+client = local_client(2)  # analyze --scheduler local --workers 2: a LocalCluster on 127.0.0.1
+try:
+    run_pairs(task("warm-dask"), warm, DaskEngine(client, chunk=1))  # each worker: imports, the run, the model
     start = time.perf_counter()
     there, _, _ = run_pairs(task("dask"), pairs, DaskEngine(client))
     dask_s = time.perf_counter() - start
+finally:
+    client.close()
+    client.cluster.close()
 print("BENCH " + json.dumps({"pairs": len(pairs), "here": here_s, "dask": dask_s,
                              "identical": bool(here.equals(there))}))
 """

@@ -70,5 +70,8 @@ def test_dask_workers_give_the_numbers_of_this_process(run, tmp_path):
         engine = DaskEngine(client, chunk=1)
         there, curves, pending = run_pairs(task_for(run, tmp_path / "dask"), PAIRS, engine)
         assert "2 workers" in engine.describe()
+        # distributed's MALLOC_TRIM_THRESHOLD_ halved a worker's speed on a pair (a fixed mmap threshold)
+        environ = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
+        assert sorted(environ.values()) == [(None, "1"), (None, "1")]
     assert pending == len(PAIRS)
     pd.testing.assert_frame_equal(there, here, check_exact=True)
