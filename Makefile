@@ -13,12 +13,18 @@ env: $(SETUP)
 demo: $(SETUP)
 	bash scripts/demo.sh
 
+# The tests run in as many pytest-xdist workers as there are cores (at most 4), a test file per unit of work
+# (`--dist loadfile`: a module's fixtures are made once, and the SLURM tests, which share a one-node cluster,
+# never run beside each other). Much of the suite waits on subprocesses, SLURM jobs and Dask clusters; the
+# SLURM file goes first (tests/conftest.py), so that its waits overlap the rest.
+PYTEST := $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+
 test: $(SETUP)
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 # The inner loop: the tests not marked `slow` (under 2 minutes on 2 idle cores); `make test` runs them all.
 test-fast: $(SETUP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The suite against the dependency floors of pyproject.toml, in a second venv (.venv-min; not CI).
 test-min:

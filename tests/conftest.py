@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +33,7 @@ def digits():
 
 
 @pytest.fixture(scope="session")
-def tiny_runs(tmp_path_factory, digits) -> Callable[..., masklab.Run]:
+def tiny_runs(tmp_path_factory, digits) -> Iterator[Callable[..., masklab.Run]]:
     """`tiny_runs(**changes)`: the run of TINY_RUN with `changes`, trained once per session and shared by every
     test that asks for the same changes. Shared: read it, never write it (copy it first, e.g. with
     shutil.copytree, to change it)."""
@@ -48,7 +48,11 @@ def tiny_runs(tmp_path_factory, digits) -> Callable[..., masklab.Run]:
                                          **{**TINY_RUN, **changes})
         return made[key]
 
-    return make
+    yield make
+    # a test that analyzed a shared run made every later test of that worker see its analysis (the order of
+    # tests differs between one process and pytest-xdist's workers): name the run it left written
+    written = sorted(str(p.parent) for p in root.glob("runs*/*/analysis"))
+    assert not written, f"a test wrote analysis/ into the shared runs {written}: copy a run before analyzing it"
 
 
 @pytest.fixture(scope="session")
@@ -117,6 +121,9 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(pytest.mark.slow)
         if no_gpu is not None and "cuda" in item.keywords:
             item.add_marker(no_gpu)
+    # The slurm tests first: they mostly wait on the cluster, and under pytest-xdist (`make test`, a file per
+    # worker) their file then runs on one worker while the others take the rest, instead of waiting at the end.
+    items[:] = sorted(items, key=lambda item: item.get_closest_marker("slurm") is None)
 
 
 @pytest.fixture(autouse=True)
