@@ -179,7 +179,12 @@ class MaskSet:
         return unpack_words(row[r.word_start:r.word_stop], r.n_bits).reshape(r["shape"])
 
     def unpack_layers(self, i: int) -> list[np.ndarray]:
-        return [self.unpack(i, k) for k in range(len(self.layers))]
+        """Mask with id `i` as one bool array per layer, each in its layer's shape (`unpack(i, k)` for every k,
+        with one row lookup: per layer, a pandas row cost more than its unpacking, 1 ms a mask of the digits
+        MLP, most of the functional stage's rebuilding of 1,024 masks)."""
+        row = self.bits[self._row(i)]
+        return [unpack_words(row[start:stop], n_bits).reshape(shape) for start, stop, n_bits, shape in
+                zip(self.layers["word_start"], self.layers["word_stop"], self.layers["n_bits"], self.layers["shape"])]
 
     def popcounts(self, per_layer: bool = False) -> np.ndarray:
         """Kept-bit counts: (N,) for whole masks or (N, L) per layer."""

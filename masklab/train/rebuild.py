@@ -118,14 +118,13 @@ def run_models(run, ids: Sequence[int], device: str | torch.device = "cpu") -> I
     functional stage's 115 s)."""
     model: nn.Module | None = None
     shared: int | None = None
-    positions = {int(m): p for p, m in enumerate(run.masks.ids)}
     for i in ids:
         key = _masks_alone(run, int(i))
         if model is None or key is None or key != shared:
             model, shared = run_model(run, int(i), device), key
             yield int(i), model
             continue
-        masks = run.masks.unpack_layers(positions[int(i)])
+        masks = run.masks.unpack_layers(int(i))
         with torch.no_grad():
             for k, (name, layer) in enumerate(masked_layers(model)):
                 assert layer.scores is not None
