@@ -181,7 +181,7 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
     _write_settings(run, report, out_tables)
     write_run_index(run, figures_root / run.id)
     report.seconds["index"] = time.perf_counter() - start
-    update_run(run.path, run.path.parent)  # the results catalog (best effort: `masklab results` catches up)
+    update_run(run.path, run.path.parent, run)  # the results catalog (best effort: `masklab results` catches up)
     return report
 
 

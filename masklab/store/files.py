@@ -123,6 +123,16 @@ def read_regular(path: str | os.PathLike, what: str, fix: Hint, *, limit: int | 
 JSON_CHECKSUM = "json_checksum"  # the field of run.json and of every record that checksums the rest of it
 
 
+def stamp(path: str | os.PathLike) -> str:
+    """"mtime_ns:size" of `path` ("-" when it cannot be stat'ed): what the catalog and `Run` compare to tell
+    whether a file or folder changed since it was read (a file renamed into a folder changes the folder's)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "-"
+    return f"{st.st_mtime_ns}:{st.st_size}"
+
+
 def json_checksum(value: dict) -> str:
     """Hex BLAKE2b-256 of `value` without its JSON_CHECKSUM field, as canonical JSON (keys sorted, no spaces,
     UTF-8): the same for the dict that was written and the dict read back from the file."""

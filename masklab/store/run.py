@@ -101,6 +101,8 @@ class Run:
         if not (self.path / "run.json").is_file():
             raise StoreError(f"{self.path} is not a masklab run directory (no run.json); "
                              "`masklab runs` lists the runs")
+        # what was read, as it was before reading it (`unchanged`)
+        self._stamps = {name: F.stamp(self.path / name) for name in ("run.json", "config.toml")}
         self.meta: dict = F.read_json(self.path / "run.json")
         S.check_meta(self.path, self.meta)
         try:
@@ -127,6 +129,7 @@ class Run:
         """Re-read (and check) the registry: masks finished since the run was opened appear."""
         records = {}
         mask_dir = self.path / "masks"
+        self._stamps["masks"] = F.stamp(mask_dir)  # a record written, renamed or removed changes it
         names = sorted(os.listdir(mask_dir)) if mask_dir.is_dir() else []
         for name in names:
             m = RECORD_RE.fullmatch(name)
@@ -158,6 +161,11 @@ class Run:
             CT.check_contents(self.path, self.records, self.n_words)
             self._contents_checked = True
         return self
+
+    def unchanged(self) -> bool:
+        """Whether run.json, config.toml and the masks folder are as they were when this object read them
+        (modification time and size): no record was added, replaced or removed since."""
+        return all(F.stamp(self.path / name) == printed for name, printed in self._stamps.items())
 
     @property
     def ids(self) -> list[int]:

@@ -99,3 +99,24 @@ def test_two_writer_processes_at_once_lose_no_row(tmp_path):
     assert conn.execute("SELECT count(*) FROM key_numbers").fetchone()[0] == 300
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
+
+
+def test_a_run_already_open_is_used_only_while_nothing_it_read_has_changed(runs, monkeypatch):
+    """read_entry(run_dir, run) takes the rows from `run` (analyze's, open already) instead of reading every record
+    again, and reads the directory again once a record was removed (or added) after `run` read it."""
+    from masklab.store.run import Run
+
+    run_dir = sorted(runs.iterdir())[0]
+    run = Run(run_dir)
+    fresh = C.read_entry(run_dir)
+    opened = []
+    monkeypatch.setattr(C, "Run", lambda *a, **k: opened.append(a) or Run(*a, **k))
+    reused = C.read_entry(run_dir, run)
+    assert opened == [] and reused.run["n_masks"] == fresh.run["n_masks"] == len(run.ids)
+    assert {k: v for k, v in reused.run.items() if k != "indexed"} == \
+        {k: v for k, v in fresh.run.items() if k != "indexed"}
+    for file in (run_dir / "masks").glob(f"{run.ids[-1]:06d}.*"):
+        file.unlink()
+    assert run.unchanged() is False
+    again = C.read_entry(run_dir, run)
+    assert len(opened) == 1 and again.run["n_masks"] == len(run.ids) - 1
