@@ -159,7 +159,8 @@ def landscape_vs(table: pd.DataFrame, *, family: str | None = None, metrics: Seq
     handles, labels = axes[0, 0].get_legend_handles_labels()
     handles.append(Patch(color=RANDOM_COLOR, alpha=0.3))
     labels.append("band: chance ± 1 sd")
-    fig.legend(handles, labels, loc="outside right upper")
+    # beside the panels, centred: at the top it ran into the two-line title
+    fig.legend(handles, labels, loc="outside right center")
     heading = title or "The landscape across settings"
     what = (f"{family}: " if family else "") + "mean ± 1 sd (bars); chance per point (hollow, dashed) with its band"
     fig.suptitle(textwrap.fill(heading, 90) + "\n" + textwrap.fill(what, 100), fontsize=10)

@@ -202,6 +202,19 @@ def test_landscape_figure_draws_chance_per_point_with_its_band_and_the_excess():
         P.landscape_vs(table, family="structure")
 
 
+@pytest.mark.parametrize("family", ["overlap", "ensemble"])
+def test_landscape_figure_legend_stays_clear_of_the_title(family):
+    """The legend beside the panels overlapped the right end of the two-line title (it was placed at the top):
+    one model, one column of panels, as the Fashion-MNIST study draws them."""
+    table = landscape_table()
+    fig = P.landscape_vs(table[table["model"] == "mlp"], family=family,
+                         title="lenet-300-100 on fashion-mnist (fmnist-landscape-5b4abca0)")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend, title = fig.legends[0].get_window_extent(renderer), fig._suptitle.get_window_extent(renderer)
+    assert not legend.overlaps(title), (legend, title)
+
+
 def grouped_layer_table() -> pd.DataFrame:
     """layer_summary rows of four runs: two methods at two sparsities, with their chance levels."""
     parts = []
