@@ -21,6 +21,11 @@ import os
 # before anything can use torch through masklab. A mask's bits must not depend on the thread count; see
 # masklab/nn/exact.py. A value the user set is kept.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+# OpenMP threads that sleep when idle instead of spinning: a spinning worker of torch's pool held the second
+# core while `per_mask_bmm` gave it half of a stack's matrix products (lenet-300-100, K = 8, 2 cores: a step
+# 30.9 -> 22.6 ms), and a machine shared with other jobs loses its cores to the spin (issue 27). libgomp reads
+# this when torch first starts its threads; speed only, never bits. A value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Deterministic cuBLAS (torch.use_deterministic_algorithms, which CUDA training sets: masklab/train/precision.py)
 # needs a fixed workspace; cuBLAS reads this when its first handle is made. A value the user set is kept (and
 # checked before training).

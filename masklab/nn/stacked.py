@@ -27,7 +27,7 @@ from torch import nn
 
 from masklab.keep import n_keep as count_keep
 from masklab.nn.device_path import cpu_path
-from masklab.nn.exact import BatchNorm2d, biprop_alpha, one_thread
+from masklab.nn.exact import BatchNorm2d, biprop_alpha, one_thread, per_mask_bmm
 from masklab.nn.init import SCORE_STREAM, generator, init_scores, weight_values
 from masklab.nn.select import SelectState, select_rows
 from masklab.nn.straight_through import per_row, row_masks, straight_through
@@ -189,7 +189,7 @@ def _per_mask_input(x: torch.Tensor, K: int, n_in: int) -> torch.Tensor:
 
 def _stacked_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     K, n_out, n_in = w.shape
-    return torch.bmm(_per_mask_input(x, K, n_in), w.transpose(1, 2))
+    return per_mask_bmm(_per_mask_input(x, K, n_in), w.transpose(1, 2))
 
 
 class _StackedLinear(torch.autograd.Function):
@@ -219,11 +219,11 @@ class _StackedLinear(torch.autograd.Function):
         xs = _per_mask_input(x, K, n_in)
         grad_w = grad_x = None
         if ctx.fused:
-            torch.bmm(grad_out.transpose(1, 2), xs, out=ctx.layer.grad_buffer())
+            per_mask_bmm(grad_out.transpose(1, 2), xs, out=ctx.layer.grad_buffer())
         elif ctx.needs_input_grad[1]:
-            grad_w = torch.bmm(grad_out.transpose(1, 2), xs)
+            grad_w = per_mask_bmm(grad_out.transpose(1, 2), xs)
         if ctx.needs_input_grad[0]:
-            per_mask = torch.bmm(grad_out, w)  # (K, B, in)
+            per_mask = per_mask_bmm(grad_out, w)  # (K, B, in)
             if x.dim() == 3:
                 grad_x = per_mask
             elif x.shape[1] == n_in:  # a shared input: the masks' gradients added in mask order
