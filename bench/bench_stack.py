@@ -18,6 +18,8 @@ stacked against 8 masks one after another at a fixed thread count, and on a GPU 
 
 from __future__ import annotations
 
+import masklab  # isort: skip  (first, as in the CLI: it sets OMP_WAIT_POLICY before torch loads OpenMP)
+
 import argparse
 import os
 import subprocess
@@ -97,8 +99,6 @@ def busy_process(cpu: int = 0) -> subprocess.Popen:
 def generate_seconds(config, dataset, stack: int, masks: int, epochs: int) -> float:
     """Wall seconds of `masklab.generate` of `masks` masks with --stack `stack` (0: auto), as a user runs it:
     the trainer's own thread and stack measurements, evaluation and storing included."""
-    import masklab
-
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         masklab.generate(config, runs_dir=tmp, data=dataset, masks=masks, epochs=epochs, stack=stack)
