@@ -16,8 +16,9 @@ demo: $(SETUP)
 # The tests run in as many pytest-xdist workers as there are cores (at most 4), a test file per unit of work
 # (`--dist loadfile`: a module's fixtures are made once, and the SLURM tests, which share a one-node cluster,
 # never run beside each other). Much of the suite waits on subprocesses, SLURM jobs and Dask clusters; the
-# SLURM file goes first (tests/conftest.py), so that its waits overlap the rest.
-PYTEST := $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+# SLURM file goes first (tests/conftest.py), so that its waits overlap the rest. The 15 slowest tests are listed
+# at the end (where CI time goes).
+PYTEST := $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile --durations=15
 
 test: $(SETUP)
 	$(PYTEST)
