@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +26,12 @@ from masklab.data import load_dataset
 
 # The tiny run most store and analysis tests need: 3 digits masks of the mlp at width 0.25, two epochs, with scores.
 TINY_RUN = {"width": 0.25, "epochs": 2, "masks": 3, "keep_scores": True}
+
+# A suite started in the background by a script (`cmd &`) inherits SIGINT ignored, and so would every process a
+# test starts (exec keeps an ignored signal, and Python keeps it ignored): the tests that send Ctrl-C to a
+# masklab process would go unheard. A handler here makes the children start with SIGINT at its default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

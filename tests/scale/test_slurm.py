@@ -95,13 +95,7 @@ def start(runs: Path, *extra: str, jobs: int = 2, cwd: Path | None = None, masks
     flags = [*FLAGS[:1], str(masks), *FLAGS[2:]]  # FLAGS with --masks `masks`
     return subprocess.Popen([sys.executable, "-m", "masklab", "generate", *flags, "--runs-dir", str(runs),
                              "--jobs", str(jobs), "--executor", "slurm", *extra], env=_env(), cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
-
-
-def _default_sigint() -> None:
-    """SIGINT at its default in the submitter, as at a terminal: a suite started in the background (`cmd &`
-    in a script) ignores SIGINT, its children inherit that, and the Ctrl-C test's signal would go unheard."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 class Submitter:
