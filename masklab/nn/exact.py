@@ -145,11 +145,12 @@ def _blas_pool(threads: int):
     from concurrent.futures import ThreadPoolExecutor
 
     with _pool_lock:
-        pool = _state.get("pool")
-        if pool is None or pool._max_workers < threads - 1:
+        pool, workers = _state.get("pool", (None, 0))
+        if workers < threads - 1:
             if pool is not None:
                 pool.shutdown(wait=False)  # its idle threads end; the new pool has more
-            pool = _state["pool"] = ThreadPoolExecutor(threads - 1, thread_name_prefix="masklab-bmm")
+            pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="masklab-bmm")
+            _state["pool"] = (pool, threads - 1)
         return pool
 
 
