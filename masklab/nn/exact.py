@@ -35,7 +35,9 @@ import ctypes
 import os
 import threading
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -44,6 +46,8 @@ import torch.nn.functional as F
 from masklab.nn.device_path import cpu_path
 from masklab.nn.select import match_torch_threads, numba
 
+T = TypeVar("T")
+R = TypeVar("R")
 _STRICT = 0x10000  # MKL_CBWR_STRICT
 _AUTO = 0x2  # MKL_CBWR_AUTO
 _state: dict = {}
@@ -194,6 +198,53 @@ def per_mask_bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = No
         for future in futures:
             future.result()
     return out
+
+
+def _run_one_thread(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """[fn(item) for item in items] in a pool worker, with torch and MKL on one thread there."""
+    local = _mkl_local()
+    if local is not None:
+        local(1)
+    torch.set_num_threads(1)  # this thread's OpenMP count (the caller has set the global one to 1 already)
+    _local.depth += 1
+    try:
+        return [fn(item) for item in items]
+    finally:
+        _local.depth -= 1
+
+
+def map_one_thread(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """`[fn(item) for item in items]` with the items shared out among torch's thread count, each call on one
+    thread (torch, MKL and numba), in contiguous blocks; results in item order.
+
+    For independent pieces of work whose numbers must not depend on the thread count (the trainer's final
+    evaluation of each of a stack's masks): inside `blas_one_thread` a call's products run on one thread
+    anyway, so one call per thread is the same arithmetic as a loop, on every core (measured: the final
+    evaluation of 8 lenet-300-100 masks, 1.57 -> 0.9 s on 2 cores). `fn` must not touch what another call
+    writes. Outside `blas_one_thread`, on one thread or for one item, this is the loop.
+
+    Examples
+    --------
+    >>> map_one_thread(lambda v: v * v, [1, 2, 3])
+    [1, 4, 9]
+    """
+    items = list(items)
+    parts = min(len(items), torch.get_num_threads())
+    if parts < 2 or not _local.depth:
+        return [fn(item) for item in items]
+    bounds = [len(items) * i // parts for i in range(parts + 1)]
+    pool = _blas_pool(parts)
+    old = torch.get_num_threads()
+    set_threads(1)  # the caller's share on one thread too
+    try:
+        futures = [pool.submit(_run_one_thread, fn, items[s:e]) for s, e in zip(bounds[1:-1], bounds[2:])]
+        try:
+            first = [fn(item) for item in items[:bounds[1]]]
+        finally:
+            rest = [future.result() for future in futures]  # (waits for every block, also on an error)
+    finally:
+        set_threads(old)
+    return first + [value for block in rest for value in block]
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from torch import nn
 from masklab.config import RunConfig
 from masklab.data import Batches, Shaped, load_config_dataset
 from masklab.errors import UserError
-from masklab.nn.exact import blas_one_thread, reproducible_blas, set_threads
+from masklab.nn.exact import blas_one_thread, map_one_thread, reproducible_blas, set_threads
 from masklab.nn.layers import masked_layers
 from masklab.nn.stacked import stacked_layers
 from masklab.train.device import macs_per_sample, resolve_device
@@ -216,6 +216,7 @@ def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torc
         snapshots = [c.snapshots() for c in resume]
         threads_used = {int(c.meta["threads"]) for c in resume}
     subs = SubStacks(config, dataset, model, optimizer) if isinstance(optimizer, FusedScoreSGD) else None
+    results: list[TrainedMask] = []  # made after the last epoch (a checkpoint is never of the last one)
     for epoch in range(first_epoch, config.epochs):
         lr = cosine_lr(base_lr, epoch, config.epochs)
         for group in optimizer.param_groups:
@@ -226,7 +227,13 @@ def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torc
         if subs is not None:  # the stack's cached effective weights are stale once sub-stacks trained
             subs.invalidate()
         _check_finite(config, indices, epoch, lr, train, layers, dense)
-        test = _evaluate(model, dataset, K, device)
+        if epoch == config.epochs - 1:  # the last epoch's figures are the rebuilt subnetworks' (below)
+            seconds = earlier_seconds + (time.perf_counter() - start) / K
+            results = _final_results(config, indices, seeds, layers, maps, snapshots, recycle_count, seconds,
+                                     dense, device, computed, blas, threads_used, plan, model, dataset)
+            test = [(r.metrics["test_loss"], r.metrics["test_acc"]) for r in results]
+        else:
+            test = _evaluate(model, dataset, K, device)
         recycled = [0] * K
         if config.recycle != "none" and recycles_after(epoch, config.epochs, config.resolved("recycle_every"),
                                                        config.recycle_warmup):
@@ -247,8 +254,21 @@ def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torc
             seconds = earlier_seconds + (time.perf_counter() - start) / K
             on_checkpoint([_checkpoint(indices[k], k, epoch, model, layers, optimizer, maps, dense, rows[k],
                                        snapshots[k], recycle_count, seconds, max(threads_used)) for k in range(K)])
-    seconds = earlier_seconds + (time.perf_counter() - start) / K
-    threads = max(threads_used)  # (the most any block used: the bits do not depend on it)
+    assert len(results) == K, "the last epoch did not run"
+    for result, history in zip(results, rows):
+        _finish(result, history, config, recycle_count, result.metrics.pop("seconds"))
+    return results
+
+
+def _final_results(config, indices, seeds, layers, maps, snapshots, recycle_count, seconds, dense, device, computed,
+                   blas, threads_used, plan, model, dataset) -> list[TrainedMask]:
+    """The K TrainedMasks after the last epoch, with their final figures: the rebuilt subnetwork's, as
+    `Run.model` gives (`metrics` holds test_loss, test_acc and, until `_finish`, seconds). The K
+    evaluations are independent and run side by side on torch's threads (`map_one_thread`): each one's
+    numbers are those of one thread, as always inside `blas_one_thread`. The stack's own evaluation of
+    that epoch would be the same masks' figures a second time, so the caller skips it."""
+    K = len(indices)
+    threads = max(threads_used | {c.threads for c in plan.used})  # (the most any block used: no bit depends on it)
     stack_sizes = sorted({c.stack for c in plan.used}) or [K]
     results = []
     for k in range(K):
@@ -257,11 +277,14 @@ def _train(config: RunConfig, indices: list[int], dataset: Batches, device: torc
         results.append(_result(config, indices[k], seeds[k], k, layers, maps, snapshots[k], recycle_count,
                                seconds, dense, provenance))
     _split_buffers(model, results)
-    for result, history in zip(results, rows):  # final figures: the rebuilt subnetwork's, as `Run.model` gives
-        loss, acc, result.predictions = evaluate_predictions(rebuild_trained(config, dataset, result, device),
-                                                             dataset, device)
-        history[-1].update(test_loss=loss, test_acc=acc)
-        _finish(result, history, config, recycle_count, seconds)
+
+    def final(result: TrainedMask) -> tuple[float, float, np.ndarray]:
+        return evaluate_predictions(rebuild_trained(config, dataset, result, device), dataset, device)
+
+    evaluations = map_one_thread(final, results) if device.type == "cpu" else [final(r) for r in results]
+    for result, (loss, acc, predictions) in zip(results, evaluations):
+        result.predictions = predictions
+        result.metrics = {"test_loss": loss, "test_acc": acc, "seconds": seconds}
     return results
 
 

@@ -104,3 +104,47 @@ def test_a_forked_child_makes_its_own_threads(two_threads, monkeypatch):
     inherited = queue.get(timeout=60)
     child.join(timeout=60)
     assert inherited is False  # the inherited pool has no threads: a submit to it would never run
+
+
+# ---- map_one_thread ---------------------------------------------------------------------------------------
+def test_map_one_thread_shares_the_items_out_in_order_each_call_on_one_thread(two_threads):
+    seen = []
+
+    def square(v):
+        seen.append((v, threading.current_thread().name, torch.get_num_threads()))
+        return v * v
+
+    assert exact.map_one_thread(square, list(range(7))) == [v * v for v in range(7)]
+    by_item = {v: (name, threads) for v, name, threads in seen}
+    assert {threads for _, threads in by_item.values()} == {1}  # torch on one thread inside every call
+    callers = [name for name, _ in by_item.values()]
+    assert callers.count(threading.current_thread().name) == 3  # the caller's block: items 0..2 of 7 on 2 threads
+    assert sum(name.startswith("masklab-bmm") for name in callers) == 4
+    assert torch.get_num_threads() == 2  # restored
+
+
+def test_map_one_thread_is_the_loop_outside_blas_one_thread_and_on_one_thread():
+    names = []
+    exact.map_one_thread(lambda v: names.append(threading.current_thread().name), [1, 2, 3])
+    assert set(names) == {threading.current_thread().name}
+
+
+def test_map_one_thread_raises_the_error_of_a_call_and_restores_the_thread_count(two_threads):
+    def fails_late(v):
+        if v == 3:
+            raise ValueError("item 3")
+        return v
+
+    with pytest.raises(ValueError, match="item 3"):
+        exact.map_one_thread(fails_late, [0, 1, 2, 3])
+    assert torch.get_num_threads() == 2
+
+
+def test_map_one_thread_gives_the_one_thread_numbers(two_threads):
+    """Products made side by side, one per thread: the bits of the same products made one after another on
+    one thread."""
+    gen = torch.Generator().manual_seed(0)
+    pairs = [(torch.randn(128, 784, generator=gen), torch.randn(784, 300, generator=gen)) for _ in range(4)]
+    side_by_side = exact.map_one_thread(lambda p: p[0] @ p[1], pairs)
+    alone = [one_thread_bmm(a[None], b[None])[0] for a, b in pairs]
+    assert all(torch.equal(x, y) for x, y in zip(side_by_side, alone))

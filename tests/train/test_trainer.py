@@ -86,3 +86,35 @@ def test_steps_are_reported_within_epochs(digits, monkeypatch):
     train_masks(config, [0, 1], dataset=digits, on_steps=blocks.append)
     steps = -(-digits.n_train // config.batch_size)
     assert sum(blocks) == 2 * 2 * steps and set(blocks[1:]) == {2}  # (the first block: 2 steps, unmeasured)
+
+
+def test_final_figures_are_the_rebuilt_subnetworks_evaluated_on_one_thread(digits):
+    """The last epoch's figures (history, metrics, predictions, what `on_epoch` reports) are each rebuilt
+    subnetwork's own evaluation, the numbers of one thread, though the K evaluations ran side by side."""
+    import torch
+
+    from masklab.nn.exact import blas_one_thread, set_threads
+    from masklab.train.evaluate import evaluate_predictions
+    from masklab.train.rebuild import rebuild_trained
+    from masklab.train.trainer import train_masks
+
+    config = RunConfig(epochs=2)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    reported = []
+    try:
+        results = train_masks(config, [0, 1, 2, 3], dataset=digits, on_epoch=reported.append)
+    finally:
+        torch.set_num_threads(old)
+    last = {row["index"]: row for row in reported if row["epoch"] == 1}
+    with blas_one_thread():
+        set_threads(1)
+        try:
+            for result in results:
+                loss, acc, predictions = evaluate_predictions(rebuild_trained(config, digits, result), digits)
+                assert (result.metrics["test_loss"], result.metrics["test_acc"]) == (loss, acc)
+                assert list(result.history[["test_loss", "test_acc"]].iloc[-1]) == [loss, acc]
+                assert (last[result.index]["test_loss"], last[result.index]["test_acc"]) == (loss, acc)
+                assert np.array_equal(result.predictions, predictions)
+        finally:
+            set_threads(old)
