@@ -317,7 +317,7 @@ if numba is not None:
         for r in prange(mask.shape[0]):
             out[r] = _masked_abs_sum_row(weight[0] if weight.shape[0] == 1 else weight[r], mask[r])
 
-    @njit(cache=True)
+    @njit(cache=True, nogil=True)
     def _masked_abs_sum_serial(weight, mask, out):
         for r in range(mask.shape[0]):
             out[r] = _masked_abs_sum_row(weight[0] if weight.shape[0] == 1 else weight[r], mask[r])
@@ -411,7 +411,7 @@ if numba is not None:
         for c in prange(x.shape[1]):
             _bn_forward_channel(x, c, eps, out, stats)
 
-    @njit(cache=True)
+    @njit(cache=True, nogil=True)
     def _bn_forward_serial(x, eps, out, stats):
         for c in range(x.shape[1]):
             _bn_forward_channel(x, c, eps, out, stats)
@@ -435,7 +435,7 @@ if numba is not None:
         for c in prange(x.shape[1]):
             _bn_backward_channel(x, grad, c, stats, out)
 
-    @njit(cache=True)
+    @njit(cache=True, nogil=True)
     def _bn_backward_serial(x, grad, stats, out):
         for c in range(x.shape[1]):
             _bn_backward_channel(x, grad, c, stats, out)

@@ -236,7 +236,7 @@ if numba is not None:
         for r in prange(scores.shape[0]):
             _select_one(scores, weight, k, biprop, out, state, candidates, r)
 
-    @njit(cache=True)
+    @njit(cache=True, nogil=True)
     def _select_rows_serial(scores, weight, k, biprop, out, state, candidates):
         for r in range(scores.shape[0]):
             _select_one(scores, weight, k, biprop, out, state, candidates, r)

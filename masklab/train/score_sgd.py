@@ -59,7 +59,7 @@ if numba is not None:
         for r in prange(scores.shape[0]):
             _step_one(grad, weight, scores, buf, lr, momentum, weight_decay, k, biprop, out, state, candidates, r)
 
-    @njit(cache=True)
+    @njit(cache=True, nogil=True)
     def _step_rows_serial(grad, weight, scores, buf, lr, momentum, weight_decay, k, biprop, out, state, candidates):
         for r in range(scores.shape[0]):
             _step_one(grad, weight, scores, buf, lr, momentum, weight_decay, k, biprop, out, state, candidates, r)

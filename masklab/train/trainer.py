@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 
 import numpy as np
@@ -38,7 +39,7 @@ from masklab.train.plan import StepPlan
 from masklab.train.precision import autocast_dtype, device_record, step_settings
 from masklab.train.rebuild import rebuild_trained
 from masklab.train.recycling import iterand_apply, iwr_apply, recycles_after
-from masklab.train.score_sgd import FusedScoreSGD
+from masklab.train.score_sgd import FusedScoreSGD, fused_available
 from masklab.train.stacked import make_model, make_stacked_model, score_optimizer
 from masklab.train.substacks import SubStacks
 
@@ -150,7 +151,8 @@ def train_masks(config: RunConfig, indices: Sequence[int], dataset: Batches | No
     most = torch.get_num_threads()
     threads = (1, most) if device.type == "cpu" else (most,)
     mask_stacks = tuple(stacks) if stacks and device.type == "cpu" and config.method != "dense" else None
-    plan = StepPlan(len(indices), threads, mask_stacks)
+    side = device.type == "cpu" and config.method != "dense" and fused_available(device)  # (sub-stacks need it)
+    plan = StepPlan(len(indices), threads, mask_stacks, side)
     try:
         with blas_one_thread(), step_settings(config.precision, device):
             return _train(config, indices, dataset, device, on_epoch,
@@ -323,19 +325,26 @@ def _train_epoch(model, optimizer, subs: SubStacks | None, dataset, config, data
         parts = subs.parts(choice.stack) if subs is not None else [(0, K, model, optimizer)]
         if subs is not None:
             subs.start_block(choice.stack)
-        outputs: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in block]  # per batch, per part
-        for a, b, part, part_optimizer in parts:
-            for j, (xs, y) in enumerate(block):
-                per_sample, logits = train_step(part, part_optimizer, _inputs(xs, a, b), y[a:b], autocast)
-                outputs[j].append((per_sample.detach(), (logits.detach().argmax(2) == y[a:b]).sum(1)))
-        for pieces in outputs:  # the parts are masks a..b in order: together, all K
-            totals.add_counted(torch.cat([p for p, _ in pieces]), torch.cat([c for _, c in pieces]))
+        train_part = partial(_train_part, block=block, autocast=autocast)
+        per_part = map_one_thread(train_part, parts) if choice.side else [train_part(part) for part in parts]
+        for j in range(len(block)):  # the parts are masks a..b in order: together, all K
+            totals.add_counted(torch.cat([out[j][0] for out in per_part]), torch.cat([out[j][1] for out in per_part]))
         if subs is not None:
             subs.sync_batchnorm(choice.stack)
         plan.record(choice, (time.perf_counter() - begin) / (len(block) * K))
         if on_steps is not None:
             on_steps(len(block) * K)
     return totals.result()
+
+
+def _train_part(part, block, autocast) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A block's steps of one sub-stack (a, b, model, optimizer): per batch, (per-sample losses, correct count)."""
+    a, b, model, optimizer = part
+    out = []
+    for xs, y in block:
+        per_sample, logits = train_step(model, optimizer, _inputs(xs, a, b), y[a:b], autocast)
+        out.append((per_sample.detach(), (logits.detach().argmax(2) == y[a:b]).sum(1)))
+    return out
 
 
 def _batches(dataset, config, data_seeds, epoch, K, device):

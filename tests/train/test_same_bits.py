@@ -92,8 +92,9 @@ def test_thread_count_does_not_change_a_mask(case):
 
 @pytest.mark.parametrize("case", ["biprop+iwr", "conv2 biprop", "iterand, own data seeds"])
 def test_measured_threads_and_stack_sizes_switch_mid_run_and_do_not_change_a_mask(case, monkeypatch):
-    """`--stack auto` on CPU: blocks of steps run as sub-stacks of 3 or 1 masks on 1 or 2 threads, as measured
-    (here switched every other block); every mask equals the mask trained alone on one thread."""
+    """`--stack auto` on CPU: blocks of steps run as sub-stacks of 3 or 1 masks on 1 or 2 threads, or as
+    sub-stacks of 2 and 1 side by side on 2 threads, as measured (here switched every other block); every mask
+    equals the mask trained alone on one thread."""
     config, name, kw = CASES[case]
     config = config.replace(epochs=4)
     data = load_dataset(name, **kw)
@@ -111,10 +112,11 @@ def test_measured_threads_and_stack_sizes_switch_mid_run_and_do_not_change_a_mas
         assert torch.get_num_threads() == 2  # restored
     finally:
         torch.set_num_threads(old)
-    assert {(c.stack, c.threads) for c in seen} == {(3, 1), (3, 2), (1, 1), (1, 2)}
+    assert {(c.stack, c.threads, c.side) for c in seen} == {(3, 1, False), (3, 2, False), (1, 1, False),
+                                                            (1, 2, False), (2, 2, True)}
     switches = sum(a != b for a, b in zip(seen, seen[1:]))
     assert switches > 10, switches
-    assert tuned[0].trained_with["substacks"] == [1, 3] and tuned[0].trained_with["threads"] == 2
+    assert tuned[0].trained_with["substacks"] == [1, 2, 3] and tuned[0].trained_with["threads"] == 2
     assert [differences(a, b) for a, b in zip(fixed, tuned)] == [[], [], []]
 
 
@@ -140,6 +142,10 @@ def test_step_plan_takes_the_fastest_and_probes_the_others():
         plan.record(choice, times[(choice.stack, choice.threads)])
     assert plan.best() == plan_module.Choice(8, 1)
     assert plan_module.StepPlan(3, threads=(1,)).candidates == [plan_module.Choice(3, 1)]
+    assert plan_module.StepPlan(3, threads=(1,), side=True).candidates == [plan_module.Choice(3, 1)]  # no 2nd thread
+    assert plan_module.StepPlan(5, threads=(1, 2), side=True).candidates[-1] == plan_module.Choice(3, 2, side=True)
+    assert plan_module.StepPlan(1, threads=(1, 2), side=True).candidates == [plan_module.Choice(1, 1),
+                                                                              plan_module.Choice(1, 2)]
 
 
 def test_batchnorm_statistics_do_not_depend_on_the_stack():
