@@ -4,6 +4,8 @@ refused before anything is allocated."""
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,39 @@ def test_the_estimate_covers_the_measured_peak(fields):
 def test_memory_bytes_is_positive_or_unknown():
     have = limits.memory_bytes()
     assert have is None or have > 2**20
+
+
+@pytest.mark.parametrize("model, shape, values", [
+    ("mlp", (1, 8, 8), 1098), ("lenet-300-100", (1, 28, 28), 1594), ("conv2", (3, 32, 32), 295946),
+    ("conv4", (3, 32, 32), 427018), ("conv6", (3, 32, 32), 492554), ("conv8", (3, 32, 32), 525322),
+    ("resnet18", (3, 32, 32), 1417226)])
+def test_activation_values_count_every_leaf_output_per_sample(model, shape, values):
+    """The counts a forward pass of one real sample gives (hooks on every leaf, the identity shortcuts of
+    resnet18 included), from the meta model, which is never allocated."""
+    import torch
+
+    from masklab.nn.models import build_model
+
+    with torch.device("meta"):
+        meta = build_model(model, shape, 10)
+    assert limits.activation_values(meta, shape) == values
+    real = build_model(model, shape, 10)
+    with torch.no_grad():
+        for p in real.parameters():
+            p.normal_()
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o[0].numel())) for m in real.modules()
+             if not list(m.children())]
+    with torch.no_grad():
+        real.eval()(torch.randn(1, *shape))
+    [h.remove() for h in hooks]
+    assert sum(sizes) == values
+    assert all("forward" not in vars(m) for m in meta.modules())  # the layers' own forward again
+
+
+def test_the_memory_check_does_not_import_torchs_compiler():
+    """torch's first meta-device operation imports torch._dynamo (2.4 s of every `masklab generate`)."""
+    code = ("import sys, masklab; from masklab import limits; from masklab.config import RunConfig; "
+            "limits.training_bytes(RunConfig(model='resnet18'), (3, 32, 32), 10); "
+            "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
