@@ -10,8 +10,10 @@ throughput over --stack 1. Targets (issue 27): idle --stack 8 >= 3x, contended -
 --stack 8 >= 1.2x. The bits are the same in every case (tests/test_golden_bits.py,
 tests/train/test_same_bits.py), so the ratios are pure speed.
 
-Then the training steps alone (`build_training` + `train_step`, the trainer's one training path): K = 8
-stacked against 8 masks one after another at a fixed thread count, and on a GPU K = 32 Conv-4 (target 8x).
+Then the training steps alone (`build_training` + `train_step`, the trainer's one training path, inside
+`blas_one_thread` as the trainer runs them): K = 8 as one stack, and on CPU also as one sub-stack per thread
+side by side (the trainer's 'side' choice), against 8 masks one after another at a fixed thread count; on a
+GPU K = 32 Conv-4 (target 8x).
 
     python bench/bench_stack.py [--epochs 1] [--rounds 2] [--threads 2] [--quick]
 """
@@ -32,6 +34,7 @@ import torch
 
 from masklab.config import RunConfig
 from masklab.data import load_dataset
+from masklab.nn.exact import blas_one_thread, map_one_thread, set_threads
 from masklab.train.trainer import build_training, train_step
 
 
@@ -74,18 +77,35 @@ def stacked_rate(config, dataset, K, data, device) -> float:
     return stack_rate(config, dataset, range(K), data, device)
 
 
+def side_by_side_rate(config, dataset, K, data, device) -> float:
+    """Images per second per mask when the K masks train as one sub-stack per thread, side by side, each on
+    one thread (the trainer's 'side' choice, `map_one_thread`; CPU)."""
+    threads = torch.get_num_threads()
+    bounds = [K * i // threads for i in range(threads + 1)]
+    parts = [list(range(a, b)) for a, b in zip(bounds, bounds[1:]) if b > a]
+    images = (len(data) - 2) * data[0][1].numel()  # per mask
+    rates = map_one_thread(lambda part: stack_rate(config, dataset, part, data, device), parts)
+    return K * images / max(len(part) * images / rate for part, rate in zip(parts, rates))
+
+
 def compare(label, config, dataset, K, steps, device, target, rounds=3):
-    """Sequential and stacked measured alternately, `rounds` times each; the best rate of each (the
-    least disturbed by the rest of the machine) gives the ratio."""
+    """Sequential, stacked and (CPU) side-by-side measured alternately, `rounds` times each, as the trainer
+    runs them (inside `blas_one_thread`); the best rate of each (the least disturbed by the rest of the
+    machine) gives the ratios."""
     data = batches(dataset, config.batch_size, steps, device)
-    seqs, sts = [], []
-    for _ in range(rounds):
-        seqs.append(sequential_rate(config, dataset, K, data, device))
-        sts.append(stacked_rate(config, dataset, K, data, device))
+    seqs, sts, sides = [], [], []
+    with blas_one_thread():
+        set_threads(torch.get_num_threads())  # (MKL on one thread inside the block, as in training)
+        for _ in range(rounds):
+            seqs.append(sequential_rate(config, dataset, K, data, device))
+            sts.append(stacked_rate(config, dataset, K, data, device))
+            if device.type == "cpu" and torch.get_num_threads() > 1:
+                sides.append(side_by_side_rate(config, dataset, K, data, device))
     seq, st = max(seqs), max(sts)
     verdict = "" if target is None else f" (target >= {target}x: {'PASS' if st / seq >= target else 'MISS'})"
+    side = f" | side by side {max(sides):9.0f} img/s per mask, {max(sides) / seq:.2f}x" if sides else ""
     print(f"{label}: sequential {seq:9.0f} img/s per mask | stacked K={K} {st:9.0f} img/s per mask | "
-          f"ratio {st / seq:.2f}x{verdict} [best of {rounds}; ratios per round "
+          f"ratio {st / seq:.2f}x{verdict}{side} [best of {rounds}; stacked ratios per round "
           f"{', '.join(f'{b / a:.2f}' for a, b in zip(seqs, sts))}]")
     return st / seq
 
