@@ -615,7 +615,7 @@ def test_sweep_text_says_the_units_of_what_it_prints():
     """Sparsity in % beside accuracy in %; the published column and its header words only when present."""
     import pandas as pd
 
-    from masklab.cli.train import sweep_text
+    from masklab.cli.sweep import sweep_text
 
     table = pd.DataFrame({"method": ["biprop"], "sparsity": [0.995], "n": [2], "acc_mean": [0.8], "acc_std": [0.01],
                           "best_mean": [0.81], "best_std": [0.01], "epochs": [3], "chance": [0.1], "runs": ["r"]})

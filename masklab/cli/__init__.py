@@ -51,7 +51,7 @@ COMMANDS = {
     "interpolate": (add_interpolate, "interpolate"),
     "compare": (add_compare, "analyze"),
     "distances": (add_distances, "distances"),
-    "sweep": (add_sweep, "train"),
+    "sweep": (add_sweep, "sweep"),
     "jobs": (add_jobs, "train"),
     "import": (add_import, "interop"),
     "export": (add_export, "interop"),

@@ -143,7 +143,7 @@ def add_scale_options(p) -> None:
                    "mail-type=END or exclusive (repeatable)")
 
 
-# ---- training: generate, sweep, jobs (cli/train.py) ------------------------------------------------------
+# ---- training: generate, jobs (cli/train.py), sweep (cli/sweep.py) --------------------------------------
 def add_jobs(sub) -> None:
     p = sub.add_parser("jobs", help="the shard jobs of a run (generate/sweep --jobs N): state, masks, logs; "
                        "--cancel cancels them",
