@@ -108,26 +108,32 @@ def activation_values(model, input_shape: tuple[int, ...]) -> int:
             total += output.shape[1:].numel()
 
     leaves = [m for m in model.modules() if not list(m.children())]
-    shaped = [m for m in leaves if _shape_only(m)]
-    unknown = [type(m).__name__ for m in leaves if m not in shaped and any(True for _ in m.parameters(recurse=False))]
+    unknown = [type(m).__name__ for m in leaves if not isinstance(m, _SHAPED)
+               and (list(m.parameters(recurse=False)) or list(m.buffers(recurse=False)))]
     if unknown:
         raise TypeError(f"activation_values knows no output shape for the layers {sorted(set(unknown))}")
     hooks = [m.register_forward_hook(count) for m in leaves]
+    shaped = [m for m in leaves if isinstance(m, _SHAPED)]
     model.eval()
     try:
+        for m in shaped:
+            _shape_only(m)
         with torch.no_grad():
             model(torch.empty(0, *input_shape))
     finally:
         for h in hooks:
             h.remove()
         for m in shaped:
-            m.__dict__.pop("forward")  # the class's forward again
+            m.__dict__.pop("forward", None)  # the class's forward again
     return total
 
 
-def _shape_only(module) -> bool:
-    """Give a layer with weights or statistics a forward that makes only its output's shape (an instance
-    attribute over the class's forward, removed again by `activation_values`)."""
+_SHAPED = (MaskedLinear, MaskedConv2d, torch.nn.modules.batchnorm._BatchNorm)
+
+
+def _shape_only(module) -> None:
+    """Give a layer with weights or statistics (`_SHAPED`) a forward that makes only its output's shape (an
+    instance attribute over the class's forward, removed again by `activation_values`)."""
     if isinstance(module, MaskedLinear):
         def forward(x: torch.Tensor) -> torch.Tensor:
             return x.new_empty(*x.shape[:-1], module.weight.shape[0])
@@ -136,13 +142,10 @@ def _shape_only(module) -> bool:
             out_channels, _, kernel, _ = module.weight.shape
             h, w = ((n + 2 * module.padding - kernel) // module.stride + 1 for n in x.shape[2:])
             return x.new_empty(x.shape[0], out_channels, h, w)
-    elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+    else:
         def forward(x: torch.Tensor) -> torch.Tensor:
             return x.new_empty(x.shape)
-    else:
-        return False
     module.__dict__["forward"] = forward
-    return True
 
 
 def training_bytes(config: RunConfig, input_shape: tuple[int, ...], n_classes: int) -> int:

@@ -146,3 +146,16 @@ def test_the_memory_check_does_not_import_torchs_compiler():
             "limits.training_bytes(RunConfig(model='resnet18'), (3, 32, 32), 10); "
             "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_activation_values_refuse_a_layer_whose_shape_they_do_not_know_and_leave_the_model_as_it_was():
+    import torch
+
+    from masklab.nn.layers import MaskedLinear
+
+    with torch.device("meta"):
+        model = torch.nn.Sequential(MaskedLinear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    with pytest.raises(TypeError, match=r"\['Linear'\]"):
+        limits.activation_values(model, (4,))
+    assert all("forward" not in vars(m) for m in model.modules())
+    assert not model[0]._forward_hooks

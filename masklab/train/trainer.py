@@ -270,7 +270,7 @@ def _final_results(config, indices, seeds, layers, maps, snapshots, recycle_coun
     numbers are those of one thread, as always inside `blas_one_thread`. The stack's own evaluation of
     that epoch would be the same masks' figures a second time, so the caller skips it."""
     K = len(indices)
-    threads = max(threads_used | {c.threads for c in plan.used})  # (the most any block used: no bit depends on it)
+    threads = max(threads_used)  # (the most any block used: no bit depends on it)
     stack_sizes = sorted({c.stack for c in plan.used}) or [K]
     results = []
     for k in range(K):
