@@ -220,7 +220,7 @@ def map_one_thread(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     For independent pieces of work whose numbers must not depend on the thread count (the trainer's final
     evaluation of each of a stack's masks): inside `blas_one_thread` a call's products run on one thread
     anyway, so one call per thread is the same arithmetic as a loop, on every core (measured: the final
-    evaluation of 8 lenet-300-100 masks, 1.57 -> 0.9 s on 2 cores). `fn` must not touch what another call
+    evaluation of 8 lenet-300-100 masks, 1.57 -> 0.8 s on 2 cores). `fn` must not touch what another call
     writes. Outside `blas_one_thread`, on one thread or for one item, this is the loop.
 
     Examples
