@@ -67,8 +67,8 @@ class StepPlan:
         sizes = sorted({min(self.K, max(1, int(s))) for s in (stacks or (self.K,))}, reverse=True)
         counts = sorted({max(1, int(t)) for t in threads})
         self.candidates = [Choice(k, t) for k, t in product(sizes, counts)]
-        if side:  # the stack as one sub-stack per thread, side by side
-            self.candidates += [Choice(-(-self.K // t), t, True) for t in counts if 1 < t <= self.K]
+        if side and self.K > 1:  # the stack as one sub-stack per thread, side by side (at most K threads busy)
+            self.candidates += [Choice(-(-self.K // t), t, True) for t in counts if t > 1]
         self.seconds: dict[Choice, float] = {}  # latest seconds per mask-step
         self.blocks = 0
         self.last = self.candidates[0]

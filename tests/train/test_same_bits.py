@@ -146,6 +146,8 @@ def test_step_plan_takes_the_fastest_and_probes_the_others():
     assert plan_module.StepPlan(5, threads=(1, 2), side=True).candidates[-1] == plan_module.Choice(3, 2, side=True)
     assert plan_module.StepPlan(1, threads=(1, 2), side=True).candidates == [plan_module.Choice(1, 1),
                                                                               plan_module.Choice(1, 2)]
+    # more threads than masks (a 16-core node, K = 8): one mask per sub-stack, 8 of them side by side
+    assert plan_module.StepPlan(8, threads=(1, 16), side=True).candidates[-1] == plan_module.Choice(1, 16, side=True)
 
 
 def test_batchnorm_statistics_do_not_depend_on_the_stack():
