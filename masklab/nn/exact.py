@@ -188,16 +188,28 @@ def per_mask_bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = No
         return torch.bmm(a, b, out=out) if out is not None else torch.bmm(a, b)
     if out is None:
         out = torch.empty((K, rows, cols), dtype=torch.result_type(a, b), device=a.device)
-    bounds = [K * i // parts for i in range(parts + 1)]
-    pool = _blas_pool(parts)
-    futures = [pool.submit(_bmm_one_thread, a[s:e], b[s:e], out[s:e]) for s, e in zip(bounds[1:-1], bounds[2:])]
-    try:
+
+    def in_caller(s: int, e: int) -> None:
         with torch.no_grad():
-            torch.bmm(a[:bounds[1]], b[:bounds[1]], out=out[:bounds[1]])
-    finally:
-        for future in futures:
-            future.result()
+            torch.bmm(a[s:e], b[s:e], out=out[s:e])
+
+    _blocks_on_threads(K, parts, in_caller, lambda s, e: _bmm_one_thread(a[s:e], b[s:e], out[s:e]))
     return out
+
+
+def _blocks_on_threads(n: int, parts: int, in_caller: Callable[[int, int], R],
+                       in_worker: Callable[[int, int], R]) -> list[R]:
+    """range(n) in `parts` contiguous blocks [s, e): the first run by the caller (`in_caller(s, e)`), the
+    others by the pool's workers (`in_worker(s, e)`), at the same time; every block is waited for, also when
+    one fails. The blocks' results in order."""
+    bounds = [n * i // parts for i in range(parts + 1)]
+    pool = _blas_pool(parts)
+    futures = [pool.submit(in_worker, s, e) for s, e in zip(bounds[1:-1], bounds[2:])]
+    try:
+        first = in_caller(0, bounds[1])
+    finally:
+        rest = [future.result() for future in futures]
+    return [first, *rest]
 
 
 def _run_one_thread(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
@@ -232,19 +244,14 @@ def map_one_thread(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     parts = min(len(items), torch.get_num_threads())
     if parts < 2 or not _local.depth:
         return [fn(item) for item in items]
-    bounds = [len(items) * i // parts for i in range(parts + 1)]
-    pool = _blas_pool(parts)
     old = torch.get_num_threads()
     set_threads(1)  # the caller's share on one thread too
     try:
-        futures = [pool.submit(_run_one_thread, fn, items[s:e]) for s, e in zip(bounds[1:-1], bounds[2:])]
-        try:
-            first = [fn(item) for item in items[:bounds[1]]]
-        finally:
-            rest = [future.result() for future in futures]  # (waits for every block, also on an error)
+        blocks = _blocks_on_threads(len(items), parts, lambda s, e: [fn(item) for item in items[s:e]],
+                                    lambda s, e: _run_one_thread(fn, items[s:e]))
     finally:
         set_threads(old)
-    return first + [value for block in rest for value in block]
+    return [value for block in blocks for value in block]
 
 
 @contextmanager
