@@ -8,10 +8,11 @@ and stored.
 The masks come from a fast source, so that the benchmark times the analysis and not training: for each N,
 uniform random masks of the digits MLP (fc1 256 x 64, fc2 256 x 256, fc3 10 x 256; half of each layer kept,
 `masklab.analysis.random_sets.random_mask_bits`, seed 0) made a run with `masklab.import_maskset` (masklab's
-random weights of seed 0; `evaluate=False`: no mask's own test accuracy, which no stage needs, is measured, so
-that making 10,000 masks takes minutes, not the analysis's time again): every stage of `analyze` runs on it, the
-interpolation included (default settings: 3 barrier pairs stratified by distance, 30 points; the stated
-samples of 2,000 masks for clustering and the embedding and 200 for the structure test).
+random weights of seed 0, each mask evaluated once as `generate` evaluates a trained mask: its test accuracy and
+the predicted classes the functional stage reads, stored in the run as `generate` stores them, so that the
+analysis finds what it finds in a trained run): every stage of `analyze` runs on it, the interpolation included
+(default settings: 3 barrier pairs stratified by distance, 30 points; the stated samples of 2,000 masks for
+clustering and the embedding and 200 for the structure test).
 
 For each N, in a fresh process each (so that each peak is its own):
 
@@ -69,7 +70,7 @@ layers = [(name, tuple(m.weight.shape)) for name, m in masked_layers(net)]
 keep = [int(np.prod(shape)) // 2 for _, shape in layers]
 layout = make_layout([name for name, _ in layers], [shape for _, shape in layers], keep)
 bits = random_mask_bits(layout, np.array([keep]), n, np.random.default_rng(0))
-run = import_maskset(MaskSet(bits, layout), model="mlp", dataset="digits", runs_dir=runs, evaluate=False)
+run = import_maskset(MaskSet(bits, layout), model="mlp", dataset="digits", runs_dir=runs)
 print("BENCH " + json.dumps({"path": str(run.path), "seconds": time.perf_counter() - start}))
 """
 

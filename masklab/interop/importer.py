@@ -50,7 +50,7 @@ from masklab.store.catalog import update_run
 from masklab.store.run import Run
 from masklab.store.schema import import_digest
 from masklab.store.writer import RunWriter
-from masklab.train.evaluate import evaluate
+from masklab.train.evaluate import evaluate_predictions
 from masklab.train.rebuild import rebuild_subnet
 from masklab.train.trainer import TrainedMask
 from masklab.units import percent
@@ -77,6 +77,7 @@ class Plan:
     metrics: list[dict]
     alphas: list[list[float] | None]
     run_files: dict[str, bytes] = field(default_factory=dict)
+    predictions: list[np.ndarray | None] | None = None  # per mask, when evaluated: its predicted test classes
 
 
 def import_masks(paths: str | os.PathLike | Sequence[str | os.PathLike], format: str = "hidden-networks", *,
@@ -136,13 +137,13 @@ def plan_import(paths, format: str = "hidden-networks", *, keep: float | None = 
     target = read.target
     layout = make_layout(target.names, target.shapes, rule.counts)
     dataset_info = target.info or {"name": None, "input_shape": [], "n_classes": int(target.shapes[-1][0])}
-    metrics, alphas = _metrics(paths, read, config, weights, rule, model, say)
+    metrics, alphas, predictions = _metrics(paths, read, config, weights, rule, model, say)
     files = {}
     if mode == "shared":
         assert weights is not None
         files["weights.npy"] = W.npy_bytes(np.concatenate([w.reshape(-1) for w in weights[0]]).astype(np.float32))
     return Plan(config, layout, dataset_info, section, read.masks, weights, read.buffers,
-                read.scores if config.keep_scores else [None] * len(paths), metrics, alphas, files)
+                read.scores if config.keep_scores else [None] * len(paths), metrics, alphas, files, predictions)
 
 
 def _check_args(paths, format, keep, sparsity, method, model, dataset, data_root, width) -> list[Path]:
@@ -357,26 +358,30 @@ def _section(format: str, method: str, method_from: str, rule: _Rule, read: _Rea
 
 
 def _metrics(paths: list[Path], read: _Read, config: RunConfig, weights, rule: _Rule, model: str | None,
-             say) -> tuple[list[dict], list[list[float] | None]]:
-    """Each mask's record figures: evaluated with a model (test_acc, test_loss, Biprop's gains), the epochs
-    its checkpoint reports."""
+             say) -> tuple[list[dict], list[list[float] | None], list[np.ndarray] | None]:
+    """Each mask's record figures: evaluated with a model (test_acc, test_loss, Biprop's gains, and the
+    predictions of that pass), the epochs its checkpoint reports."""
     metrics: list[dict] = [{"test_acc": None, "best_test_acc": None, "test_loss": None, "seconds": None,
                             "source_file": path.name} for path in paths]
     alphas: list[list[float] | None] = [None] * len(paths)
+    predictions = None
     if model is not None:
         assert weights is not None
-        _evaluate(config, read.target, read.masks, weights, read.buffers, rule.counts, rule.gain_counts, metrics,
-                  alphas, say)
+        predictions = _evaluate(config, read.target, read.masks, weights, read.buffers, rule.counts,
+                                rule.gain_counts, metrics, alphas, say)
     for i, entry in enumerate(read.sources):
         epoch = entry["reported"].get("epoch")
         if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0:
             metrics[i]["epochs"] = epoch
-    return metrics, alphas
+    return metrics, alphas, predictions
 
 
 def _evaluate(config: RunConfig, target: Target, masks, weights, buffers, counts, gain_counts, metrics, alphas,
-              say) -> None:
-    """Each mask's test loss and accuracy, from the subnetwork `Run.model(i)` will rebuild (the same code)."""
+              say) -> list[np.ndarray]:
+    """Each mask's test loss and accuracy, from the subnetwork `Run.model(i)` will rebuild (the same code), and
+    returned, the predicted class of every test sample in that same pass: what a trained mask stores as its
+    `predictions` extra, so that an imported run's analysis reads them as it reads a trained run's."""
+    predictions = []
     for i in range(len(masks)):
         start = time.perf_counter()
         w = weights[0] if len(weights) == 1 else weights[i]
@@ -385,13 +390,15 @@ def _evaluate(config: RunConfig, target: Target, masks, weights, buffers, counts
         for k, (name, layer) in enumerate(masked_layers(net)):
             if not np.array_equal(layer.mask().numpy(), masks[i][k]):  # (cannot happen: n_keep is the count)
                 raise StoreError(f"mask {i} cannot be pinned in layer {name}")
-        loss, acc = evaluate(net, target.dataset, "cpu")
+        loss, acc, predicted = evaluate_predictions(net, target.dataset, "cpu")
+        predictions.append(predicted)
         metrics[i].update(test_acc=float(acc), test_loss=float(loss))
         if config.method == "biprop":
             with torch.no_grad():
                 alphas[i] = [float(layer.alpha()) for _, layer in masked_layers(net)]
         say(f"mask {i}: test accuracy {percent(float(acc))}, loss {loss:.4f} nats "
             f"({time.perf_counter() - start:.1f} s)")
+    return predictions
 
 
 # ---- writing ----------------------------------------------------------------------------------------------
@@ -413,6 +420,7 @@ def write_import(plan: Plan, runs_dir: str | os.PathLike) -> Path:
                 metrics=plan.metrics[i], scores=plan.scores[i],
                 weights=plan.weights[i] if plan.section["weights"] == "per-mask" and plan.weights else None,
                 alphas=plan.alphas[i], buffers=plan.buffers[i],
+                predictions=plan.predictions[i] if plan.predictions else None,
                 trained_with={"imported_from": plan.section["sources"][i]["file"]})
             writer.write_mask(trained, device="cpu")
     except BaseException:

@@ -6,8 +6,9 @@ for a benchmark): the run is an import (`masklab import`'s format, section ``imp
 would train the scores over), stored once (``weights.npy``), so that every analysis runs on it, interpolation
 included. Each mask keeps its given bits exactly (keep rule ``stored``: the per-layer counts of the masks,
 which must be the same for every mask); with `evaluate` its test loss and accuracy are measured on the subnetwork
-`Run.model(i)` rebuilds. The run id follows from the masks' checksums: importing the same masks again finds the
-run (and completes it if a write was killed).
+`Run.model(i)` rebuilds, and the predicted classes of that pass stored as a trained mask's are (the functional
+analysis reads them instead of evaluating every mask again). The run id follows from the masks' checksums:
+importing the same masks again finds the run (and completes it if a write was killed).
 """
 
 from __future__ import annotations
@@ -98,12 +99,14 @@ def import_maskset(masks: MaskSet, *, model: str, dataset: str = "digits", width
                             "source_file": s["file"]} for s in sources]
     alphas: list[list[float] | None] = [None] * len(masks)
     exists = (Path(runs_dir) / config.run_id / "run.json").is_file()
+    predictions = None
     if evaluate and not exists:
-        _evaluate(config, target, unpacked, weights, [{}] * len(masks), kept, None, metrics, alphas, say)
+        predictions = _evaluate(config, target, unpacked, weights, [{}] * len(masks), kept, None, metrics, alphas,
+                                say)
     files = {"weights.npy": W.npy_bytes(np.concatenate([w.reshape(-1) for w in weights[0]]))}
     layout = make_layout(names, shapes, kept)
     plan = Plan(config, layout, info, section, unpacked, weights, [{}] * len(masks),  # type: ignore[arg-type]
-                [None] * len(masks), metrics, alphas, files)
+                [None] * len(masks), metrics, alphas, files, predictions)
     path = write_import(plan, runs_dir)
     run = Run(path, check="structure")
     run.masks  # noqa: B018 -- builds the consolidated bit matrix for the analyses

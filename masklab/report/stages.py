@@ -441,7 +441,7 @@ def _interpolation(run: Run, report: Report, shared: Shared, engine) -> None:
     task = BarrierTask(run_path=str(run.path), folder=str(_need(shared.tables, "analyze") / "barriers"),
                        points=settings.points, random_state=settings.random_state)
     pairs = list(zip(chosen["mask_a"].tolist(), chosen["mask_b"].tolist()))
-    engine = engine or InProcess()
+    engine = engine or InProcess(run)
     bar = tqdm(total=len(pairs), disable=shared.quiet, unit="pair", desc="barriers", leave=False)
     barriers, curves, evaluated = run_pairs(task, pairs, engine, bar.update)
     bar.close()

@@ -75,3 +75,19 @@ def test_dask_workers_give_the_numbers_of_this_process(run, tmp_path):
         assert sorted(environ.values()) == [(None, "1"), (None, "1")]
     assert pending == len(PAIRS)
     pd.testing.assert_frame_equal(there, here, check_exact=True)
+
+
+def test_in_process_evaluation_uses_the_open_run_and_gives_the_numbers_of_a_run_it_opens(run, tmp_path,
+                                                                                        monkeypatch):
+    from masklab.analysis.paths import jobs
+
+    opened = run_pairs(task_for(run, tmp_path / "opened"), PAIRS[:2])
+    jobs._CACHE.clear()  # a fresh process: nothing built yet
+
+    def no_open(path):
+        raise AssertionError("the run given to InProcess must not be opened again")
+
+    monkeypatch.setattr(jobs, "open_run", no_open)
+    given = run_pairs(task_for(run, tmp_path / "given"), PAIRS[:2], jobs.InProcess(run))
+    pd.testing.assert_frame_equal(given[0], opened[0], check_exact=True)
+    pd.testing.assert_frame_equal(given[1], opened[1], check_exact=True)

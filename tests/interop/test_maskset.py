@@ -35,6 +35,23 @@ def test_the_run_holds_the_masks_bit_for_bit_and_every_analysis_runs(tmp_path, d
     assert {"distances", "clusters", "embedding", "barriers"} <= set(report.tables)
 
 
+def test_an_evaluated_import_stores_the_predictions_the_analysis_would_compute(tmp_path, digits):
+    from masklab.analysis.functional import test_predictions
+
+    masks = random_set(4, seed=3)
+    stored = masklab.import_maskset(masks, model="mlp", dataset="digits", width=0.25, runs_dir=tmp_path / "a")
+    bare = masklab.import_maskset(masks, model="mlp", dataset="digits", width=0.25, runs_dir=tmp_path / "b",
+                                  evaluate=False)
+    assert all(stored.has_extra(i, "predictions") for i in stored.ids)
+    assert not any(bare.has_extra(i, "predictions") for i in bare.ids)
+    computed = test_predictions(bare, cache=False)  # evaluated here: the rebuilt subnetworks' pass
+    assert np.array_equal(test_predictions(stored), computed)
+    labels = stored.dataset().y_test.numpy()
+    assert [np.mean(computed[row] == labels) for row in range(4)] == [stored.record(i)["test_acc"]
+                                                                       for i in stored.ids]
+    assert stored.verify()["status"].eq("ok").all()
+
+
 def test_sets_that_do_not_fit_the_model_are_refused(tmp_path):
     with pytest.raises(UserError, match="check model, dataset and width"):
         masklab.import_maskset(random_set(3), model="mlp", dataset="digits", runs_dir=tmp_path)
