@@ -18,7 +18,9 @@ For each N, in a fresh process each (so that each peak is its own):
 
 - ``make run``: making the run (not part of the analysis; shown for scale);
 - ``analyze``: `masklab.analyze(run)` in a process whose imports and numba caches are warm (one untimed
-  analysis of N = 16 first), its own wall time (the process start and imports are apart: ``start``);
+  analysis of another run of N = 16 first, as in a notebook that has analysed a run before), its own wall
+  time (the process start, imports and that analysis are apart: ``warm-up``); the first line gives an
+  analysis of N = 16 in a fresh process, imports included (torch alone is about 3 s of them);
 - ``peak RSS``: the analysing process's peak resident memory (``ru_maxrss``, imports included);
 - ``written``: the bytes of every file the analysis wrote (its folder ``analysis/<settings id>/``, with the
   pair matrices, and its figures and page);
@@ -87,6 +89,8 @@ from masklab.analysis.distances import STORE_BLOCK_BYTES
 from masklab.report import analyze
 from masklab.store.run import open_run
 
+if len(sys.argv) > 3:  # warm: what a first analysis imports and loads (torch, umap, numba kernels), untimed
+    analyze(open_run(sys.argv[3]), sys.argv[4], quiet=True)
 run = open_run(sys.argv[1])
 masks = run.masks
 imported = time.perf_counter()
@@ -183,19 +187,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="masklab-bench-scale-") as tmp:
         where = Path(args.keep) if args.keep else Path(tmp)
         runs, figures = where / "runs", where / "figures"
-        # imports and numba caches warm, untimed; a run of its own (a timed analysis must not find the warm-up's
-        # barrier pairs already stored in its run)
+        # a run of its own for the warm-up analyses (a timed analysis must not find the warm-up's barrier pairs
+        # stored in its run); its first analysis, in a fresh process, is the cold figure
         warm = child(MAKE, "16", str(where / "warm-up" / "runs"))
-        child(ANALYZE, warm["path"], str(where / "warm-up" / "figures"))
-        print(f"{'N':>7} {'pairs':>12} {'make run s':>10} {'start s':>8} {'analyze s':>10} {'kernel s':>9} "
+        warm_args = (warm["path"], str(where / "warm-up" / "figures"))
+        cold = child(ANALYZE, *warm_args)
+        print(f"N = 16 in a fresh process, the first analysis of its run: {cold['start'] + cold['analyze']:.1f} s "
+              f"(imports {cold['start']:.1f} s, analyze {cold['analyze']:.1f} s: stages "
+              + ", ".join(f"{k} {v:.2f}" for k, v in cold["stages"].items()) + ")", flush=True)
+        print(f"{'N':>7} {'pairs':>12} {'make run s':>10} {'warm-up s':>9} {'analyze s':>10} {'kernel s':>9} "
               f"{'ratio':>7} {'peak RSS MiB':>12} {'written MB':>10}", flush=True)
         dask_done = False
         for n in sizes:
             made = child(MAKE, str(n), str(runs))
-            out = child(ANALYZE, made["path"], str(figures))
+            out = child(ANALYZE, made["path"], str(figures), *warm_args)
             mb = out["written"] / 1e6
             ratio = out["analyze"] / out["kernel"] if out["kernel"] > 0 else float("inf")
-            print(f"{n:>7,} {n * (n - 1) // 2:>12,} {made['seconds']:>10.1f} {out['start']:>8.1f} "
+            print(f"{n:>7,} {n * (n - 1) // 2:>12,} {made['seconds']:>10.1f} {out['start']:>9.1f} "
                   f"{out['analyze']:>10.2f} {out['kernel']:>9.3f} {ratio:>6.0f}x {out['peak_mib']:>12.0f} "
                   f"{mb:>10.1f}  {verdict(n, out['analyze'], out['peak_mib'], mb)}", flush=True)
             stages = "  ".join(f"{k} {v:.2f}" for k, v in out["stages"].items())

@@ -19,7 +19,7 @@ from masklab import files as W
 from masklab.analysis.baselines import with_baseline
 from masklab.analysis.distances import long_table, stored_intersections
 from masklab.errors import UserError
-from masklab.plots import save_figure
+from masklab.report.drawing import FigureDrawer
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -152,7 +152,8 @@ class Shared:
     labels: pd.DataFrame | None = None             # clustering: cluster labels per mask_id
     structure: StructureTest | None = None         # clustering: the structure test against random masks
     functional: FunctionalSimilarity | None = None  # function: disagreement, ensembles, CKA
-    figure_seconds: float = 0.0                    # time spent drawing and writing figures so far
+    drawer: FigureDrawer = field(default_factory=FigureDrawer)  # draws the figures (here, unless given one)
+    figure_seconds: float = 0.0                    # time spent drawing and writing figures here so far
     lap_mark: tuple[float, float] = (0.0, 0.0)     # (clock, figure_seconds) at the last `lap`
 
     def lap(self) -> float:
@@ -189,14 +190,24 @@ def seconds_text(seconds: dict[str, float]) -> str:
 
 
 def figure(report: Report, shared: Shared, name: str, plot: Callable[..., Figure], args: tuple, caption: str,
-            **kwargs) -> None:
+           **kwargs) -> None:
     """Draw ``plot(*args, **kwargs)`` (a figure function of `masklab.plots`) and write it as `name` in the
-    report's formats, here and now; the time goes to `shared.figure_seconds`."""
+    report's formats, with `shared.drawer` (here, or by its worker while the stages go on: `FigureDrawer`); the
+    time it takes here goes to `shared.figure_seconds`."""
     start = time.perf_counter()
-    paths = save_figure(plot(*args, **kwargs), shared.figures / name, formats=shared.formats)
+    base = shared.figures / name
+    shared.drawer.draw(plot, args, kwargs, base, shared.formats)
     shared.figure_seconds += time.perf_counter() - start
-    report.figures[name] = next((p for p in paths if p.suffix == ".png"), paths[0])
+    report.figures[name] = base.with_name(f"{name}.{'png' if 'png' in shared.formats else shared.formats[0]}")
     report.captions[name] = caption
+
+
+def finish_figures(report: Report, shared: Shared) -> None:
+    """Wait for the figures still being drawn; ``report.seconds["figures"]``: the time the figures took here
+    (drawing them, or waiting for the worker after the stages; the worker's own time is `shared.drawer.seconds`)."""
+    start = time.perf_counter()
+    shared.drawer.finish()
+    report.seconds["figures"] = shared.figure_seconds + time.perf_counter() - start
 
 
 CSV_MAX_ROWS = 100_000  # CSV only for tables a person reads; Parquet (typed, compressed, columnar) always

@@ -21,6 +21,7 @@ from masklab.report.base import (
     check_formats,
     embedding_title,
     figure,
+    finish_figures,
     unfinished_warning,
     write_table,
 )
@@ -105,7 +106,7 @@ def compare(run_a, run_b, figures_dir: str | os.PathLike | None = None, *, embed
         if density:
             report.note("densities differ", density, value=gap, unit="fraction")
         step("embedding")
-    report.seconds["figures"] = shared.figure_seconds
+    finish_figures(report, shared)
     bar.set_description("compare: tables and page")
     start = time.perf_counter()
     for name_, table in report.tables.items():

@@ -82,9 +82,11 @@ from masklab.report.base import (
     check_formats,
     embedding_title,
     figure,
+    finish_figures,
     unfinished_warning,
     write_table,
 )
+from masklab.report.drawing import FigureDrawer, can_draw_beside
 from masklab.report.functional import function_stage
 from masklab.report.pages import write_index, write_run_index
 from masklab.report.settings import AnalysisSettings
@@ -156,26 +158,33 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
         report.warnings.append(unfinished)
         report.note("masks analysed", f"{len(run)} of the {run.config.masks} the run plans (unfinished)",
                     value=len(run), unit="masks", n=run.config.masks)
-    shared = Shared(out_figures, formats, tables=out_tables, settings=settings, quiet=quiet)
+    # the figures are drawn beside the stages where a core is free (masklab.report.drawing), the worker forked
+    # here, before the stages start any thread
+    shared = Shared(out_figures, formats, tables=out_tables, settings=settings, quiet=quiet,
+                    drawer=FigureDrawer(beside=can_draw_beside()))
     client = None
-    if scheduler is not None and settings.pairs > 0:
-        # here: the interpolation's jobs bring torch; only --scheduler needs them
-        from masklab.analysis.paths.jobs import DaskEngine
-
-        client = connect(scheduler, workers)
-        engine = DaskEngine(client)
     try:
-        _run_stages(run, report, shared, settings, engine)
+        if scheduler is not None and settings.pairs > 0:
+            # here: the interpolation's jobs bring torch; only --scheduler needs them
+            from masklab.analysis.paths.jobs import DaskEngine
+
+            client = connect(scheduler, workers)
+            engine = DaskEngine(client)
+        try:
+            _run_stages(run, report, shared, settings, engine)
+        finally:
+            if client is not None:
+                cluster = getattr(client, "cluster", None) if scheduler == "local" else None
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+        start = time.perf_counter()
+        written = [p for name, table in report.tables.items() for p in write_table(table, out_tables / name)]
+        report.seconds["tables"] = time.perf_counter() - start
+        finish_figures(report, shared)  # (while the tables were written, the last figures were drawn)
     finally:
-        if client is not None:
-            cluster = getattr(client, "cluster", None) if scheduler == "local" else None
-            client.close()
-            if cluster is not None:
-                cluster.close()
-    start = time.perf_counter()
-    written = [p for name, table in report.tables.items() for p in write_table(table, out_tables / name)]
+        shared.drawer.close()
     _remove_stale(out_tables, written, report, formats)
-    report.seconds["tables"] = time.perf_counter() - start
     start = time.perf_counter()
     report.index = write_index(run, report, out_figures, out_tables, formats)
     _write_settings(run, report, out_tables)
@@ -215,7 +224,6 @@ def _run_stages(run: Run, report: Report, shared: Shared, settings: AnalysisSett
         report.seconds[name] = shared.lap()
         bar.update(1)
     bar.close()
-    report.seconds["figures"] = shared.figure_seconds
     report.tables["samples"] = pd.DataFrame([s.row() for s in shared.samples], columns=SAMPLE_COLUMNS)
 
 
