@@ -77,7 +77,7 @@ class Plan:
     metrics: list[dict]
     alphas: list[list[float] | None]
     run_files: dict[str, bytes] = field(default_factory=dict)
-    predictions: list[np.ndarray | None] | None = None  # per mask, when evaluated: its predicted test classes
+    predictions: list[np.ndarray] | None = None  # per mask, when evaluated: its predicted test classes
 
 
 def import_masks(paths: str | os.PathLike | Sequence[str | os.PathLike], format: str = "hidden-networks", *,

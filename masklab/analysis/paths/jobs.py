@@ -126,7 +126,7 @@ def _source_and_evaluator(task: BarrierTask, run: Run | None = None) -> tuple[Ma
     key = (os.path.realpath(task.run_path), task.eval_samples, task.bn_samples, task.recompute_bn, task.device)
     if key not in _CACHE:
         same = run is not None and os.path.realpath(run.path) == key[0]
-        source = RunSource(run if same else open_run(task.run_path))
+        source = RunSource(run if run is not None and same else open_run(task.run_path))
         _CACHE.clear()  # one run at a time: the model and the evaluation set are the memory that matters
         _CACHE[key] = (source, build_evaluator(source, source.ids[0], task.eval_samples, task.bn_samples,
                                                task.recompute_bn, task.device))
