@@ -43,8 +43,9 @@ def _seconds_html(seconds: dict[str, float]) -> str:
     rows = "".join(f"<tr><th>{html.escape(name)}</th><td>{value:.2f} s</td></tr>" for name, value in seconds.items())
     return (f"<table>{rows}<tr><th>total</th><td>{sum(seconds.values()):.2f} s</td></tr></table>"
             "<p class=\"notes\">Stages count their own computation (imports they trigger included); "
-            "<i>figures</i> is drawing and writing the figure files. Starting Python and the first imports come "
-            "before and are not counted.</p>")
+            "<i>figures</i> is what drawing and writing the figure files added: with a core to spare they are "
+            "drawn by a second process while the stages run, and only the wait for the last ones is counted. "
+            "Starting Python and the first imports come before and are not counted.</p>")
 
 
 PAGE_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}

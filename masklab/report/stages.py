@@ -131,8 +131,10 @@ def analyze(run, figures_dir: str | os.PathLike | None = None, *, quiet: bool = 
     `masklab.analysis.functional`), for runs with at least 2 masks and a model to rebuild; its per-pair matrices
     go to ``<run>/analysis/<id>/functional/``.
 
-    `Report.seconds` splits the wall time: each stage (its own computation), "figures" (drawing and writing
-    every figure file), "tables" (writing them), "index" (the pages).
+    `Report.seconds` splits the wall time: each stage (its own computation), "tables" (writing them),
+    "figures" (what drawing and writing the figure files added: on a machine with a core to spare they are drawn
+    by one forked worker process while the stages run, `masklab.report.drawing`, and this is the wait for the
+    last ones), "index" (the pages).
     """
     run = run if isinstance(run, Run) else open_run(run)
     if len(run.ids) == 0:
