@@ -44,12 +44,9 @@ def _leave_interrupts_to_the_caller() -> None:
 
 def can_draw_beside() -> bool:
     """True where figures can be drawn by a forked worker that has a core of its own (see the module)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
+    if not sys.platform.startswith("linux") or multiprocessing.current_process().daemon:
         return False
-    return (sys.platform.startswith("linux") and cores >= 2 and not multiprocessing.current_process().daemon
-            and "fork" in multiprocessing.get_all_start_methods())
+    return len(os.sched_getaffinity(0)) >= 2 and "fork" in multiprocessing.get_all_start_methods()
 
 
 class FigureDrawer:

@@ -125,8 +125,8 @@ def _source_and_evaluator(task: BarrierTask, run: Run | None = None) -> tuple[Ma
     process, spares opening it again (reading and checking every mask's record: 1.2 s for 1,024 masks)."""
     key = (os.path.realpath(task.run_path), task.eval_samples, task.bn_samples, task.recompute_bn, task.device)
     if key not in _CACHE:
-        same = run is not None and os.path.realpath(run.path) == key[0]
-        source = RunSource(run if run is not None and same else open_run(task.run_path))
+        given = run is not None and os.path.realpath(run.path) == key[0]
+        source = RunSource(run if given and run is not None else open_run(task.run_path))
         _CACHE.clear()  # one run at a time: the model and the evaluation set are the memory that matters
         _CACHE[key] = (source, build_evaluator(source, source.ids[0], task.eval_samples, task.bn_samples,
                                                task.recompute_bn, task.device))
